@@ -1,0 +1,421 @@
+use crate::devices::SlotDevice;
+use crate::progress::Progress;
+use etagrid_spec::protocol::{JobDevice, WorkerEvent, WorkerJob};
+use etagrid_spec::SweepSpec;
+use etagrid_store::{CellState, Outcome, Store, StoreError};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Instant;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedError {
+    #[error("results store")]
+    Store(#[from] StoreError),
+    #[error("{what} {}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another `etagrid run` holds {} (it is using this store); wait for it or stop it first", path.display())]
+    Locked { path: PathBuf },
+    #[error("start the tokio runtime")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// How to start a worker: `program args… --job FILE`.
+#[derive(Debug, Clone)]
+pub struct WorkerCommand {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub store: PathBuf,
+    /// Job files and worker logs go under `state_dir/cells/<sweep>/<cell>/`.
+    pub state_dir: PathBuf,
+    pub worker: WorkerCommand,
+    pub slots: Vec<SlotDevice>,
+    pub threads_per_cell: usize,
+    /// Live bars when stderr is a terminal.
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    pub total: usize,
+    /// Cells already done or diverged before this run: skipped.
+    pub skipped: usize,
+    pub done: usize,
+    pub diverged: usize,
+    pub failed: usize,
+    /// Cells returned to pending because the run was stopped.
+    pub interrupted: usize,
+    pub stopped_by_signal: bool,
+}
+
+/// Expands and enqueues the sweep, then runs every cell that is not done yet, `slots.len()` at a
+/// time, until all are finished or a signal stops the run.
+pub fn run(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, SchedError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(SchedError::Runtime)?;
+    rt.block_on(run_async(spec, opts))
+}
+
+/// An exclusive `flock` on `state_dir/run.lock`, released when the process exits (also by kill -9).
+struct RunLock {
+    _file: std::fs::File,
+}
+
+fn lock(state_dir: &Path) -> Result<RunLock, SchedError> {
+    std::fs::create_dir_all(state_dir).map_err(|source| SchedError::Io {
+        what: "create state directory",
+        path: state_dir.to_owned(),
+        source,
+    })?;
+    let path = state_dir.join("run.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| SchedError::Io {
+            what: "open lock file",
+            path: path.clone(),
+            source,
+        })?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a file descriptor we own.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        return Err(SchedError::Locked { path });
+    }
+    Ok(RunLock { _file: file })
+}
+
+struct Running {
+    cell_id: String,
+    label: String,
+    pid: i32,
+    terminal: Option<WorkerEvent>,
+    log: PathBuf,
+}
+
+enum Msg {
+    Event(usize, WorkerEvent),
+    Exited(usize, std::io::Result<ExitStatus>),
+}
+
+async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, SchedError> {
+    let _lock = lock(&opts.state_dir)?;
+    let store = Store::open(&opts.store).await?;
+    let cells = spec.cells();
+    let enq = store.enqueue(spec, &cells).await?;
+    let recovered = store.recover_running(&spec.name).await?;
+    let rows = store.cells(&spec.name).await?;
+    let mut summary = RunSummary {
+        total: rows.len(),
+        ..Default::default()
+    };
+    // Only this sweep file's cells run; rows of an older version of the grid stay in the store.
+    let wanted: std::collections::HashSet<&str> = cells.iter().map(|c| c.id.0.as_str()).collect();
+    let mut queue: VecDeque<_> = rows
+        .iter()
+        .filter(|r| wanted.contains(r.id.as_str()))
+        .filter(|r| {
+            let skip = r.state.is_final();
+            summary.skipped += usize::from(skip);
+            !skip
+        })
+        .cloned()
+        .collect();
+    summary.total = cells.len();
+    eprintln!(
+        "sweep {}: {} cells ({} new, {} already in the store{}), {} to run on {} slot(s): {}",
+        spec.name,
+        cells.len(),
+        enq.added,
+        enq.existing,
+        if recovered > 0 {
+            format!(", {recovered} left running by an earlier run returned to pending")
+        } else {
+            String::new()
+        },
+        queue.len(),
+        opts.slots.len(),
+        opts.slots.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+    );
+    if queue.is_empty() {
+        eprintln!("all {} cells are done: nothing to train", cells.len());
+        store.close().await;
+        return Ok(summary);
+    }
+
+    let progress = Progress::new(queue.len() as u64, opts.slots.len(), opts.progress);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
+    let mut slots: Vec<Option<Running>> = (0..opts.slots.len()).map(|_| None).collect();
+    let mut sigint = signal(SignalKind::interrupt()).map_err(SchedError::Runtime)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(SchedError::Runtime)?;
+    let mut stopping = 0u8;
+    let started = Instant::now();
+
+    loop {
+        if stopping == 0 {
+            for (i, slot) in slots.iter_mut().enumerate() {
+                if slot.is_some() {
+                    continue;
+                }
+                let Some(row) = queue.pop_front() else { break };
+                let device = opts.slots[i];
+                store.start_cell(&spec.name, &row.id, &device.to_string()).await?;
+                let label = format!("{} η_A={:.2e} η_B={:.2e}", row.id, row.lr_a, row.lr_b);
+                match spawn_worker(spec, opts, &row.id, &row.config, device, i, tx.clone()) {
+                    Ok((pid, log)) => {
+                        progress.slot(i, format!("{label} on {device}: starting"));
+                        *slot = Some(Running {
+                            cell_id: row.id.clone(),
+                            label,
+                            pid,
+                            terminal: None,
+                            log,
+                        });
+                    }
+                    Err(e) => {
+                        let msg = format!("could not start the worker: {e}");
+                        progress.line(&format!("cell {label}: failed: {msg}"));
+                        store.finish_cell(&spec.name, &row.id, &Outcome::Failed(msg)).await?;
+                        summary.failed += 1;
+                        progress.cell_finished();
+                    }
+                }
+            }
+        }
+        if slots.iter().all(Option::is_none) {
+            break;
+        }
+        tokio::select! {
+            msg = rx.recv() => {
+                let Some(msg) = msg else { break };
+                match msg {
+                    Msg::Event(i, ev) => {
+                        let Some(run) = slots[i].as_mut() else { continue };
+                        on_event(&store, &spec.name, run, &ev, i, &progress).await?;
+                        if ev.is_terminal() {
+                            run.terminal = Some(ev);
+                        }
+                    }
+                    Msg::Exited(i, status) => {
+                        let Some(run) = slots[i].take() else { continue };
+                        let outcome = outcome_of(&run, status, stopping > 0);
+                        let (word, counter) = match &outcome {
+                            Outcome::Done(r) => (format!("done  {}={:.4}  ({:.1} s)", spec.task.metric.name(), r.metric, r.wall_s), &mut summary.done),
+                            Outcome::Diverged { step, .. } => (format!("diverged at step {step}"), &mut summary.diverged),
+                            Outcome::Failed(e) => (format!("failed: {e}"), &mut summary.failed),
+                            Outcome::Interrupted => ("interrupted: back to pending".to_string(), &mut summary.interrupted),
+                        };
+                        *counter += 1;
+                        store.finish_cell(&spec.name, &run.cell_id, &outcome).await?;
+                        progress.line(&format!("cell {}: {word}", run.label));
+                        progress.slot(i, "idle".into());
+                        progress.cell_finished();
+                    }
+                }
+            }
+            _ = sigint.recv() => stop(&mut stopping, &slots, &progress),
+            _ = sigterm.recv() => stop(&mut stopping, &slots, &progress),
+        }
+    }
+    progress.finish();
+    summary.stopped_by_signal = stopping > 0;
+    let counts = store.counts(&spec.name).await?;
+    eprintln!(
+        "sweep {}: {} in {:.1} s — {}",
+        spec.name,
+        if stopping > 0 { "stopped" } else { "finished" },
+        started.elapsed().as_secs_f64(),
+        CellState::ALL
+            .iter()
+            .filter_map(|s| counts.get(s).map(|n| format!("{n} {}", s.as_str())))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    store.close().await;
+    Ok(summary)
+}
+
+/// First signal: SIGTERM to every worker's process group, no new cells. Second: SIGKILL.
+fn stop(stopping: &mut u8, slots: &[Option<Running>], progress: &Progress) {
+    *stopping = stopping.saturating_add(1);
+    let (sig, msg) = if *stopping == 1 {
+        (libc::SIGTERM, "stopping: unfinished cells go back to pending (interrupt again to kill the workers)")
+    } else {
+        (libc::SIGKILL, "killing the workers")
+    };
+    progress.line(msg);
+    for run in slots.iter().flatten() {
+        // SAFETY: signalling a process group we created (the worker is its leader).
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(-run.pid, sig);
+        }
+    }
+}
+
+async fn on_event(
+    store: &Store,
+    sweep: &str,
+    run: &Running,
+    ev: &WorkerEvent,
+    slot: usize,
+    progress: &Progress,
+) -> Result<(), SchedError> {
+    match ev {
+        WorkerEvent::Started {
+            device,
+            total_steps,
+            groups,
+            ..
+        } => {
+            store.set_groups(sweep, &run.cell_id, groups, *total_steps).await?;
+            progress.slot(slot, format!("{} on {device}: step 0/{total_steps}", run.label));
+        }
+        WorkerEvent::Train {
+            step,
+            total_steps,
+            loss,
+            ..
+        } => {
+            store.record_metrics(sweep, &run.cell_id, *step, &[("train_loss", *loss)]).await?;
+            progress.slot(slot, format!("{}: step {step}/{total_steps} loss {loss:.4}", run.label));
+        }
+        WorkerEvent::Eval { step, loss, accuracy } => {
+            store
+                .record_metrics(sweep, &run.cell_id, *step, &[("eval_loss", *loss), ("eval_accuracy", *accuracy)])
+                .await?;
+        }
+        WorkerEvent::Finished { .. } | WorkerEvent::Diverged { .. } | WorkerEvent::Failed { .. } => {}
+    }
+    Ok(())
+}
+
+fn outcome_of(run: &Running, status: std::io::Result<ExitStatus>, stopping: bool) -> Outcome {
+    match &run.terminal {
+        Some(WorkerEvent::Finished { result }) => Outcome::Done(result.clone()),
+        Some(WorkerEvent::Diverged { step, loss }) => Outcome::Diverged {
+            step: *step,
+            loss: *loss,
+        },
+        _ if stopping => Outcome::Interrupted,
+        Some(WorkerEvent::Failed { error }) => Outcome::Failed(error.clone()),
+        _ => {
+            let how = match status {
+                Ok(s) => s.to_string(),
+                Err(e) => format!("could not be waited for: {e}"),
+            };
+            Outcome::Failed(format!(
+                "worker {how} without reporting a result; see {}{}",
+                run.log.display(),
+                tail(&run.log)
+            ))
+        }
+    }
+}
+
+/// The last lines of a worker's log, to put the cause next to the failure.
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let last = &lines[lines.len().saturating_sub(3)..];
+    if last.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", last.join(" | "))
+    }
+}
+
+fn spawn_worker(
+    spec: &SweepSpec,
+    opts: &RunOptions,
+    cell_id: &str,
+    config_json: &str,
+    device: SlotDevice,
+    slot: usize,
+    tx: mpsc::UnboundedSender<Msg>,
+) -> Result<(i32, PathBuf), std::io::Error> {
+    let dir = opts.state_dir.join("cells").join(&spec.name).join(cell_id);
+    std::fs::create_dir_all(&dir)?;
+    let config = serde_json::from_str(config_json).map_err(std::io::Error::other)?;
+    let job = WorkerJob {
+        sweep: spec.name.clone(),
+        cell_id: etagrid_spec::CellId(cell_id.to_owned()),
+        config,
+        model_dir: spec.model.dir.clone(),
+        out_dir: dir.clone(),
+        device: match device {
+            SlotDevice::Cpu => JobDevice::Cpu,
+            SlotDevice::Gpu(_) => JobDevice::Cuda,
+        },
+        threads: opts.threads_per_cell,
+    };
+    let job_path = dir.join("job.json");
+    let tmp = dir.join("job.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&job).map_err(std::io::Error::other)?)?;
+    std::fs::rename(&tmp, &job_path)?;
+    let log_path = dir.join("worker.log");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+
+    let mut cmd = Command::new(&opts.worker.program);
+    cmd.args(&opts.worker.args)
+        .arg("--job")
+        .arg(&job_path)
+        .env(
+            "CUDA_VISIBLE_DEVICES",
+            match device {
+                SlotDevice::Cpu => String::new(),
+                SlotDevice::Gpu(i) => i.to_string(),
+            },
+        )
+        .env("ETAGRID_SLOT", slot.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .process_group(0)
+        .kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe; it makes the kernel SIGTERM the worker if the
+    // scheduler dies (kill -9), so no orphan keeps training after its run is gone.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let pid = child.id().map(|p| p as i32).unwrap_or(0);
+    let stdout = child.stdout.take();
+    tokio::spawn(async move {
+        if let Some(out) = stdout {
+            let mut lines = BufReader::new(out).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                // Anything that is not a protocol line (a library printing to stdout) is ignored.
+                if let Ok(ev) = serde_json::from_str::<WorkerEvent>(&line) {
+                    let _ = tx.send(Msg::Event(slot, ev));
+                }
+            }
+        }
+        let status = child.wait().await;
+        let _ = tx.send(Msg::Exited(slot, status));
+    });
+    Ok((pid, log_path))
+}

@@ -1,0 +1,10 @@
+//! The local scheduler. Like nextest's runner it is a *dispatcher* — one `tokio::select!` loop
+//! that alone sees signals and child events and alone writes the store — and one reader task per
+//! worker process. The engine owns its tokio runtime; callers use the synchronous [`run`].
+
+mod devices;
+mod dispatch;
+mod progress;
+
+pub use devices::{discover_gpus, plan_slots, SlotDevice};
+pub use dispatch::{run, RunOptions, RunSummary, SchedError, WorkerCommand};

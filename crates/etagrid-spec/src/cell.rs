@@ -1,0 +1,104 @@
+//! Grid cells and their content-hash identity.
+
+use crate::spec::{LoraSpec, SweepSpec, TaskSpec, TrainSpec};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Everything that determines one fine-tune's result. Its hash is the cell's identity: the same
+/// configuration always gets the same id, whatever sweep file or grid position it came from.
+/// Resources (devices, threads) are deliberately not part of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellConfig {
+    /// The model path as written in the sweep file.
+    pub model: String,
+    pub task: TaskSpec,
+    pub lora: LoraSpec,
+    pub train: TrainSpec,
+    pub lr_a: f64,
+    pub lr_b: f64,
+    pub seed: u64,
+}
+
+impl CellConfig {
+    /// λ = η_B / η_A.
+    pub fn ratio(&self) -> f64 {
+        self.lr_b / self.lr_a
+    }
+}
+
+/// 16 hex digits of the BLAKE3 hash of the cell's canonical JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CellId(pub String);
+
+impl fmt::Display for CellId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Bumped whenever the hashed representation changes on purpose.
+const HASH_VERSION: &str = "etagrid-cell-v1";
+
+impl CellConfig {
+    pub fn id(&self) -> CellId {
+        // The hashed form leaves out the resolved absolute paths: moving the project folder must
+        // not change identities. Field order is fixed by the struct, floats print via ryu.
+        let mut task = serde_json::to_value(&self.task).unwrap_or_default();
+        if let Some(t) = task.as_object_mut() {
+            t.remove("train_file");
+            t.remove("eval_file");
+        }
+        let canonical = serde_json::json!({
+            "v": HASH_VERSION,
+            "model": self.model,
+            "task": task,
+            "lora": self.lora,
+            "train": self.train,
+            "lr_a": self.lr_a,
+            "lr_b": self.lr_b,
+            "seed": self.seed,
+        });
+        let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
+        let hash = blake3::hash(&bytes);
+        CellId(hash.to_hex()[..16].to_owned())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cell {
+    pub id: CellId,
+    /// Position in the grid (η_A outer, η_B/λ, then seed inner), for stable ordering.
+    pub index: usize,
+    pub config: CellConfig,
+}
+
+impl SweepSpec {
+    /// Expands the grid: one cell per (η_A, η_B) point and seed. Two grid points that resolve to
+    /// the same configuration (e.g. a λ grid that meets an η_B already listed) give one cell.
+    pub fn cells(&self) -> Vec<Cell> {
+        let mut seen = std::collections::HashSet::new();
+        let mut cells = Vec::with_capacity(self.points.len() * self.seeds.len());
+        for &(lr_a, lr_b) in &self.points {
+            for &seed in &self.seeds {
+                let config = CellConfig {
+                    model: self.model.path.clone(),
+                    task: self.task.clone(),
+                    lora: self.lora.clone(),
+                    train: self.train.clone(),
+                    lr_a,
+                    lr_b,
+                    seed,
+                };
+                let id = config.id();
+                if seen.insert(id.clone()) {
+                    cells.push(Cell {
+                        id,
+                        index: cells.len(),
+                        config,
+                    });
+                }
+            }
+        }
+        cells
+    }
+}

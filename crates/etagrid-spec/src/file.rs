@@ -1,0 +1,91 @@
+//! The sweep file exactly as written: every key optional where a default exists, unknown keys
+//! rejected. [`crate::spec::SweepSpec::from_file`] turns it into the resolved spec.
+
+use crate::grid::Axis;
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepFile {
+    /// Defaults to the file's stem (`sweeps/quickstart.toml` → `quickstart`).
+    pub name: Option<String>,
+    pub model: ModelSection,
+    pub task: TaskSection,
+    #[serde(default)]
+    pub lora: LoraSection,
+    pub train: TrainSection,
+    pub grid: GridSection,
+    #[serde(default)]
+    pub resources: ResourcesSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// A Hugging Face-format directory (config.json, model.safetensors, tokenizer.json), relative
+    /// to the sweep file's directory.
+    pub path: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSection {
+    /// Training data: .csv, .tsv or .jsonl, relative to the sweep file's directory.
+    pub train: Spanned<String>,
+    pub eval: Spanned<String>,
+    pub text_column: Option<String>,
+    pub text_pair_column: Option<String>,
+    pub label_column: Option<String>,
+    /// Evaluate on N examples of the eval file only, drawn at random with a fixed seed.
+    pub max_eval_examples: Option<Spanned<usize>>,
+    /// `accuracy` (default) or `eval_loss`.
+    pub metric: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSection {
+    pub rank: Option<Spanned<usize>>,
+    pub alpha: Option<f64>,
+    pub dropout: Option<Spanned<f64>>,
+    pub target_modules: Option<Spanned<Vec<String>>>,
+    /// `lora` (A random, B zero) or `loraplus` (B random, A zero).
+    pub init: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    pub steps: Option<Spanned<u64>>,
+    pub epochs: Option<Spanned<f64>>,
+    pub batch_size: Option<Spanned<usize>>,
+    pub max_seq_len: Option<Spanned<usize>>,
+    pub weight_decay: Option<f64>,
+    pub warmup_steps: Option<u64>,
+    /// `constant`, `linear` (decay to 0 after warm-up, the default) or `cosine`.
+    pub schedule: Option<Spanned<String>>,
+    /// Evaluate every N steps (besides the end); 0 or absent: only at the end.
+    pub eval_every: Option<u64>,
+    /// Report the mean train loss every K steps.
+    pub log_every: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GridSection {
+    pub lr_a: Spanned<Axis>,
+    pub lr_b: Option<Spanned<Axis>>,
+    pub ratio: Option<Spanned<Axis>>,
+    pub seeds: Option<Spanned<Vec<u64>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesSection {
+    /// `"auto"` (every visible GPU, else the CPU), `"cpu"`, or a list of GPU ids like `[0, 1]`.
+    pub devices: Option<Spanned<toml::Value>>,
+    pub cells_per_device: Option<Spanned<usize>>,
+    /// CPU threads per worker; default: the machine's cores divided among the CPU slots.
+    pub threads_per_cell: Option<usize>,
+}

@@ -1,0 +1,101 @@
+//! The scheduler ↔ worker protocol: a job file in, JSON lines out.
+//!
+//! The scheduler writes a [`WorkerJob`] as JSON and starts `etagrid worker --job FILE`; the worker
+//! prints one [`WorkerEvent`] per line on stdout (its logs go to stderr) and exits. The last event
+//! of a worker that ran to the end is `finished`, `diverged` or `failed`; a worker that exits
+//! without one crashed. The scheduler is the only process that writes the store.
+
+use crate::cell::{CellConfig, CellId};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerJob {
+    pub sweep: String,
+    pub cell_id: CellId,
+    pub config: CellConfig,
+    /// Resolved model directory.
+    pub model_dir: PathBuf,
+    /// Where the worker may write files for this cell.
+    pub out_dir: PathBuf,
+    pub device: JobDevice,
+    /// CPU threads for libtorch's intra-op pool.
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobDevice {
+    Cpu,
+    /// The GPU the scheduler exported as `CUDA_VISIBLE_DEVICES` (seen by the worker as cuda:0).
+    Cuda,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum WorkerEvent {
+    Started {
+        device: String,
+        total_steps: u64,
+        train_examples: usize,
+        eval_examples: usize,
+        trainable_params: u64,
+        groups: Vec<ParamGroupInfo>,
+    },
+    /// Mean train loss over the last `log_every` steps.
+    Train {
+        step: u64,
+        total_steps: u64,
+        loss: f64,
+        lr_a: f64,
+        lr_b: f64,
+    },
+    Eval {
+        step: u64,
+        loss: f64,
+        accuracy: f64,
+    },
+    Finished {
+        result: CellResult,
+    },
+    /// The loss became NaN or infinite: the cell stops and is recorded as diverged.
+    Diverged {
+        step: u64,
+        loss: f64,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+impl WorkerEvent {
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            WorkerEvent::Finished { .. } | WorkerEvent::Diverged { .. } | WorkerEvent::Failed { .. }
+        )
+    }
+}
+
+/// One LoRA+ optimizer parameter group as the worker built it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParamGroupInfo {
+    pub name: String,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub members: usize,
+    pub params: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellResult {
+    /// The sweep's metric (accuracy or eval loss) at the end.
+    pub metric: f64,
+    pub eval_loss: f64,
+    pub accuracy: f64,
+    /// Mean train loss over the last `log_every` steps.
+    pub train_loss: f64,
+    pub steps: u64,
+    pub wall_s: f64,
+    pub train_samples_per_s: f64,
+}

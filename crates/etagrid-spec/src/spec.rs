@@ -1,0 +1,432 @@
+//! The resolved sweep: nothing optional, every path resolved, every value checked.
+
+use crate::error::SpecError;
+use crate::file::SweepFile;
+use serde::{Deserialize, Serialize};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+#[derive(Debug, Clone)]
+pub struct SweepSpec {
+    pub name: String,
+    /// The sweep file this came from.
+    pub source: PathBuf,
+    /// The sweep file's text (stored with the sweep so reports can show it).
+    pub source_text: String,
+    pub model: ModelSpec,
+    pub task: TaskSpec,
+    pub lora: LoraSpec,
+    pub train: TrainSpec,
+    /// (η_A, η_B) points in grid order: η_A outer, η_B (or λ) inner.
+    pub points: Vec<(f64, f64)>,
+    pub seeds: Vec<u64>,
+    pub devices: DeviceChoice,
+    pub cells_per_device: Option<usize>,
+    pub threads_per_cell: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// The path as written in the sweep file (part of the cell hash).
+    pub path: String,
+    /// Resolved against the sweep file's directory.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub train: String,
+    pub eval: String,
+    pub train_file: PathBuf,
+    pub eval_file: PathBuf,
+    pub text_column: String,
+    pub text_pair_column: Option<String>,
+    pub label_column: String,
+    pub max_eval_examples: Option<usize>,
+    pub metric: Metric,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    Accuracy,
+    EvalLoss,
+}
+
+impl Metric {
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Accuracy => "accuracy",
+            Metric::EvalLoss => "eval_loss",
+        }
+    }
+    pub fn higher_is_better(self) -> bool {
+        matches!(self, Metric::Accuracy)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraSpec {
+    pub rank: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub target_modules: Vec<String>,
+    pub init: InitScheme,
+}
+
+impl LoraSpec {
+    /// The α/r factor in ΔW = (α/r)·B·A.
+    pub fn scaling(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitScheme {
+    /// A kaiming-uniform, B zero (the LoRA paper, PEFT's default).
+    Lora,
+    /// B random, A zero (what the LoRA+ authors found better with LoRA+).
+    Loraplus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSpec {
+    pub length: TrainLength,
+    pub batch_size: usize,
+    pub max_seq_len: usize,
+    pub weight_decay: f64,
+    pub warmup_steps: u64,
+    pub schedule: Schedule,
+    pub eval_every: u64,
+    pub log_every: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainLength {
+    Steps(u64),
+    Epochs(f64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+impl Schedule {
+    /// The learning-rate multiplier before optimizer step `step` (0-based), as transformers'
+    /// `get_{constant,linear,cosine}_schedule_with_warmup` compute it.
+    pub fn multiplier(self, step: u64, warmup: u64, total: u64) -> f64 {
+        if step < warmup {
+            return step as f64 / warmup.max(1) as f64;
+        }
+        let decay_steps = total.saturating_sub(warmup).max(1) as f64;
+        let progress = (step - warmup) as f64 / decay_steps;
+        match self {
+            Schedule::Constant => 1.0,
+            Schedule::Linear => (1.0 - progress).max(0.0),
+            Schedule::Cosine => (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Gpus(Vec<u32>),
+}
+
+impl SweepSpec {
+    pub fn load(path: &Path) -> Result<SweepSpec, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        SweepSpec::parse(path, &text)
+    }
+
+    /// Parses and validates `text`, which was read from `path` (used for messages and to resolve
+    /// relative paths).
+    pub fn parse(path: &Path, text: &str) -> Result<SweepSpec, SpecError> {
+        let file: SweepFile = toml::from_str(text).map_err(|e| SpecError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        Resolver { path, text }.resolve(file)
+    }
+}
+
+struct Resolver<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Resolver<'_> {
+    fn err(&self, span: Range<usize>, field: &str, message: impl Into<String>) -> SpecError {
+        SpecError::Invalid {
+            path: self.path.to_owned(),
+            line: self.text[..span.start.min(self.text.len())].matches('\n').count() + 1,
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// An error about a whole section, pointing at its `[header]` line.
+    fn section_err(&self, section: &str, field: &str, message: impl Into<String>) -> SpecError {
+        let header = format!("[{section}]");
+        let start = self.text.find(&header).unwrap_or(0);
+        self.err(start..start, field, message)
+    }
+
+    fn positive<T: PartialOrd + Default + Copy>(
+        &self,
+        v: &Option<Spanned<T>>,
+        default: T,
+        field: &str,
+    ) -> Result<T, SpecError> {
+        match v {
+            None => Ok(default),
+            Some(s) if *s.get_ref() > T::default() => Ok(*s.get_ref()),
+            Some(s) => Err(self.err(s.span(), field, "must be greater than 0")),
+        }
+    }
+
+    fn resolve(&self, f: SweepFile) -> Result<SweepSpec, SpecError> {
+        let base = self.path.parent().unwrap_or(Path::new("")).to_owned();
+        let name = match f.name {
+            Some(n) => n,
+            None => self
+                .path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "sweep".into()),
+        };
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(self.err(
+                0..0,
+                "name",
+                format!("{name:?} is not a usable sweep name: use letters, digits, '-', '_' or '.'"),
+            ));
+        }
+
+        let model = ModelSpec {
+            dir: base.join(f.model.path.get_ref()),
+            path: f.model.path.into_inner(),
+        };
+
+        let t = f.task;
+        let metric = match t.metric.as_ref().map(|m| m.get_ref().as_str()) {
+            None | Some("accuracy") => Metric::Accuracy,
+            Some("eval_loss") => Metric::EvalLoss,
+            Some(other) => {
+                return Err(self.err(
+                    t.metric.as_ref().map(|m| m.span()).unwrap_or(0..0),
+                    "task.metric",
+                    format!("unknown metric {other:?}: use \"accuracy\" or \"eval_loss\""),
+                ))
+            }
+        };
+        let task = TaskSpec {
+            train_file: base.join(t.train.get_ref()),
+            eval_file: base.join(t.eval.get_ref()),
+            train: t.train.into_inner(),
+            eval: t.eval.into_inner(),
+            text_column: t.text_column.unwrap_or_else(|| "text".into()),
+            text_pair_column: t.text_pair_column,
+            label_column: t.label_column.unwrap_or_else(|| "label".into()),
+            max_eval_examples: match t.max_eval_examples {
+                Some(n) if *n.get_ref() == 0 => {
+                    return Err(self.err(n.span(), "task.max_eval_examples", "must be at least 1"))
+                }
+                n => n.map(Spanned::into_inner),
+            },
+            metric,
+        };
+
+        let l = f.lora;
+        let rank = self.positive(&l.rank, 8, "lora.rank")?;
+        let dropout = match l.dropout {
+            None => 0.0,
+            Some(d) if (0.0..1.0).contains(d.get_ref()) => *d.get_ref(),
+            Some(d) => return Err(self.err(d.span(), "lora.dropout", "must be in [0, 1)")),
+        };
+        let target_modules = match l.target_modules {
+            None => vec!["query".into(), "value".into()],
+            Some(t) if t.get_ref().is_empty() => {
+                return Err(self.err(
+                    t.span(),
+                    "lora.target_modules",
+                    "is empty: name at least one module, e.g. [\"query\", \"value\"]",
+                ))
+            }
+            Some(t) => t.into_inner(),
+        };
+        let init = match l.init.as_ref().map(|s| s.get_ref().as_str()) {
+            None | Some("lora") => InitScheme::Lora,
+            Some("loraplus") => InitScheme::Loraplus,
+            Some(other) => {
+                return Err(self.err(
+                    l.init.as_ref().map(|s| s.span()).unwrap_or(0..0),
+                    "lora.init",
+                    format!("unknown init {other:?}: use \"lora\" (A random, B zero) or \"loraplus\" (B random, A zero)"),
+                ))
+            }
+        };
+        let lora = LoraSpec {
+            rank,
+            alpha: l.alpha.unwrap_or(rank as f64),
+            dropout,
+            target_modules,
+            init,
+        };
+
+        let tr = f.train;
+        let length = match (&tr.steps, &tr.epochs) {
+            (Some(s), None) if *s.get_ref() > 0 => TrainLength::Steps(*s.get_ref()),
+            (None, Some(e)) if *e.get_ref() > 0.0 => TrainLength::Epochs(*e.get_ref()),
+            (Some(s), None) => return Err(self.err(s.span(), "train.steps", "must be at least 1")),
+            (None, Some(e)) => return Err(self.err(e.span(), "train.epochs", "must be greater than 0")),
+            _ => {
+                return Err(self.section_err(
+                    "train",
+                    "train.steps",
+                    "give exactly one of `steps` or `epochs`",
+                ))
+            }
+        };
+        let schedule = match tr.schedule.as_ref().map(|s| s.get_ref().as_str()) {
+            None | Some("linear") => Schedule::Linear,
+            Some("constant") => Schedule::Constant,
+            Some("cosine") => Schedule::Cosine,
+            Some(other) => {
+                return Err(self.err(
+                    tr.schedule.as_ref().map(|s| s.span()).unwrap_or(0..0),
+                    "train.schedule",
+                    format!("unknown schedule {other:?}: use \"constant\", \"linear\" or \"cosine\""),
+                ))
+            }
+        };
+        let train = TrainSpec {
+            length,
+            batch_size: self.positive(&tr.batch_size, 32, "train.batch_size")?,
+            max_seq_len: self.positive(&tr.max_seq_len, 128, "train.max_seq_len")?,
+            weight_decay: tr.weight_decay.unwrap_or(0.0),
+            warmup_steps: tr.warmup_steps.unwrap_or(0),
+            schedule,
+            eval_every: tr.eval_every.unwrap_or(0),
+            log_every: self.positive(&tr.log_every, 10, "train.log_every")?,
+        };
+
+        let g = f.grid;
+        let axis = |a: &Spanned<crate::Axis>, field: &str| {
+            a.get_ref()
+                .values()
+                .map_err(|m| self.err(a.span(), field, m))
+        };
+        let lr_a = axis(&g.lr_a, "grid.lr_a")?;
+        let points: Vec<(f64, f64)> = match (&g.lr_b, &g.ratio) {
+            (Some(b), None) => {
+                let lr_b = axis(b, "grid.lr_b")?;
+                lr_a.iter()
+                    .flat_map(|&a| lr_b.iter().map(move |&b| (a, b)))
+                    .collect()
+            }
+            (None, Some(r)) => {
+                let ratio = axis(r, "grid.ratio")?;
+                lr_a.iter()
+                    .flat_map(|&a| ratio.iter().map(move |&l| (a, crate::grid::round_sig(a * l))))
+                    .collect()
+            }
+            (Some(_), Some(r)) => {
+                return Err(self.err(
+                    r.span(),
+                    "grid.ratio",
+                    "give either `lr_b` (η_B values) or `ratio` (λ = η_B/η_A values), not both",
+                ))
+            }
+            (None, None) => {
+                return Err(self.section_err(
+                    "grid",
+                    "grid.lr_b",
+                    "missing: give `lr_b` (η_B values) or `ratio` (λ = η_B/η_A values)",
+                ))
+            }
+        };
+        let seeds = match g.seeds {
+            None => vec![0],
+            Some(s) if s.get_ref().is_empty() => {
+                return Err(self.err(s.span(), "grid.seeds", "is empty: give at least one seed, e.g. [0]"))
+            }
+            Some(s) => {
+                let mut v = s.get_ref().clone();
+                v.sort_unstable();
+                v.dedup();
+                if v.len() != s.get_ref().len() {
+                    return Err(self.err(s.span(), "grid.seeds", "lists a seed twice"));
+                }
+                s.into_inner()
+            }
+        };
+
+        let r = f.resources;
+        let devices = match &r.devices {
+            None => DeviceChoice::Auto,
+            Some(d) => self.devices(d)?,
+        };
+        let cells_per_device = match r.cells_per_device {
+            Some(c) if *c.get_ref() == 0 => {
+                return Err(self.err(c.span(), "resources.cells_per_device", "must be at least 1"))
+            }
+            c => c.map(Spanned::into_inner),
+        };
+
+        Ok(SweepSpec {
+            name,
+            source: self.path.to_owned(),
+            source_text: self.text.to_owned(),
+            model,
+            task,
+            lora,
+            train,
+            points,
+            seeds,
+            devices,
+            cells_per_device,
+            threads_per_cell: r.threads_per_cell.filter(|&t| t > 0),
+        })
+    }
+
+    fn devices(&self, d: &Spanned<toml::Value>) -> Result<DeviceChoice, SpecError> {
+        let bad = || {
+            self.err(
+                d.span(),
+                "resources.devices",
+                "use \"auto\", \"cpu\" or a list of GPU ids like [0, 1]",
+            )
+        };
+        match d.get_ref() {
+            toml::Value::String(s) if s == "auto" => Ok(DeviceChoice::Auto),
+            toml::Value::String(s) if s == "cpu" => Ok(DeviceChoice::Cpu),
+            toml::Value::Array(a) if !a.is_empty() => a
+                .iter()
+                .map(|v| match v {
+                    toml::Value::Integer(i) if *i >= 0 => Ok(*i as u32),
+                    _ => Err(bad()),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(DeviceChoice::Gpus),
+            _ => Err(bad()),
+        }
+    }
+}

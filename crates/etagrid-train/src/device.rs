@@ -1,0 +1,46 @@
+//! Device selection. libtorch's CUDA backend lives in `libtorch_cuda.so`, which the linker drops
+//! (no symbol of it is referenced), so it has to be loaded by hand before the first tch call.
+
+use crate::TrainError;
+use etagrid_spec::protocol::JobDevice;
+use std::sync::OnceLock;
+use tch::Device;
+
+/// Loads libtorch's CUDA backend if it is installed; returns whether a GPU is usable.
+pub fn init_cuda() -> bool {
+    static CUDA: OnceLock<bool> = OnceLock::new();
+    *CUDA.get_or_init(|| {
+        // SAFETY: dlopen with a constant, NUL-terminated name; the handle is deliberately kept
+        // open for the life of the process.
+        #[allow(unsafe_code)]
+        let handle = unsafe {
+            libc::dlopen(
+                c"libtorch_cuda.so".as_ptr(),
+                libc::RTLD_NOW | libc::RTLD_GLOBAL,
+            )
+        };
+        !handle.is_null() && tch::Cuda::is_available()
+    })
+}
+
+pub fn select(device: JobDevice) -> Result<Device, TrainError> {
+    match device {
+        JobDevice::Cpu => Ok(Device::Cpu),
+        JobDevice::Cuda if init_cuda() => Ok(Device::Cuda(0)),
+        JobDevice::Cuda => Err(TrainError::Device(format!(
+            "a GPU was assigned (CUDA_VISIBLE_DEVICES={}) but libtorch sees no CUDA device: \
+             check that libtorch_cuda.so is on LD_LIBRARY_PATH and the driver works",
+            std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default()
+        ))),
+    }
+}
+
+pub fn describe(device: Device) -> String {
+    match device {
+        Device::Cuda(i) => format!(
+            "cuda:{i} (CUDA_VISIBLE_DEVICES={})",
+            std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default()
+        ),
+        _ => format!("cpu ({} threads)", tch::get_num_threads()),
+    }
+}

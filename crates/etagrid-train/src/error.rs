@@ -1,0 +1,48 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("read {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parse safetensors file {}", path.display())]
+    Safetensors {
+        path: PathBuf,
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+    #[error("tensor `{name}` is missing from {}", file.display())]
+    MissingTensor { name: String, file: PathBuf },
+    #[error("tensor `{name}` in {} has shape {found:?}, expected {expected:?}", file.display())]
+    Shape {
+        name: String,
+        file: PathBuf,
+        expected: Vec<i64>,
+        found: Vec<i64>,
+    },
+    #[error("tensor `{name}` in {} has dtype {dtype}, which etagrid cannot load (use F32, F16 or BF16)", file.display())]
+    Dtype {
+        name: String,
+        file: PathBuf,
+        dtype: String,
+    },
+    #[error("{}: {message}", path.display())]
+    Config { path: PathBuf, message: String },
+    #[error("{}: model_type {model_type:?} is not supported (supported: bert)", path.display())]
+    UnsupportedModel { path: PathBuf, model_type: String },
+    #[error("load tokenizer {}: {message}", path.display())]
+    Tokenizer { path: PathBuf, message: String },
+    #[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Data {
+        path: PathBuf,
+        line: Option<u64>,
+        message: String,
+    },
+    #[error("{0}")]
+    Device(String),
+    #[error("libtorch")]
+    Torch(#[from] tch::TchError),
+}

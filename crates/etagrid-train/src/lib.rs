@@ -1,0 +1,23 @@
+//! Fine-tuning one grid cell with libtorch (through `tch`). This is the only crate that links
+//! libtorch; the scheduler talks to it through a worker process and `etagrid_spec::protocol`.
+//!
+//! - [`weights`]: tensors out of a Hugging Face `model.safetensors`.
+//! - [`bert`]: BERT for sequence classification (transformers' `BertForSequenceClassification`),
+//!   with LoRA on the linear layers selected like PEFT's `target_modules`.
+//! - [`lora`]: a LoRA linear layer holding K stacked adapters (`[K, r, in]`, `[K, out, r]`);
+//!   one grid cell is K = 1, and several cells can share one frozen base later.
+//! - [`optim`]: AdamW with the LoRA+ authors' parameter groups and per-adapter learning rates.
+//! - [`data`]: CSV/TSV/JSONL reading, tokenization with `tokenizers`, seeded batches.
+//! - [`train`]: the train/eval loop of one job.
+
+pub mod bert;
+pub mod data;
+pub mod device;
+mod error;
+pub mod lora;
+pub mod optim;
+pub mod train;
+pub mod weights;
+
+pub use error::TrainError;
+pub use train::{run_job, JobOutcome};

@@ -1,0 +1,295 @@
+use anyhow::{bail, Context, Result};
+use etagrid_report::{ReportCell, ReportInput};
+use etagrid_sched::{discover_gpus, plan_slots, RunOptions, SlotDevice, WorkerCommand};
+use etagrid_spec::protocol::{WorkerEvent, WorkerJob};
+use etagrid_spec::{DeviceChoice, SweepSpec};
+use etagrid_store::{CellState, Store};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// The process's exit codes, decided here and nowhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Everything asked for was done (diverged cells are a result, not an error).
+    Ok,
+    /// A run ended with failed cells; rerun to retry them.
+    CellsFailed,
+    /// A run was stopped by SIGINT/SIGTERM; rerun to resume.
+    Interrupted,
+    /// A worker could not run its cell.
+    WorkerFailed,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(match e {
+            Exit::Ok => 0,
+            Exit::WorkerFailed => 1,
+            Exit::CellsFailed => 3,
+            Exit::Interrupted => 130,
+        })
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the tokio runtime")?
+        .block_on(f))
+}
+
+pub fn plan(sweep: &Path) -> Result<Exit> {
+    let spec = SweepSpec::load(sweep)?;
+    let cells = spec.cells();
+    let n_a = {
+        let mut v: Vec<u64> = spec.points.iter().map(|p| p.0.to_bits()).collect();
+        v.sort_unstable();
+        v.dedup();
+        v.len()
+    };
+    println!(
+        "sweep {}: {} cells = {} (η_A, η_B) points ({} η_A values) × {} seed(s); model {}; {} on {}",
+        spec.name,
+        cells.len(),
+        spec.points.len(),
+        n_a,
+        spec.seeds.len(),
+        spec.model.path,
+        spec.task.metric.name(),
+        spec.task.eval
+    );
+    println!("{:>5}  {:<16}  {:>10}  {:>10}  {:>8}  {:>5}", "#", "cell", "η_A", "η_B", "λ", "seed");
+    for c in &cells {
+        println!(
+            "{:>5}  {:<16}  {:>10.3e}  {:>10.3e}  {:>8.3}  {:>5}",
+            c.index,
+            c.id,
+            c.config.lr_a,
+            c.config.lr_b,
+            c.config.ratio(),
+            c.config.seed
+        );
+    }
+    Ok(Exit::Ok)
+}
+
+pub struct RunArgs {
+    pub sweep: PathBuf,
+    pub db: PathBuf,
+    pub state_dir: PathBuf,
+    pub devices: Option<String>,
+    pub cells_per_device: Option<usize>,
+    pub report_dir: Option<PathBuf>,
+}
+
+fn parse_devices(s: &str) -> Result<DeviceChoice> {
+    Ok(match s {
+        "auto" => DeviceChoice::Auto,
+        "cpu" => DeviceChoice::Cpu,
+        ids => DeviceChoice::Gpus(
+            ids.split(',')
+                .map(|i| i.trim().parse().with_context(|| format!("--devices: {i:?} is not a GPU id; use \"auto\", \"cpu\" or ids like \"0,1\"")))
+                .collect::<Result<_>>()?,
+        ),
+    })
+}
+
+pub fn run(args: &RunArgs) -> Result<Exit> {
+    let spec = SweepSpec::load(&args.sweep)?;
+    if !spec.model.dir.join("config.json").exists() {
+        bail!(
+            "{}: [model] path {:?} has no config.json (looked in {}); point it at a Hugging Face-format model directory{}",
+            args.sweep.display(),
+            spec.model.path,
+            spec.model.dir.display(),
+            if spec.model.path.contains("models/all-MiniLM-L6-v2") { " — `bash scripts/setup.sh` fetches this one" } else { "" }
+        );
+    }
+    for (field, f) in [("task.train", &spec.task.train_file), ("task.eval", &spec.task.eval_file)] {
+        if !f.exists() {
+            bail!("{}: `{field}` file {} does not exist", args.sweep.display(), f.display());
+        }
+    }
+    let devices = match &args.devices {
+        Some(d) => parse_devices(d)?,
+        None => spec.devices.clone(),
+    };
+    let gpus = discover_gpus();
+    let slots = plan_slots(&devices, args.cells_per_device.or(spec.cells_per_device), &gpus);
+    let cpu_slots = slots.iter().filter(|s| **s == SlotDevice::Cpu).count().max(1);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = spec.threads_per_cell.unwrap_or((cores / cpu_slots).max(1));
+    let opts = RunOptions {
+        store: args.db.clone(),
+        state_dir: args.state_dir.clone(),
+        worker: WorkerCommand {
+            program: std::env::current_exe().context("failed to find the etagrid executable")?,
+            args: vec!["worker".into()],
+        },
+        slots,
+        threads_per_cell: threads,
+        progress: true,
+    };
+    let summary = etagrid_sched::run(&spec, &opts)?;
+    if let Some(dir) = &args.report_dir {
+        if summary.done + summary.skipped > 0 {
+            report(&args.db, &args.sweep.to_string_lossy(), dir)?;
+        }
+    }
+    Ok(if summary.stopped_by_signal {
+        Exit::Interrupted
+    } else if summary.failed > 0 {
+        eprintln!("{} cell(s) failed: see `etagrid status {}`; rerun to retry them", summary.failed, spec.name);
+        Exit::CellsFailed
+    } else {
+        Exit::Ok
+    })
+}
+
+/// `sweep` is a sweep file or the name of a sweep in the store.
+fn sweep_name(sweep: &str) -> Result<String> {
+    let p = Path::new(sweep);
+    if p.extension().is_some_and(|e| e == "toml") || p.exists() {
+        Ok(SweepSpec::load(p)?.name)
+    } else {
+        Ok(sweep.to_owned())
+    }
+}
+
+pub fn report(db: &Path, sweep: &str, reports: &Path) -> Result<()> {
+    let name = sweep_name(sweep)?;
+    let (row, cells) = block_on(async {
+        let store = Store::open(db).await?;
+        let row = store.sweep(&name).await?;
+        let cells = store.cells(&name).await?;
+        store.close().await;
+        anyhow::Ok((row, cells))
+    })??;
+    // Chance level = the eval set's majority-class rate, when the task files are still there.
+    let chance = SweepSpec::parse(Path::new(&row.source_path), &row.source_text)
+        .ok()
+        .and_then(|spec| majority_rate(&spec).ok());
+    let input = ReportInput {
+        sweep: row.name.clone(),
+        metric_name: row.metric.clone(),
+        higher_is_better: row.higher_is_better,
+        cells: cells
+            .iter()
+            .map(|c| ReportCell {
+                cell_id: c.id.clone(),
+                lr_a: c.lr_a,
+                lr_b: c.lr_b,
+                seed: c.seed as u64,
+                state: c.state.as_str().into(),
+                metric: c.metric,
+                eval_loss: c.eval_loss,
+                train_loss: c.train_loss,
+                steps: c.step,
+                wall_s: c.wall_s,
+                device: c.device.clone(),
+            })
+            .collect(),
+        spec_toml: row.source_text.clone(),
+        chance_level: chance,
+    };
+    let out = reports.join(&row.name);
+    let s = etagrid_report::write_report(&input, &out)
+        .with_context(|| format!("failed to write the report to {}", out.display()))?;
+    eprintln!("report: {} ({} of {} cells done)", s.index.display(), s.cells_done, s.cells_total);
+    if let Some(b) = &s.best {
+        eprintln!(
+            "best: η_A={:.3e} η_B={:.3e} (λ={:.3}) {}={:.4}",
+            b.lr_a, b.lr_b, b.ratio, row.metric, b.metric
+        );
+    }
+    if let Some(d) = &s.best_on_diagonal {
+        eprintln!("best with η_B = η_A: η={:.3e} {}={:.4}", d.lr_a, row.metric, d.metric);
+    }
+    Ok(())
+}
+
+fn majority_rate(spec: &SweepSpec) -> Result<f64> {
+    let ex = etagrid_train::data::eval_subset(
+        etagrid_train::data::read_examples(&spec.task.eval_file, &spec.task)?,
+        spec.task.max_eval_examples,
+    );
+    let mut counts = std::collections::HashMap::new();
+    for e in &ex {
+        *counts.entry(e.label.as_str()).or_insert(0usize) += 1;
+    }
+    Ok(counts.values().copied().max().unwrap_or(0) as f64 / ex.len().max(1) as f64)
+}
+
+pub fn status(db: &Path, sweep: Option<&str>) -> Result<Exit> {
+    if !db.exists() {
+        bail!("no results store at {}: nothing has run yet (or pass --state-dir/--db)", db.display());
+    }
+    let names = match sweep {
+        Some(s) => vec![sweep_name(s)?],
+        None => Vec::new(),
+    };
+    block_on(async {
+        let store = Store::open(db).await?;
+        let names = if names.is_empty() { store.sweep_names().await? } else { names };
+        for name in names {
+            let cells = store.cells(&name).await?;
+            let counts = store.counts(&name).await?;
+            println!(
+                "sweep {name}: {} cells — {}",
+                cells.len(),
+                CellState::ALL
+                    .iter()
+                    .map(|s| format!("{} {}", counts.get(s).copied().unwrap_or(0), s.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            for c in cells.iter().filter(|c| c.state == CellState::Running) {
+                println!(
+                    "  running {} η_A={:.2e} η_B={:.2e} on {} step {}/{}",
+                    c.id,
+                    c.lr_a,
+                    c.lr_b,
+                    c.device.as_deref().unwrap_or("?"),
+                    c.step.unwrap_or(0),
+                    c.total_steps.map(|t| t.to_string()).unwrap_or_else(|| "?".into())
+                );
+            }
+            for c in cells.iter().filter(|c| c.state == CellState::Failed) {
+                println!("  failed  {} (attempt {}): {}", c.id, c.attempts, c.error.as_deref().unwrap_or(""));
+            }
+        }
+        store.close().await;
+        anyhow::Ok(())
+    })??;
+    Ok(Exit::Ok)
+}
+
+/// The worker side of the protocol: one job in, JSON lines out.
+pub fn worker(job_path: &Path) -> Result<Exit> {
+    let mut stdout = std::io::stdout().lock();
+    let mut emit = |ev: WorkerEvent| {
+        let line = serde_json::to_string(&ev).unwrap_or_default();
+        // The scheduler is gone if stdout is closed: nobody would record the result, so stop.
+        if writeln!(stdout, "{line}").and_then(|_| stdout.flush()).is_err() {
+            std::process::exit(1);
+        }
+    };
+    let job: Result<WorkerJob> = std::fs::read(job_path)
+        .with_context(|| format!("failed to read job file {}", job_path.display()))
+        .and_then(|b| serde_json::from_slice(&b).with_context(|| format!("failed to parse job file {}", job_path.display())));
+    let outcome = job.and_then(|job| {
+        eprintln!("etagrid worker: sweep {} cell {}", job.sweep, job.cell_id);
+        etagrid_train::run_job(&job, &mut emit).map_err(anyhow::Error::from)
+    });
+    match outcome {
+        Ok(_) => Ok(Exit::Ok),
+        Err(e) => {
+            let error = format!("{e:#}");
+            eprintln!("etagrid worker: {error}");
+            emit(WorkerEvent::Failed { error });
+            Ok(Exit::WorkerFailed)
+        }
+    }
+}
