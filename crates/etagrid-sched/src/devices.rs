@@ -23,10 +23,7 @@ impl fmt::Display for SlotDevice {
 /// else what `nvidia-smi` lists, else none.
 pub fn discover_gpus() -> Vec<u32> {
     if let Ok(v) = std::env::var("CUDA_VISIBLE_DEVICES") {
-        return v
-            .split(',')
-            .filter_map(|s| s.trim().parse().ok())
-            .collect();
+        return v.split(',').filter_map(|s| s.trim().parse().ok()).collect();
     }
     let out = std::process::Command::new("nvidia-smi")
         .args(["--query-gpu=index", "--format=csv,noheader"])
@@ -42,7 +39,11 @@ pub fn discover_gpus() -> Vec<u32> {
 
 /// One entry per concurrent worker. `auto` uses every visible GPU, or the CPU when there is none.
 /// On the CPU the default is one cell at a time (libtorch already uses every core for one).
-pub fn plan_slots(choice: &DeviceChoice, cells_per_device: Option<usize>, gpus: &[u32]) -> Vec<SlotDevice> {
+pub fn plan_slots(
+    choice: &DeviceChoice,
+    cells_per_device: Option<usize>,
+    gpus: &[u32],
+) -> Vec<SlotDevice> {
     let devices: Vec<SlotDevice> = match choice {
         DeviceChoice::Cpu => vec![SlotDevice::Cpu],
         DeviceChoice::Gpus(ids) => ids.iter().map(|&i| SlotDevice::Gpu(i)).collect(),
@@ -60,19 +61,30 @@ mod tests {
 
     #[test]
     fn auto_without_gpus_runs_on_the_cpu() {
-        assert_eq!(plan_slots(&DeviceChoice::Auto, None, &[]), vec![SlotDevice::Cpu]);
+        assert_eq!(
+            plan_slots(&DeviceChoice::Auto, None, &[]),
+            vec![SlotDevice::Cpu]
+        );
     }
 
     #[test]
     fn slots_interleave_devices() {
         assert_eq!(
             plan_slots(&DeviceChoice::Auto, Some(2), &[0, 3]),
-            vec![SlotDevice::Gpu(0), SlotDevice::Gpu(3), SlotDevice::Gpu(0), SlotDevice::Gpu(3)]
+            vec![
+                SlotDevice::Gpu(0),
+                SlotDevice::Gpu(3),
+                SlotDevice::Gpu(0),
+                SlotDevice::Gpu(3)
+            ]
         );
     }
 
     #[test]
     fn explicit_cpu_ignores_gpus() {
-        assert_eq!(plan_slots(&DeviceChoice::Cpu, Some(2), &[0]), vec![SlotDevice::Cpu, SlotDevice::Cpu]);
+        assert_eq!(
+            plan_slots(&DeviceChoice::Cpu, Some(2), &[0]),
+            vec![SlotDevice::Cpu, SlotDevice::Cpu]
+        );
     }
 }

@@ -154,7 +154,11 @@ async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, Sc
         },
         queue.len(),
         opts.slots.len(),
-        opts.slots.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+        opts.slots
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     if queue.is_empty() {
         eprintln!("all {} cells are done: nothing to train", cells.len());
@@ -178,7 +182,9 @@ async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, Sc
                 }
                 let Some(row) = queue.pop_front() else { break };
                 let device = opts.slots[i];
-                store.start_cell(&spec.name, &row.id, &device.to_string()).await?;
+                store
+                    .start_cell(&spec.name, &row.id, &device.to_string())
+                    .await?;
                 let label = format!("{} η_A={:.2e} η_B={:.2e}", row.id, row.lr_a, row.lr_b);
                 match spawn_worker(spec, opts, &row.id, &row.config, device, i, tx.clone()) {
                     Ok((pid, log)) => {
@@ -194,7 +200,9 @@ async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, Sc
                     Err(e) => {
                         let msg = format!("could not start the worker: {e}");
                         progress.line(&format!("cell {label}: failed: {msg}"));
-                        store.finish_cell(&spec.name, &row.id, &Outcome::Failed(msg)).await?;
+                        store
+                            .finish_cell(&spec.name, &row.id, &Outcome::Failed(msg))
+                            .await?;
                         summary.failed += 1;
                         progress.cell_finished();
                     }
@@ -258,7 +266,10 @@ async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, Sc
 fn stop(stopping: &mut u8, slots: &[Option<Running>], progress: &Progress) {
     *stopping = stopping.saturating_add(1);
     let (sig, msg) = if *stopping == 1 {
-        (libc::SIGTERM, "stopping: unfinished cells go back to pending (interrupt again to kill the workers)")
+        (
+            libc::SIGTERM,
+            "stopping: unfinished cells go back to pending (interrupt again to kill the workers)",
+        )
     } else {
         (libc::SIGKILL, "killing the workers")
     };
@@ -287,8 +298,13 @@ async fn on_event(
             groups,
             ..
         } => {
-            store.set_groups(sweep, &run.cell_id, groups, *total_steps).await?;
-            progress.slot(slot, format!("{} on {device}: step 0/{total_steps}", run.label));
+            store
+                .set_groups(sweep, &run.cell_id, groups, *total_steps)
+                .await?;
+            progress.slot(
+                slot,
+                format!("{} on {device}: step 0/{total_steps}", run.label),
+            );
         }
         WorkerEvent::Train {
             step,
@@ -296,15 +312,31 @@ async fn on_event(
             loss,
             ..
         } => {
-            store.record_metrics(sweep, &run.cell_id, *step, &[("train_loss", *loss)]).await?;
-            progress.slot(slot, format!("{}: step {step}/{total_steps} loss {loss:.4}", run.label));
-        }
-        WorkerEvent::Eval { step, loss, accuracy } => {
             store
-                .record_metrics(sweep, &run.cell_id, *step, &[("eval_loss", *loss), ("eval_accuracy", *accuracy)])
+                .record_metrics(sweep, &run.cell_id, *step, &[("train_loss", *loss)])
+                .await?;
+            progress.slot(
+                slot,
+                format!("{}: step {step}/{total_steps} loss {loss:.4}", run.label),
+            );
+        }
+        WorkerEvent::Eval {
+            step,
+            loss,
+            accuracy,
+        } => {
+            store
+                .record_metrics(
+                    sweep,
+                    &run.cell_id,
+                    *step,
+                    &[("eval_loss", *loss), ("eval_accuracy", *accuracy)],
+                )
                 .await?;
         }
-        WorkerEvent::Finished { .. } | WorkerEvent::Diverged { .. } | WorkerEvent::Failed { .. } => {}
+        WorkerEvent::Finished { .. }
+        | WorkerEvent::Diverged { .. }
+        | WorkerEvent::Failed { .. } => {}
     }
     Ok(())
 }
@@ -370,10 +402,16 @@ fn spawn_worker(
     };
     let job_path = dir.join("job.json");
     let tmp = dir.join("job.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&job).map_err(std::io::Error::other)?)?;
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(&job).map_err(std::io::Error::other)?,
+    )?;
     std::fs::rename(&tmp, &job_path)?;
     let log_path = dir.join("worker.log");
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)?;
 
     let mut cmd = Command::new(&opts.worker.program);
     cmd.args(&opts.worker.args)

@@ -16,9 +16,11 @@ impl Progress {
         let multi = live.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
         let overall = ProgressBar::new(total);
         overall.set_style(
-            ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} cells  {elapsed_precise} (eta {eta})")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{prefix:>8} [{bar:30}] {pos}/{len} cells  {elapsed_precise} (eta {eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         overall.set_prefix("sweep");
         let mut slot_bars = Vec::new();

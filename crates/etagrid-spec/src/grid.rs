@@ -15,7 +15,12 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Axis {
     List(Vec<f64>),
-    Range { base: LogBase, from: f64, to: f64, step: f64 },
+    Range {
+        base: LogBase,
+        from: f64,
+        to: f64,
+        step: f64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -53,10 +58,17 @@ impl Axis {
                         "range is empty: `from` exponent {from} is above `to` exponent {to}"
                     ));
                 }
-                let n = ((to - from) / step + 1e-9).floor() as usize + 1;
-                if n > 10_000 {
-                    return Err(format!("range has {n} points; at most 10000 per axis"));
+                if !(from.is_finite() && to.is_finite()) {
+                    return Err(format!(
+                        "range exponents must be finite, got [{from}, {to}]"
+                    ));
                 }
+                // Compared as a float: a huge span would overflow the usize.
+                let n = ((to - from) / step + 1e-9).floor() + 1.0;
+                if n > 10_000.0 {
+                    return Err(format!("range has {n:.0} points; at most 10000 per axis"));
+                }
+                let n = n as usize;
                 (0..n)
                     .map(|i| base.value().powf(from + i as f64 * step))
                     .collect()

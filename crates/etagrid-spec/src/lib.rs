@@ -5,8 +5,8 @@
 //! [`cell`] expands the grid into cells and gives each one a content hash; [`protocol`] is the one
 //! place where the scheduler ↔ worker JSON-lines messages are defined.
 
-mod error;
 pub mod cell;
+mod error;
 pub mod file;
 pub mod grid;
 pub mod protocol;

@@ -61,6 +61,9 @@ pub enum WorkerEvent {
     /// The loss became NaN or infinite: the cell stops and is recorded as diverged.
     Diverged {
         step: u64,
+        /// Always NaN or ±infinity, which JSON numbers cannot hold: written as the string
+        /// `"NaN"`, `"inf"` or `"-inf"` (a number or `null` is read too).
+        #[serde(with = "non_finite")]
         loss: f64,
     },
     Failed {
@@ -72,7 +75,9 @@ impl WorkerEvent {
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
-            WorkerEvent::Finished { .. } | WorkerEvent::Diverged { .. } | WorkerEvent::Failed { .. }
+            WorkerEvent::Finished { .. }
+                | WorkerEvent::Diverged { .. }
+                | WorkerEvent::Failed { .. }
         )
     }
 }
@@ -98,4 +103,47 @@ pub struct CellResult {
     pub steps: u64,
     pub wall_s: f64,
     pub train_samples_per_s: f64,
+}
+
+/// An `f64` that may be NaN or infinite. serde_json writes those as `null` and cannot read `null`
+/// back as an `f64`, so a `diverged` line would be dropped by the reader and the cell taken for a
+/// crashed worker.
+mod non_finite {
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else if v.is_nan() {
+            s.serialize_str("NaN")
+        } else if *v > 0.0 {
+            s.serialize_str("inf")
+        } else {
+            s.serialize_str("-inf")
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Number(f64),
+        Text(String),
+        Null(()),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        match Repr::deserialize(d)? {
+            Repr::Number(v) => Ok(v),
+            Repr::Null(()) => Ok(f64::NAN),
+            Repr::Text(t) => match t.as_str() {
+                "NaN" | "nan" => Ok(f64::NAN),
+                "inf" | "+inf" | "infinity" => Ok(f64::INFINITY),
+                "-inf" | "-infinity" => Ok(f64::NEG_INFINITY),
+                _ => Err(de::Error::invalid_value(
+                    de::Unexpected::Str(&t),
+                    &"a number, \"NaN\", \"inf\" or \"-inf\"",
+                )),
+            },
+        }
+    }
 }

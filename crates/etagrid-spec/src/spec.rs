@@ -172,7 +172,10 @@ impl Resolver<'_> {
     fn err(&self, span: Range<usize>, field: &str, message: impl Into<String>) -> SpecError {
         SpecError::Invalid {
             path: self.path.to_owned(),
-            line: self.text[..span.start.min(self.text.len())].matches('\n').count() + 1,
+            line: self.text[..span.start.min(self.text.len())]
+                .matches('\n')
+                .count()
+                + 1,
             field: field.to_owned(),
             message: message.into(),
         }
@@ -216,7 +219,9 @@ impl Resolver<'_> {
             return Err(self.err(
                 0..0,
                 "name",
-                format!("{name:?} is not a usable sweep name: use letters, digits, '-', '_' or '.'"),
+                format!(
+                    "{name:?} is not a usable sweep name: use letters, digits, '-', '_' or '.'"
+                ),
             ));
         }
 
@@ -296,7 +301,9 @@ impl Resolver<'_> {
             (Some(s), None) if *s.get_ref() > 0 => TrainLength::Steps(*s.get_ref()),
             (None, Some(e)) if *e.get_ref() > 0.0 => TrainLength::Epochs(*e.get_ref()),
             (Some(s), None) => return Err(self.err(s.span(), "train.steps", "must be at least 1")),
-            (None, Some(e)) => return Err(self.err(e.span(), "train.epochs", "must be greater than 0")),
+            (None, Some(e)) => {
+                return Err(self.err(e.span(), "train.epochs", "must be greater than 0"))
+            }
             _ => {
                 return Err(self.section_err(
                     "train",
@@ -305,18 +312,19 @@ impl Resolver<'_> {
                 ))
             }
         };
-        let schedule = match tr.schedule.as_ref().map(|s| s.get_ref().as_str()) {
-            None | Some("linear") => Schedule::Linear,
-            Some("constant") => Schedule::Constant,
-            Some("cosine") => Schedule::Cosine,
-            Some(other) => {
-                return Err(self.err(
+        let schedule =
+            match tr.schedule.as_ref().map(|s| s.get_ref().as_str()) {
+                None | Some("linear") => Schedule::Linear,
+                Some("constant") => Schedule::Constant,
+                Some("cosine") => Schedule::Cosine,
+                Some(other) => return Err(self.err(
                     tr.schedule.as_ref().map(|s| s.span()).unwrap_or(0..0),
                     "train.schedule",
-                    format!("unknown schedule {other:?}: use \"constant\", \"linear\" or \"cosine\""),
-                ))
-            }
-        };
+                    format!(
+                        "unknown schedule {other:?}: use \"constant\", \"linear\" or \"cosine\""
+                    ),
+                )),
+            };
         let train = TrainSpec {
             length,
             batch_size: self.positive(&tr.batch_size, 32, "train.batch_size")?,
@@ -345,7 +353,11 @@ impl Resolver<'_> {
             (None, Some(r)) => {
                 let ratio = axis(r, "grid.ratio")?;
                 lr_a.iter()
-                    .flat_map(|&a| ratio.iter().map(move |&l| (a, crate::grid::round_sig(a * l))))
+                    .flat_map(|&a| {
+                        ratio
+                            .iter()
+                            .map(move |&l| (a, crate::grid::round_sig(a * l)))
+                    })
                     .collect()
             }
             (Some(_), Some(r)) => {
@@ -366,7 +378,11 @@ impl Resolver<'_> {
         let seeds = match g.seeds {
             None => vec![0],
             Some(s) if s.get_ref().is_empty() => {
-                return Err(self.err(s.span(), "grid.seeds", "is empty: give at least one seed, e.g. [0]"))
+                return Err(self.err(
+                    s.span(),
+                    "grid.seeds",
+                    "is empty: give at least one seed, e.g. [0]",
+                ))
             }
             Some(s) => {
                 let mut v = s.get_ref().clone();

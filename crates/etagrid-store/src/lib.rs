@@ -62,7 +62,11 @@ impl CellState {
         CellState::ALL
             .into_iter()
             .find(|c| c.as_str() == s)
-            .ok_or_else(|| StoreError::Query(sqlx::Error::Decode(format!("unknown cell state {s:?}").into())))
+            .ok_or_else(|| {
+                StoreError::Query(sqlx::Error::Decode(
+                    format!("unknown cell state {s:?}").into(),
+                ))
+            })
     }
     /// Finished for good: a rerun skips it.
     pub fn is_final(self) -> bool {
@@ -110,7 +114,10 @@ pub struct EnqueueSummary {
 #[derive(Debug, Clone)]
 pub enum Outcome {
     Done(CellResult),
-    Diverged { step: u64, loss: f64 },
+    Diverged {
+        step: u64,
+        loss: f64,
+    },
     Failed(String),
     /// Stopped by the user or a crash of the run: back to pending, no attempt charged.
     Interrupted,
@@ -269,10 +276,11 @@ impl Store {
     }
 
     pub async fn counts(&self, sweep: &str) -> Result<BTreeMap<CellState, i64>> {
-        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM cells WHERE sweep = ?1 GROUP BY state")
-            .bind(sweep)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT state, COUNT(*) AS n FROM cells WHERE sweep = ?1 GROUP BY state")
+                .bind(sweep)
+                .fetch_all(&self.pool)
+                .await?;
         let mut out = BTreeMap::new();
         for r in rows {
             out.insert(CellState::parse(r.try_get("state")?)?, r.try_get("n")?);
@@ -303,7 +311,13 @@ impl Store {
         Ok(())
     }
 
-    pub async fn set_groups(&self, sweep: &str, id: &str, groups: &[ParamGroupInfo], total_steps: u64) -> Result<()> {
+    pub async fn set_groups(
+        &self,
+        sweep: &str,
+        id: &str,
+        groups: &[ParamGroupInfo],
+        total_steps: u64,
+    ) -> Result<()> {
         sqlx::query("UPDATE cells SET groups = ?3, total_steps = ?4 WHERE sweep = ?1 AND id = ?2")
             .bind(sweep)
             .bind(id)
@@ -315,7 +329,13 @@ impl Store {
     }
 
     /// Appends points of a cell's curves and its current step, in one transaction.
-    pub async fn record_metrics(&self, sweep: &str, id: &str, step: u64, points: &[(&str, f64)]) -> Result<()> {
+    pub async fn record_metrics(
+        &self,
+        sweep: &str,
+        id: &str,
+        step: u64,
+        points: &[(&str, f64)],
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for (name, value) in points {
             sqlx::query("INSERT INTO metrics (sweep, cell_id, step, name, value) VALUES (?1, ?2, ?3, ?4, ?5)")
@@ -347,7 +367,9 @@ impl Store {
         .bind(name)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(|r| Ok((r.try_get("step")?, r.try_get("value")?))).collect()
+        rows.iter()
+            .map(|r| Ok((r.try_get("step")?, r.try_get("value")?)))
+            .collect()
     }
 
     pub async fn finish_cell(&self, sweep: &str, id: &str, outcome: &Outcome) -> Result<()> {

@@ -82,10 +82,17 @@ impl BertConfig {
         if cfg.hidden_act != "gelu" {
             return Err(TrainError::Config {
                 path,
-                message: format!("hidden_act {:?} is not supported (only \"gelu\")", cfg.hidden_act),
+                message: format!(
+                    "hidden_act {:?} is not supported (only \"gelu\")",
+                    cfg.hidden_act
+                ),
             });
         }
-        if cfg.position_embedding_type.as_deref().is_some_and(|p| p != "absolute") {
+        if cfg
+            .position_embedding_type
+            .as_deref()
+            .is_some_and(|p| p != "absolute")
+        {
             return Err(TrainError::Config {
                 path,
                 message: "only position_embedding_type \"absolute\" is supported".into(),
@@ -113,7 +120,9 @@ pub enum ParamRole {
     LoraA,
     LoraB,
     /// Any other trainable tensor (the classification head); `dims` per adapter, excluding K.
-    Other { dims: usize },
+    Other {
+        dims: usize,
+    },
 }
 
 struct LayerNorm {
@@ -226,7 +235,10 @@ impl BertForSequenceClassification {
             })
         };
         let embeddings = Embeddings {
-            word_embeddings: weights.get(&format!("{p}embeddings.word_embeddings.weight"), &[c.vocab_size, h])?,
+            word_embeddings: weights.get(
+                &format!("{p}embeddings.word_embeddings.weight"),
+                &[c.vocab_size, h],
+            )?,
             position_embeddings: weights.get(
                 &format!("{p}embeddings.position_embeddings.weight"),
                 &[c.max_position_embeddings, h],
@@ -235,7 +247,12 @@ impl BertForSequenceClassification {
                 &format!("{p}embeddings.token_type_embeddings.weight"),
                 &[c.type_vocab_size, h],
             )?,
-            layer_norm: LayerNorm::load(weights, &format!("{p}embeddings.LayerNorm"), h, c.layer_norm_eps)?,
+            layer_norm: LayerNorm::load(
+                weights,
+                &format!("{p}embeddings.LayerNorm"),
+                h,
+                c.layer_norm_eps,
+            )?,
         };
         let mut layers = Vec::new();
         for i in 0..c.num_hidden_layers {
@@ -253,7 +270,11 @@ impl BertForSequenceClassification {
                     h,
                     c.layer_norm_eps,
                 )?,
-                intermediate_dense: linear(&format!("{l}.intermediate.dense"), c.intermediate_size, h)?,
+                intermediate_dense: linear(
+                    &format!("{l}.intermediate.dense"),
+                    c.intermediate_size,
+                    h,
+                )?,
                 output_dense: linear(&format!("{l}.output.dense"), h, c.intermediate_size)?,
                 output_layer_norm: LayerNorm::load(
                     weights,
@@ -316,11 +337,26 @@ impl BertForSequenceClassification {
         };
         for (i, layer) in self.layers.iter().enumerate() {
             let l = format!("encoder.layer.{i}");
-            push_lora(&format!("{l}.attention.self.query"), &layer.attention_self.query);
-            push_lora(&format!("{l}.attention.self.key"), &layer.attention_self.key);
-            push_lora(&format!("{l}.attention.self.value"), &layer.attention_self.value);
-            push_lora(&format!("{l}.attention.output.dense"), &layer.attention_output_dense);
-            push_lora(&format!("{l}.intermediate.dense"), &layer.intermediate_dense);
+            push_lora(
+                &format!("{l}.attention.self.query"),
+                &layer.attention_self.query,
+            );
+            push_lora(
+                &format!("{l}.attention.self.key"),
+                &layer.attention_self.key,
+            );
+            push_lora(
+                &format!("{l}.attention.self.value"),
+                &layer.attention_self.value,
+            );
+            push_lora(
+                &format!("{l}.attention.output.dense"),
+                &layer.attention_output_dense,
+            );
+            push_lora(
+                &format!("{l}.intermediate.dense"),
+                &layer.intermediate_dense,
+            );
             push_lora(&format!("{l}.output.dense"), &layer.output_dense);
         }
         push_lora("pooler.dense", &self.pooler);
@@ -372,9 +408,20 @@ impl BertForSequenceClassification {
         let drop = |x: Tensor| x.dropout(c.hidden_dropout_prob, train);
         let positions = Tensor::arange(t, (Kind::Int64, batch.input_ids.device()));
         let e = &self.embeddings;
-        let x = Tensor::embedding(&e.word_embeddings, &batch.input_ids, c.pad_token_id, false, false)
-            + Tensor::embedding(&e.position_embeddings, &positions, -1, false, false)
-            + Tensor::embedding(&e.token_type_embeddings, &batch.token_type_ids, -1, false, false);
+        let x = Tensor::embedding(
+            &e.word_embeddings,
+            &batch.input_ids,
+            c.pad_token_id,
+            false,
+            false,
+        ) + Tensor::embedding(&e.position_embeddings, &positions, -1, false, false)
+            + Tensor::embedding(
+                &e.token_type_embeddings,
+                &batch.token_type_ids,
+                -1,
+                false,
+                false,
+            );
         let mut x = drop(e.layer_norm.forward(&x));
         let heads = c.num_attention_heads;
         let dh = c.hidden_size / heads;
@@ -386,10 +433,23 @@ impl BertForSequenceClassification {
             let q = split(a.query.forward(&x, train));
             let k = split(a.key.forward(&x, train));
             let v = split(a.value.forward(&x, train));
-            let p_drop = if train { c.attention_probs_dropout_prob } else { 0.0 };
-            let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&mask), p_drop, false, None, false)
-                .transpose(1, 2)
-                .reshape([n, t, c.hidden_size]);
+            let p_drop = if train {
+                c.attention_probs_dropout_prob
+            } else {
+                0.0
+            };
+            let ctx = Tensor::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                Some(&mask),
+                p_drop,
+                false,
+                None,
+                false,
+            )
+            .transpose(1, 2)
+            .reshape([n, t, c.hidden_size]);
             let attn = drop(layer.attention_output_dense.forward(&ctx, train));
             let attn = layer.attention_output_layer_norm.forward(&(attn + &x));
             let inter = layer.intermediate_dense.forward(&attn, train).gelu("none");
@@ -411,11 +471,12 @@ impl BertForSequenceClassification {
         let n = pooled.size()[0];
         let h = self.config.hidden_size;
         let pk = pooled.reshape([self.k, n / self.k, h]);
-        let logits = self
-            .classifier
-            .bias
-            .unsqueeze(1)
-            .baddbmm(&pk, &self.classifier.weight.transpose(1, 2), 1.0, 1.0);
+        let logits = self.classifier.bias.unsqueeze(1).baddbmm(
+            &pk,
+            &self.classifier.weight.transpose(1, 2),
+            1.0,
+            1.0,
+        );
         logits.reshape([n, self.num_labels])
     }
 }

@@ -28,7 +28,12 @@ enum Format {
 }
 
 fn format_of(path: &Path) -> Result<Format, TrainError> {
-    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         Some("csv") => Ok(Format::Csv),
         Some("tsv") | Some("tab") => Ok(Format::Tsv),
         Some("jsonl") | Some("ndjson") => Ok(Format::Jsonl),
@@ -54,8 +59,14 @@ pub fn read_examples(path: &Path, task: &TaskSpec) -> Result<Vec<Example>, Train
     let examples = match format_of(path)? {
         Format::Jsonl => {
             let text = String::from_utf8(bytes).map_err(|e| {
-                let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|&&b| b == b'\n').count() as u64;
-                err(Some(line), "is not valid UTF-8: re-encode the file as UTF-8".into())
+                let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count() as u64;
+                err(
+                    Some(line),
+                    "is not valid UTF-8: re-encode the file as UTF-8".into(),
+                )
             })?;
             let mut out = Vec::new();
             for (i, raw) in text.lines().enumerate() {
@@ -70,7 +81,10 @@ pub fn read_examples(path: &Path, task: &TaskSpec) -> Result<Vec<Example>, Train
                         Some(serde_json::Value::String(s)) => Ok(s.clone()),
                         Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
                         Some(serde_json::Value::Bool(b)) => Ok(b.to_string()),
-                        Some(_) => Err(err(Some(line), format!("field `{name}` must be a string or a number"))),
+                        Some(_) => Err(err(
+                            Some(line),
+                            format!("field `{name}` must be a string or a number"),
+                        )),
                         None => Err(err(Some(line), format!("field `{name}` is missing"))),
                     }
                 };
@@ -111,9 +125,9 @@ pub fn read_examples(path: &Path, task: &TaskSpec) -> Result<Vec<Example>, Train
                 let rec = rec.map_err(|e| {
                     let line = e.position().map(|p| p.line());
                     let message = match e.kind() {
-                        csv::ErrorKind::UnequalLengths { expected_len, len, .. } => format!(
-                            "row has {len} fields but the header has {expected_len}"
-                        ),
+                        csv::ErrorKind::UnequalLengths {
+                            expected_len, len, ..
+                        } => format!("row has {len} fields but the header has {expected_len}"),
                         csv::ErrorKind::Utf8 { .. } => {
                             "is not valid UTF-8: re-encode the file as UTF-8".into()
                         }
@@ -147,7 +161,8 @@ pub struct LabelMap {
 
 impl LabelMap {
     pub fn from_examples(examples: &[Example]) -> LabelMap {
-        let set: std::collections::BTreeSet<&str> = examples.iter().map(|e| e.label.as_str()).collect();
+        let set: std::collections::BTreeSet<&str> =
+            examples.iter().map(|e| e.label.as_str()).collect();
         let mut labels: Vec<String> = set.into_iter().map(str::to_owned).collect();
         if labels.iter().all(|l| l.parse::<i64>().is_ok()) {
             labels.sort_by_key(|l| l.parse::<i64>().unwrap_or_default());
@@ -156,7 +171,11 @@ impl LabelMap {
     }
 
     pub fn index(&self) -> BTreeMap<&str, i64> {
-        self.labels.iter().enumerate().map(|(i, l)| (l.as_str(), i as i64)).collect()
+        self.labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.as_str(), i as i64))
+            .collect()
     }
 }
 
@@ -185,7 +204,9 @@ pub fn load_tokenizer(model_dir: &Path, max_len: usize) -> Result<Tokenizer, Tra
         message,
     };
     if !path.exists() {
-        return Err(terr("file not found (the model directory needs a tokenizer.json)".into()));
+        return Err(terr(
+            "file not found (the model directory needs a tokenizer.json)".into(),
+        ));
     }
     let mut tok = Tokenizer::from_file(&path).map_err(|e| terr(e.to_string()))?;
     tok.with_padding(None);
@@ -209,15 +230,18 @@ pub fn encode(
     let label_ids = examples
         .iter()
         .map(|e| {
-            index.get(e.label.as_str()).copied().ok_or_else(|| TrainError::Data {
-                path: path.to_owned(),
-                line: Some(e.line),
-                message: format!(
-                    "label {:?} never occurs in the training data (known: {})",
-                    e.label,
-                    labels.labels.join(", ")
-                ),
-            })
+            index
+                .get(e.label.as_str())
+                .copied()
+                .ok_or_else(|| TrainError::Data {
+                    path: path.to_owned(),
+                    line: Some(e.line),
+                    message: format!(
+                        "label {:?} never occurs in the training data (known: {})",
+                        e.label,
+                        labels.labels.join(", ")
+                    ),
+                })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let inputs: Vec<EncodeInput> = examples
@@ -227,20 +251,33 @@ pub fn encode(
             None => EncodeInput::Single(e.text.as_str().into()),
         })
         .collect();
-    let encs = tok.encode_batch(inputs, true).map_err(|e| TrainError::Tokenizer {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
+    let encs = tok
+        .encode_batch(inputs, true)
+        .map_err(|e| TrainError::Tokenizer {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
     Ok(Encoded {
-        ids: encs.iter().map(|e| e.get_ids().iter().map(|&i| i as i64).collect()).collect(),
-        type_ids: encs.iter().map(|e| e.get_type_ids().iter().map(|&i| i as i64).collect()).collect(),
+        ids: encs
+            .iter()
+            .map(|e| e.get_ids().iter().map(|&i| i as i64).collect())
+            .collect(),
+        type_ids: encs
+            .iter()
+            .map(|e| e.get_type_ids().iter().map(|&i| i as i64).collect())
+            .collect(),
         labels: label_ids,
     })
 }
 
 /// Pads the examples `idx` of `data` to their longest length (pad id `pad`).
 pub fn collate(data: &Encoded, idx: &[usize], pad: i64, device: Device) -> Batch {
-    let t = idx.iter().map(|&i| data.ids[i].len()).max().unwrap_or(1).max(1);
+    let t = idx
+        .iter()
+        .map(|&i| data.ids[i].len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let n = idx.len();
     let mut ids = vec![pad; n * t];
     let mut types = vec![0i64; n * t];
@@ -288,7 +325,9 @@ impl BatchOrder {
     }
 
     fn shuffle(&mut self) {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed ^ (self.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+            self.seed ^ (self.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        );
         self.order = (0..self.n).collect();
         self.order.shuffle(&mut rng);
         self.pos = 0;
@@ -337,7 +376,10 @@ pub struct TaskData {
 impl TaskData {
     pub fn load(task: &TaskSpec, tok: &Tokenizer) -> Result<TaskData, TrainError> {
         let train_ex = read_examples(&task.train_file, task)?;
-        let eval_ex = eval_subset(read_examples(&task.eval_file, task)?, task.max_eval_examples);
+        let eval_ex = eval_subset(
+            read_examples(&task.eval_file, task)?,
+            task.max_eval_examples,
+        );
         let labels = LabelMap::from_examples(&train_ex);
         if labels.labels.len() < 2 {
             return Err(TrainError::Data {

@@ -60,7 +60,12 @@ pub struct LoraPlusAdamW {
 
 impl LoraPlusAdamW {
     /// `lr_a[k]`, `lr_b[k]`: the rates of adapter k.
-    pub fn new(params: Vec<TrainParam>, lr_a: &[f64], lr_b: &[f64], weight_decay: f64) -> LoraPlusAdamW {
+    pub fn new(
+        params: Vec<TrainParam>,
+        lr_a: &[f64],
+        lr_b: &[f64],
+        weight_decay: f64,
+    ) -> LoraPlusAdamW {
         let device = params
             .first()
             .map(|p| p.tensor.device())
@@ -76,8 +81,12 @@ impl LoraPlusAdamW {
             .collect();
         LoraPlusAdamW {
             slots,
-            lr_a: Tensor::from_slice(lr_a).to_kind(Kind::Float).to_device(device),
-            lr_b: Tensor::from_slice(lr_b).to_kind(Kind::Float).to_device(device),
+            lr_a: Tensor::from_slice(lr_a)
+                .to_kind(Kind::Float)
+                .to_device(device),
+            lr_b: Tensor::from_slice(lr_b)
+                .to_kind(Kind::Float)
+                .to_device(device),
             weight_decay,
             beta1: 0.9,
             beta2: 0.999,
@@ -94,7 +103,11 @@ impl LoraPlusAdamW {
                 ParamGroupInfo {
                     name: g.name().into(),
                     lr: if g == Group::A { lr_a } else { lr_b },
-                    weight_decay: if g == Group::BNoDecay { 0.0 } else { self.weight_decay },
+                    weight_decay: if g == Group::BNoDecay {
+                        0.0
+                    } else {
+                        self.weight_decay
+                    },
                     members: members.len(),
                     params: members.iter().map(|s| s.param.tensor.numel() as u64).sum(),
                 }

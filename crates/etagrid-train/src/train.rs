@@ -47,7 +47,10 @@ pub fn evaluate(
             loss_sum += logits
                 .cross_entropy_loss::<Tensor>(&batch.labels, None, Reduction::Sum, -100, 0.0)
                 .to_kind(Kind::Double);
-            correct += logits.argmax(-1, false).eq_tensor(&batch.labels).sum(Kind::Int64);
+            correct += logits
+                .argmax(-1, false)
+                .eq_tensor(&batch.labels)
+                .sum(Kind::Int64);
         }
         let n = data.len().max(1) as f64;
         EvalResult {
@@ -58,7 +61,10 @@ pub fn evaluate(
 }
 
 /// Runs one grid cell from start to end, reporting through `emit`.
-pub fn run_job(job: &WorkerJob, emit: &mut dyn FnMut(WorkerEvent)) -> Result<JobOutcome, TrainError> {
+pub fn run_job(
+    job: &WorkerJob,
+    emit: &mut dyn FnMut(WorkerEvent),
+) -> Result<JobOutcome, TrainError> {
     let started = Instant::now();
     tch::set_num_threads(job.threads.max(1) as i32);
     let device = device::select(job.device)?;
@@ -127,8 +133,14 @@ pub fn run_job(job: &WorkerJob, emit: &mut dyn FnMut(WorkerEvent)) -> Result<Job
         if check_every_step {
             let v = l.double_value(&[]);
             if !v.is_finite() {
-                emit(WorkerEvent::Diverged { step: done, loss: v });
-                return Ok(JobOutcome::Diverged { step: done, loss: v });
+                emit(WorkerEvent::Diverged {
+                    step: done,
+                    loss: v,
+                });
+                return Ok(JobOutcome::Diverged {
+                    step: done,
+                    loss: v,
+                });
             }
         }
         opt.step(tr.schedule.multiplier(step, tr.warmup_steps, total_steps));
@@ -137,8 +149,14 @@ pub fn run_job(job: &WorkerJob, emit: &mut dyn FnMut(WorkerEvent)) -> Result<Job
         if done % tr.log_every == 0 || done == total_steps {
             let mean = loss_acc.double_value(&[]) / acc_steps as f64;
             if !mean.is_finite() {
-                emit(WorkerEvent::Diverged { step: done, loss: mean });
-                return Ok(JobOutcome::Diverged { step: done, loss: mean });
+                emit(WorkerEvent::Diverged {
+                    step: done,
+                    loss: mean,
+                });
+                return Ok(JobOutcome::Diverged {
+                    step: done,
+                    loss: mean,
+                });
             }
             let mult = tr.schedule.multiplier(step, tr.warmup_steps, total_steps);
             emit(WorkerEvent::Train {

@@ -36,10 +36,11 @@ impl Weights {
                 path: file.clone(),
                 source,
             })?;
-            let st = SafeTensors::deserialize(&bytes).map_err(|source| TrainError::Safetensors {
-                path: file.clone(),
-                source,
-            })?;
+            let st =
+                SafeTensors::deserialize(&bytes).map_err(|source| TrainError::Safetensors {
+                    path: file.clone(),
+                    source,
+                })?;
             for (name, view) in st.tensors() {
                 let src_kind = match view.dtype() {
                     Dtype::F32 => Kind::Float,
@@ -115,10 +116,12 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>, TrainError> {
         path: index.to_owned(),
         message: e.to_string(),
     })?;
-    let map = v["weight_map"].as_object().ok_or_else(|| TrainError::Config {
-        path: index.to_owned(),
-        message: "no `weight_map` object".into(),
-    })?;
+    let map = v["weight_map"]
+        .as_object()
+        .ok_or_else(|| TrainError::Config {
+            path: index.to_owned(),
+            message: "no `weight_map` object".into(),
+        })?;
     let mut files: Vec<PathBuf> = map
         .values()
         .filter_map(|f| f.as_str())

@@ -60,7 +60,10 @@ pub fn plan(sweep: &Path) -> Result<Exit> {
         spec.task.metric.name(),
         spec.task.eval
     );
-    println!("{:>5}  {:<16}  {:>10}  {:>10}  {:>8}  {:>5}", "#", "cell", "η_A", "η_B", "λ", "seed");
+    println!(
+        "{:>5}  {:<16}  {:>10}  {:>10}  {:>8}  {:>5}",
+        "#", "cell", "η_A", "η_B", "λ", "seed"
+    );
     for c in &cells {
         println!(
             "{:>5}  {:<16}  {:>10.3e}  {:>10.3e}  {:>8.3}  {:>5}",
@@ -107,9 +110,16 @@ pub fn run(args: &RunArgs) -> Result<Exit> {
             if spec.model.path.contains("models/all-MiniLM-L6-v2") { " — `bash scripts/setup.sh` fetches this one" } else { "" }
         );
     }
-    for (field, f) in [("task.train", &spec.task.train_file), ("task.eval", &spec.task.eval_file)] {
+    for (field, f) in [
+        ("task.train", &spec.task.train_file),
+        ("task.eval", &spec.task.eval_file),
+    ] {
         if !f.exists() {
-            bail!("{}: `{field}` file {} does not exist", args.sweep.display(), f.display());
+            bail!(
+                "{}: `{field}` file {} does not exist",
+                args.sweep.display(),
+                f.display()
+            );
         }
     }
     let devices = match &args.devices {
@@ -117,9 +127,19 @@ pub fn run(args: &RunArgs) -> Result<Exit> {
         None => spec.devices.clone(),
     };
     let gpus = discover_gpus();
-    let slots = plan_slots(&devices, args.cells_per_device.or(spec.cells_per_device), &gpus);
-    let cpu_slots = slots.iter().filter(|s| **s == SlotDevice::Cpu).count().max(1);
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let slots = plan_slots(
+        &devices,
+        args.cells_per_device.or(spec.cells_per_device),
+        &gpus,
+    );
+    let cpu_slots = slots
+        .iter()
+        .filter(|s| **s == SlotDevice::Cpu)
+        .count()
+        .max(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let threads = spec.threads_per_cell.unwrap_or((cores / cpu_slots).max(1));
     let opts = RunOptions {
         store: args.db.clone(),
@@ -141,7 +161,10 @@ pub fn run(args: &RunArgs) -> Result<Exit> {
     Ok(if summary.stopped_by_signal {
         Exit::Interrupted
     } else if summary.failed > 0 {
-        eprintln!("{} cell(s) failed: see `etagrid status {}`; rerun to retry them", summary.failed, spec.name);
+        eprintln!(
+            "{} cell(s) failed: see `etagrid status {}`; rerun to retry them",
+            summary.failed, spec.name
+        );
         Exit::CellsFailed
     } else {
         Exit::Ok
@@ -197,7 +220,12 @@ pub fn report(db: &Path, sweep: &str, reports: &Path) -> Result<()> {
     let out = reports.join(&row.name);
     let s = etagrid_report::write_report(&input, &out)
         .with_context(|| format!("failed to write the report to {}", out.display()))?;
-    eprintln!("report: {} ({} of {} cells done)", s.index.display(), s.cells_done, s.cells_total);
+    eprintln!(
+        "report: {} ({} of {} cells done)",
+        s.index.display(),
+        s.cells_done,
+        s.cells_total
+    );
     if let Some(b) = &s.best {
         eprintln!(
             "best: η_A={:.3e} η_B={:.3e} (λ={:.3}) {}={:.4}",
@@ -205,7 +233,10 @@ pub fn report(db: &Path, sweep: &str, reports: &Path) -> Result<()> {
         );
     }
     if let Some(d) = &s.best_on_diagonal {
-        eprintln!("best with η_B = η_A: η={:.3e} {}={:.4}", d.lr_a, row.metric, d.metric);
+        eprintln!(
+            "best with η_B = η_A: η={:.3e} {}={:.4}",
+            d.lr_a, row.metric, d.metric
+        );
     }
     Ok(())
 }
@@ -224,7 +255,10 @@ fn majority_rate(spec: &SweepSpec) -> Result<f64> {
 
 pub fn status(db: &Path, sweep: Option<&str>) -> Result<Exit> {
     if !db.exists() {
-        bail!("no results store at {}: nothing has run yet (or pass --state-dir/--db)", db.display());
+        bail!(
+            "no results store at {}: nothing has run yet (or pass --state-dir/--db)",
+            db.display()
+        );
     }
     let names = match sweep {
         Some(s) => vec![sweep_name(s)?],
@@ -232,7 +266,11 @@ pub fn status(db: &Path, sweep: Option<&str>) -> Result<Exit> {
     };
     block_on(async {
         let store = Store::open(db).await?;
-        let names = if names.is_empty() { store.sweep_names().await? } else { names };
+        let names = if names.is_empty() {
+            store.sweep_names().await?
+        } else {
+            names
+        };
         for name in names {
             let cells = store.cells(&name).await?;
             let counts = store.counts(&name).await?;
@@ -253,11 +291,18 @@ pub fn status(db: &Path, sweep: Option<&str>) -> Result<Exit> {
                     c.lr_b,
                     c.device.as_deref().unwrap_or("?"),
                     c.step.unwrap_or(0),
-                    c.total_steps.map(|t| t.to_string()).unwrap_or_else(|| "?".into())
+                    c.total_steps
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "?".into())
                 );
             }
             for c in cells.iter().filter(|c| c.state == CellState::Failed) {
-                println!("  failed  {} (attempt {}): {}", c.id, c.attempts, c.error.as_deref().unwrap_or(""));
+                println!(
+                    "  failed  {} (attempt {}): {}",
+                    c.id,
+                    c.attempts,
+                    c.error.as_deref().unwrap_or("")
+                );
             }
         }
         store.close().await;
@@ -272,13 +317,19 @@ pub fn worker(job_path: &Path) -> Result<Exit> {
     let mut emit = |ev: WorkerEvent| {
         let line = serde_json::to_string(&ev).unwrap_or_default();
         // The scheduler is gone if stdout is closed: nobody would record the result, so stop.
-        if writeln!(stdout, "{line}").and_then(|_| stdout.flush()).is_err() {
+        if writeln!(stdout, "{line}")
+            .and_then(|_| stdout.flush())
+            .is_err()
+        {
             std::process::exit(1);
         }
     };
     let job: Result<WorkerJob> = std::fs::read(job_path)
         .with_context(|| format!("failed to read job file {}", job_path.display()))
-        .and_then(|b| serde_json::from_slice(&b).with_context(|| format!("failed to parse job file {}", job_path.display())));
+        .and_then(|b| {
+            serde_json::from_slice(&b)
+                .with_context(|| format!("failed to parse job file {}", job_path.display()))
+        });
     let outcome = job.and_then(|job| {
         eprintln!("etagrid worker: sweep {} cell {}", job.sweep, job.cell_id);
         etagrid_train::run_job(&job, &mut emit).map_err(anyhow::Error::from)

@@ -7,10 +7,19 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "etagrid", version, about = "Grid-search the LoRA+ learning rates (η_A, η_B) of a model on a task")]
+#[command(
+    name = "etagrid",
+    version,
+    about = "Grid-search the LoRA+ learning rates (η_A, η_B) of a model on a task"
+)]
 struct Cli {
     /// Where the results store, job files and worker logs live.
-    #[arg(long, global = true, default_value = ".etagrid", env = "ETAGRID_STATE_DIR")]
+    #[arg(
+        long,
+        global = true,
+        default_value = ".etagrid",
+        env = "ETAGRID_STATE_DIR"
+    )]
     state_dir: PathBuf,
     /// The SQLite results store [default: <state-dir>/etagrid.sqlite].
     #[arg(long, global = true, env = "ETAGRID_DB")]
@@ -22,9 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Print the cells a sweep file expands to, without running anything.
-    Plan {
-        sweep: PathBuf,
-    },
+    Plan { sweep: PathBuf },
     /// Run every cell of a sweep that is not done yet, then write its report.
     Run {
         sweep: PathBuf,
@@ -49,9 +56,7 @@ enum Command {
         reports: PathBuf,
     },
     /// Show the state of a sweep's cells (or of every sweep); works while a run is going on.
-    Status {
-        sweep: Option<String>,
-    },
+    Status { sweep: Option<String> },
     /// Run one cell (started by `etagrid run`; prints JSON lines on stdout).
     #[command(hide = true)]
     Worker {
@@ -62,7 +67,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let db = cli.db.clone().unwrap_or_else(|| cli.state_dir.join("etagrid.sqlite"));
+    let db = cli
+        .db
+        .clone()
+        .unwrap_or_else(|| cli.state_dir.join("etagrid.sqlite"));
     let result = match cli.command {
         Command::Plan { sweep } => commands::plan(&sweep),
         Command::Run {
@@ -79,7 +87,9 @@ fn main() -> ExitCode {
             cells_per_device,
             report_dir: (!no_report).then_some(reports),
         }),
-        Command::Report { sweep, reports } => commands::report(&db, &sweep, &reports).map(|_| commands::Exit::Ok),
+        Command::Report { sweep, reports } => {
+            commands::report(&db, &sweep, &reports).map(|_| commands::Exit::Ok)
+        }
         Command::Status { sweep } => commands::status(&db, sweep.as_deref()),
         Command::Worker { job } => commands::worker(&job),
     };

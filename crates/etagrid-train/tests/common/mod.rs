@@ -1,0 +1,97 @@
+//! Shared by the integration tests: the tiny BERT fixture (made by scripts/make_fixtures.py with
+//! transformers and PEFT) and helpers to turn its JSON into tensors.
+
+#![allow(dead_code)]
+
+use etagrid_spec::{InitScheme, LoraSpec};
+use etagrid_train::bert::{Batch, BertConfig, BertForSequenceClassification};
+use etagrid_train::weights::Weights;
+use serde_json::Value;
+use std::path::PathBuf;
+use tch::{Device, Kind, Tensor};
+
+pub fn fixture_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert")
+}
+
+pub fn json(name: &str) -> Value {
+    let path = fixture_dir().join(name);
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
+}
+
+fn flatten(v: &Value, out: &mut Vec<f64>, shape: &mut Vec<i64>, depth: usize) {
+    match v {
+        Value::Array(items) => {
+            if shape.len() == depth {
+                shape.push(items.len() as i64);
+            }
+            for i in items {
+                flatten(i, out, shape, depth + 1);
+            }
+        }
+        Value::Number(n) => out.push(n.as_f64().unwrap_or(f64::NAN)),
+        other => panic!("not a number: {other}"),
+    }
+}
+
+/// A nested JSON list as a tensor of `kind`.
+pub fn tensor(v: &Value, kind: Kind) -> Tensor {
+    let mut data = Vec::new();
+    let mut shape = Vec::new();
+    flatten(v, &mut data, &mut shape, 0);
+    Tensor::from_slice(&data)
+        .reshape(shape.as_slice())
+        .to_kind(kind)
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shapes differ");
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
+pub fn lora_spec(rank: usize, alpha: f64, init: InitScheme) -> LoraSpec {
+    LoraSpec {
+        rank,
+        alpha,
+        dropout: 0.0,
+        target_modules: vec!["query".into(), "value".into()],
+        init,
+    }
+}
+
+pub fn tiny_model(lora: &LoraSpec, seed: i64) -> BertForSequenceClassification {
+    let dir = fixture_dir();
+    let config = BertConfig::load(&dir).expect("config");
+    let weights = Weights::load(&dir, Device::Cpu, Kind::Float).expect("weights");
+    tch::manual_seed(seed);
+    BertForSequenceClassification::load(config, &weights, 3, lora, 1, Device::Cpu).expect("model")
+}
+
+/// The padded batch recorded in lora_reference.json, with labels.
+pub fn reference_batch(r: &Value) -> Batch {
+    let b = &r["batch"];
+    Batch {
+        input_ids: tensor(&b["input_ids"], Kind::Int64),
+        token_type_ids: tensor(&b["token_type_ids"], Kind::Int64),
+        attention_mask: tensor(&b["attention_mask"], Kind::Int64),
+        labels: tensor(&r["train"]["labels"], Kind::Int64),
+    }
+}
+
+/// PEFT's name for one of our trainable tensors.
+pub fn peft_name(ours: &str) -> String {
+    match ours {
+        "classifier.weight" => "base_model.model.classifier.modules_to_save.default.weight".into(),
+        "classifier.bias" => "base_model.model.classifier.modules_to_save.default.bias".into(),
+        lora => format!(
+            "base_model.model.{}",
+            lora.replace(".lora_A.weight", ".lora_A.default.weight")
+                .replace(".lora_B.weight", ".lora_B.default.weight")
+        ),
+    }
+}
