@@ -76,11 +76,12 @@ impl SweepSpec {
     /// Expands the grid: one cell per (η_A, η_B) point and seed. Two grid points that resolve to
     /// the same configuration (e.g. a λ grid that meets an η_B already listed) give one cell.
     pub fn cells(&self) -> Vec<Cell> {
-        let mut seen = std::collections::HashSet::new();
-        let mut cells = Vec::with_capacity(self.points.len() * self.seeds.len());
-        for &(lr_a, lr_b) in &self.points {
-            for &seed in &self.seeds {
-                let config = CellConfig {
+        use rayon::prelude::*;
+        let configs: Vec<CellConfig> = self
+            .points
+            .iter()
+            .flat_map(|&(lr_a, lr_b)| {
+                self.seeds.iter().map(move |&seed| CellConfig {
                     model: self.model.path.clone(),
                     task: self.task.clone(),
                     lora: self.lora.clone(),
@@ -88,15 +89,20 @@ impl SweepSpec {
                     lr_a,
                     lr_b,
                     seed,
-                };
-                let id = config.id();
-                if seen.insert(id.clone()) {
-                    cells.push(Cell {
-                        id,
-                        index: cells.len(),
-                        config,
-                    });
-                }
+                })
+            })
+            .collect();
+        // Hashing is the expensive part of a large grid (100k cells): do it on every core.
+        let ids: Vec<CellId> = configs.par_iter().map(CellConfig::id).collect();
+        let mut seen = std::collections::HashSet::new();
+        let mut cells = Vec::with_capacity(configs.len());
+        for (config, id) in configs.into_iter().zip(ids) {
+            if seen.insert(id.clone()) {
+                cells.push(Cell {
+                    id,
+                    index: cells.len(),
+                    config,
+                });
             }
         }
         cells

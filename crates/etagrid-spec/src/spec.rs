@@ -312,19 +312,20 @@ impl Resolver<'_> {
                 ))
             }
         };
-        let schedule =
-            match tr.schedule.as_ref().map(|s| s.get_ref().as_str()) {
-                None | Some("linear") => Schedule::Linear,
-                Some("constant") => Schedule::Constant,
-                Some("cosine") => Schedule::Cosine,
-                Some(other) => return Err(self.err(
+        let schedule = match tr.schedule.as_ref().map(|s| s.get_ref().as_str()) {
+            None | Some("linear") => Schedule::Linear,
+            Some("constant") => Schedule::Constant,
+            Some("cosine") => Schedule::Cosine,
+            Some(other) => {
+                return Err(self.err(
                     tr.schedule.as_ref().map(|s| s.span()).unwrap_or(0..0),
                     "train.schedule",
                     format!(
                         "unknown schedule {other:?}: use \"constant\", \"linear\" or \"cosine\""
                     ),
-                )),
-            };
+                ))
+            }
+        };
         let train = TrainSpec {
             length,
             batch_size: self.positive(&tr.batch_size, 32, "train.batch_size")?,

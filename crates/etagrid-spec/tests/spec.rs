@@ -350,10 +350,7 @@ fn toml_syntax_error_names_the_file_and_line() {
 fn unreadable_file_names_the_path() {
     let dir = tempfile::tempdir().expect("temp dir");
     let missing = dir.path().join("nope.toml");
-    let message = SweepSpec::load(&missing)
-        .err()
-        .expect("an error")
-        .to_string();
+    let message = SweepSpec::load(&missing).expect_err("an error").to_string();
     assert!(
         message.contains(&missing.display().to_string()),
         "{message}"

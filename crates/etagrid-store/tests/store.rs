@@ -539,7 +539,7 @@ async fn counts_group_the_cells_by_state() {
 #[tokio::test]
 async fn unknown_sweep_is_an_error_that_says_to_run_it_first() {
     let f = fixture().await;
-    let err = f.store.sweep("never-ran").await.err().expect("an error");
+    let err = f.store.sweep("never-ran").await.expect_err("an error");
     assert!(
         matches!(&err, StoreError::UnknownSweep(n) if n == "never-ran"),
         "{err:?}"
