@@ -5,5 +5,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ETAGRID_ROOT"
 bash scripts/setup.sh
+# Again: on a fresh machine the venv (and so libtorch's directory) exists only now.
+source scripts/env.sh
 printf '\n==> etagrid run sweeps/quickstart.toml\n' >&2
 exec ./target/release/etagrid run sweeps/quickstart.toml "$@"

@@ -2,15 +2,16 @@ use crate::devices::SlotDevice;
 use crate::progress::Progress;
 use etagrid_spec::protocol::{JobDevice, WorkerEvent, WorkerJob};
 use etagrid_spec::SweepSpec;
-use etagrid_store::{CellState, Outcome, Store, StoreError};
+use etagrid_store::{CellRow, CellState, Outcome, Store, StoreError};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
+use tokio::time::Instant as TokioInstant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchedError {
@@ -46,6 +47,10 @@ pub struct RunOptions {
     pub threads_per_cell: usize,
     /// Live bars when stderr is a terminal.
     pub progress: bool,
+    /// Give failed cells that used up `max_attempts` a fresh set.
+    pub retry_failed: bool,
+    /// Between SIGTERM and SIGKILL when stopping or timing out a worker.
+    pub grace: Duration,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,6 +63,10 @@ pub struct RunSummary {
     pub failed: usize,
     /// Cells returned to pending because the run was stopped.
     pub interrupted: usize,
+    /// Worker crashes and timeouts that were retried.
+    pub retried: usize,
+    /// Failed cells skipped because they used up `max_attempts` (see `--retry-failed`).
+    pub exhausted: usize,
     pub stopped_by_signal: bool,
 }
 
@@ -105,11 +114,19 @@ fn lock(state_dir: &Path) -> Result<RunLock, SchedError> {
 }
 
 struct Running {
+    row: CellRow,
     cell_id: String,
     label: String,
     pid: i32,
+    /// This start's attempt number (1-based).
+    attempt: i64,
     terminal: Option<WorkerEvent>,
     log: PathBuf,
+    /// When the cell's `cell_timeout` runs out.
+    deadline: Option<TokioInstant>,
+    timed_out: bool,
+    /// After SIGTERM: when to send SIGKILL.
+    kill_at: Option<TokioInstant>,
 }
 
 enum Msg {
@@ -123,6 +140,9 @@ async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, Sc
     let cells = spec.cells();
     let enq = store.enqueue(spec, &cells).await?;
     let recovered = store.recover_running(&spec.name).await?;
+    if opts.retry_failed {
+        store.reset_failed(&spec.name).await?;
+    }
     let rows = store.cells(&spec.name).await?;
     let mut summary = RunSummary {
         total: rows.len(),
@@ -136,7 +156,10 @@ async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, Sc
         .filter(|r| {
             let skip = r.state.is_final();
             summary.skipped += usize::from(skip);
-            !skip
+            let exhausted =
+                r.state == CellState::Failed && r.attempts >= i64::from(spec.max_attempts);
+            summary.exhausted += usize::from(exhausted);
+            !skip && !exhausted
         })
         .cloned()
         .collect();
@@ -160,8 +183,17 @@ async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, Sc
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if summary.exhausted > 0 {
+        eprintln!(
+            "{} failed cell(s) used up their {} attempts and are skipped: `etagrid status {}` shows why; \
+             `--retry-failed` runs them again",
+            summary.exhausted, spec.max_attempts, spec.name
+        );
+    }
     if queue.is_empty() {
-        eprintln!("all {} cells are done: nothing to train", cells.len());
+        if summary.exhausted == 0 {
+            eprintln!("all {} cells are done: nothing to train", cells.len());
+        }
         store.close().await;
         return Ok(summary);
     }
@@ -191,10 +223,15 @@ async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, Sc
                         progress.slot(i, format!("{label} on {device}: starting"));
                         *slot = Some(Running {
                             cell_id: row.id.clone(),
+                            attempt: row.attempts + 1,
+                            row,
                             label,
                             pid,
                             terminal: None,
                             log,
+                            deadline: spec.cell_timeout.map(|t| TokioInstant::now() + t),
+                            timed_out: false,
+                            kill_at: None,
                         });
                     }
                     Err(e) => {
@@ -212,7 +249,34 @@ async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, Sc
         if slots.iter().all(Option::is_none) {
             break;
         }
+        // The next timer: a cell's timeout or a SIGKILL after the grace period.
+        let next_timer = slots
+            .iter()
+            .flatten()
+            .flat_map(|r| [if r.timed_out { None } else { r.deadline }, r.kill_at])
+            .flatten()
+            .min();
+        let timer = async move {
+            match next_timer {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            _ = timer => {
+                let now = TokioInstant::now();
+                for run in slots.iter_mut().flatten() {
+                    if run.kill_at.is_some_and(|k| k <= now) {
+                        signal_group(run.pid, libc::SIGKILL);
+                        run.kill_at = None;
+                    } else if !run.timed_out && run.deadline.is_some_and(|d| d <= now) {
+                        run.timed_out = true;
+                        progress.line(&format!("cell {}: timed out after {}", run.label, humanize(spec.cell_timeout)));
+                        signal_group(run.pid, libc::SIGTERM);
+                        run.kill_at = Some(now + opts.grace);
+                    }
+                }
+            }
             msg = rx.recv() => {
                 let Some(msg) = msg else { break };
                 match msg {
@@ -225,23 +289,29 @@ async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, Sc
                     }
                     Msg::Exited(i, status) => {
                         let Some(run) = slots[i].take() else { continue };
-                        let outcome = outcome_of(&run, status, stopping > 0);
+                        let outcome = outcome_of(&run, status, stopping > 0, spec);
+                        if let Outcome::Retry(_) = &outcome {
+                            queue.push_back(CellRow { attempts: run.attempt, ..run.row.clone() });
+                        }
                         let (word, counter) = match &outcome {
                             Outcome::Done(r) => (format!("done  {}={:.4}  ({:.1} s)", spec.task.metric.name(), r.metric, r.wall_s), &mut summary.done),
                             Outcome::Diverged { step, .. } => (format!("diverged at step {step}"), &mut summary.diverged),
                             Outcome::Failed(e) => (format!("failed: {e}"), &mut summary.failed),
                             Outcome::Interrupted => ("interrupted: back to pending".to_string(), &mut summary.interrupted),
+                            Outcome::Retry(e) => (format!("{e}; retrying (attempt {} of {} used)", run.attempt, spec.max_attempts), &mut summary.retried),
                         };
                         *counter += 1;
                         store.finish_cell(&spec.name, &run.cell_id, &outcome).await?;
                         progress.line(&format!("cell {}: {word}", run.label));
                         progress.slot(i, "idle".into());
-                        progress.cell_finished();
+                        if !matches!(outcome, Outcome::Retry(_)) {
+                            progress.cell_finished();
+                        }
                     }
                 }
             }
-            _ = sigint.recv() => stop(&mut stopping, &slots, &progress),
-            _ = sigterm.recv() => stop(&mut stopping, &slots, &progress),
+            _ = sigint.recv() => stop(&mut stopping, &mut slots, &progress, opts.grace),
+            _ = sigterm.recv() => stop(&mut stopping, &mut slots, &progress, opts.grace),
         }
     }
     progress.finish();
@@ -262,25 +332,39 @@ async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, Sc
     Ok(summary)
 }
 
-/// First signal: SIGTERM to every worker's process group, no new cells. Second: SIGKILL.
-fn stop(stopping: &mut u8, slots: &[Option<Running>], progress: &Progress) {
+/// First signal: SIGTERM to every worker's process group, no new cells, SIGKILL after the grace
+/// period. Second signal: SIGKILL at once.
+fn stop(stopping: &mut u8, slots: &mut [Option<Running>], progress: &Progress, grace: Duration) {
     *stopping = stopping.saturating_add(1);
-    let (sig, msg) = if *stopping == 1 {
-        (
-            libc::SIGTERM,
-            "stopping: unfinished cells go back to pending (interrupt again to kill the workers)",
-        )
+    if *stopping == 1 {
+        progress.line(&format!(
+            "stopping: unfinished cells go back to pending; workers get {} s to exit (interrupt again to kill them now)",
+            grace.as_secs()
+        ));
+        for run in slots.iter_mut().flatten() {
+            signal_group(run.pid, libc::SIGTERM);
+            run.kill_at = Some(TokioInstant::now() + grace);
+        }
     } else {
-        (libc::SIGKILL, "killing the workers")
-    };
-    progress.line(msg);
-    for run in slots.iter().flatten() {
+        progress.line("killing the workers");
+        for run in slots.iter().flatten() {
+            signal_group(run.pid, libc::SIGKILL);
+        }
+    }
+}
+
+fn signal_group(pid: i32, sig: i32) {
+    if pid > 0 {
         // SAFETY: signalling a process group we created (the worker is its leader).
         #[allow(unsafe_code)]
         unsafe {
-            libc::kill(-run.pid, sig);
+            libc::kill(-pid, sig);
         }
     }
+}
+
+fn humanize(d: Option<Duration>) -> String {
+    d.map(|d| format!("{} s", d.as_secs())).unwrap_or_default()
 }
 
 async fn on_event(
@@ -341,7 +425,12 @@ async fn on_event(
     Ok(())
 }
 
-fn outcome_of(run: &Running, status: std::io::Result<ExitStatus>, stopping: bool) -> Outcome {
+fn outcome_of(
+    run: &Running,
+    status: std::io::Result<ExitStatus>,
+    stopping: bool,
+    spec: &SweepSpec,
+) -> Outcome {
     match &run.terminal {
         Some(WorkerEvent::Finished { result }) => Outcome::Done(result.clone()),
         Some(WorkerEvent::Diverged { step, loss }) => Outcome::Diverged {
@@ -349,17 +438,30 @@ fn outcome_of(run: &Running, status: std::io::Result<ExitStatus>, stopping: bool
             loss: *loss,
         },
         _ if stopping => Outcome::Interrupted,
+        // The worker's own error (bad data, a missing tensor) would recur: no retry.
         Some(WorkerEvent::Failed { error }) => Outcome::Failed(error.clone()),
         _ => {
             let how = match status {
                 Ok(s) => s.to_string(),
                 Err(e) => format!("could not be waited for: {e}"),
             };
-            Outcome::Failed(format!(
-                "worker {how} without reporting a result; see {}{}",
-                run.log.display(),
-                tail(&run.log)
-            ))
+            let cause = if run.timed_out {
+                format!("timed out after {} ({how})", humanize(spec.cell_timeout))
+            } else {
+                format!(
+                    "worker {how} without reporting a result; see {}{}",
+                    run.log.display(),
+                    tail(&run.log)
+                )
+            };
+            if run.attempt < i64::from(spec.max_attempts) {
+                Outcome::Retry(cause)
+            } else {
+                Outcome::Failed(format!(
+                    "{cause} (attempt {} of {})",
+                    run.attempt, spec.max_attempts
+                ))
+            }
         }
     }
 }

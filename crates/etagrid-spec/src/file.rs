@@ -33,14 +33,26 @@ pub struct ModelSection {
 pub struct TaskSection {
     /// Training data: .csv, .tsv or .jsonl, relative to the sweep file's directory.
     pub train: Spanned<String>,
-    pub eval: Spanned<String>,
+    /// Evaluation data; omit it and give `split` to hold out part of `train` instead.
+    pub eval: Option<Spanned<String>>,
+    /// `{ eval_fraction = 0.2, seed = 0 }`: a seeded split of `train`, stratified by label.
+    pub split: Option<Spanned<SplitSection>>,
     pub text_column: Option<String>,
     pub text_pair_column: Option<String>,
     pub label_column: Option<String>,
     /// Evaluate on N examples of the eval file only, drawn at random with a fixed seed.
     pub max_eval_examples: Option<Spanned<usize>>,
-    /// `accuracy` (default) or `eval_loss`.
+    /// `accuracy` (default), `macro_f1`, `mcc` or `eval_loss`.
     pub metric: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitSection {
+    /// Share of each label's examples held out for evaluation, in (0, 1).
+    pub eval_fraction: f64,
+    /// Seed of the split (default 0); not the training seed, so every cell sees the same split.
+    pub seed: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -88,4 +100,8 @@ pub struct ResourcesSection {
     pub cells_per_device: Option<Spanned<usize>>,
     /// CPU threads per worker; default: the machine's cores divided among the CPU slots.
     pub threads_per_cell: Option<usize>,
+    /// How many times a cell may be started before it stays `failed` (default 3).
+    pub max_attempts: Option<Spanned<u32>>,
+    /// Kill a cell that runs longer than this (e.g. "30m", "2h"); it is retried like a crash.
+    pub cell_timeout: Option<Spanned<String>>,
 }

@@ -24,6 +24,9 @@ pub struct SweepSpec {
     pub devices: DeviceChoice,
     pub cells_per_device: Option<usize>,
     pub threads_per_cell: Option<usize>,
+    /// Starts a cell may use (crashes and timeouts included) before it stays `failed`.
+    pub max_attempts: u32,
+    pub cell_timeout: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -421,6 +424,23 @@ impl Resolver<'_> {
             devices,
             cells_per_device,
             threads_per_cell: r.threads_per_cell.filter(|&t| t > 0),
+            max_attempts: match r.max_attempts {
+                None => 3,
+                Some(m) if *m.get_ref() == 0 => {
+                    return Err(self.err(m.span(), "resources.max_attempts", "must be at least 1"))
+                }
+                Some(m) => *m.get_ref(),
+            },
+            cell_timeout: match r.cell_timeout {
+                None => None,
+                Some(t) => Some(humantime::parse_duration(t.get_ref()).map_err(|e| {
+                    self.err(
+                        t.span(),
+                        "resources.cell_timeout",
+                        format!("{e}: use a duration like \"45m\" or \"2h 30m\""),
+                    )
+                })?),
+            },
         })
     }
 

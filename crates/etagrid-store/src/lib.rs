@@ -121,6 +121,9 @@ pub enum Outcome {
     Failed(String),
     /// Stopped by the user or a crash of the run: back to pending, no attempt charged.
     Interrupted,
+    /// The worker died or timed out and the cell has attempts left: back to pending, the attempt
+    /// stays charged and the cause is kept in `error`.
+    Retry(String),
 }
 
 #[derive(Debug, Clone)]
@@ -213,6 +216,15 @@ impl Store {
         .bind(sweep)
         .execute(&self.pool)
         .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Gives failed cells a fresh set of attempts (`etagrid run --retry-failed`).
+    pub async fn reset_failed(&self, sweep: &str) -> Result<u64> {
+        let r = sqlx::query("UPDATE cells SET attempts = 0 WHERE sweep = ?1 AND state = 'failed'")
+            .bind(sweep)
+            .execute(&self.pool)
+            .await?;
         Ok(r.rows_affected())
     }
 
@@ -401,6 +413,14 @@ impl Store {
             .bind(if loss.is_nan() { None } else { Some(*loss) }),
             Outcome::Failed(error) => sqlx::query(
                 "UPDATE cells SET state = 'failed', finished_at = CURRENT_TIMESTAMP, error = ?3
+                 WHERE sweep = ?1 AND id = ?2",
+            )
+            .bind(sweep)
+            .bind(id)
+            .bind(error),
+            Outcome::Retry(error) => sqlx::query(
+                "UPDATE cells SET state = 'pending', device = NULL, finished_at = CURRENT_TIMESTAMP,
+                     error = ?3
                  WHERE sweep = ?1 AND id = ?2",
             )
             .bind(sweep)

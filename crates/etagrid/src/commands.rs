@@ -85,6 +85,7 @@ pub struct RunArgs {
     pub devices: Option<String>,
     pub cells_per_device: Option<usize>,
     pub report_dir: Option<PathBuf>,
+    pub retry_failed: bool,
 }
 
 fn parse_devices(s: &str) -> Result<DeviceChoice> {
@@ -151,6 +152,8 @@ pub fn run(args: &RunArgs) -> Result<Exit> {
         slots,
         threads_per_cell: threads,
         progress: true,
+        retry_failed: args.retry_failed,
+        grace: std::time::Duration::from_secs(10),
     };
     let summary = etagrid_sched::run(&spec, &opts)?;
     if let Some(dir) = &args.report_dir {
@@ -160,10 +163,11 @@ pub fn run(args: &RunArgs) -> Result<Exit> {
     }
     Ok(if summary.stopped_by_signal {
         Exit::Interrupted
-    } else if summary.failed > 0 {
+    } else if summary.failed + summary.exhausted > 0 {
         eprintln!(
-            "{} cell(s) failed: see `etagrid status {}`; rerun to retry them",
-            summary.failed, spec.name
+            "{} cell(s) failed: see `etagrid status {}`; `etagrid run --retry-failed` runs them again",
+            summary.failed + summary.exhausted,
+            spec.name
         );
         Exit::CellsFailed
     } else {

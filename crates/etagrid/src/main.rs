@@ -44,6 +44,9 @@ enum Command {
         /// Do not write the report at the end.
         #[arg(long)]
         no_report: bool,
+        /// Give cells that used up their attempts (`max_attempts`) a fresh set.
+        #[arg(long)]
+        retry_failed: bool,
         /// Reports go to <reports>/<sweep>/.
         #[arg(long, default_value = "reports")]
         reports: PathBuf,
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
             devices,
             cells_per_device,
             no_report,
+            retry_failed,
             reports,
         } => commands::run(&commands::RunArgs {
             sweep,
@@ -86,6 +90,7 @@ fn main() -> ExitCode {
             devices,
             cells_per_device,
             report_dir: (!no_report).then_some(reports),
+            retry_failed,
         }),
         Command::Report { sweep, reports } => {
             commands::report(&db, &sweep, &reports).map(|_| commands::Exit::Ok)

@@ -1,0 +1,139 @@
+//! Fault tests of the scheduler with a fake worker (tests/fake-worker.sh): crashes, hangs and
+//! worker-reported errors, and what the store says afterwards.
+
+use etagrid_sched::{run, RunOptions, SlotDevice, WorkerCommand};
+use etagrid_spec::SweepSpec;
+use etagrid_store::{CellState, Store};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    spec: SweepSpec,
+}
+
+fn setup(mode: &str, extra_resources: &str) -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = format!(
+        "name = \"faults\"\n[model]\npath = \"m\"\n[task]\ntrain = \"t.csv\"\neval = \"e.csv\"\n\
+         [train]\nsteps = 1\n[grid]\nlr_a = [1e-4, 1e-3]\nlr_b = [1e-3]\n[resources]\n{extra_resources}\n"
+    );
+    let spec = SweepSpec::parse(&dir.path().join("faults.toml"), &toml).expect("spec");
+    std::fs::create_dir_all(dir.path().join("state")).expect("state");
+    std::fs::write(dir.path().join("state/fake-mode"), mode).expect("mode");
+    Setup { dir, spec }
+}
+
+impl Setup {
+    fn opts(&self, retry_failed: bool) -> RunOptions {
+        RunOptions {
+            store: self.dir.path().join("state/etagrid.sqlite"),
+            state_dir: self.dir.path().join("state"),
+            worker: WorkerCommand {
+                program: PathBuf::from("bash"),
+                args: vec![Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/fake-worker.sh")
+                    .display()
+                    .to_string()],
+            },
+            slots: vec![SlotDevice::Cpu, SlotDevice::Cpu],
+            threads_per_cell: 1,
+            progress: false,
+            retry_failed,
+            grace: Duration::from_millis(200),
+        }
+    }
+
+    fn starts(&self, cell: &str) -> u32 {
+        std::fs::read_to_string(
+            self.dir
+                .path()
+                .join("state/cells/faults")
+                .join(cell)
+                .join("starts"),
+        )
+        .map(|s| s.trim().parse().unwrap_or(0))
+        .unwrap_or(0)
+    }
+
+    fn cells(&self) -> Vec<etagrid_store::CellRow> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async {
+                let s = Store::open(&self.dir.path().join("state/etagrid.sqlite"))
+                    .await
+                    .expect("store");
+                let c = s.cells("faults").await.expect("cells");
+                s.close().await;
+                c
+            })
+    }
+}
+
+#[test]
+fn a_worker_killed_by_sigkill_is_retried_and_its_cell_finishes_once() {
+    let s = setup("crash-once", "");
+    let summary = run(&s.spec, &s.opts(false)).expect("run");
+    assert_eq!((summary.done, summary.retried, summary.failed), (2, 2, 0));
+    for c in s.cells() {
+        assert_eq!(c.state, CellState::Done);
+        assert_eq!(c.attempts, 2, "one crash, one success");
+        assert_eq!(s.starts(&c.id), 2, "started exactly twice");
+    }
+}
+
+#[test]
+fn a_hung_worker_times_out_and_is_retried() {
+    let s = setup("hang-once", "cell_timeout = \"1s\"");
+    let summary = run(&s.spec, &s.opts(false)).expect("run");
+    assert_eq!((summary.done, summary.retried), (2, 2));
+    for c in s.cells() {
+        assert_eq!((c.state, c.attempts), (CellState::Done, 2));
+    }
+}
+
+#[test]
+fn a_cell_that_always_crashes_fails_after_max_attempts_and_a_rerun_skips_it() {
+    let s = setup("crash-always", "max_attempts = 2");
+    let summary = run(&s.spec, &s.opts(false)).expect("run");
+    assert_eq!((summary.done, summary.failed, summary.retried), (0, 2, 2));
+    for c in s.cells() {
+        assert_eq!((c.state, c.attempts), (CellState::Failed, 2));
+        let err = c.error.expect("error");
+        assert!(
+            err.contains("without reporting a result") && err.contains("attempt 2 of 2"),
+            "{err}"
+        );
+        assert_eq!(s.starts(&c.id), 2);
+    }
+    let again = run(&s.spec, &s.opts(false)).expect("rerun");
+    assert_eq!(
+        (again.exhausted, again.done, again.failed),
+        (2, 0, 0),
+        "nothing may start"
+    );
+    for c in s.cells() {
+        assert_eq!(s.starts(&c.id), 2);
+    }
+    // --retry-failed gives them a fresh set of attempts; now they succeed.
+    std::fs::write(s.dir.path().join("state/fake-mode"), "ok").expect("mode");
+    let retried = run(&s.spec, &s.opts(true)).expect("retry");
+    assert_eq!(retried.done, 2);
+    assert!(s
+        .cells()
+        .iter()
+        .all(|c| c.state == CellState::Done && c.attempts == 1));
+}
+
+#[test]
+fn an_error_the_worker_reports_is_not_retried() {
+    let s = setup("fail", "");
+    let summary = run(&s.spec, &s.opts(false)).expect("run");
+    assert_eq!((summary.failed, summary.retried), (2, 0));
+    for c in s.cells() {
+        assert_eq!((c.state, c.attempts), (CellState::Failed, 1));
+        assert_eq!(c.error.as_deref(), Some("bad data at line 3"));
+    }
+}
