@@ -1,10 +1,14 @@
-//! BERT for sequence classification, as transformers' `BertForSequenceClassification` computes it
-//! (Devlin et al. 2018; reference: transformers `models/bert/modeling_bert.py`).
+//! BERT and RoBERTa for sequence classification, as transformers' `BertForSequenceClassification`
+//! and `RobertaForSequenceClassification` compute them (Devlin et al. 2018, Liu et al. 2019;
+//! reference: transformers `models/bert/modeling_bert.py`, `models/roberta/modeling_roberta.py`).
 //!
 //! The struct tree mirrors the checkpoint names (`embeddings.word_embeddings`,
 //! `encoder.layer.N.attention.self.query`, `pooler.dense`, `classifier`), so loading is a name
 //! lookup. Checkpoints saved from `BertModel` (e.g. sentence-transformers' MiniLM) have no `bert.`
-//! prefix and no classifier; both layouts load.
+//! prefix and no classifier; both layouts load. The two families differ only in
+//! - position ids: BERT counts 0, 1, …; RoBERTa counts from `pad_token_id + 1` over non-pad tokens;
+//! - the head: BERT's classifier reads the pooler (dense + tanh on [CLS]); RoBERTa's reads [CLS]
+//!   through its own dense + tanh (`classifier.dense`) and `classifier.out_proj`, no pooler.
 
 use crate::lora::{is_target, Linear, LoraAdapter};
 use crate::weights::Weights;
@@ -60,6 +64,10 @@ fn default_init_range() -> f64 {
 }
 
 impl BertConfig {
+    pub fn is_roberta(&self) -> bool {
+        self.model_type == "roberta"
+    }
+
     pub fn load(dir: &Path) -> Result<BertConfig, TrainError> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io {
@@ -72,7 +80,7 @@ impl BertConfig {
                 message: e.to_string(),
             })?;
         let model_type = raw["model_type"].as_str().unwrap_or_default().to_owned();
-        if model_type != "bert" {
+        if !matches!(model_type.as_str(), "bert" | "roberta") {
             return Err(TrainError::UnsupportedModel { path, model_type });
         }
         let cfg: BertConfig = serde_json::from_value(raw).map_err(|e| TrainError::Config {
@@ -167,10 +175,66 @@ struct Layer {
     output_layer_norm: LayerNorm,
 }
 
-/// The classification head of K adapters: weight [K, labels, hidden], bias [K, labels].
-pub struct StackedHead {
+/// A linear layer per adapter: weight [K, out, in], bias [K, out] (trainable).
+pub struct StackedLinear {
     pub weight: Tensor,
     pub bias: Tensor,
+}
+
+impl StackedLinear {
+    /// From the checkpoint when it has `prefix.weight`/`prefix.bias` of the right shape (as
+    /// transformers' `from_pretrained` keeps a matching head), else N(0, init_range) and zero bias.
+    fn load(
+        weights: &Weights,
+        prefix: &str,
+        out_f: i64,
+        in_f: i64,
+        k: i64,
+        init_range: f64,
+        device: Device,
+    ) -> StackedLinear {
+        let w = weights.get_opt(&format!("{prefix}.weight"), &[out_f, in_f]);
+        let b = weights.get_opt(&format!("{prefix}.bias"), &[out_f]);
+        let (weight, bias) = match (w, b) {
+            (Ok(Some(w)), Ok(Some(b))) => (
+                w.to_kind(Kind::Float).unsqueeze(0).repeat([k, 1, 1]),
+                b.to_kind(Kind::Float).unsqueeze(0).repeat([k, 1]),
+            ),
+            _ => {
+                let mut w = Tensor::zeros([k, out_f, in_f], (Kind::Float, Device::Cpu));
+                tch::no_grad(|| {
+                    let _ = w.normal_(0.0, init_range);
+                });
+                (
+                    w.to_device(device),
+                    Tensor::zeros([k, out_f], (Kind::Float, device)),
+                )
+            }
+        };
+        StackedLinear {
+            weight: weight.detach().set_requires_grad(true),
+            bias: bias.detach().set_requires_grad(true),
+        }
+    }
+
+    /// `x`: [K·b, in] → [K·b, out], rows k·b..(k+1)·b through adapter k.
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let k = self.weight.size()[0];
+        let n = x.size()[0];
+        let out_f = self.weight.size()[1];
+        let xk = x.reshape([k, n / k, -1]);
+        self.bias
+            .unsqueeze(1)
+            .baddbmm(&xk, &self.weight.transpose(1, 2), 1.0, 1.0)
+            .reshape([n, out_f])
+    }
+}
+
+/// The sequence-classification head: BERT's `classifier` on the pooler output, or RoBERTa's
+/// `classifier.dense` → tanh → `classifier.out_proj` on the [CLS] state.
+pub struct ClassifierHead {
+    pub dense: Option<StackedLinear>,
+    pub out: StackedLinear,
 }
 
 pub struct BertForSequenceClassification {
@@ -180,8 +244,9 @@ pub struct BertForSequenceClassification {
     pub k: i64,
     embeddings: Embeddings,
     layers: Vec<Layer>,
-    pooler: Linear,
-    pub classifier: StackedHead,
+    /// BERT only (RoBERTa's classification head does not use it).
+    pooler: Option<Linear>,
+    pub classifier: ClassifierHead,
 }
 
 /// What goes into one forward pass. `input_ids`, `token_type_ids` and `attention_mask` are
@@ -208,8 +273,9 @@ impl BertForSequenceClassification {
     ) -> Result<BertForSequenceClassification, TrainError> {
         let c = &config;
         let h = c.hidden_size;
-        let p = if weights.contains("bert.embeddings.word_embeddings.weight") {
-            "bert."
+        let family = if c.is_roberta() { "roberta." } else { "bert." };
+        let p = if weights.contains(&format!("{family}embeddings.word_embeddings.weight")) {
+            family
         } else {
             ""
         };
@@ -284,28 +350,43 @@ impl BertForSequenceClassification {
                 )?,
             });
         }
-        let pooler = linear("pooler.dense", h, h)?;
-        let head_w = weights.get_opt("classifier.weight", &[num_labels, h]);
-        let head_b = weights.get_opt("classifier.bias", &[num_labels]);
-        let (weight, bias) = match (head_w, head_b) {
-            (Ok(Some(w)), Ok(Some(b))) => (
-                w.to_kind(Kind::Float).unsqueeze(0).repeat([k, 1, 1]),
-                b.to_kind(Kind::Float).unsqueeze(0).repeat([k, 1]),
-            ),
-            _ => {
-                let mut w = Tensor::zeros([k, num_labels, h], (Kind::Float, Device::Cpu));
-                tch::no_grad(|| {
-                    let _ = w.normal_(0.0, c.initializer_range);
-                });
-                (
-                    w.to_device(device),
-                    Tensor::zeros([k, num_labels], (Kind::Float, device)),
-                )
-            }
-        };
-        let classifier = StackedHead {
-            weight: weight.detach().set_requires_grad(true),
-            bias: bias.detach().set_requires_grad(true),
+        let (pooler, classifier) = if c.is_roberta() {
+            let r = c.initializer_range;
+            let head = ClassifierHead {
+                dense: Some(StackedLinear::load(
+                    weights,
+                    "classifier.dense",
+                    h,
+                    h,
+                    k,
+                    r,
+                    device,
+                )),
+                out: StackedLinear::load(
+                    weights,
+                    "classifier.out_proj",
+                    num_labels,
+                    h,
+                    k,
+                    r,
+                    device,
+                ),
+            };
+            (None, head)
+        } else {
+            let head = ClassifierHead {
+                dense: None,
+                out: StackedLinear::load(
+                    weights,
+                    "classifier",
+                    num_labels,
+                    h,
+                    k,
+                    c.initializer_range,
+                    device,
+                ),
+            };
+            (Some(linear("pooler.dense", h, h)?), head)
         };
         Ok(BertForSequenceClassification {
             config,
@@ -359,17 +440,28 @@ impl BertForSequenceClassification {
             );
             push_lora(&format!("{l}.output.dense"), &layer.output_dense);
         }
-        push_lora("pooler.dense", &self.pooler);
-        out.push(TrainParam {
-            name: "classifier.weight".into(),
-            tensor: self.classifier.weight.shallow_clone(),
-            role: ParamRole::Other { dims: 2 },
-        });
-        out.push(TrainParam {
-            name: "classifier.bias".into(),
-            tensor: self.classifier.bias.shallow_clone(),
-            role: ParamRole::Other { dims: 1 },
-        });
+        if let Some(pooler) = &self.pooler {
+            push_lora("pooler.dense", pooler);
+        }
+        let mut push_head = |name: &str, l: &StackedLinear| {
+            out.push(TrainParam {
+                name: format!("{name}.weight"),
+                tensor: l.weight.shallow_clone(),
+                role: ParamRole::Other { dims: 2 },
+            });
+            out.push(TrainParam {
+                name: format!("{name}.bias"),
+                tensor: l.bias.shallow_clone(),
+                role: ParamRole::Other { dims: 1 },
+            });
+        };
+        match &self.classifier.dense {
+            Some(dense) => {
+                push_head("classifier.dense", dense);
+                push_head("classifier.out_proj", &self.classifier.out);
+            }
+            None => push_head("classifier", &self.classifier.out),
+        }
         out
     }
 
@@ -394,19 +486,28 @@ impl BertForSequenceClassification {
             lin(&layer.intermediate_dense);
             lin(&layer.output_dense);
         }
-        lin(&self.pooler);
+        if let Some(pooler) = &self.pooler {
+            lin(pooler);
+        }
         out
     }
 
-    /// The pooled output ([K·b, hidden]): tanh(dense(h_[CLS])).
-    pub fn pooled(&self, batch: &Batch, train: bool) -> Tensor {
+    /// The hidden state of the first token ([K·b, hidden]).
+    pub fn cls_state(&self, batch: &Batch, train: bool) -> Tensor {
         let c = &self.config;
         let (n, t) = {
             let s = batch.input_ids.size();
             (s[0], s[1])
         };
         let drop = |x: Tensor| x.dropout(c.hidden_dropout_prob, train);
-        let positions = Tensor::arange(t, (Kind::Int64, batch.input_ids.device()));
+        let positions = if c.is_roberta() {
+            // transformers' create_position_ids_from_input_ids: pad + 1, pad + 2, … over
+            // non-pad tokens, pad_token_id on padding.
+            let not_pad = batch.input_ids.ne(c.pad_token_id).to_kind(Kind::Int64);
+            not_pad.cumsum(1, Kind::Int64) * &not_pad + c.pad_token_id
+        } else {
+            Tensor::arange(t, (Kind::Int64, batch.input_ids.device()))
+        };
         let e = &self.embeddings;
         let x = Tensor::embedding(
             &e.word_embeddings,
@@ -456,27 +557,27 @@ impl BertForSequenceClassification {
             let out = drop(layer.output_dense.forward(&inter, train));
             x = layer.output_layer_norm.forward(&(out + attn));
         }
-        let cls = x.select(1, 0);
-        self.pooler.forward(&cls, train).tanh()
+        x.select(1, 0)
+    }
+
+    /// BERT's pooled output, tanh(pooler.dense(h_[CLS])); for RoBERTa the [CLS] state itself.
+    pub fn pooled(&self, batch: &Batch, train: bool) -> Tensor {
+        let cls = self.cls_state(batch, train);
+        match &self.pooler {
+            Some(p) => p.forward(&cls, train).tanh(),
+            None => cls,
+        }
     }
 
     /// Logits [K·b, labels].
     pub fn forward(&self, batch: &Batch, train: bool) -> Tensor {
-        let pooled = self.pooled(batch, train);
-        let p_drop = self
-            .config
-            .classifier_dropout
-            .unwrap_or(self.config.hidden_dropout_prob);
-        let pooled = pooled.dropout(p_drop, train);
-        let n = pooled.size()[0];
-        let h = self.config.hidden_size;
-        let pk = pooled.reshape([self.k, n / self.k, h]);
-        let logits = self.classifier.bias.unsqueeze(1).baddbmm(
-            &pk,
-            &self.classifier.weight.transpose(1, 2),
-            1.0,
-            1.0,
-        );
-        logits.reshape([n, self.num_labels])
+        let c = &self.config;
+        let p_drop = c.classifier_dropout.unwrap_or(c.hidden_dropout_prob);
+        let x = self.pooled(batch, train).dropout(p_drop, train);
+        let x = match &self.classifier.dense {
+            Some(dense) => dense.forward(&x).tanh().dropout(p_drop, train),
+            None => x,
+        };
+        self.classifier.out.forward(&x)
     }
 }
