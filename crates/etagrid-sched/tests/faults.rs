@@ -41,6 +41,7 @@ impl Setup {
             progress: false,
             retry_failed,
             grace: Duration::from_millis(200),
+            save_adapters: false,
         }
     }
 

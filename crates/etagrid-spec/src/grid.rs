@@ -50,7 +50,7 @@ impl Axis {
                 to,
                 step,
             } => {
-                if !(*step > 0.0) || !step.is_finite() {
+                if !step.is_finite() || *step <= 0.0 {
                     return Err(format!("`step` must be a positive number, got {step}"));
                 }
                 if from > to {

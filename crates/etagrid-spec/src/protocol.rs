@@ -21,6 +21,13 @@ pub struct WorkerJob {
     pub device: JobDevice,
     /// CPU threads for libtorch's intra-op pool.
     pub threads: usize,
+    /// Save the trained adapter (PEFT format) into `out_dir/adapter` when the cell finishes.
+    #[serde(default = "yes")]
+    pub save_adapter: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +48,10 @@ pub enum WorkerEvent {
         eval_examples: usize,
         trainable_params: u64,
         groups: Vec<ParamGroupInfo>,
+        /// The class labels in class-id order (also written to `labels.json` in the cell's
+        /// `out_dir`). Absent from older workers' lines.
+        #[serde(default)]
+        labels: Vec<String>,
     },
     /// Mean train loss over the last `log_every` steps.
     Train {
@@ -54,6 +65,11 @@ pub enum WorkerEvent {
         step: u64,
         loss: f64,
         accuracy: f64,
+        /// Absent from older workers' lines.
+        #[serde(default)]
+        macro_f1: Option<f64>,
+        #[serde(default)]
+        mcc: Option<f64>,
     },
     Finished {
         result: CellResult,
@@ -94,10 +110,16 @@ pub struct ParamGroupInfo {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CellResult {
-    /// The sweep's metric (accuracy or eval loss) at the end.
+    /// The sweep's metric (`[task] metric`) at the end.
     pub metric: f64,
     pub eval_loss: f64,
     pub accuracy: f64,
+    /// Macro-averaged F1 at the end; `None` in lines of workers that predate it.
+    #[serde(default)]
+    pub macro_f1: Option<f64>,
+    /// Matthews correlation coefficient (multi-class form) at the end; `None` in older lines.
+    #[serde(default)]
+    pub mcc: Option<f64>,
     /// Mean train loss over the last `log_every` steps.
     pub train_loss: f64,
     pub steps: u64,

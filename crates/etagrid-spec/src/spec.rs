@@ -39,10 +39,17 @@ pub struct ModelSpec {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
+    /// The train file as written in the sweep file.
     pub train: String,
+    /// The eval file as written; with [`TaskSpec::split`], the train file (the eval examples are
+    /// held out of it).
     pub eval: String,
     pub train_file: PathBuf,
     pub eval_file: PathBuf,
+    /// Hold out part of `train` for evaluation instead of reading an eval file. Left out of the
+    /// serialized form when absent, so cells of sweeps without a split keep their ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<SplitSpec>,
     pub text_column: String,
     pub text_pair_column: Option<String>,
     pub label_column: String,
@@ -50,22 +57,47 @@ pub struct TaskSpec {
     pub metric: Metric,
 }
 
+/// A seeded split of the train file, stratified by label.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SplitSpec {
+    /// Share of each label's examples held out for evaluation, in (0, 1).
+    pub eval_fraction: f64,
+    pub seed: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
     Accuracy,
+    /// The unweighted mean of the per-class F1 scores (over the classes that occur in the eval
+    /// labels or the predictions, as scikit-learn's `f1_score(average="macro")`).
+    MacroF1,
+    /// Matthews correlation coefficient; the multi-class form (Gorodkin 2004, scikit-learn).
+    Mcc,
     EvalLoss,
 }
 
 impl Metric {
+    pub const ALL: [Metric; 4] = [
+        Metric::Accuracy,
+        Metric::MacroF1,
+        Metric::Mcc,
+        Metric::EvalLoss,
+    ];
     pub fn name(self) -> &'static str {
         match self {
             Metric::Accuracy => "accuracy",
+            Metric::MacroF1 => "macro_f1",
+            Metric::Mcc => "mcc",
             Metric::EvalLoss => "eval_loss",
         }
     }
     pub fn higher_is_better(self) -> bool {
-        matches!(self, Metric::Accuracy)
+        !matches!(self, Metric::EvalLoss)
+    }
+    /// The metric called `name` in a sweep file.
+    pub fn from_name(name: &str) -> Option<Metric> {
+        Metric::ALL.into_iter().find(|m| m.name() == name)
     }
 }
 
@@ -234,22 +266,58 @@ impl Resolver<'_> {
         };
 
         let t = f.task;
-        let metric = match t.metric.as_ref().map(|m| m.get_ref().as_str()) {
-            None | Some("accuracy") => Metric::Accuracy,
-            Some("eval_loss") => Metric::EvalLoss,
-            Some(other) => {
-                return Err(self.err(
-                    t.metric.as_ref().map(|m| m.span()).unwrap_or(0..0),
+        let metric = match &t.metric {
+            None => Metric::Accuracy,
+            Some(m) => Metric::from_name(m.get_ref()).ok_or_else(|| {
+                self.err(
+                    m.span(),
                     "task.metric",
-                    format!("unknown metric {other:?}: use \"accuracy\" or \"eval_loss\""),
+                    format!(
+                        "unknown metric {:?}: use \"accuracy\", \"macro_f1\", \"mcc\" or \"eval_loss\"",
+                        m.get_ref()
+                    ),
+                )
+            })?,
+        };
+        let (eval, split) = match (t.eval, t.split) {
+            (Some(e), None) => (e.into_inner(), None),
+            (None, Some(s)) => {
+                let f = s.get_ref().eval_fraction;
+                if !(f > 0.0 && f < 1.0) {
+                    return Err(self.err(
+                        s.span(),
+                        "task.split.eval_fraction",
+                        format!("is {f}: give the share of examples to hold out, between 0 and 1 (e.g. 0.2)"),
+                    ));
+                }
+                let split = SplitSpec {
+                    eval_fraction: f,
+                    seed: s.get_ref().seed.unwrap_or(0),
+                };
+                (t.train.get_ref().clone(), Some(split))
+            }
+            (Some(_), Some(s)) => {
+                return Err(self.err(
+                    s.span(),
+                    "task.split",
+                    "give either `eval` (a file) or `split` (hold out part of `train`), not both",
+                ))
+            }
+            (None, None) => {
+                return Err(self.section_err(
+                    "task",
+                    "task.eval",
+                    "missing: give `eval` (a file) or `split = { eval_fraction = 0.2, seed = 0 }` \
+                     (hold out part of `train`, stratified by label)",
                 ))
             }
         };
         let task = TaskSpec {
             train_file: base.join(t.train.get_ref()),
-            eval_file: base.join(t.eval.get_ref()),
+            eval_file: base.join(&eval),
             train: t.train.into_inner(),
-            eval: t.eval.into_inner(),
+            eval,
+            split,
             text_column: t.text_column.unwrap_or_else(|| "text".into()),
             text_pair_column: t.text_pair_column,
             label_column: t.label_column.unwrap_or_else(|| "label".into()),

@@ -668,6 +668,7 @@ fn all_events() -> Vec<(WorkerEvent, &'static str, bool)> {
                     members: 12,
                     params: 36_864,
                 }],
+                labels: vec!["neg".into(), "pos".into()],
             },
             "started",
             false,
@@ -688,6 +689,8 @@ fn all_events() -> Vec<(WorkerEvent, &'static str, bool)> {
                 step: 100,
                 loss: 0.41,
                 accuracy: 0.83,
+                macro_f1: Some(0.82),
+                mcc: Some(0.66),
             },
             "eval",
             false,
@@ -698,6 +701,8 @@ fn all_events() -> Vec<(WorkerEvent, &'static str, bool)> {
                     metric: 0.83,
                     eval_loss: 0.41,
                     accuracy: 0.83,
+                    macro_f1: Some(0.82),
+                    mcc: Some(0.66),
                     train_loss: 0.38,
                     steps: 100,
                     wall_s: 12.5,
@@ -794,4 +799,96 @@ fn is_terminal_exactly_for_finished_diverged_and_failed() {
     for (event, tag, terminal) in all_events() {
         assert_eq!(event.is_terminal(), terminal, "{tag}");
     }
+}
+
+// ---------------------------------------------------------------- [task] split and metric
+
+fn with_split(split: &str) -> String {
+    edit(BASE, "eval = \"../data/eval.csv\"\n", split)
+}
+
+#[test]
+fn a_split_takes_the_eval_set_out_of_the_train_file() {
+    let spec = parse(&with_split("split = { eval_fraction = 0.25, seed = 3 }\n"));
+    let split = spec.task.split.expect("split");
+    assert_eq!((split.eval_fraction, split.seed), (0.25, 3));
+    assert_eq!(spec.task.eval_file, spec.task.train_file);
+    assert_eq!(spec.task.eval, "../data/train.csv");
+}
+
+#[test]
+fn a_split_seed_defaults_to_zero() {
+    let spec = parse(&with_split("split = { eval_fraction = 0.2 }\n"));
+    assert_eq!(spec.task.split.expect("split").seed, 0);
+}
+
+#[test]
+fn a_split_changes_the_cell_ids_and_so_does_its_seed() {
+    let a = ids(&with_split("split = { eval_fraction = 0.2, seed = 0 }\n"));
+    let b = ids(&with_split("split = { eval_fraction = 0.2, seed = 1 }\n"));
+    assert_ne!(a, ids(BASE));
+    assert_ne!(a, b);
+}
+
+#[test]
+fn giving_both_eval_and_split_is_an_error_at_the_split() {
+    let text = edit(
+        BASE,
+        "eval = \"../data/eval.csv\"\n",
+        "eval = \"../data/eval.csv\"\nsplit = { eval_fraction = 0.2 }\n",
+    );
+    assert_error(&text, "split =", &["task.split", "not both"]);
+}
+
+#[test]
+fn giving_neither_eval_nor_split_is_an_error_at_the_task_header() {
+    assert_error(&with_split(""), "[task]", &["task.eval", "split = {"]);
+}
+
+#[test]
+fn a_split_fraction_outside_0_and_1_is_an_error() {
+    for f in ["0.0", "1.0", "1.5", "-0.2"] {
+        let text = with_split(&format!("split = {{ eval_fraction = {f} }}\n"));
+        assert_error(
+            &text,
+            "split =",
+            &["task.split.eval_fraction", "between 0 and 1"],
+        );
+    }
+}
+
+#[test]
+fn every_metric_name_parses_and_knows_which_way_is_better() {
+    use etagrid_spec::spec::Metric;
+    for (name, metric, higher) in [
+        ("accuracy", Metric::Accuracy, true),
+        ("macro_f1", Metric::MacroF1, true),
+        ("mcc", Metric::Mcc, true),
+        ("eval_loss", Metric::EvalLoss, false),
+    ] {
+        let spec = parse(&edit(
+            BASE,
+            "[task]\n",
+            &format!("[task]\nmetric = \"{name}\"\n"),
+        ));
+        assert_eq!(spec.task.metric, metric);
+        assert_eq!(metric.name(), name);
+        assert_eq!(metric.higher_is_better(), higher, "{name}");
+    }
+}
+
+#[test]
+fn an_unknown_metric_lists_the_known_ones() {
+    let text = edit(BASE, "[task]\n", "[task]\nmetric = \"f1\"\n");
+    assert_error(
+        &text,
+        "metric =",
+        &[
+            "task.metric",
+            "\"accuracy\"",
+            "\"macro_f1\"",
+            "\"mcc\"",
+            "\"eval_loss\"",
+        ],
+    );
 }

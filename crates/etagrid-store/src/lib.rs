@@ -98,6 +98,8 @@ pub struct CellRow {
     pub metric: Option<f64>,
     pub eval_loss: Option<f64>,
     pub accuracy: Option<f64>,
+    pub macro_f1: Option<f64>,
+    pub mcc: Option<f64>,
     pub train_loss: Option<f64>,
     pub wall_s: Option<f64>,
     pub error: Option<String>,
@@ -256,7 +258,7 @@ impl Store {
     pub async fn cells(&self, sweep: &str) -> Result<Vec<CellRow>> {
         let rows = sqlx::query(
             "SELECT id, idx, lr_a, lr_b, seed, state, attempts, device, step, total_steps, metric,
-                    eval_loss, accuracy, train_loss, wall_s, error, config
+                    eval_loss, accuracy, macro_f1, mcc, train_loss, wall_s, error, config
              FROM cells WHERE sweep = ?1 ORDER BY idx",
         )
         .bind(sweep)
@@ -278,6 +280,8 @@ impl Store {
                     metric: r.try_get("metric")?,
                     eval_loss: r.try_get("eval_loss")?,
                     accuracy: r.try_get("accuracy")?,
+                    macro_f1: r.try_get("macro_f1")?,
+                    mcc: r.try_get("mcc")?,
                     train_loss: r.try_get("train_loss")?,
                     wall_s: r.try_get("wall_s")?,
                     error: r.try_get("error")?,
@@ -389,7 +393,7 @@ impl Store {
             Outcome::Done(r) => sqlx::query(
                 "UPDATE cells SET state = 'done', finished_at = CURRENT_TIMESTAMP, metric = ?3,
                      eval_loss = ?4, accuracy = ?5, train_loss = ?6, wall_s = ?7, samples_per_s = ?8,
-                     step = ?9, error = NULL
+                     step = ?9, error = NULL, macro_f1 = ?10, mcc = ?11
                  WHERE sweep = ?1 AND id = ?2",
             )
             .bind(sweep)
@@ -400,7 +404,9 @@ impl Store {
             .bind(r.train_loss)
             .bind(r.wall_s)
             .bind(r.train_samples_per_s)
-            .bind(r.steps as i64),
+            .bind(r.steps as i64)
+            .bind(r.macro_f1)
+            .bind(r.mcc),
             Outcome::Diverged { step, loss } => sqlx::query(
                 "UPDATE cells SET state = 'diverged', finished_at = CURRENT_TIMESTAMP, step = ?3,
                      train_loss = ?4, error = 'loss became NaN or infinite'

@@ -89,6 +89,8 @@ fn result() -> CellResult {
         metric: 0.8125,
         eval_loss: 0.4375,
         accuracy: 0.8125,
+        macro_f1: Some(0.8),
+        mcc: Some(0.625),
         train_loss: 0.375,
         steps: 20,
         wall_s: 12.5,
@@ -364,6 +366,8 @@ async fn finishing_done_stores_the_result() {
     assert_eq!(row.metric, Some(0.8125));
     assert_eq!(row.eval_loss, Some(0.4375));
     assert_eq!(row.accuracy, Some(0.8125));
+    assert_eq!(row.macro_f1, Some(0.8));
+    assert_eq!(row.mcc, Some(0.625));
     assert_eq!(row.train_loss, Some(0.375));
     assert_eq!(row.wall_s, Some(12.5));
     assert_eq!(row.step, Some(20));

@@ -175,30 +175,43 @@ struct Layer {
     output_layer_norm: LayerNorm,
 }
 
-/// A linear layer per adapter: weight [K, out, in], bias [K, out] (trainable).
+/// A linear layer per adapter: weight [K, out, in], optional bias [K, out] (trainable).
 pub struct StackedLinear {
     pub weight: Tensor,
-    pub bias: Tensor,
+    pub bias: Option<Tensor>,
 }
 
 impl StackedLinear {
-    /// From the checkpoint when it has `prefix.weight`/`prefix.bias` of the right shape (as
-    /// transformers' `from_pretrained` keeps a matching head), else N(0, init_range) and zero bias.
-    fn load(
+    /// From the checkpoint when it has `prefix.weight` (and `prefix.bias` if `bias`) of the right
+    /// shape — transformers' `from_pretrained` keeps a matching head — else N(0, init_range) and a
+    /// zero bias.
+    #[allow(clippy::too_many_arguments)] // one per dimension of the stacked layer
+    pub fn load(
         weights: &Weights,
         prefix: &str,
         out_f: i64,
         in_f: i64,
+        bias: bool,
         k: i64,
         init_range: f64,
         device: Device,
     ) -> StackedLinear {
-        let w = weights.get_opt(&format!("{prefix}.weight"), &[out_f, in_f]);
-        let b = weights.get_opt(&format!("{prefix}.bias"), &[out_f]);
-        let (weight, bias) = match (w, b) {
-            (Ok(Some(w)), Ok(Some(b))) => (
+        let w = weights
+            .get_opt(&format!("{prefix}.weight"), &[out_f, in_f])
+            .ok()
+            .flatten();
+        let b = if bias {
+            weights
+                .get_opt(&format!("{prefix}.bias"), &[out_f])
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+        let (weight, b) = match (w, b) {
+            (Some(w), b) if b.is_some() || !bias => (
                 w.to_kind(Kind::Float).unsqueeze(0).repeat([k, 1, 1]),
-                b.to_kind(Kind::Float).unsqueeze(0).repeat([k, 1]),
+                b.map(|b| b.to_kind(Kind::Float).unsqueeze(0).repeat([k, 1])),
             ),
             _ => {
                 let mut w = Tensor::zeros([k, out_f, in_f], (Kind::Float, Device::Cpu));
@@ -207,26 +220,44 @@ impl StackedLinear {
                 });
                 (
                     w.to_device(device),
-                    Tensor::zeros([k, out_f], (Kind::Float, device)),
+                    bias.then(|| Tensor::zeros([k, out_f], (Kind::Float, device))),
                 )
             }
         };
         StackedLinear {
             weight: weight.detach().set_requires_grad(true),
-            bias: bias.detach().set_requires_grad(true),
+            bias: b.map(|b| b.detach().set_requires_grad(true)),
         }
     }
 
     /// `x`: [K·b, in] → [K·b, out], rows k·b..(k+1)·b through adapter k.
-    fn forward(&self, x: &Tensor) -> Tensor {
+    pub fn forward(&self, x: &Tensor) -> Tensor {
         let k = self.weight.size()[0];
         let n = x.size()[0];
         let out_f = self.weight.size()[1];
         let xk = x.reshape([k, n / k, -1]);
-        self.bias
-            .unsqueeze(1)
-            .baddbmm(&xk, &self.weight.transpose(1, 2), 1.0, 1.0)
-            .reshape([n, out_f])
+        let w = self.weight.to_kind(x.kind()).transpose(1, 2);
+        let y = match &self.bias {
+            Some(b) => b.to_kind(x.kind()).unsqueeze(1).baddbmm(&xk, &w, 1.0, 1.0),
+            None => xk.bmm(&w),
+        };
+        y.reshape([n, out_f])
+    }
+
+    /// Its trainable tensors, named `{name}.weight` (2-D per adapter) and `{name}.bias` (1-D).
+    pub fn push_params(&self, name: &str, out: &mut Vec<TrainParam>) {
+        out.push(TrainParam {
+            name: format!("{name}.weight"),
+            tensor: self.weight.shallow_clone(),
+            role: ParamRole::Other { dims: 2 },
+        });
+        if let Some(b) = &self.bias {
+            out.push(TrainParam {
+                name: format!("{name}.bias"),
+                tensor: b.shallow_clone(),
+                role: ParamRole::Other { dims: 1 },
+            });
+        }
     }
 }
 
@@ -358,6 +389,7 @@ impl BertForSequenceClassification {
                     "classifier.dense",
                     h,
                     h,
+                    true,
                     k,
                     r,
                     device,
@@ -367,6 +399,7 @@ impl BertForSequenceClassification {
                     "classifier.out_proj",
                     num_labels,
                     h,
+                    true,
                     k,
                     r,
                     device,
@@ -381,6 +414,7 @@ impl BertForSequenceClassification {
                     "classifier",
                     num_labels,
                     h,
+                    true,
                     k,
                     c.initializer_range,
                     device,
@@ -402,15 +436,20 @@ impl BertForSequenceClassification {
     /// Every trainable tensor, with PEFT-style names, in a fixed order.
     pub fn trainable(&self) -> Vec<TrainParam> {
         let mut out = Vec::new();
+        let family = if self.config.is_roberta() {
+            "roberta"
+        } else {
+            "bert"
+        };
         let mut push_lora = |name: &str, l: &Linear| {
             if let Some(a) = &l.lora {
                 out.push(TrainParam {
-                    name: format!("bert.{name}.lora_A.weight"),
+                    name: format!("{family}.{name}.lora_A.weight"),
                     tensor: a.a.shallow_clone(),
                     role: ParamRole::LoraA,
                 });
                 out.push(TrainParam {
-                    name: format!("bert.{name}.lora_B.weight"),
+                    name: format!("{family}.{name}.lora_B.weight"),
                     tensor: a.b.shallow_clone(),
                     role: ParamRole::LoraB,
                 });
@@ -443,24 +482,14 @@ impl BertForSequenceClassification {
         if let Some(pooler) = &self.pooler {
             push_lora("pooler.dense", pooler);
         }
-        let mut push_head = |name: &str, l: &StackedLinear| {
-            out.push(TrainParam {
-                name: format!("{name}.weight"),
-                tensor: l.weight.shallow_clone(),
-                role: ParamRole::Other { dims: 2 },
-            });
-            out.push(TrainParam {
-                name: format!("{name}.bias"),
-                tensor: l.bias.shallow_clone(),
-                role: ParamRole::Other { dims: 1 },
-            });
-        };
         match &self.classifier.dense {
             Some(dense) => {
-                push_head("classifier.dense", dense);
-                push_head("classifier.out_proj", &self.classifier.out);
+                dense.push_params("classifier.dense", &mut out);
+                self.classifier
+                    .out
+                    .push_params("classifier.out_proj", &mut out);
             }
-            None => push_head("classifier", &self.classifier.out),
+            None => self.classifier.out.push_params("classifier", &mut out),
         }
         out
     }
@@ -578,6 +607,7 @@ impl BertForSequenceClassification {
             Some(dense) => dense.forward(&x).tanh().dropout(p_drop, train),
             None => x,
         };
-        self.classifier.out.forward(&x)
+        // The loss and metrics are computed in fp32 whatever the compute dtype.
+        self.classifier.out.forward(&x).to_kind(Kind::Float)
     }
 }

@@ -45,96 +45,220 @@ fn format_of(path: &Path) -> Result<Format, TrainError> {
     }
 }
 
-/// Reads every example of `path`, taking the columns named in `task`.
+/// The bytes of a data file, without a UTF-8 byte-order mark. A missing file or one with nothing
+/// in it is an error that says what to do.
+fn read_bytes(path: &Path) -> Result<Vec<u8>, TrainError> {
+    let mut bytes = std::fs::read(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            TrainError::Data {
+                path: path.to_owned(),
+                line: None,
+                message: "file not found: check the path in the sweep file's [task] section \
+                          (relative paths are relative to the sweep file)"
+                    .into(),
+            }
+        } else {
+            TrainError::Io {
+                path: path.to_owned(),
+                source,
+            }
+        }
+    })?;
+    if bytes.starts_with(b"\xEF\xBB\xBF") {
+        bytes.drain(..3);
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(TrainError::Data {
+            path: path.to_owned(),
+            line: None,
+            message: match format_of(path)? {
+                Format::Jsonl => "the file is empty: write one example per line as a JSON \
+                                  object, e.g. {\"text\": \"a fine film\", \"label\": \"pos\"}"
+                    .into(),
+                _ => "the file is empty: it needs a header line naming the columns (e.g. \
+                      `text,label`) and then one example per line"
+                    .into(),
+            },
+        });
+    }
+    Ok(bytes)
+}
+
+/// The 1-based line of byte offset `at`.
+fn line_of(bytes: &[u8], at: usize) -> u64 {
+    1 + bytes[..at.min(bytes.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count() as u64
+}
+
+const NOT_UTF8: &str =
+    "is not valid UTF-8: re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)";
+
+/// A CSV or TSV reader over `bytes`. GLUE-style TSVs do not quote: a `"` in a TSV field is text.
+fn table_reader(bytes: &[u8], fmt: Format) -> csv::Reader<&[u8]> {
+    csv::ReaderBuilder::new()
+        .delimiter(if fmt == Format::Tsv { b'\t' } else { b',' })
+        .quoting(fmt == Format::Csv)
+        .from_reader(bytes)
+}
+
+/// The error for a bad CSV/TSV record.
+fn record_error(path: &Path, fmt: Format, e: csv::Error) -> TrainError {
+    let line = e.position().map(|p| p.line());
+    let message = match e.kind() {
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => format!(
+            "row has {len} fields but the header has {expected_len}: {}",
+            if fmt == Format::Tsv {
+                "a TSV field may not contain a tab; remove stray tabs or fill in missing fields"
+            } else {
+                "quote fields that contain a comma (\"like, this\") or fill in missing fields"
+            }
+        ),
+        csv::ErrorKind::Utf8 { .. } => NOT_UTF8.into(),
+        _ => e.to_string(),
+    };
+    TrainError::Data {
+        path: path.to_owned(),
+        line,
+        message,
+    }
+}
+
+/// One JSON value as example text: strings as they are, numbers and booleans as written.
+fn json_scalar(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+type JsonObject = serde_json::Map<String, serde_json::Value>;
+
+/// The lines of a JSONL file as (line number, object), blank lines skipped; at most `limit`.
+fn jsonl_objects(
+    path: &Path,
+    bytes: Vec<u8>,
+    limit: usize,
+) -> Result<Vec<(u64, JsonObject)>, TrainError> {
+    let err = |line: u64, message: String| TrainError::Data {
+        path: path.to_owned(),
+        line: Some(line),
+        message,
+    };
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let line = line_of(e.as_bytes(), e.utf8_error().valid_up_to());
+        err(line, NOT_UTF8.into())
+    })?;
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i as u64 + 1;
+        if raw.trim().is_empty() {
+            continue;
+        }
+        if out.len() == limit {
+            break;
+        }
+        match serde_json::from_str::<serde_json::Value>(raw) {
+            Ok(serde_json::Value::Object(o)) => out.push((line, o)),
+            Ok(_) => {
+                return Err(err(
+                    line,
+                    "not a JSON object: write one object per line, e.g. {\"text\": \"…\", \"label\": \"…\"}"
+                        .into(),
+                ))
+            }
+            Err(e) => {
+                return Err(err(
+                    line,
+                    format!("not valid JSON ({e}): write one JSON object per line"),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads every example of `path`, taking the columns named in `task`. Every problem is an error
+/// naming the file, the line where there is one, and what to do.
 pub fn read_examples(path: &Path, task: &TaskSpec) -> Result<Vec<Example>, TrainError> {
     let err = |line: Option<u64>, message: String| TrainError::Data {
         path: path.to_owned(),
         line,
         message,
     };
-    let bytes = std::fs::read(path).map_err(|source| TrainError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    let examples = match format_of(path)? {
+    let fmt = format_of(path)?;
+    let bytes = read_bytes(path)?;
+    // (key in [task], column name) of each column read.
+    let text_key = ("text_column", task.text_column.as_str());
+    let pair_key = task
+        .text_pair_column
+        .as_deref()
+        .map(|c| ("text_pair_column", c));
+    let label_key = ("label_column", task.label_column.as_str());
+    let mut out = Vec::new();
+    match fmt {
         Format::Jsonl => {
-            let text = String::from_utf8(bytes).map_err(|e| {
-                let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()]
-                    .iter()
-                    .filter(|&&b| b == b'\n')
-                    .count() as u64;
-                err(
-                    Some(line),
-                    "is not valid UTF-8: re-encode the file as UTF-8".into(),
-                )
-            })?;
-            let mut out = Vec::new();
-            for (i, raw) in text.lines().enumerate() {
-                let line = i as u64 + 1;
-                if raw.trim().is_empty() {
-                    continue;
-                }
-                let v: serde_json::Value = serde_json::from_str(raw)
-                    .map_err(|e| err(Some(line), format!("not a JSON object: {e}")))?;
-                let field = |name: &str| -> Result<String, TrainError> {
-                    match v.get(name) {
-                        Some(serde_json::Value::String(s)) => Ok(s.clone()),
-                        Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
-                        Some(serde_json::Value::Bool(b)) => Ok(b.to_string()),
-                        Some(_) => Err(err(
+            for (line, obj) in jsonl_objects(path, bytes, usize::MAX)? {
+                let field = |(key, name): (&str, &str)| -> Result<String, TrainError> {
+                    match obj.get(name) {
+                        Some(v) => json_scalar(v).ok_or_else(|| {
+                            err(
+                                Some(line),
+                                format!("field `{name}` is {v}: it must be a string or a number"),
+                            )
+                        }),
+                        None => Err(err(
                             Some(line),
-                            format!("field `{name}` must be a string or a number"),
+                            format!(
+                                "field `{name}` is missing (fields: {}): add it, or set `{key}` in [task]",
+                                obj.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+                            ),
                         )),
-                        None => Err(err(Some(line), format!("field `{name}` is missing"))),
                     }
                 };
                 out.push(Example {
-                    text: field(&task.text_column)?,
-                    text_pair: task.text_pair_column.as_deref().map(field).transpose()?,
-                    label: field(&task.label_column)?,
+                    text: field(text_key)?,
+                    text_pair: pair_key.map(field).transpose()?,
+                    label: field(label_key)?,
                     line,
                 });
             }
-            out
         }
-        fmt => {
-            let mut rdr = csv::ReaderBuilder::new()
-                .delimiter(if fmt == Format::Tsv { b'\t' } else { b',' })
-                .quoting(fmt == Format::Csv)
-                .from_reader(bytes.as_slice());
-            let headers = rdr
-                .headers()
-                .map_err(|e| err(Some(1), format!("cannot read the header line: {e}")))?
-                .clone();
-            let col = |name: &str| -> Result<usize, TrainError> {
-                headers.iter().position(|h| h == name).ok_or_else(|| {
-                    err(
-                        Some(1),
-                        format!(
-                            "no column `{name}` in the header (columns: {}); set the column names in [task]",
-                            headers.iter().collect::<Vec<_>>().join(", ")
-                        ),
-                    )
-                })
+        Format::Csv | Format::Tsv => {
+            let mut rdr = table_reader(&bytes, fmt);
+            let headers = match rdr.headers() {
+                Ok(h) => h.clone(),
+                Err(e) => {
+                    return Err(match e.kind() {
+                        csv::ErrorKind::Utf8 { .. } => err(Some(1), NOT_UTF8.into()),
+                        _ => err(Some(1), format!("cannot read the header line: {e}")),
+                    })
+                }
             };
-            let text_col = col(&task.text_column)?;
-            let pair_col = task.text_pair_column.as_deref().map(col).transpose()?;
-            let label_col = col(&task.label_column)?;
-            let mut out = Vec::new();
+            let col = |(key, name): (&str, &str)| -> Result<usize, TrainError> {
+                headers
+                    .iter()
+                    .position(|h| h.trim() == name)
+                    .ok_or_else(|| {
+                        err(
+                            Some(1),
+                            format!(
+                                "no column `{name}` in the header (columns: {}): set `{key}` in [task] to one of them",
+                                headers.iter().collect::<Vec<_>>().join(", ")
+                            ),
+                        )
+                    })
+            };
+            let text_col = col(text_key)?;
+            let pair_col = pair_key.map(col).transpose()?;
+            let label_col = col(label_key)?;
             for rec in rdr.records() {
-                let rec = rec.map_err(|e| {
-                    let line = e.position().map(|p| p.line());
-                    let message = match e.kind() {
-                        csv::ErrorKind::UnequalLengths {
-                            expected_len, len, ..
-                        } => format!("row has {len} fields but the header has {expected_len}"),
-                        csv::ErrorKind::Utf8 { .. } => {
-                            "is not valid UTF-8: re-encode the file as UTF-8".into()
-                        }
-                        _ => e.to_string(),
-                    };
-                    err(line, message)
-                })?;
+                let rec = rec.map_err(|e| record_error(path, fmt, e))?;
                 let line = rec.position().map(|p| p.line()).unwrap_or(0);
                 let get = |i: usize| rec.get(i).unwrap_or_default().to_owned();
                 out.push(Example {
@@ -144,13 +268,343 @@ pub fn read_examples(path: &Path, task: &TaskSpec) -> Result<Vec<Example>, Train
                     line,
                 });
             }
-            out
+        }
+    }
+    if out.is_empty() {
+        return Err(err(
+            None,
+            match fmt {
+                Format::Jsonl => {
+                    "has no examples: write one example per line as a JSON object".into()
+                }
+                _ => "has a header line but no examples: add one example per line after the header"
+                    .into(),
+            },
+        ));
+    }
+    let what = if fmt == Format::Jsonl {
+        "field"
+    } else {
+        "column"
+    };
+    for e in &out {
+        let empty = if e.text.trim().is_empty() {
+            Some(text_key)
+        } else if e.text_pair.as_deref().is_some_and(|p| p.trim().is_empty()) {
+            pair_key
+        } else if e.label.trim().is_empty() {
+            Some(label_key)
+        } else {
+            None
+        };
+        if let Some((_, name)) = empty {
+            return Err(err(
+                Some(e.line),
+                format!("{what} `{name}` is empty: fill it in or remove the example"),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// The first rows of a data file, every column as text: what `etagrid init` looks at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Table {
+    pub columns: Vec<String>,
+    /// Rows in file order; `None` where a JSONL line lacks a field or holds a non-scalar.
+    pub rows: Vec<Vec<Option<String>>>,
+    /// The file has more rows than were read.
+    pub truncated: bool,
+}
+
+impl Table {
+    /// The values of column `i` that are present.
+    pub fn column(&self, i: usize) -> impl Iterator<Item = &str> {
+        self.rows
+            .iter()
+            .filter_map(move |r| r.get(i).and_then(|v| v.as_deref()))
+    }
+}
+
+/// What one column of a [`Table`] looks like.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnStats {
+    pub name: String,
+    /// Non-empty values.
+    pub values: usize,
+    pub distinct: usize,
+    /// Mean length in characters.
+    pub mean_len: f64,
+    /// Most values are numbers.
+    pub numeric: bool,
+    /// Most values contain a space (sentences, not codes or ids).
+    pub wordy: bool,
+    /// Most values look like bracketed parse trees (GLUE's `*_parse` columns).
+    pub parse_tree: bool,
+}
+
+impl ColumnStats {
+    fn of(table: &Table, i: usize) -> ColumnStats {
+        let values: Vec<&str> = table.column(i).filter(|v| !v.trim().is_empty()).collect();
+        let n = values.len();
+        let most =
+            |f: &dyn Fn(&str) -> bool| n > 0 && 2 * values.iter().filter(|v| f(v)).count() > n;
+        ColumnStats {
+            name: table.columns[i].clone(),
+            values: n,
+            distinct: values
+                .iter()
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
+            mean_len: values.iter().map(|v| v.chars().count()).sum::<usize>() as f64
+                / n.max(1) as f64,
+            numeric: most(&|v| v.trim().parse::<f64>().is_ok()),
+            wordy: most(&|v| v.trim().contains(char::is_whitespace)),
+            parse_tree: most(&|v| v.trim_start().starts_with('(') && v.trim_end().ends_with(')')),
+        }
+    }
+
+    /// Few distinct short values: what a label column looks like. A column with a usual label
+    /// name only needs short values and at least two of them (a small sample repeats little);
+    /// another one must repeat its values.
+    fn label_like(&self) -> bool {
+        let cap = if LABEL_NAMES.contains(&self.name.to_ascii_lowercase().as_str()) {
+            self.values
+        } else {
+            (self.values / 3)
+                .clamp(2, 1000)
+                .min(self.values.saturating_sub(1))
+        };
+        self.distinct >= 2 && self.distinct <= cap && self.mean_len <= 40.0
+    }
+
+    /// Free text: not a number, not a parse tree, not a label-like column.
+    fn text_like(&self) -> bool {
+        self.values > 0 && !self.numeric && !self.parse_tree && !self.label_like()
+    }
+}
+
+/// Columns asked for explicitly (`etagrid init --text-column …`); the rest are detected.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ColumnChoice {
+    pub text: Option<String>,
+    pub text_pair: Option<String>,
+    pub label: Option<String>,
+}
+
+/// The task's columns as read off the first rows of a data file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detected {
+    pub text_column: String,
+    pub text_pair_column: Option<String>,
+    pub label_column: String,
+    /// The label values seen, in class-id order.
+    pub labels: LabelMap,
+    /// Examples per label in the rows read, in the order of `labels`.
+    pub label_counts: Vec<u64>,
+    /// Other columns that could be the label: (name, distinct values).
+    pub other_label_columns: Vec<(String, usize)>,
+    pub stats: Vec<ColumnStats>,
+}
+
+/// Names a label column often has, preferred over the fewest-values rule.
+const LABEL_NAMES: [&str; 8] = [
+    "label",
+    "labels",
+    "gold_label",
+    "class",
+    "category",
+    "target",
+    "sentiment",
+    "y",
+];
+
+/// Detects the text, text-pair and label columns of `table` (read from `path`):
+/// - label: a column with few distinct short values — one with a usual label name if there is
+///   one, else the one with the fewest values;
+/// - text: the free-text column with the longest values (sentences preferred over single words);
+/// - text pair: a second free-text column of sentences, if there is one. The two text columns are
+///   then taken in file order (GLUE's `sentence1`, `sentence2`; `question`, `sentence`).
+///
+/// Columns in `choice` are taken as given (they must exist).
+pub fn detect_columns(
+    table: &Table,
+    path: &Path,
+    choice: &ColumnChoice,
+) -> Result<Detected, TrainError> {
+    let err = |message: String| TrainError::Data {
+        path: path.to_owned(),
+        line: None,
+        message,
+    };
+    let stats: Vec<ColumnStats> = (0..table.columns.len())
+        .map(|i| ColumnStats::of(table, i))
+        .collect();
+    let columns = table.columns.join(", ");
+    let find = |name: &str, flag: &str| {
+        stats.iter().position(|s| s.name == name).ok_or_else(|| {
+            err(format!(
+                "{flag} {name:?}: there is no such column (columns: {columns})"
+            ))
+        })
+    };
+    let label = match &choice.label {
+        Some(name) => find(name, "--label-column")?,
+        None => {
+            let candidates: Vec<usize> = (0..stats.len())
+                .filter(|&i| stats[i].label_like())
+                .collect();
+            candidates
+                .iter()
+                .copied()
+                .find(|&i| LABEL_NAMES.contains(&stats[i].name.to_ascii_lowercase().as_str()))
+                .or_else(|| {
+                    candidates
+                        .iter()
+                        .copied()
+                        .rev()
+                        .min_by_key(|&i| stats[i].distinct)
+                })
+                .ok_or_else(|| {
+                    err(format!(
+                        "no column looks like a label (few distinct values) among {columns}: \
+                         name it with --label-column"
+                    ))
+                })?
         }
     };
-    if examples.is_empty() {
-        return Err(err(None, "has no examples".into()));
+    let forced_text = choice
+        .text
+        .as_deref()
+        .map(|n| find(n, "--text-column"))
+        .transpose()?;
+    let forced_pair = choice
+        .text_pair
+        .as_deref()
+        .map(|n| find(n, "--text-pair-column"))
+        .transpose()?;
+    // Free-text columns, longest first; sentences before single words.
+    let mut texts: Vec<usize> = (0..stats.len())
+        .filter(|&i| i != label && stats[i].text_like())
+        .collect();
+    texts.sort_by(|&a, &b| {
+        (stats[b].wordy, stats[b].mean_len)
+            .partial_cmp(&(stats[a].wordy, stats[a].mean_len))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let (mut text, mut pair) = match (forced_text, forced_pair) {
+        (Some(t), p) => (t, p),
+        (None, Some(p)) => (
+            texts.iter().copied().find(|&i| i != p).ok_or_else(|| {
+                err(format!(
+                    "no text column found among {columns}: name it with --text-column"
+                ))
+            })?,
+            Some(p),
+        ),
+        (None, None) => {
+            let text = *texts.first().ok_or_else(|| {
+                err(format!(
+                    "no text column found among {columns} (free text, not numbers or a few \
+                     repeated values): name it with --text-column"
+                ))
+            })?;
+            let pair = texts
+                .iter()
+                .copied()
+                .skip(1)
+                .find(|&i| stats[i].wordy && stats[text].wordy);
+            (text, pair)
+        }
+    };
+    if choice.text.is_none() && choice.text_pair.is_none() {
+        if let Some(p) = pair.filter(|&p| p < text) {
+            pair = Some(text);
+            text = p;
+        }
     }
-    Ok(examples)
+    if text == label || pair == Some(label) || pair == Some(text) {
+        return Err(err(format!(
+            "the text, text pair and label columns must differ (text {:?}, label {:?})",
+            stats[text].name, stats[label].name
+        )));
+    }
+    let labels = LabelMap::from_labels(table.column(label).filter(|v| !v.trim().is_empty()));
+    let index = labels.index();
+    let mut label_counts = vec![0u64; labels.labels.len()];
+    for v in table.column(label) {
+        if let Some(&i) = index.get(v) {
+            label_counts[i as usize] += 1;
+        }
+    }
+    let other_label_columns = (0..stats.len())
+        .filter(|&i| i != label && i != text && Some(i) != pair && stats[i].label_like())
+        .map(|i| (stats[i].name.clone(), stats[i].distinct))
+        .collect();
+    Ok(Detected {
+        text_column: stats[text].name.clone(),
+        text_pair_column: pair.map(|p| stats[p].name.clone()),
+        label_column: stats[label].name.clone(),
+        labels,
+        label_counts,
+        other_label_columns,
+        stats,
+    })
+}
+
+/// Reads the header and at most `max_rows` rows of `path` (CSV, TSV or JSONL). For JSONL the
+/// columns are the keys in order of first appearance.
+pub fn read_table(path: &Path, max_rows: usize) -> Result<Table, TrainError> {
+    let fmt = format_of(path)?;
+    let bytes = read_bytes(path)?;
+    let mut table = Table {
+        columns: Vec::new(),
+        rows: Vec::new(),
+        truncated: false,
+    };
+    match fmt {
+        Format::Jsonl => {
+            let objects = jsonl_objects(path, bytes, max_rows.saturating_add(1))?;
+            table.truncated = objects.len() > max_rows;
+            let objects = &objects[..objects.len().min(max_rows)];
+            for (_, o) in objects {
+                for k in o.keys() {
+                    if !table.columns.contains(k) {
+                        table.columns.push(k.clone());
+                    }
+                }
+            }
+            for (_, o) in objects {
+                table.rows.push(
+                    table
+                        .columns
+                        .iter()
+                        .map(|c| o.get(c).and_then(json_scalar))
+                        .collect(),
+                );
+            }
+        }
+        Format::Csv | Format::Tsv => {
+            let mut rdr = table_reader(&bytes, fmt);
+            table.columns = rdr
+                .headers()
+                .map_err(|e| record_error(path, fmt, e))?
+                .iter()
+                .map(|h| h.trim().to_owned())
+                .collect();
+            for rec in rdr.records() {
+                if table.rows.len() == max_rows {
+                    table.truncated = true;
+                    break;
+                }
+                let rec = rec.map_err(|e| record_error(path, fmt, e))?;
+                table
+                    .rows
+                    .push(rec.iter().map(|v| Some(v.to_owned())).collect());
+            }
+        }
+    }
+    Ok(table)
 }
 
 /// Labels in a fixed order: numerically if every label is an integer, else lexicographically.
@@ -161,13 +615,42 @@ pub struct LabelMap {
 
 impl LabelMap {
     pub fn from_examples(examples: &[Example]) -> LabelMap {
-        let set: std::collections::BTreeSet<&str> =
-            examples.iter().map(|e| e.label.as_str()).collect();
+        LabelMap::from_labels(examples.iter().map(|e| e.label.as_str()))
+    }
+
+    /// The distinct values of `labels`, ordered.
+    pub fn from_labels<'a>(labels: impl IntoIterator<Item = &'a str>) -> LabelMap {
+        let set: std::collections::BTreeSet<&str> = labels.into_iter().collect();
         let mut labels: Vec<String> = set.into_iter().map(str::to_owned).collect();
         if labels.iter().all(|l| l.parse::<i64>().is_ok()) {
             labels.sort_by_key(|l| l.parse::<i64>().unwrap_or_default());
         }
         LabelMap { labels }
+    }
+
+    /// The class id of every example of `path`; a label this map does not know (an eval label
+    /// that never occurs in the training data) is an error naming the file and line.
+    pub fn ids(&self, examples: &[Example], path: &Path) -> Result<Vec<i64>, TrainError> {
+        let index = self.index();
+        examples
+            .iter()
+            .map(|e| {
+                index
+                    .get(e.label.as_str())
+                    .copied()
+                    .ok_or_else(|| TrainError::Data {
+                        path: path.to_owned(),
+                        line: Some(e.line),
+                        message: format!(
+                            "label {:?} never occurs in the training data, so the model cannot \
+                             learn it (training labels: {}): remove the examples with this label \
+                             or add some to the training data",
+                            e.label,
+                            abbreviate(&self.labels, 20)
+                        ),
+                    })
+            })
+            .collect()
     }
 
     pub fn index(&self) -> BTreeMap<&str, i64> {
@@ -177,6 +660,58 @@ impl LabelMap {
             .map(|(i, l)| (l.as_str(), i as i64))
             .collect()
     }
+}
+
+/// At most `n` items joined with ", ", then how many more.
+fn abbreviate(items: &[String], n: usize) -> String {
+    let mut s = items[..items.len().min(n)].join(", ");
+    if items.len() > n {
+        s.push_str(&format!(", … ({} more)", items.len() - n));
+    }
+    s
+}
+
+/// Splits `examples` into (train, eval), stratified by label: of each label's `n` examples,
+/// `round(eval_fraction · n)` go to eval, but at least one stays in train (a label with a single
+/// example is never held out). Which ones is drawn from `seed` and the label alone (ChaCha8, one
+/// stream per label), so the split does not change when other labels are added or the rows are
+/// reordered within other labels. Both parts keep the file order.
+pub fn stratified_split(
+    examples: Vec<Example>,
+    eval_fraction: f64,
+    seed: u64,
+) -> (Vec<Example>, Vec<Example>) {
+    let mut by_label: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, e) in examples.iter().enumerate() {
+        by_label.entry(e.label.as_str()).or_default().push(i);
+    }
+    let mut is_eval = vec![false; examples.len()];
+    for (label, mut idx) in by_label {
+        let n = idx.len();
+        let n_eval = ((eval_fraction * n as f64).round() as usize).min(n.saturating_sub(1));
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(fnv1a(label.as_bytes()));
+        idx.shuffle(&mut rng);
+        for &i in &idx[..n_eval] {
+            is_eval[i] = true;
+        }
+    }
+    let (mut train, mut eval) = (Vec::new(), Vec::new());
+    for (e, ev) in examples.into_iter().zip(is_eval) {
+        if ev {
+            eval.push(e);
+        } else {
+            train.push(e);
+        }
+    }
+    (train, eval)
+}
+
+/// 64-bit FNV-1a: a hash that is the same on every platform and in every Rust version.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Tokenized examples.
@@ -226,24 +761,7 @@ pub fn encode(
     labels: &LabelMap,
     path: &Path,
 ) -> Result<Encoded, TrainError> {
-    let index = labels.index();
-    let label_ids = examples
-        .iter()
-        .map(|e| {
-            index
-                .get(e.label.as_str())
-                .copied()
-                .ok_or_else(|| TrainError::Data {
-                    path: path.to_owned(),
-                    line: Some(e.line),
-                    message: format!(
-                        "label {:?} never occurs in the training data (known: {})",
-                        e.label,
-                        labels.labels.join(", ")
-                    ),
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let label_ids = labels.ids(examples, path)?;
     let inputs: Vec<EncodeInput> = examples
         .iter()
         .map(|e| match &e.text_pair {
@@ -364,6 +882,46 @@ pub fn eval_subset(examples: Vec<Example>, max: Option<usize>) -> Vec<Example> {
     }
 }
 
+/// The train and eval examples of a task as read: from two files, or from one file split by
+/// `[task] split`; the eval part cut to `max_eval_examples`.
+pub fn load_examples(task: &TaskSpec) -> Result<(Vec<Example>, Vec<Example>), TrainError> {
+    let (train, eval) = match &task.split {
+        None => (
+            read_examples(&task.train_file, task)?,
+            read_examples(&task.eval_file, task)?,
+        ),
+        Some(split) => {
+            let all = read_examples(&task.train_file, task)?;
+            let n = all.len();
+            let (train, eval) = stratified_split(all, split.eval_fraction, split.seed);
+            if eval.is_empty() {
+                return Err(TrainError::Data {
+                    path: task.train_file.clone(),
+                    line: None,
+                    message: format!(
+                        "split.eval_fraction = {} holds out no example of its {n}: raise it, or give an `eval` file",
+                        split.eval_fraction
+                    ),
+                });
+            }
+            (train, eval)
+        }
+    };
+    Ok((train, eval_subset(eval, task.max_eval_examples)))
+}
+
+/// The eval examples of a task alone, as [`load_examples`] gives them (the train file is read only
+/// when the eval set is split from it).
+pub fn eval_examples(task: &TaskSpec) -> Result<Vec<Example>, TrainError> {
+    match task.split {
+        None => Ok(eval_subset(
+            read_examples(&task.eval_file, task)?,
+            task.max_eval_examples,
+        )),
+        Some(_) => load_examples(task).map(|(_, eval)| eval),
+    }
+}
+
 /// The train and eval sets of a task, read, labelled and tokenized.
 pub struct TaskData {
     pub labels: LabelMap,
@@ -375,18 +933,15 @@ pub struct TaskData {
 
 impl TaskData {
     pub fn load(task: &TaskSpec, tok: &Tokenizer) -> Result<TaskData, TrainError> {
-        let train_ex = read_examples(&task.train_file, task)?;
-        let eval_ex = eval_subset(
-            read_examples(&task.eval_file, task)?,
-            task.max_eval_examples,
-        );
+        let (train_ex, eval_ex) = load_examples(task)?;
         let labels = LabelMap::from_examples(&train_ex);
         if labels.labels.len() < 2 {
             return Err(TrainError::Data {
                 path: task.train_file.clone(),
                 line: None,
                 message: format!(
-                    "column `{}` has a single label value {:?}: classification needs at least two",
+                    "column `{}` has a single label value {:?}: classification needs at least two; \
+                     check `label_column` in [task]",
                     task.label_column, labels.labels
                 ),
             });
@@ -400,5 +955,19 @@ impl TaskData {
             train_file: task.train_file.clone(),
             eval_file: task.eval_file.clone(),
         })
+    }
+
+    /// Examples per class id in the train and the eval set.
+    pub fn class_counts(&self) -> (Vec<u64>, Vec<u64>) {
+        let count = |e: &Encoded| {
+            let mut c = vec![0u64; self.labels.labels.len()];
+            for &l in &e.labels {
+                if let Some(n) = c.get_mut(l as usize) {
+                    *n += 1;
+                }
+            }
+            c
+        };
+        (count(&self.train), count(&self.eval))
     }
 }

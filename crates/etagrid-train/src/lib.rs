@@ -7,15 +7,24 @@
 //! - [`lora`]: a LoRA linear layer holding K stacked adapters (`[K, r, in]`, `[K, out, r]`);
 //!   one grid cell is K = 1, and several cells can share one frozen base later.
 //! - [`optim`]: AdamW with the LoRA+ authors' parameter groups and per-adapter learning rates.
-//! - [`data`]: CSV/TSV/JSONL reading, tokenization with `tokenizers`, seeded batches.
+//! - [`data`]: CSV/TSV/JSONL reading, stratified splits, tokenization with `tokenizers`, seeded
+//!   batches.
+//! - [`metrics`]: accuracy, macro-F1 and MCC from a confusion matrix gathered on the device.
 //! - [`train`]: the train/eval loop of one job.
 
+pub mod bench;
 pub mod bert;
 pub mod data;
 pub mod device;
 mod error;
+pub mod export;
+pub mod gpt2;
+pub mod llama;
 pub mod lora;
+pub mod metrics;
+pub mod model;
 pub mod optim;
+pub mod predict;
 pub mod train;
 pub mod weights;
 

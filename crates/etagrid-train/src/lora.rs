@@ -29,6 +29,7 @@ impl LoraAdapter {
     /// `Lora` → A kaiming-uniform(a=√5) (bound 1/√in), B zero; `Loraplus` → B kaiming-uniform
     /// (bound 1/√r), A zero. Created on the CPU from the global seed, then moved, so the same
     /// seed gives the same adapters on every device.
+    #[allow(clippy::too_many_arguments)] // one per dimension of the stacked layer
     pub fn new(
         k: i64,
         rank: i64,
@@ -71,7 +72,9 @@ impl LoraAdapter {
         let in_features = shape[shape.len() - 1];
         let x = x.dropout(self.dropout, train && self.dropout > 0.0);
         let xk = x.reshape([k, -1, in_features]);
-        let h = xk.bmm(&self.a.transpose(1, 2)).bmm(&self.b.transpose(1, 2));
+        // Parameters stay fp32; in a bf16 forward they are cast per use, as under autocast.
+        let (a, b) = (self.a.to_kind(x.kind()), self.b.to_kind(x.kind()));
+        let h = xk.bmm(&a.transpose(1, 2)).bmm(&b.transpose(1, 2));
         let last = shape.len() - 1;
         shape[last] = self.b.size()[1];
         (h * self.scaling).reshape(shape.as_slice())

@@ -86,6 +86,7 @@ pub struct RunArgs {
     pub cells_per_device: Option<usize>,
     pub report_dir: Option<PathBuf>,
     pub retry_failed: bool,
+    pub save_adapters: bool,
 }
 
 fn parse_devices(s: &str) -> Result<DeviceChoice> {
@@ -154,6 +155,7 @@ pub fn run(args: &RunArgs) -> Result<Exit> {
         progress: true,
         retry_failed: args.retry_failed,
         grace: std::time::Duration::from_secs(10),
+        save_adapters: args.save_adapters,
     };
     let summary = etagrid_sched::run(&spec, &opts)?;
     if let Some(dir) = &args.report_dir {
@@ -194,10 +196,11 @@ pub fn report(db: &Path, sweep: &str, reports: &Path) -> Result<()> {
         store.close().await;
         anyhow::Ok((row, cells))
     })??;
-    // Chance level = the eval set's majority-class rate, when the task files are still there.
+    // Chance level = what predicting the eval set's majority class scores on the sweep's metric,
+    // when the task files are still there.
     let chance = SweepSpec::parse(Path::new(&row.source_path), &row.source_text)
         .ok()
-        .and_then(|spec| majority_rate(&spec).ok());
+        .and_then(|spec| chance_level(&spec).ok().flatten());
     let input = ReportInput {
         sweep: row.name.clone(),
         metric_name: row.metric.clone(),
@@ -245,16 +248,17 @@ pub fn report(db: &Path, sweep: &str, reports: &Path) -> Result<()> {
     Ok(())
 }
 
-fn majority_rate(spec: &SweepSpec) -> Result<f64> {
-    let ex = etagrid_train::data::eval_subset(
-        etagrid_train::data::read_examples(&spec.task.eval_file, &spec.task)?,
-        spec.task.max_eval_examples,
-    );
+fn chance_level(spec: &SweepSpec) -> Result<Option<f64>> {
+    let ex = etagrid_train::data::eval_examples(&spec.task)?;
     let mut counts = std::collections::HashMap::new();
     for e in &ex {
-        *counts.entry(e.label.as_str()).or_insert(0usize) += 1;
+        *counts.entry(e.label.as_str()).or_insert(0u64) += 1;
     }
-    Ok(counts.values().copied().max().unwrap_or(0) as f64 / ex.len().max(1) as f64)
+    let counts: Vec<u64> = counts.into_values().collect();
+    Ok(etagrid_train::metrics::chance_level(
+        spec.task.metric,
+        &counts,
+    ))
 }
 
 pub fn status(db: &Path, sweep: Option<&str>) -> Result<Exit> {
@@ -347,4 +351,100 @@ pub fn worker(job_path: &Path) -> Result<Exit> {
             Ok(Exit::WorkerFailed)
         }
     }
+}
+
+/// Copies the adapter a finished cell saved (`<state>/cells/<sweep>/<cell>/adapter`) to `out`,
+/// with the cell's `labels.json`.
+pub fn export(db: &Path, state_dir: &Path, sweep: &str, cell: &str, out: &Path) -> Result<Exit> {
+    let name = sweep_name(sweep)?;
+    let (row, cells) = block_on(async {
+        let store = Store::open(db).await?;
+        let row = store.sweep(&name).await?;
+        let cells = store.cells(&name).await?;
+        store.close().await;
+        anyhow::Ok((row, cells))
+    })??;
+    let done: Vec<_> = cells
+        .iter()
+        .filter(|c| c.state == CellState::Done)
+        .collect();
+    let chosen: &etagrid_store::CellRow = if cell == "best" {
+        let better = |a: f64, b: f64| if row.higher_is_better { a > b } else { a < b };
+        done.iter()
+            .filter(|c| c.metric.is_some_and(f64::is_finite))
+            .copied()
+            .reduce(|best, c| {
+                if better(
+                    c.metric.unwrap_or(f64::NAN),
+                    best.metric.unwrap_or(f64::NAN),
+                ) {
+                    c
+                } else {
+                    best
+                }
+            })
+            .with_context(|| format!("sweep {name} has no finished cell yet"))?
+    } else {
+        let matches: Vec<_> = cells.iter().filter(|c| c.id.starts_with(cell)).collect();
+        match matches.as_slice() {
+            [c] if c.state == CellState::Done => c,
+            [c] => bail!("cell {} of sweep {name} is {}, not done: nothing to export", c.id, c.state.as_str()),
+            [] => bail!("sweep {name} has no cell {cell:?} (see `etagrid status {name}` or reports/{name}/index.html)"),
+            _ => bail!("{cell:?} matches {} cells of sweep {name}: give more of the id", matches.len()),
+        }
+    };
+    let src = state_dir.join("cells").join(&name).join(&chosen.id);
+    let adapter = src.join("adapter");
+    if !adapter.join("adapter_model.safetensors").exists() {
+        bail!(
+            "cell {} has no saved adapter in {} (was it run with --no-adapters, or by an older etagrid?)",
+            chosen.id,
+            adapter.display()
+        );
+    }
+    if out.exists()
+        && std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        bail!(
+            "{} exists and is not empty: choose a new directory",
+            out.display()
+        );
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("failed to create {}", out.display()))?;
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(adapter.join(f), out.join(f))
+            .with_context(|| format!("failed to copy {f} to {}", out.display()))?;
+    }
+    if src.join("labels.json").exists() {
+        std::fs::copy(src.join("labels.json"), out.join("labels.json"))
+            .context("failed to copy labels.json")?;
+    }
+    eprintln!(
+        "exported cell {} (η_A={:.3e}, η_B={:.3e}, {}={}) to {}",
+        chosen.id,
+        chosen.lr_a,
+        chosen.lr_b,
+        row.metric,
+        chosen.metric.map(|m| format!("{m:.4}")).unwrap_or_default(),
+        out.display()
+    );
+    Ok(Exit::Ok)
+}
+
+pub fn predict(o: &etagrid_train::predict::PredictOptions) -> Result<Exit> {
+    let mut stdout = std::io::stdout().lock();
+    let mut failed = None;
+    etagrid_train::predict::predict(o, &mut |v| {
+        if failed.is_none() {
+            if let Err(e) = writeln!(stdout, "{v}") {
+                failed = Some(e);
+            }
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e).context("failed to write to stdout");
+    }
+    Ok(Exit::Ok)
 }

@@ -1,6 +1,7 @@
 //! `etagrid`: the command line. Parsing and glue only; the work is in the library crates.
 
 mod commands;
+mod init;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -47,6 +48,9 @@ enum Command {
         /// Give cells that used up their attempts (`max_attempts`) a fresh set.
         #[arg(long)]
         retry_failed: bool,
+        /// Do not save each finished cell's adapter (saved by default, for `etagrid export`).
+        #[arg(long)]
+        no_adapters: bool,
         /// Reports go to <reports>/<sweep>/.
         #[arg(long, default_value = "reports")]
         reports: PathBuf,
@@ -60,6 +64,67 @@ enum Command {
     },
     /// Show the state of a sweep's cells (or of every sweep); works while a run is going on.
     Status { sweep: Option<String> },
+    /// Write a commented sweep file for a model and a data file, detecting the task's columns.
+    Init {
+        /// A Hugging Face-format model directory (config.json, model.safetensors, tokenizer.json).
+        #[arg(long)]
+        model: PathBuf,
+        /// Training data: .csv, .tsv (header row) or .jsonl.
+        #[arg(long)]
+        train: PathBuf,
+        /// Evaluation data [default: hold out 20% of each label of --train].
+        #[arg(long)]
+        eval: Option<PathBuf>,
+        /// The sweep file to write; never overwritten [default: sweeps/<data name>.toml].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The text column, instead of detecting it.
+        #[arg(long)]
+        text_column: Option<String>,
+        /// The second text of a sentence-pair task, instead of detecting it.
+        #[arg(long)]
+        text_pair_column: Option<String>,
+        /// The label column, instead of detecting it.
+        #[arg(long)]
+        label_column: Option<String>,
+    },
+    /// Copy a finished cell's adapter (PEFT format: adapter_config.json + adapter_model.safetensors,
+    /// the trained head as modules_to_save) to a directory `peft.PeftModel.from_pretrained` loads.
+    Export {
+        /// A sweep file or the name of a sweep in the store.
+        sweep: String,
+        /// A cell id (or a unique prefix of one), or "best".
+        #[arg(long, default_value = "best")]
+        cell: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the logits of a model (optionally with a LoRA adapter) for JSONL inputs
+    /// ({"text": …} or {"text": …, "text_pair": …}), one JSON line per input.
+    Predict {
+        /// A Hugging Face-format model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// A PEFT-format adapter directory (from `etagrid export` or PEFT's save_pretrained).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        #[arg(long)]
+        input: PathBuf,
+        /// JSON lines out (the only format; accepted for scripts that pass it).
+        #[arg(long)]
+        json: bool,
+        /// The causal LM's next-token logits after the last input token, instead of the classifier's.
+        #[arg(long)]
+        lm: bool,
+        /// Longest input in tokens (special tokens included); longer inputs are truncated.
+        #[arg(long, default_value_t = 512)]
+        max_len: usize,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// "cpu" or "cuda".
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Run one cell (started by `etagrid run`; prints JSON lines on stdout).
     #[command(hide = true)]
     Worker {
@@ -82,6 +147,7 @@ fn main() -> ExitCode {
             cells_per_device,
             no_report,
             retry_failed,
+            no_adapters,
             reports,
         } => commands::run(&commands::RunArgs {
             sweep,
@@ -91,11 +157,56 @@ fn main() -> ExitCode {
             cells_per_device,
             report_dir: (!no_report).then_some(reports),
             retry_failed,
+            save_adapters: !no_adapters,
+        }),
+        Command::Export { sweep, cell, out } => {
+            commands::export(&db, &cli.state_dir, &sweep, &cell, &out)
+        }
+        Command::Predict {
+            model,
+            adapter,
+            input,
+            json: _,
+            lm,
+            max_len,
+            batch_size,
+            device,
+        } => commands::predict(&etagrid_train::predict::PredictOptions {
+            model_dir: model,
+            adapter,
+            input,
+            max_len,
+            batch_size,
+            lm,
+            device: if device == "cuda" {
+                etagrid_spec::protocol::JobDevice::Cuda
+            } else {
+                etagrid_spec::protocol::JobDevice::Cpu
+            },
         }),
         Command::Report { sweep, reports } => {
             commands::report(&db, &sweep, &reports).map(|_| commands::Exit::Ok)
         }
         Command::Status { sweep } => commands::status(&db, sweep.as_deref()),
+        Command::Init {
+            model,
+            train,
+            eval,
+            out,
+            text_column,
+            text_pair_column,
+            label_column,
+        } => init::init(&init::InitArgs {
+            model,
+            train,
+            eval,
+            out,
+            columns: etagrid_train::data::ColumnChoice {
+                text: text_column,
+                text_pair: text_pair_column,
+                label: label_column,
+            },
+        }),
         Command::Worker { job } => commands::worker(&job),
     };
     match result {

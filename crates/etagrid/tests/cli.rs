@@ -274,3 +274,184 @@ fn ctrl_c_stops_the_workers_and_leaves_unfinished_cells_pending() {
         .filter(|c| c.state == CellState::Pending)
         .all(|c| c.attempts == 0));
 }
+
+fn train_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../etagrid-train/tests/fixtures")
+        .join(name)
+}
+
+fn reference(name: &str) -> serde_json::Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(train_fixture(name).join("reference.json")).expect("read"),
+    )
+    .expect("json")
+}
+
+/// `etagrid predict` output: one logits row per input line.
+fn predict(sb: &Sandbox, args: &[&str]) -> Vec<Vec<f64>> {
+    let mut all = vec!["predict", "--json"];
+    all.extend_from_slice(args);
+    let out = sb.run(&all);
+    assert!(
+        out.status.success(),
+        "predict failed: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+            serde_json::from_value(v["logits"].clone()).expect("logits")
+        })
+        .collect()
+}
+
+fn max_diff(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn predict_gives_transformers_logits_for_single_and_pair_inputs() {
+    let sb = Sandbox::new("lr_a = [1e-3]\nlr_b = [1e-3]", 1);
+    let r = reference("tiny-bert");
+    let lines: Vec<String> = r["inputs"]
+        .as_array()
+        .expect("inputs")
+        .iter()
+        .map(|i| i.to_string())
+        .collect();
+    std::fs::write(sb.dir.path().join("in.jsonl"), lines.join("\n")).expect("write");
+    let model = train_fixture("tiny-bert").display().to_string();
+    // Batches of 4: the inputs are padded differently than alone, which must not matter.
+    let got = predict(
+        &sb,
+        &[
+            "--model",
+            &model,
+            "--input",
+            "in.jsonl",
+            "--batch-size",
+            "4",
+        ],
+    );
+    let want: Vec<Vec<f64>> = serde_json::from_value(r["logits"].clone()).expect("logits");
+    let d = max_diff(&got, &want);
+    assert!(d <= 1e-4, "predict differs from transformers by {d:e}");
+}
+
+#[test]
+fn predict_lm_gives_the_causal_lms_next_token_logits() {
+    let sb = Sandbox::new("lr_a = [1e-3]\nlr_b = [1e-3]", 1);
+    let r = reference("tiny-gpt2");
+    let lines: Vec<String> = r["texts"]
+        .as_array()
+        .expect("texts")
+        .iter()
+        .map(|t| serde_json::json!({ "text": t }).to_string())
+        .collect();
+    std::fs::write(sb.dir.path().join("in.jsonl"), lines.join("\n")).expect("write");
+    let model = train_fixture("tiny-gpt2").display().to_string();
+    let got = predict(&sb, &["--model", &model, "--input", "in.jsonl", "--lm"]);
+    let want: Vec<Vec<f64>> =
+        serde_json::from_value(r["next_token_logits"].clone()).expect("logits");
+    let d = max_diff(&got, &want);
+    assert!(
+        d <= 1e-4,
+        "next-token logits differ from transformers by {d:e}"
+    );
+}
+
+#[test]
+fn the_best_cells_exported_adapter_gives_the_same_logits_in_predict_and_in_peft() {
+    let sb = Sandbox::new("lr_a = [1e-3]\nlr_b = [1e-2, 1e-1]", 8);
+    let out = sb.run(&["run", "tiny.toml", "--no-report"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let cells = sb.cells();
+    let best = cells
+        .iter()
+        .filter_map(|c| c.metric)
+        .fold(f64::MIN, f64::max);
+    let exp = sb.run(&["export", "tiny", "--cell", "best", "--out", "adapter"]);
+    let msg = text(&exp.stderr);
+    assert!(exp.status.success(), "{msg}");
+    let exported = cells
+        .iter()
+        .find(|c| msg.contains(&c.id))
+        .expect("the message names the cell");
+    assert_eq!(
+        exported.metric,
+        Some(best),
+        "exported a cell that is not (one of) the best: {msg}"
+    );
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "labels.json",
+    ] {
+        assert!(
+            sb.dir.path().join("adapter").join(f).exists(),
+            "{f} missing"
+        );
+    }
+    // Exporting into a non-empty directory is refused (nothing is overwritten).
+    assert!(!sb
+        .run(&["export", "tiny", "--out", "adapter"])
+        .status
+        .success());
+
+    let inputs = [
+        "the movie was very good",
+        "where is tokyo ?",
+        "the plot was so dull",
+    ];
+    let lines: Vec<String> = inputs
+        .iter()
+        .map(|t| serde_json::json!({ "text": t }).to_string())
+        .collect();
+    std::fs::write(sb.dir.path().join("in.jsonl"), lines.join("\n")).expect("write");
+    let model = train_fixture("tiny-bert").display().to_string();
+    let ours = predict(
+        &sb,
+        &[
+            "--model",
+            &model,
+            "--adapter",
+            "adapter",
+            "--input",
+            "in.jsonl",
+        ],
+    );
+    let base = predict(&sb, &["--model", &model, "--input", "in.jsonl"]);
+    assert!(max_diff(&ours, &base) > 1e-3, "the adapter changed nothing");
+
+    // PEFT loads the same directory onto transformers' model.
+    let tok = tokenizers::Tokenizer::from_file(train_fixture("tiny-bert").join("tokenizer.json"))
+        .expect("tokenizer");
+    let ids: Vec<Vec<u32>> = inputs
+        .iter()
+        .map(|t| tok.encode(*t, true).expect("encode").get_ids().to_vec())
+        .collect();
+    let python = std::env::var("VIRTUAL_ENV")
+        .map(|v| format!("{v}/bin/python"))
+        .unwrap_or_else(|_| "python3".into());
+    let peft = Command::new(python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/peft_logits.py"))
+        .arg(&model)
+        .arg(sb.dir.path().join("adapter"))
+        .arg(serde_json::to_string(&ids).expect("ids"))
+        .arg("0")
+        .output()
+        .expect("python");
+    assert!(peft.status.success(), "{}", text(&peft.stderr));
+    let theirs: Vec<Vec<f64>> = serde_json::from_slice(&peft.stdout).expect("json");
+    let d = max_diff(&ours, &theirs);
+    assert!(
+        d <= 1e-4,
+        "PEFT's logits with the exported adapter differ from etagrid predict by {d:e}"
+    );
+}

@@ -1,0 +1,261 @@
+//! `etagrid predict`: logits of a base model, optionally with a PEFT-format LoRA adapter (one
+//! that etagrid exported, or one PEFT saved), for JSONL inputs `{"text": …, "text_pair": …}`.
+//! Inputs are tokenized with the model's `tokenizer.json` exactly as in training and run in
+//! batches (padding changes no result). The head is the sequence classifier (the adapter's, or
+//! the checkpoint's), or with `--lm` the causal LM's next-token logits after the last token.
+
+use crate::data::{collate, load_tokenizer, Encoded};
+use crate::model::{load_classifier, SequenceClassifier};
+use crate::weights::Weights;
+use crate::{device, TrainError};
+use etagrid_spec::protocol::JobDevice;
+use etagrid_spec::{InitScheme, LoraSpec};
+use safetensors::SafeTensors;
+use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor};
+use tokenizers::EncodeInput;
+
+#[derive(Debug, Clone)]
+pub struct PredictOptions {
+    pub model_dir: PathBuf,
+    pub adapter: Option<PathBuf>,
+    pub input: PathBuf,
+    pub max_len: usize,
+    pub batch_size: usize,
+    /// Next-token logits of the causal LM instead of the classifier's.
+    pub lm: bool,
+    pub device: JobDevice,
+}
+
+struct Adapter {
+    lora: LoraSpec,
+    file: PathBuf,
+    tensors: Vec<(String, Tensor)>,
+}
+
+fn read_adapter(dir: &Path) -> Result<Adapter, TrainError> {
+    let cfg_path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|source| TrainError::Io {
+        path: cfg_path.clone(),
+        source,
+    })?;
+    let cfg: serde_json::Value = serde_json::from_str(&text).map_err(|e| TrainError::Config {
+        path: cfg_path.clone(),
+        message: e.to_string(),
+    })?;
+    let field = |name: &str| {
+        cfg.get(name).ok_or_else(|| TrainError::Config {
+            path: cfg_path.clone(),
+            message: format!("missing `{name}`"),
+        })
+    };
+    let targets = match field("target_modules")? {
+        serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+        _ => {
+            return Err(TrainError::Config {
+                path: cfg_path,
+                message: "`target_modules` must be a list of module names (regex forms are not supported yet)".into(),
+            })
+        }
+    };
+    let rank = field("r")?.as_u64().unwrap_or(8) as usize;
+    let lora = LoraSpec {
+        rank,
+        alpha: field("lora_alpha")?.as_f64().unwrap_or(rank as f64),
+        dropout: 0.0,
+        target_modules: targets,
+        init: InitScheme::Lora,
+    };
+    let file = dir.join("adapter_model.safetensors");
+    let bytes = std::fs::read(&file).map_err(|source| TrainError::Io {
+        path: file.clone(),
+        source,
+    })?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|source| TrainError::Safetensors {
+        path: file.clone(),
+        source,
+    })?;
+    let mut tensors = Vec::new();
+    for (name, view) in st.tensors() {
+        let kind = match view.dtype() {
+            safetensors::Dtype::F32 => Kind::Float,
+            safetensors::Dtype::F16 => Kind::Half,
+            safetensors::Dtype::BF16 => Kind::BFloat16,
+            other => {
+                return Err(TrainError::Dtype {
+                    name,
+                    file: file.clone(),
+                    dtype: format!("{other:?}"),
+                })
+            }
+        };
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let t = Tensor::f_from_data_size(view.data(), &shape, kind)?.to_kind(Kind::Float);
+        let name = name
+            .strip_prefix("base_model.model.")
+            .unwrap_or(&name)
+            .replace(".default.", ".");
+        tensors.push((name, t));
+    }
+    Ok(Adapter {
+        lora,
+        file,
+        tensors,
+    })
+}
+
+/// Labels of the classification head: the adapter's head rows, else config.json's `id2label`.
+fn num_labels(model_dir: &Path, adapter: Option<&Adapter>) -> i64 {
+    if let Some(a) = adapter {
+        for head in [
+            "classifier.weight",
+            "classifier.out_proj.weight",
+            "score.weight",
+        ] {
+            if let Some((_, t)) = a.tensors.iter().find(|(n, _)| n == head) {
+                return t.size()[0];
+            }
+        }
+    }
+    std::fs::read_to_string(model_dir.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["id2label"].as_object().map(|m| m.len() as i64))
+        .unwrap_or(2)
+}
+
+fn apply_adapter(model: &dyn SequenceClassifier, a: &Adapter) -> Result<(), TrainError> {
+    let params = model.trainable();
+    for (name, t) in &a.tensors {
+        let p = params.iter().find(|p| &p.name == name).ok_or_else(|| TrainError::MissingTensor {
+            name: format!("{name} (the model has no such LoRA/head parameter: was the adapter made for another model?)"),
+            file: a.file.clone(),
+        })?;
+        let want = p.tensor.get(0).size();
+        if t.size() != want {
+            return Err(TrainError::Shape {
+                name: name.clone(),
+                file: a.file.clone(),
+                expected: want,
+                found: t.size(),
+            });
+        }
+        tch::no_grad(|| p.tensor.get(0).copy_(&t.to_device(p.tensor.device())));
+    }
+    for p in params.iter().filter(|p| p.name.contains(".lora_")) {
+        if !a.tensors.iter().any(|(n, _)| n == &p.name) {
+            return Err(TrainError::MissingTensor {
+                name: p.name.clone(),
+                file: a.file.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Reads `{"text": …, "text_pair": …}` lines.
+fn read_inputs(path: &Path) -> Result<Vec<(String, Option<String>)>, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let err = |message: String| TrainError::Data {
+            path: path.to_owned(),
+            line: Some(i as u64 + 1),
+            message,
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| err(format!("not a JSON object: {e}")))?;
+        let t = v["text"]
+            .as_str()
+            .ok_or_else(|| err("needs a string field `text`".into()))?;
+        out.push((t.to_owned(), v["text_pair"].as_str().map(str::to_owned)));
+    }
+    Ok(out)
+}
+
+/// Emits one JSON object per input, in input order.
+pub fn predict(
+    o: &PredictOptions,
+    emit: &mut dyn FnMut(serde_json::Value),
+) -> Result<(), TrainError> {
+    let device = device::select(o.device)?;
+    let adapter = o.adapter.as_deref().map(read_adapter).transpose()?;
+    let lora = adapter
+        .as_ref()
+        .map(|a| a.lora.clone())
+        .unwrap_or(LoraSpec {
+            rank: 1,
+            alpha: 1.0,
+            dropout: 0.0,
+            target_modules: Vec::new(),
+            init: InitScheme::Lora,
+        });
+    let weights = Weights::load(&o.model_dir, device, Kind::Float)?;
+    tch::manual_seed(0);
+    let model = load_classifier(
+        &o.model_dir,
+        &weights,
+        num_labels(&o.model_dir, adapter.as_ref()),
+        &lora,
+        1,
+        device,
+    )?;
+    drop(weights);
+    if let Some(a) = &adapter {
+        apply_adapter(model.as_ref(), a)?;
+    }
+    let tok = load_tokenizer(&o.model_dir, o.max_len.min(model.max_tokens() as usize))?;
+    let inputs = read_inputs(&o.input)?;
+    for chunk in inputs.chunks(o.batch_size.max(1)) {
+        let encs = tok
+            .encode_batch(
+                chunk
+                    .iter()
+                    .map(|(t, p)| match p {
+                        Some(p) => EncodeInput::Dual(t.as_str().into(), p.as_str().into()),
+                        None => EncodeInput::Single(t.as_str().into()),
+                    })
+                    .collect::<Vec<_>>(),
+                true,
+            )
+            .map_err(|e| TrainError::Tokenizer {
+                path: o.model_dir.join("tokenizer.json"),
+                message: e.to_string(),
+            })?;
+        let enc = Encoded {
+            ids: encs
+                .iter()
+                .map(|e| e.get_ids().iter().map(|&i| i as i64).collect())
+                .collect(),
+            type_ids: encs
+                .iter()
+                .map(|e| e.get_type_ids().iter().map(|&i| i as i64).collect())
+                .collect(),
+            labels: vec![0; encs.len()],
+        };
+        let idx: Vec<usize> = (0..enc.len()).collect();
+        let batch = collate(&enc, &idx, model.pad_token_id(), device);
+        let logits = tch::no_grad(|| {
+            if o.lm {
+                model.next_token_logits(&batch).ok_or_else(|| TrainError::Config {
+                    path: o.model_dir.join("config.json"),
+                    message: "this model has no causal LM head (GPT-2, or Llama with lm_head.weight or tied embeddings)".into(),
+                })
+            } else {
+                Ok(model.forward(&batch, false))
+            }
+        })?;
+        let rows: Vec<Vec<f32>> =
+            Vec::<Vec<f32>>::try_from(logits.to_kind(Kind::Float).to_device(tch::Device::Cpu))?;
+        for (row, ids) in rows.into_iter().zip(&enc.ids) {
+            emit(serde_json::json!({ "tokens": ids.len(), "logits": row }));
+        }
+    }
+    Ok(())
+}

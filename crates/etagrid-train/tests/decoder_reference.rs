@@ -1,0 +1,146 @@
+//! GPT-2 and Llama against transformers' `GPT2ForSequenceClassification` and
+//! `LlamaForSequenceClassification` on tiny random checkpoints (scripts/make_decoder_fixtures.py):
+//! GPT-2; Llama with grouped-query attention, untied embeddings and `llama3` rope scaling; Llama
+//! with multi-head attention, tied embeddings, default rope. Each input alone and in one
+//! right-padded batch. Tolerance: fp32, max |difference| ≤ 1e-4.
+
+mod common;
+
+use common::*;
+use etagrid_spec::{InitScheme, LoraSpec};
+use etagrid_train::data::{collate, load_tokenizer, Encoded};
+use etagrid_train::model::{load_classifier, SequenceClassifier};
+use etagrid_train::optim::{Group, LoraPlusAdamW};
+use etagrid_train::weights::Weights;
+use std::path::PathBuf;
+use tch::{Device, Kind};
+
+fn dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn load(name: &str, targets: &[&str], init: InitScheme) -> Box<dyn SequenceClassifier> {
+    let d = dir(name);
+    let weights = Weights::load(&d, Device::Cpu, Kind::Float).expect("weights");
+    let lora = LoraSpec {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        target_modules: targets.iter().map(|t| t.to_string()).collect(),
+        init,
+    };
+    tch::manual_seed(0);
+    load_classifier(&d, &weights, 3, &lora, 1, Device::Cpu).expect("model")
+}
+
+fn check(name: &str, targets: &[&str]) {
+    let r: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir(name).join("reference.json")).expect("read"),
+    )
+    .expect("json");
+    let tok = load_tokenizer(&dir(name), 64).expect("tokenizer");
+    let mut enc = Encoded {
+        ids: Vec::new(),
+        type_ids: Vec::new(),
+        labels: Vec::new(),
+    };
+    for t in r["texts"].as_array().expect("texts") {
+        let e = tok.encode(t.as_str().expect("text"), true).expect("encode");
+        enc.ids
+            .push(e.get_ids().iter().map(|&i| i as i64).collect());
+        enc.type_ids
+            .push(e.get_type_ids().iter().map(|&i| i as i64).collect());
+        enc.labels.push(0);
+    }
+    let want_ids: Vec<Vec<i64>> = serde_json::from_value(r["input_ids"].clone()).expect("ids");
+    assert_eq!(
+        enc.ids, want_ids,
+        "{name}: token ids differ from transformers'"
+    );
+    // LoRA init B = 0: the adapters must not change the base model's logits.
+    let m = load(name, targets, InitScheme::Lora);
+    let want = tensor(&r["logits"], Kind::Float);
+    for i in 0..enc.len() {
+        let got = m.forward(&collate(&enc, &[i], m.pad_token_id(), Device::Cpu), false);
+        let d = max_abs_diff(&got, &want.get(i as i64).unsqueeze(0));
+        assert!(d <= 1e-4, "{name} input {i}: logits differ by {d:e}");
+    }
+    let all: Vec<usize> = (0..enc.len()).collect();
+    let batch = collate(&enc, &all, m.pad_token_id(), Device::Cpu);
+    let d = max_abs_diff(&m.forward(&batch, false), &want);
+    assert!(d <= 1e-4, "{name} padded batch: logits differ by {d:e}");
+    // The causal LM's next-token logits, where transformers could build that model (tied head).
+    match (&r["next_token_logits"], m.next_token_logits(&batch)) {
+        (serde_json::Value::Null, None) => {}
+        (want, Some(got)) if !want.is_null() => {
+            let d = max_abs_diff(&got, &tensor(want, Kind::Float));
+            assert!(d <= 1e-4, "{name}: next-token logits differ by {d:e}");
+        }
+        (want, got) => panic!(
+            "{name}: reference has LM logits: {}, we have: {}",
+            !want.is_null(),
+            got.is_some()
+        ),
+    }
+}
+
+#[test]
+fn gpt2_logits_match_transformers() {
+    check("tiny-gpt2", &["c_attn", "c_proj", "c_fc"]);
+}
+
+#[test]
+fn llama_with_gqa_untied_embeddings_and_llama3_rope_matches_transformers() {
+    check(
+        "tiny-llama-gqa",
+        &[
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+    );
+}
+
+#[test]
+fn llama_with_mha_tied_embeddings_and_default_rope_matches_transformers() {
+    check("tiny-llama-mha", &["q_proj", "v_proj"]);
+}
+
+#[test]
+fn decoder_adapters_and_score_land_in_the_loraplus_groups() {
+    for (name, targets, n_lora) in [
+        ("tiny-gpt2", vec!["c_attn", "c_proj", "c_fc"], 2 * 4),
+        (
+            "tiny-llama-gqa",
+            vec![
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ],
+            2 * 7,
+        ),
+    ] {
+        let m = load(name, &targets, InitScheme::Loraplus);
+        let opt = LoraPlusAdamW::new(m.trainable(), &[1e-3], &[1.6e-2], 0.0);
+        let a = opt.members(Group::A);
+        let b = opt.members(Group::B);
+        assert_eq!(b.len(), n_lora, "{name}: {b:?}");
+        assert_eq!(
+            a.len(),
+            n_lora + 1,
+            "{name}: lora_A of every layer and score.weight: {a:?}"
+        );
+        assert!(a.contains(&"score.weight"));
+        assert!(opt.members(Group::BNoDecay).is_empty(), "score has no bias");
+    }
+}

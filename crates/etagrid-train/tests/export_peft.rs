@@ -1,0 +1,150 @@
+//! Export round trip: adapters written by etagrid are loaded by PEFT (`PeftModel.from_pretrained`
+//! onto transformers' model, scripts/peft_logits.py) and give the logits etagrid gives (≤ 1e-4),
+//! for every family. Needs the venv's python with transformers and peft (scripts/setup.sh).
+
+mod common;
+
+use common::max_abs_diff;
+use etagrid_spec::{InitScheme, LoraSpec};
+use etagrid_train::data::{collate, load_tokenizer, Encoded};
+use etagrid_train::export::save_peft_adapter;
+use etagrid_train::model::{load_classifier, model_type};
+use etagrid_train::weights::Weights;
+use std::path::PathBuf;
+use std::process::Command;
+use tch::{Device, Kind, Tensor};
+
+fn python() -> PathBuf {
+    std::env::var("VIRTUAL_ENV")
+        .map(|v| PathBuf::from(v).join("bin/python"))
+        .unwrap_or_else(|_| PathBuf::from("python3"))
+}
+
+fn round_trip(fixture: &str, targets: &[&str]) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(fixture);
+    let weights = Weights::load(&dir, Device::Cpu, Kind::Float).expect("weights");
+    let lora = LoraSpec {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        target_modules: targets.iter().map(|t| t.to_string()).collect(),
+        init: InitScheme::Lora,
+    };
+    tch::manual_seed(0);
+    let model = load_classifier(&dir, &weights, 3, &lora, 2, Device::Cpu).expect("model");
+    // Random adapters and heads, different in the two stacked cells; export cell 1.
+    tch::manual_seed(9);
+    tch::no_grad(|| {
+        for p in model.trainable() {
+            let mut t = p.tensor.shallow_clone();
+            t.copy_(&(Tensor::rand_like(&t) * 0.4 - 0.2));
+        }
+    });
+    let out = tempfile::tempdir().expect("tempdir");
+    let adapter = out.path().join("adapter");
+    let mt = model_type(&dir).expect("model type");
+    save_peft_adapter(
+        &model.trainable(),
+        1,
+        &lora,
+        &mt,
+        &dir.display().to_string(),
+        &adapter,
+    )
+    .expect("export");
+
+    let tok = load_tokenizer(&dir, 64).expect("tokenizer");
+    let texts = [
+        "good",
+        "The movie was great fun.",
+        "the film was dull and far too long",
+    ];
+    let mut enc = Encoded {
+        ids: Vec::new(),
+        type_ids: Vec::new(),
+        labels: Vec::new(),
+    };
+    for t in texts {
+        let e = tok.encode(t, true).expect("encode");
+        enc.ids
+            .push(e.get_ids().iter().map(|&i| i as i64).collect());
+        enc.type_ids
+            .push(e.get_type_ids().iter().map(|&i| i as i64).collect());
+        enc.labels.push(0);
+    }
+    let pad = model.pad_token_id();
+    // Rows 3..6 of a doubled batch go through cell 1.
+    let idx: Vec<usize> = (0..texts.len()).chain(0..texts.len()).collect();
+    let ours = model
+        .forward(&collate(&enc, &idx, pad, Device::Cpu), false)
+        .narrow(0, 3, 3);
+
+    let ids = serde_json::to_string(&enc.ids).expect("ids");
+    let run = Command::new(python())
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/peft_logits.py"))
+        .args([
+            &dir.display().to_string(),
+            &adapter.display().to_string(),
+            &ids,
+            &pad.to_string(),
+        ])
+        .output()
+        .expect("run python (needs scripts/setup.sh's venv with transformers and peft)");
+    assert!(
+        run.status.success(),
+        "peft_logits.py failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let theirs: Vec<Vec<f64>> = serde_json::from_slice(&run.stdout).expect("logits json");
+    let theirs = Tensor::from_slice(&theirs.concat())
+        .reshape([3, 3])
+        .to_kind(Kind::Float);
+    let d = max_abs_diff(&ours, &theirs);
+    assert!(
+        d <= 1e-4,
+        "{fixture}: PEFT's logits with the exported adapter differ by {d:e}"
+    );
+    // The adapter matters: the base model alone gives other logits.
+    let base = load_classifier(&dir, &weights, 3, &lora, 1, Device::Cpu).expect("base");
+    let plain = base.forward(
+        &collate(&enc, &(0..3).collect::<Vec<_>>(), pad, Device::Cpu),
+        false,
+    );
+    assert!(
+        max_abs_diff(&plain, &theirs) > 1e-3,
+        "{fixture}: the adapter did not change anything"
+    );
+}
+
+#[test]
+fn bert_adapter_exported_by_etagrid_loads_in_peft_with_the_same_logits() {
+    round_trip("tiny-bert", &["query", "value"]);
+}
+
+#[test]
+fn roberta_adapter_exported_by_etagrid_loads_in_peft_with_the_same_logits() {
+    round_trip("tiny-roberta", &["query", "value"]);
+}
+
+#[test]
+fn gpt2_adapter_exported_by_etagrid_loads_in_peft_with_the_same_logits() {
+    round_trip("tiny-gpt2", &["c_attn", "c_proj", "c_fc"]);
+}
+
+#[test]
+fn llama_adapter_exported_by_etagrid_loads_in_peft_with_the_same_logits() {
+    round_trip(
+        "tiny-llama-gqa",
+        &[
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+    );
+}
