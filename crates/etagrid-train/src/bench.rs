@@ -29,6 +29,8 @@ pub struct BenchOptions {
     pub window: Duration,
     pub targets: Vec<String>,
     pub device: JobDevice,
+    /// Run the frozen base in bf16 (true) or fp32 (false); default: bf16 on a GPU, fp32 on the CPU.
+    pub bf16: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -52,10 +54,10 @@ pub struct BenchResult {
 
 pub fn train_throughput(o: &BenchOptions) -> Result<BenchResult, TrainError> {
     let device = device::select(o.device)?;
-    let kind = if device == Device::Cpu {
-        Kind::Float
-    } else {
+    let kind = if o.bf16.unwrap_or(device != Device::Cpu) {
         Kind::BFloat16
+    } else {
+        Kind::Float
     };
     let weights = Weights::load(&o.model_dir, device, kind)?;
     let lora = LoraSpec {

@@ -230,7 +230,7 @@ impl Gpt2ForSequenceClassification {
             )
             .transpose(1, 2)
             .reshape([n, t, c.n_embd]);
-            x += b
+            x = x + b
                 .attn_c_proj
                 .forward(&ctx, train)
                 .dropout(c.resid_pdrop, train);

@@ -366,7 +366,7 @@ impl LlamaForSequenceClassification {
             )
             .transpose(1, 2)
             .reshape([n, t, heads * hd]);
-            x += l.o_proj.forward(&ctx, train);
+            x = x + l.o_proj.forward(&ctx, train);
             let m = l.post_attention_layernorm.forward(&x);
             let gated = l.gate_proj.forward(&m, train).silu() * l.up_proj.forward(&m, train);
             x = &x + l.down_proj.forward(&gated, train);

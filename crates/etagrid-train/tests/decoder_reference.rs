@@ -144,3 +144,65 @@ fn decoder_adapters_and_score_land_in_the_loraplus_groups() {
         assert!(opt.members(Group::BNoDecay).is_empty(), "score has no bias");
     }
 }
+
+/// Training goes backward through every layer of the decoder families: two LoRA+ steps on every
+/// target must move every trainable tensor and leave the base untouched (forward-only reference
+/// checks cannot see an in-place op that breaks autograd).
+#[test]
+fn decoder_models_train_through_every_lora_layer() {
+    use etagrid_train::bert::Batch;
+    use etagrid_train::train::loss;
+    use tch::Tensor;
+    for (name, targets) in [
+        ("tiny-gpt2", vec!["c_attn", "c_proj", "c_fc"]),
+        (
+            "tiny-llama-gqa",
+            vec![
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ],
+        ),
+        ("tiny-llama-mha", vec!["q_proj", "v_proj", "down_proj"]),
+    ] {
+        let m = load(name, &targets, InitScheme::Lora);
+        let before: Vec<Tensor> = m
+            .trainable()
+            .iter()
+            .map(|p| p.tensor.detach().copy())
+            .collect();
+        let frozen: Vec<Tensor> = m.frozen().iter().map(|t| t.copy()).collect();
+        let mut opt = LoraPlusAdamW::new(m.trainable(), &[1e-3], &[1e-2], 0.01);
+        let b = Batch {
+            input_ids: Tensor::randint_low(5, 200, [4, 12], (Kind::Int64, Device::Cpu)),
+            token_type_ids: Tensor::zeros([4, 12], (Kind::Int64, Device::Cpu)),
+            attention_mask: Tensor::ones([4, 12], (Kind::Int64, Device::Cpu)),
+            labels: Tensor::from_slice(&[0i64, 1, 2, 0]),
+        };
+        for _ in 0..2 {
+            let l = loss(&m.forward(&b, true), &b.labels);
+            opt.zero_grad();
+            l.f_backward()
+                .unwrap_or_else(|e| panic!("{name}: backward failed: {e}"));
+            opt.step(1.0);
+        }
+        for (p, before) in m.trainable().iter().zip(&before) {
+            assert!(
+                max_abs_diff(&p.tensor.detach(), before) > 0.0,
+                "{name}: {} did not train",
+                p.name
+            );
+        }
+        for (t, before) in m.frozen().iter().zip(&frozen) {
+            assert_eq!(
+                max_abs_diff(t, before),
+                0.0,
+                "{name}: a frozen tensor changed"
+            );
+        }
+    }
+}

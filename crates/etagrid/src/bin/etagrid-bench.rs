@@ -34,6 +34,9 @@ struct Args {
     /// "cuda" (the first visible GPU) or "cpu".
     #[arg(long, default_value = "cuda")]
     device: String,
+    /// The frozen base's dtype, "bf16" or "fp32" [default: bf16 on a GPU, fp32 on the CPU].
+    #[arg(long)]
+    dtype: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -51,6 +54,15 @@ fn main() -> ExitCode {
         window: Duration::from_secs_f64(a.seconds),
         targets: a.targets,
         device,
+        bf16: match a.dtype.as_deref() {
+            Some("bf16") => Some(true),
+            Some("fp32") => Some(false),
+            Some(other) => {
+                eprintln!("error: --dtype {other:?}: use \"bf16\" or \"fp32\"");
+                return ExitCode::from(2);
+            }
+            None => None,
+        },
     };
     match train_throughput(&opts) {
         Ok(r) => {
