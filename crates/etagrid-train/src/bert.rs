@@ -10,7 +10,7 @@
 //! - the head: BERT's classifier reads the pooler (dense + tanh on [CLS]); RoBERTa's reads [CLS]
 //!   through its own dense + tanh (`classifier.dense`) and `classifier.out_proj`, no pooler.
 
-use crate::lora::{is_target, Linear, LoraAdapter};
+use crate::lora::Linear;
 use crate::weights::Weights;
 use crate::TrainError;
 use etagrid_spec::LoraSpec;
@@ -313,23 +313,7 @@ impl BertForSequenceClassification {
         let linear = |name: &str, out_f: i64, in_f: i64| -> Result<Linear, TrainError> {
             let weight = weights.get(&format!("{p}{name}.weight"), &[out_f, in_f])?;
             let bias = weights.get(&format!("{p}{name}.bias"), &[out_f])?;
-            let adapter = is_target(name, &lora.target_modules).then(|| {
-                LoraAdapter::new(
-                    k,
-                    lora.rank as i64,
-                    in_f,
-                    out_f,
-                    lora.scaling(),
-                    lora.dropout,
-                    lora.init,
-                    device,
-                )
-            });
-            Ok(Linear {
-                weight,
-                bias: Some(bias),
-                lora: adapter,
-            })
+            Ok(Linear::with_lora(name, weight, Some(bias), lora, k, device))
         };
         let embeddings = Embeddings {
             word_embeddings: weights.get(
@@ -441,20 +425,8 @@ impl BertForSequenceClassification {
         } else {
             "bert"
         };
-        let mut push_lora = |name: &str, l: &Linear| {
-            if let Some(a) = &l.lora {
-                out.push(TrainParam {
-                    name: format!("{family}.{name}.lora_A.weight"),
-                    tensor: a.a.shallow_clone(),
-                    role: ParamRole::LoraA,
-                });
-                out.push(TrainParam {
-                    name: format!("{family}.{name}.lora_B.weight"),
-                    tensor: a.b.shallow_clone(),
-                    role: ParamRole::LoraB,
-                });
-            }
-        };
+        let mut push_lora =
+            |name: &str, l: &Linear| l.push_lora_params(&format!("{family}.{name}"), &mut out);
         for (i, layer) in self.layers.iter().enumerate() {
             let l = format!("encoder.layer.{i}");
             push_lora(
@@ -501,12 +473,7 @@ impl BertForSequenceClassification {
             self.embeddings.position_embeddings.shallow_clone(),
             self.embeddings.token_type_embeddings.shallow_clone(),
         ];
-        let mut lin = |l: &Linear| {
-            out.push(l.weight.shallow_clone());
-            if let Some(b) = &l.bias {
-                out.push(b.shallow_clone());
-            }
-        };
+        let mut lin = |l: &Linear| l.push_frozen(&mut out);
         for layer in &self.layers {
             lin(&layer.attention_self.query);
             lin(&layer.attention_self.key);

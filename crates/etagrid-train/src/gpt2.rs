@@ -6,9 +6,9 @@
 //! plain linear (PEFT's `fan_in_fan_out = True` does the same for the adapters: A is r×in, B
 //! out×r either way). The head reads the last real token of each row (batches are right-padded).
 
-use crate::bert::{Batch, ParamRole, StackedLinear, TrainParam};
-use crate::lora::{is_target, Linear, LoraAdapter};
-use crate::model::{last_token_index, SequenceClassifier};
+use crate::bert::{Batch, StackedLinear, TrainParam};
+use crate::lora::Linear;
+use crate::model::{last_token_states, read_config, SequenceClassifier};
 use crate::weights::Weights;
 use crate::TrainError;
 use etagrid_spec::LoraSpec;
@@ -85,7 +85,6 @@ struct Block {
 
 pub struct Gpt2ForSequenceClassification {
     pub config: Gpt2Config,
-    k: i64,
     wte: Tensor,
     wpe: Tensor,
     h: Vec<Block>,
@@ -103,14 +102,7 @@ impl Gpt2ForSequenceClassification {
         device: Device,
     ) -> Result<Gpt2ForSequenceClassification, TrainError> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let c: Gpt2Config = serde_json::from_str(&text).map_err(|e| TrainError::Config {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let c: Gpt2Config = read_config(dir)?;
         if c.activation_function != "gelu_new" && c.activation_function != "gelu" {
             return Err(TrainError::Config {
                 path,
@@ -134,23 +126,7 @@ impl Gpt2ForSequenceClassification {
                 .tr()
                 .contiguous();
             let bias = weights.get(&format!("{p}{name}.bias"), &[out_f])?;
-            let adapter = is_target(name, &lora.target_modules).then(|| {
-                LoraAdapter::new(
-                    k,
-                    lora.rank as i64,
-                    in_f,
-                    out_f,
-                    lora.scaling(),
-                    lora.dropout,
-                    lora.init,
-                    device,
-                )
-            });
-            Ok(Linear {
-                weight,
-                bias: Some(bias),
-                lora: adapter,
-            })
+            Ok(Linear::with_lora(name, weight, Some(bias), lora, k, device))
         };
         let mut h = Vec::new();
         for i in 0..c.n_layer {
@@ -179,7 +155,6 @@ impl Gpt2ForSequenceClassification {
                 device,
             ),
             h,
-            k,
             config: c,
         })
     }
@@ -247,29 +222,14 @@ impl Gpt2ForSequenceClassification {
 impl SequenceClassifier for Gpt2ForSequenceClassification {
     fn forward(&self, batch: &Batch, train: bool) -> Tensor {
         let h = self.hidden(batch, train);
-        let last = last_token_index(&batch.attention_mask);
-        let n = h.size()[0];
-        let rows = Tensor::arange(n, (Kind::Int64, h.device()));
-        let pooled = h.index(&[Some(rows), Some(last)]);
-        let _ = self.k;
+        let pooled = last_token_states(&h, &batch.attention_mask);
         self.score.forward(&pooled).to_kind(Kind::Float)
     }
 
     fn trainable(&self) -> Vec<TrainParam> {
         let mut out = Vec::new();
         for (name, l) in self.layers() {
-            if let Some(a) = &l.lora {
-                out.push(TrainParam {
-                    name: format!("{name}.lora_A.weight"),
-                    tensor: a.a.shallow_clone(),
-                    role: ParamRole::LoraA,
-                });
-                out.push(TrainParam {
-                    name: format!("{name}.lora_B.weight"),
-                    tensor: a.b.shallow_clone(),
-                    role: ParamRole::LoraB,
-                });
-            }
+            l.push_lora_params(&name, &mut out);
         }
         self.score.push_params("score", &mut out);
         out
@@ -278,10 +238,7 @@ impl SequenceClassifier for Gpt2ForSequenceClassification {
     fn frozen(&self) -> Vec<Tensor> {
         let mut out = vec![self.wte.shallow_clone(), self.wpe.shallow_clone()];
         for (_, l) in self.layers() {
-            out.push(l.weight.shallow_clone());
-            if let Some(b) = &l.bias {
-                out.push(b.shallow_clone());
-            }
+            l.push_frozen(&mut out);
         }
         for b in &self.h {
             for ln in [&b.ln_1, &b.ln_2] {
@@ -305,8 +262,7 @@ impl SequenceClassifier for Gpt2ForSequenceClassification {
     /// GPT2LMHeadModel's head is always the token embedding.
     fn next_token_logits(&self, batch: &Batch) -> Option<Tensor> {
         let h = self.hidden(batch, false);
-        let rows = Tensor::arange(h.size()[0], (Kind::Int64, h.device()));
-        let last = h.index(&[Some(rows), Some(last_token_index(&batch.attention_mask))]);
+        let last = last_token_states(&h, &batch.attention_mask);
         Some(last.linear::<Tensor>(&self.wte, None).to_kind(Kind::Float))
     }
 }

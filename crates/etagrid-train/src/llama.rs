@@ -4,9 +4,9 @@
 //! `llama3` frequency scaling, grouped-query attention, SiLU-gated MLP, `score` on the last real
 //! token of each (right-padded) row.
 
-use crate::bert::{Batch, ParamRole, StackedLinear, TrainParam};
-use crate::lora::{is_target, Linear, LoraAdapter};
-use crate::model::{last_token_index, SequenceClassifier};
+use crate::bert::{Batch, StackedLinear, TrainParam};
+use crate::lora::Linear;
+use crate::model::{last_token_states, read_config, SequenceClassifier};
 use crate::weights::Weights;
 use crate::TrainError;
 use etagrid_spec::LoraSpec;
@@ -188,14 +188,7 @@ impl LlamaForSequenceClassification {
         device: Device,
     ) -> Result<LlamaForSequenceClassification, TrainError> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let c: LlamaConfig = serde_json::from_str(&text).map_err(|e| TrainError::Config {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let c: LlamaConfig = read_config(dir)?;
         if c.hidden_act != "silu" {
             return Err(TrainError::Config {
                 path,
@@ -223,23 +216,7 @@ impl LlamaForSequenceClassification {
                 } else {
                     None
                 };
-                let adapter = is_target(name, &lora.target_modules).then(|| {
-                    LoraAdapter::new(
-                        k,
-                        lora.rank as i64,
-                        in_f,
-                        out_f,
-                        lora.scaling(),
-                        lora.dropout,
-                        lora.init,
-                        device,
-                    )
-                });
-                Ok(Linear {
-                    weight,
-                    bias,
-                    lora: adapter,
-                })
+                Ok(Linear::with_lora(name, weight, bias, lora, k, device))
             };
         let norm = |name: &str| -> Result<RmsNorm, TrainError> {
             Ok(RmsNorm {
@@ -378,27 +355,14 @@ impl LlamaForSequenceClassification {
 impl SequenceClassifier for LlamaForSequenceClassification {
     fn forward(&self, batch: &Batch, train: bool) -> Tensor {
         let h = self.hidden(batch, train);
-        let n = h.size()[0];
-        let rows = Tensor::arange(n, (Kind::Int64, h.device()));
-        let pooled = h.index(&[Some(rows), Some(last_token_index(&batch.attention_mask))]);
+        let pooled = last_token_states(&h, &batch.attention_mask);
         self.score.forward(&pooled).to_kind(Kind::Float)
     }
 
     fn trainable(&self) -> Vec<TrainParam> {
         let mut out = Vec::new();
         for (name, l) in self.linears() {
-            if let Some(a) = &l.lora {
-                out.push(TrainParam {
-                    name: format!("{name}.lora_A.weight"),
-                    tensor: a.a.shallow_clone(),
-                    role: ParamRole::LoraA,
-                });
-                out.push(TrainParam {
-                    name: format!("{name}.lora_B.weight"),
-                    tensor: a.b.shallow_clone(),
-                    role: ParamRole::LoraB,
-                });
-            }
+            l.push_lora_params(&name, &mut out);
         }
         self.score.push_params("score", &mut out);
         out
@@ -410,10 +374,7 @@ impl SequenceClassifier for LlamaForSequenceClassification {
             self.norm.weight.shallow_clone(),
         ];
         for (_, l) in self.linears() {
-            out.push(l.weight.shallow_clone());
-            if let Some(b) = &l.bias {
-                out.push(b.shallow_clone());
-            }
+            l.push_frozen(&mut out);
         }
         for l in &self.layers {
             out.push(l.input_layernorm.weight.shallow_clone());
@@ -433,8 +394,7 @@ impl SequenceClassifier for LlamaForSequenceClassification {
     fn next_token_logits(&self, batch: &Batch) -> Option<Tensor> {
         let head = self.lm_head.as_ref()?;
         let h = self.hidden(batch, false);
-        let rows = Tensor::arange(h.size()[0], (Kind::Int64, h.device()));
-        let last = h.index(&[Some(rows), Some(last_token_index(&batch.attention_mask))]);
+        let last = last_token_states(&h, &batch.attention_mask);
         Some(last.linear::<Tensor>(head, None).to_kind(Kind::Float))
     }
 }

@@ -5,8 +5,9 @@
 //! base: the input's leading dimension is K·b (cell k owns rows k·b..(k+1)·b) and the adapter path
 //! is one batched matmul. One cell is K = 1.
 
-use etagrid_spec::InitScheme;
-use tch::{Kind, Tensor};
+use crate::bert::{ParamRole, TrainParam};
+use etagrid_spec::{InitScheme, LoraSpec};
+use tch::{Device, Kind, Tensor};
 
 /// A frozen linear layer, optionally with adapters.
 pub struct Linear {
@@ -82,6 +83,60 @@ impl LoraAdapter {
 }
 
 impl Linear {
+    /// A frozen layer `weight` [out, in] (+ `bias`), with K adapters when the module `name` is
+    /// one of `lora.target_modules`.
+    pub fn with_lora(
+        name: &str,
+        weight: Tensor,
+        bias: Option<Tensor>,
+        lora: &LoraSpec,
+        k: i64,
+        device: Device,
+    ) -> Linear {
+        let (out_f, in_f) = (weight.size()[0], weight.size()[1]);
+        let adapter = is_target(name, &lora.target_modules).then(|| {
+            LoraAdapter::new(
+                k,
+                lora.rank as i64,
+                in_f,
+                out_f,
+                lora.scaling(),
+                lora.dropout,
+                lora.init,
+                device,
+            )
+        });
+        Linear {
+            weight,
+            bias,
+            lora: adapter,
+        }
+    }
+
+    /// Its adapters as trainables named `{name}.lora_A.weight` / `{name}.lora_B.weight`.
+    pub fn push_lora_params(&self, name: &str, out: &mut Vec<TrainParam>) {
+        if let Some(a) = &self.lora {
+            out.push(TrainParam {
+                name: format!("{name}.lora_A.weight"),
+                tensor: a.a.shallow_clone(),
+                role: ParamRole::LoraA,
+            });
+            out.push(TrainParam {
+                name: format!("{name}.lora_B.weight"),
+                tensor: a.b.shallow_clone(),
+                role: ParamRole::LoraB,
+            });
+        }
+    }
+
+    /// Its frozen weight and bias.
+    pub fn push_frozen(&self, out: &mut Vec<Tensor>) {
+        out.push(self.weight.shallow_clone());
+        if let Some(b) = &self.bias {
+            out.push(b.shallow_clone());
+        }
+    }
+
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let y = x.linear(&self.weight, self.bias.as_ref());
         match &self.lora {

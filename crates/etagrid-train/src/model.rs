@@ -29,17 +29,22 @@ pub trait SequenceClassifier {
     }
 }
 
-/// `model_type` of `dir/config.json`.
-pub fn model_type(dir: &Path) -> Result<String, TrainError> {
+/// `dir/config.json` as `T`, with errors naming the file.
+pub(crate) fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T, TrainError> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io {
         path: path.clone(),
         source,
     })?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| TrainError::Config {
-        path: path.clone(),
+    serde_json::from_str(&text).map_err(|e| TrainError::Config {
+        path,
         message: e.to_string(),
-    })?;
+    })
+}
+
+/// `model_type` of `dir/config.json`.
+pub fn model_type(dir: &Path) -> Result<String, TrainError> {
+    let v: serde_json::Value = read_config(dir)?;
     Ok(v["model_type"].as_str().unwrap_or_default().to_owned())
 }
 
@@ -91,6 +96,13 @@ impl SequenceClassifier for BertForSequenceClassification {
             self.config.max_position_embeddings
         }
     }
+}
+
+/// For decoder models: each row's hidden state at its last real token, [b, hidden] from
+/// [b, T, hidden] (right padding).
+pub fn last_token_states(h: &Tensor, attention_mask: &Tensor) -> Tensor {
+    let rows = Tensor::arange(h.size()[0], (tch::Kind::Int64, h.device()));
+    h.index(&[Some(rows), Some(last_token_index(attention_mask))])
 }
 
 /// For decoder models: the index of each row's last real token (right padding).

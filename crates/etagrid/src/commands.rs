@@ -87,6 +87,7 @@ pub struct RunArgs {
     pub report_dir: Option<PathBuf>,
     pub retry_failed: bool,
     pub save_adapters: bool,
+    pub enqueue_only: bool,
 }
 
 fn parse_devices(s: &str) -> Result<DeviceChoice> {
@@ -103,6 +104,23 @@ fn parse_devices(s: &str) -> Result<DeviceChoice> {
 
 pub fn run(args: &RunArgs) -> Result<Exit> {
     let spec = SweepSpec::load(&args.sweep)?;
+    if args.enqueue_only {
+        let cells = spec.cells();
+        let s = block_on(async {
+            let store = Store::open(&args.db).await?;
+            let s = store.enqueue(&spec, &cells).await?;
+            store.close().await;
+            anyhow::Ok(s)
+        })??;
+        eprintln!(
+            "sweep {}: {} cells ({} new, {} already in the store); nothing run (--enqueue-only)",
+            spec.name,
+            cells.len(),
+            s.added,
+            s.existing
+        );
+        return Ok(Exit::Ok);
+    }
     if !spec.model.dir.join("config.json").exists() {
         bail!(
             "{}: [model] path {:?} has no config.json (looked in {}); point it at a Hugging Face-format model directory{}",
@@ -146,9 +164,18 @@ pub fn run(args: &RunArgs) -> Result<Exit> {
     let opts = RunOptions {
         store: args.db.clone(),
         state_dir: args.state_dir.clone(),
-        worker: WorkerCommand {
-            program: std::env::current_exe().context("failed to find the etagrid executable")?,
-            args: vec!["worker".into()],
+        // ETAGRID_WORKER replaces `etagrid worker` with another program speaking the same
+        // protocol (`PROGRAM --job FILE`): the scheduler benchmark's fake worker.
+        worker: match std::env::var_os("ETAGRID_WORKER") {
+            Some(p) => WorkerCommand {
+                program: PathBuf::from(p),
+                args: Vec::new(),
+            },
+            None => WorkerCommand {
+                program: std::env::current_exe()
+                    .context("failed to find the etagrid executable")?,
+                args: vec!["worker".into()],
+            },
         },
         slots,
         threads_per_cell: threads,
@@ -280,18 +307,19 @@ pub fn status(db: &Path, sweep: Option<&str>) -> Result<Exit> {
             names
         };
         for name in names {
-            let cells = store.cells(&name).await?;
             let counts = store.counts(&name).await?;
+            let total: i64 = counts.values().sum();
+            let n = |s: CellState| counts.get(&s).copied().unwrap_or(0);
             println!(
-                "sweep {name}: {} cells — {}",
-                cells.len(),
+                "sweep {name}: {total} cells — {}",
                 CellState::ALL
                     .iter()
-                    .map(|s| format!("{} {}", counts.get(s).copied().unwrap_or(0), s.as_str()))
+                    .map(|s| format!("{} {}", n(*s), s.as_str()))
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            for c in cells.iter().filter(|c| c.state == CellState::Running) {
+            let running = store.cells_in_state(&name, CellState::Running).await?;
+            for c in &running {
                 println!(
                     "  running {} η_A={:.2e} η_B={:.2e} on {} step {}/{}",
                     c.id,
@@ -304,12 +332,28 @@ pub fn status(db: &Path, sweep: Option<&str>) -> Result<Exit> {
                         .unwrap_or_else(|| "?".into())
                 );
             }
-            for c in cells.iter().filter(|c| c.state == CellState::Failed) {
+            for c in store
+                .cells_in_state(&name, CellState::Failed)
+                .await?
+                .iter()
+                .take(20)
+            {
                 println!(
                     "  failed  {} (attempt {}): {}",
                     c.id,
                     c.attempts,
                     c.error.as_deref().unwrap_or("")
+                );
+            }
+            let left = n(CellState::Pending) + n(CellState::Running);
+            if let (Some(mean), true) = (store.mean_wall_s(&name).await?, left > 0) {
+                // As many cells at a time as are running now (at least one).
+                let eta = mean * left as f64 / running.len().max(1) as f64;
+                println!(
+                    "  eta ≈ {} ({left} cells left, {:.1} s per cell so far, {} at a time)",
+                    human_duration(eta),
+                    mean,
+                    running.len().max(1)
                 );
             }
         }
@@ -447,4 +491,13 @@ pub fn predict(o: &etagrid_train::predict::PredictOptions) -> Result<Exit> {
         return Err(e).context("failed to write to stdout");
     }
     Ok(Exit::Ok)
+}
+
+fn human_duration(secs: f64) -> String {
+    let s = secs.round() as u64;
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
 }

@@ -51,6 +51,9 @@ enum Command {
         /// Do not save each finished cell's adapter (saved by default, for `etagrid export`).
         #[arg(long)]
         no_adapters: bool,
+        /// Only expand the grid and record the cells in the store; run nothing.
+        #[arg(long)]
+        enqueue_only: bool,
         /// Reports go to <reports>/<sweep>/.
         #[arg(long, default_value = "reports")]
         reports: PathBuf,
@@ -148,6 +151,7 @@ fn main() -> ExitCode {
             no_report,
             retry_failed,
             no_adapters,
+            enqueue_only,
             reports,
         } => commands::run(&commands::RunArgs {
             sweep,
@@ -158,6 +162,7 @@ fn main() -> ExitCode {
             report_dir: (!no_report).then_some(reports),
             retry_failed,
             save_adapters: !no_adapters,
+            enqueue_only,
         }),
         Command::Export { sweep, cell, out } => {
             commands::export(&db, &cli.state_dir, &sweep, &cell, &out)
