@@ -31,6 +31,12 @@ for _ in 1 2 3 4 5; do
   status_ms+=("$(python3 -c "print(round(($b - $a) * 1000))")")
 done
 status_med=$(printf '%s\n' "${status_ms[@]}" | sort -n | sed -n 3p)
+start_ms=()
+for _ in 1 2 3 4 5; do
+  a=$(now); "$B" --version > /dev/null; b=$(now)
+  start_ms+=("$(python3 -c "print(round(($b - $a) * 1000))")")
+done
+start_med=$(printf '%s\n' "${start_ms[@]}" | sort -n | sed -n 3p)
 
 # 2. Idle gap: 400 instant cells on 2 slots.
 sweep gap 'lr_a = { log2 = [-20, -11.025], step = 0.05 }\nratio = [1, 2]'
@@ -46,4 +52,5 @@ echo "|---|---|---|"
 echo "| plan of $cells cells (printing every cell) | $(secs "$t0" "$t1") s | — |"
 echo "| plan + enqueue of $cells cells into SQLite | $(secs "$t2" "$t3") s | < 2 s |"
 echo "| status on the $cells-cell sweep (median of 5: ${status_ms[*]} ms) | ${status_med} ms | < 100 ms |"
+echo "| of which: starting the binary (\`etagrid --version\`, median of 5: ${start_ms[*]} ms) | ${start_med} ms | — |"
 echo "| idle gap per slot ($n_gap instant cells on 2 slots; fake worker alone ${worker_s:0:6} s) | ${gap} s | < 1 s |"

@@ -184,23 +184,28 @@ impl Store {
         .bind(spec.task.metric.higher_is_better())
         .execute(&mut *tx)
         .await?;
+        // Multi-row inserts: one statement per 1,000 cells (7 values each, under SQLite's
+        // 32,766-parameter limit) instead of one per cell.
         let mut added = 0;
-        for cell in cells {
-            let config = serde_json::to_string(&cell.config)?;
-            let r = sqlx::query(
-                "INSERT INTO cells (sweep, id, idx, lr_a, lr_b, seed, config)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (sweep, id) DO NOTHING",
-            )
-            .bind(&spec.name)
-            .bind(&cell.id.0)
-            .bind(cell.index as i64)
-            .bind(cell.config.lr_a)
-            .bind(cell.config.lr_b)
-            .bind(cell.config.seed as i64)
-            .bind(config)
-            .execute(&mut *tx)
-            .await?;
-            added += r.rows_affected() as usize;
+        for chunk in cells.chunks(1000) {
+            let configs = chunk
+                .iter()
+                .map(|c| serde_json::to_string(&c.config))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO cells (sweep, id, idx, lr_a, lr_b, seed, config) ",
+            );
+            q.push_values(chunk.iter().zip(configs), |mut b, (cell, config)| {
+                b.push_bind(&spec.name)
+                    .push_bind(&cell.id.0)
+                    .push_bind(cell.index as i64)
+                    .push_bind(cell.config.lr_a)
+                    .push_bind(cell.config.lr_b)
+                    .push_bind(cell.config.seed as i64)
+                    .push_bind(config);
+            });
+            q.push(" ON CONFLICT (sweep, id) DO NOTHING");
+            added += q.build().execute(&mut *tx).await?.rows_affected() as usize;
         }
         tx.commit().await?;
         Ok(EnqueueSummary {
@@ -276,15 +281,29 @@ impl Store {
     }
 
     async fn cells_where(&self, sweep: &str, state: Option<CellState>) -> Result<Vec<CellRow>> {
-        let rows = sqlx::query(
-            "SELECT id, idx, lr_a, lr_b, seed, state, attempts, device, step, total_steps, metric,
-                    eval_loss, accuracy, macro_f1, mcc, train_loss, wall_s, error, config
-             FROM cells WHERE sweep = ?1 AND (?2 IS NULL OR state = ?2) ORDER BY idx",
-        )
-        .bind(sweep)
-        .bind(state.map(CellState::as_str))
-        .fetch_all(&self.pool)
-        .await?;
+        const COLUMNS: &str =
+            "SELECT id, idx, lr_a, lr_b, seed, state, attempts, device, step, total_steps,
+                    metric, eval_loss, accuracy, macro_f1, mcc, train_loss, wall_s, error, config
+             FROM cells";
+        // Two statements, not `?2 IS NULL OR state = ?2`: that form cannot use the state index
+        // and scans every cell (and its config) of a large sweep.
+        let rows = match state {
+            None => {
+                sqlx::query(&format!("{COLUMNS} WHERE sweep = ?1 ORDER BY idx"))
+                    .bind(sweep)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            Some(st) => {
+                sqlx::query(&format!(
+                    "{COLUMNS} WHERE sweep = ?1 AND state = ?2 ORDER BY idx"
+                ))
+                .bind(sweep)
+                .bind(st.as_str())
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
         rows.iter()
             .map(|r| {
                 Ok(CellRow {
