@@ -152,6 +152,8 @@ async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, Sc
     };
     // Only this sweep file's cells run; rows of an older version of the grid stay in the store.
     let wanted: std::collections::HashSet<&str> = cells.iter().map(|c| c.id.0.as_str()).collect();
+    let current: std::collections::HashMap<&str, &etagrid_spec::CellConfig> =
+        cells.iter().map(|c| (c.id.0.as_str(), &c.config)).collect();
     let mut queue: VecDeque<_> = rows
         .iter()
         .filter(|r| wanted.contains(r.id.as_str()))
@@ -211,39 +213,46 @@ async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, Sc
     loop {
         if stopping == 0 {
             for (i, slot) in slots.iter_mut().enumerate() {
-                if slot.is_some() {
-                    continue;
-                }
-                let Some(row) = queue.pop_front() else { break };
-                let device = opts.slots[i];
-                store
-                    .start_cell(&spec.name, &row.id, &device.to_string())
-                    .await?;
-                let label = format!("{} η_A={:.2e} η_B={:.2e}", row.id, row.lr_a, row.lr_b);
-                match spawn_worker(spec, opts, &row.id, &row.config, device, i, tx.clone()) {
-                    Ok((pid, log)) => {
-                        progress.slot(i, format!("{label} on {device}: starting"));
-                        *slot = Some(Running {
-                            cell_id: row.id.clone(),
-                            attempt: row.attempts + 1,
-                            row,
-                            label,
-                            pid,
-                            terminal: None,
-                            log,
-                            deadline: spec.cell_timeout.map(|t| TokioInstant::now() + t),
-                            timed_out: false,
-                            kill_at: None,
-                        });
-                    }
-                    Err(e) => {
-                        let msg = format!("could not start the worker: {e}");
-                        progress.line(&format!("cell {label}: failed: {msg}"));
-                        store
-                            .finish_cell(&spec.name, &row.id, &Outcome::Failed(msg))
-                            .await?;
-                        summary.failed += 1;
-                        progress.cell_finished();
+                // A slot whose worker could not start takes the next cell at once: the loop
+                // must not end with cells still queued.
+                while slot.is_none() {
+                    let Some(row) = queue.pop_front() else { break };
+                    let device = opts.slots[i];
+                    store
+                        .start_cell(&spec.name, &row.id, &device.to_string())
+                        .await?;
+                    let label = format!("{} η_A={:.2e} η_B={:.2e}", row.id, row.lr_a, row.lr_b);
+                    // The current spec's configuration (same id, so the same training settings), not
+                    // the stored JSON: its resolved paths are those of the run that first stored it.
+                    let config = current
+                        .get(row.id.as_str())
+                        .map(|c| serde_json::to_string(c).unwrap_or_default())
+                        .unwrap_or_else(|| row.config.clone());
+                    match spawn_worker(spec, opts, &row.id, &config, device, i, tx.clone()) {
+                        Ok((pid, log)) => {
+                            progress.slot(i, format!("{label} on {device}: starting"));
+                            *slot = Some(Running {
+                                cell_id: row.id.clone(),
+                                attempt: row.attempts + 1,
+                                row,
+                                label,
+                                pid,
+                                terminal: None,
+                                log,
+                                deadline: spec.cell_timeout.map(|t| TokioInstant::now() + t),
+                                timed_out: false,
+                                kill_at: None,
+                            });
+                        }
+                        Err(e) => {
+                            let msg = format!("could not start the worker: {e}");
+                            progress.line(&format!("cell {label}: failed: {msg}"));
+                            store
+                                .finish_cell(&spec.name, &row.id, &Outcome::Failed(msg))
+                                .await?;
+                            summary.failed += 1;
+                            progress.cell_finished();
+                        }
                     }
                 }
             }
@@ -275,7 +284,7 @@ async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, Sc
                         run.timed_out = true;
                         progress.line(&format!("cell {}: timed out after {}", run.label, humanize(spec.cell_timeout)));
                         signal_group(run.pid, libc::SIGTERM);
-                        run.kill_at = Some(now + opts.grace);
+                        run.kill_at.get_or_insert(now + opts.grace);
                     }
                 }
             }
@@ -345,7 +354,7 @@ fn stop(stopping: &mut u8, slots: &mut [Option<Running>], progress: &Progress, g
         ));
         for run in slots.iter_mut().flatten() {
             signal_group(run.pid, libc::SIGTERM);
-            run.kill_at = Some(TokioInstant::now() + grace);
+            run.kill_at.get_or_insert(TokioInstant::now() + grace);
         }
     } else {
         progress.line("killing the workers");
@@ -504,6 +513,7 @@ fn spawn_worker(
         },
         threads: opts.threads_per_cell,
         save_adapter: opts.save_adapters,
+        cache_dir: Some(opts.state_dir.join("cache")),
     };
     let job_path = dir.join("job.json");
     let tmp = dir.join("job.json.tmp");

@@ -138,3 +138,24 @@ fn an_error_the_worker_reports_is_not_retried() {
         assert_eq!(c.error.as_deref(), Some("bad data at line 3"));
     }
 }
+
+#[test]
+fn a_worker_that_cannot_start_fails_its_cells_and_leaves_none_queued() {
+    let s = setup("ok", "");
+    let mut opts = s.opts(false);
+    opts.worker = WorkerCommand {
+        program: PathBuf::from("/nonexistent/etagrid-worker"),
+        args: Vec::new(),
+    };
+    opts.slots = vec![SlotDevice::Cpu];
+    let summary = run(&s.spec, &opts).expect("run");
+    assert_eq!(summary.failed, 2, "both cells were tried, on the one slot");
+    for c in s.cells() {
+        assert_eq!(c.state, CellState::Failed);
+        assert!(c
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("could not start the worker"));
+    }
+}

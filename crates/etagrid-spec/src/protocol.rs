@@ -24,6 +24,9 @@ pub struct WorkerJob {
     /// Save the trained adapter (PEFT format) into `out_dir/adapter` when the cell finishes.
     #[serde(default = "yes")]
     pub save_adapter: bool,
+    /// Tokenized data shared by the cells of a sweep (read or written by the worker).
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
 }
 
 fn yes() -> bool {

@@ -214,11 +214,14 @@ impl Store {
         })
     }
 
-    /// Cells left `running` by a run that did not end cleanly go back to `pending`. Only call this
+    /// Cells left `running` by a run that did not end cleanly go back to `pending`, their attempt
+    /// refunded (the scheduler died, not the cell). Only call this
     /// while holding the run lock (no other scheduler can be using these cells).
     pub async fn recover_running(&self, sweep: &str) -> Result<u64> {
         let r = sqlx::query(
-            "UPDATE cells SET state = 'pending', device = NULL WHERE sweep = ?1 AND state = 'running'",
+            "UPDATE cells SET state = 'pending', device = NULL,
+                 attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END
+             WHERE sweep = ?1 AND state = 'running'",
         )
         .bind(sweep)
         .execute(&self.pool)

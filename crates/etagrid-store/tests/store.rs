@@ -496,6 +496,9 @@ async fn recover_running_returns_running_cells_to_pending_and_leaves_the_rest() 
         ]
     );
     assert_eq!(f.row(1).await.device, None);
+    // The scheduler died, not the cell: the attempt is refunded (the done cell keeps its own).
+    assert_eq!(f.row(1).await.attempts, 0);
+    assert_eq!(f.row(0).await.attempts, 1);
     assert_eq!(f.row(0).await.metric, Some(0.8125));
     assert_eq!(f.store.recover_running(NAME).await.expect("recover"), 0);
 }

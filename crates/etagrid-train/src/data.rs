@@ -608,7 +608,7 @@ pub fn read_table(path: &Path, max_rows: usize) -> Result<Table, TrainError> {
 }
 
 /// Labels in a fixed order: numerically if every label is an integer, else lexicographically.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LabelMap {
     pub labels: Vec<String>,
 }
@@ -715,6 +715,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// Tokenized examples.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Encoded {
     pub ids: Vec<Vec<i64>>,
     pub type_ids: Vec<Vec<i64>>,
@@ -931,7 +932,78 @@ pub struct TaskData {
     pub eval_file: PathBuf,
 }
 
+/// Where a task's tokenized data came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    /// Read and tokenized now (and written to the cache, if one was given).
+    Tokenized,
+    /// Loaded from the sweep's cache: another cell tokenized the same data already.
+    Cache,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CachedTokens {
+    labels: LabelMap,
+    train: Encoded,
+    eval: Encoded,
+}
+
 impl TaskData {
+    /// Like [`TaskData::load`], through a cache in `cache_dir`: every cell of a sweep reads and
+    /// tokenizes the same files with the same tokenizer, so the first one writes the result and
+    /// the others load it. The key hashes the tokenizer file, both data files' bytes, the task
+    /// settings and `max_len`, so an edited file or setting never hits a stale entry. Writes are
+    /// atomic (temp file + rename); a damaged entry is ignored and rewritten.
+    pub fn load_cached(
+        task: &TaskSpec,
+        tok: &Tokenizer,
+        tokenizer_file: &Path,
+        max_len: usize,
+        cache_dir: &Path,
+    ) -> Result<(TaskData, TokenSource), TrainError> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|source| TrainError::Io {
+                path: p.to_owned(),
+                source,
+            })
+        };
+        let mut h = blake3::Hasher::new();
+        h.update(b"etagrid-tokens-v1\0");
+        for p in [tokenizer_file, &task.train_file, &task.eval_file] {
+            let bytes = read(p)?;
+            h.update(&(bytes.len() as u64).to_le_bytes());
+            h.update(&bytes);
+        }
+        h.update(serde_json::to_string(task).unwrap_or_default().as_bytes());
+        h.update(&(max_len as u64).to_le_bytes());
+        let path = cache_dir.join(format!("tokens-{}.json", &h.finalize().to_hex()[..32]));
+        let from = |c: CachedTokens| TaskData {
+            labels: c.labels,
+            train: c.train,
+            eval: c.eval,
+            train_file: task.train_file.clone(),
+            eval_file: task.eval_file.clone(),
+        };
+        if let Ok(bytes) = std::fs::read(&path) {
+            if let Ok(c) = serde_json::from_slice::<CachedTokens>(&bytes) {
+                return Ok((from(c), TokenSource::Cache));
+            }
+        }
+        let data = TaskData::load(task, tok)?;
+        let cached = CachedTokens {
+            labels: data.labels,
+            train: data.train,
+            eval: data.eval,
+        };
+        // A cache that cannot be written only costs time: the cell goes on without it.
+        let _ = std::fs::create_dir_all(cache_dir).and_then(|_| {
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, serde_json::to_vec(&cached).unwrap_or_default())?;
+            std::fs::rename(&tmp, &path)
+        });
+        Ok((from(cached), TokenSource::Tokenized))
+    }
+
     pub fn load(task: &TaskSpec, tok: &Tokenizer) -> Result<TaskData, TrainError> {
         let (train_ex, eval_ex) = load_examples(task)?;
         let labels = LabelMap::from_examples(&train_ex);

@@ -142,10 +142,15 @@ fn apply_adapter(model: &dyn SequenceClassifier, a: &Adapter) -> Result<(), Trai
         }
         tch::no_grad(|| p.tensor.get(0).copy_(&t.to_device(p.tensor.device())));
     }
-    for p in params.iter().filter(|p| p.name.contains(".lora_")) {
+    // Every trainable — LoRA and the head (PEFT's modules_to_save) — must come from the adapter:
+    // a head left at its random initialisation would give meaningless logits.
+    for p in &params {
         if !a.tensors.iter().any(|(n, _)| n == &p.name) {
             return Err(TrainError::MissingTensor {
-                name: p.name.clone(),
+                name: format!(
+                    "{} (adapters for predict need the LoRA weights and the trained head, saved by PEFT as modules_to_save)",
+                    p.name
+                ),
                 file: a.file.clone(),
             });
         }

@@ -90,7 +90,24 @@ pub fn run_job(
     let tr = &cfg.train;
 
     let tok = load_tokenizer(&job.model_dir, tr.max_seq_len)?;
-    let data = TaskData::load(&cfg.task, &tok)?;
+    let data = match &job.cache_dir {
+        Some(dir) => {
+            let tokenizer_file = job.model_dir.join("tokenizer.json");
+            let (data, source) =
+                TaskData::load_cached(&cfg.task, &tok, &tokenizer_file, tr.max_seq_len, dir)?;
+            eprintln!(
+                "etagrid worker: tokenized data {}",
+                match source {
+                    crate::data::TokenSource::Cache =>
+                        "loaded from the sweep's cache (no tokenization)",
+                    crate::data::TokenSource::Tokenized =>
+                        "tokenized now and written to the sweep's cache",
+                }
+            );
+            data
+        }
+        None => TaskData::load(&cfg.task, &tok)?,
+    };
     write_labels(&job.out_dir, &cfg.task.label_column, &data)?;
     let classes = data.labels.labels.len();
     // On a GPU the frozen base runs in bf16 (LoRA, head and optimizer state stay fp32), as PEFT

@@ -223,6 +223,7 @@ pub fn report(db: &Path, sweep: &str, reports: &Path) -> Result<()> {
         store.close().await;
         anyhow::Ok((row, cells))
     })??;
+    let cells = current_cells(&row, cells);
     // Chance level = what predicting the eval set's majority class scores on the sweep's metric,
     // when the task files are still there.
     let chance = SweepSpec::parse(Path::new(&row.source_path), &row.source_text)
@@ -408,6 +409,7 @@ pub fn export(db: &Path, state_dir: &Path, sweep: &str, cell: &str, out: &Path) 
         store.close().await;
         anyhow::Ok((row, cells))
     })??;
+    let cells = current_cells(&row, cells);
     let done: Vec<_> = cells
         .iter()
         .filter(|c| c.state == CellState::Done)
@@ -499,5 +501,21 @@ fn human_duration(secs: f64) -> String {
         0..=59 => format!("{s} s"),
         60..=3599 => format!("{} min {} s", s / 60, s % 60),
         _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// Only the cells of the sweep file's current grid: the store keeps cells of earlier versions of
+/// the file (another metric, other steps…), which must not enter a report or an export.
+fn current_cells(
+    row: &etagrid_store::SweepRow,
+    cells: Vec<etagrid_store::CellRow>,
+) -> Vec<etagrid_store::CellRow> {
+    match SweepSpec::parse(Path::new(&row.source_path), &row.source_text) {
+        Ok(spec) => {
+            let ids: std::collections::HashSet<String> =
+                spec.cells().into_iter().map(|c| c.id.0).collect();
+            cells.into_iter().filter(|c| ids.contains(&c.id)).collect()
+        }
+        Err(_) => cells,
     }
 }

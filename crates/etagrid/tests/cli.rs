@@ -106,6 +106,32 @@ fn run_trains_every_cell_writes_the_report_and_a_rerun_trains_nothing() {
         assert!((0.0..=1.0).contains(&acc), "accuracy {acc}");
         assert_eq!(c.step, Some(8));
     }
+    // Tokenize once per sweep: one slot runs the cells in grid order, so the first cell
+    // tokenizes and writes the cache, and the other three load it.
+    let log = |id: &str| {
+        std::fs::read_to_string(
+            sb.dir
+                .path()
+                .join("state/cells/tiny")
+                .join(id)
+                .join("worker.log"),
+        )
+        .expect("worker.log")
+    };
+    let mut by_index = cells.clone();
+    by_index.sort_by_key(|c| c.index);
+    assert!(
+        log(&by_index[0].id).contains("tokenized now"),
+        "{}",
+        log(&by_index[0].id)
+    );
+    for c in &by_index[1..] {
+        assert!(
+            log(&c.id).contains("loaded from the sweep's cache (no tokenization)"),
+            "{}",
+            log(&c.id)
+        );
+    }
     // λ = 16 really means η_B = 16·η_A in the stored cells.
     assert!(cells.iter().any(|c| (c.lr_b / c.lr_a - 16.0).abs() < 1e-9));
     let png = std::fs::read(sb.dir.path().join("reports/tiny/heatmap.png")).expect("heatmap.png");
@@ -453,5 +479,39 @@ fn the_best_cells_exported_adapter_gives_the_same_logits_in_predict_and_in_peft(
     assert!(
         d <= 1e-4,
         "PEFT's logits with the exported adapter differ from etagrid predict by {d:e}"
+    );
+}
+
+#[test]
+fn report_and_export_only_count_the_current_grid_after_the_sweep_file_changes() {
+    let sb = Sandbox::new("lr_a = [1e-3]\nlr_b = [1e-2]", 4);
+    assert!(sb
+        .run(&["run", "tiny.toml", "--no-report"])
+        .status
+        .success());
+    let old: Vec<String> = sb.cells().into_iter().map(|c| c.id).collect();
+    // Same grid, other steps: new cell ids; the old cell stays in the store.
+    let toml = std::fs::read_to_string(sb.dir.path().join("tiny.toml")).expect("read");
+    std::fs::write(
+        sb.dir.path().join("tiny.toml"),
+        toml.replace("steps = 4", "steps = 6"),
+    )
+    .expect("write");
+    let out = sb.run(&["run", "tiny.toml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let html =
+        std::fs::read_to_string(sb.dir.path().join("reports/tiny/index.html")).expect("index.html");
+    for id in &old {
+        assert!(
+            !html.contains(id.as_str()),
+            "the report shows cell {id} of the old grid"
+        );
+    }
+    let exp = sb.run(&["export", "tiny", "--out", "adapter"]);
+    let msg = text(&exp.stderr);
+    assert!(exp.status.success(), "{msg}");
+    assert!(
+        !old.iter().any(|id| msg.contains(id.as_str())),
+        "exported a cell of the old grid: {msg}"
     );
 }
