@@ -7,4 +7,12 @@ bash scripts/setup.sh
 # Again: on a fresh machine the venv (and so libtorch's directory) exists only now.
 source scripts/env.sh
 printf '\n==> cargo test (release profile: shares the build with the binary)\n' >&2
-cargo test --release --locked --workspace "$@"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --release --locked --workspace "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line with the totals of every test binary (cargo's own last line is the doc-tests').
+awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit "$status"
