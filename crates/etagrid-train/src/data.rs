@@ -754,20 +754,22 @@ pub fn load_tokenizer(model_dir: &Path, max_len: usize) -> Result<Tokenizer, Tra
     Ok(tok)
 }
 
-/// Tokenizes `examples` (in parallel, inside `tokenizers`) and maps labels through `labels`;
-/// a label `labels` does not know is an error naming the file and line.
-pub fn encode(
+/// One id list per input.
+pub type TokenIds = Vec<Vec<i64>>;
+
+/// Tokenizes texts, each with an optional second text of a pair, exactly as training does (in
+/// parallel, inside `tokenizers`): token ids and token-type ids per input. `path` names the file
+/// the texts came from, for errors.
+pub fn tokenize(
     tok: &Tokenizer,
-    examples: &[Example],
-    labels: &LabelMap,
+    texts: &[(&str, Option<&str>)],
     path: &Path,
-) -> Result<Encoded, TrainError> {
-    let label_ids = labels.ids(examples, path)?;
-    let inputs: Vec<EncodeInput> = examples
+) -> Result<(TokenIds, TokenIds), TrainError> {
+    let inputs: Vec<EncodeInput> = texts
         .iter()
-        .map(|e| match &e.text_pair {
-            Some(p) => EncodeInput::Dual(e.text.as_str().into(), p.as_str().into()),
-            None => EncodeInput::Single(e.text.as_str().into()),
+        .map(|&(t, p)| match p {
+            Some(p) => EncodeInput::Dual(t.into(), p.into()),
+            None => EncodeInput::Single(t.into()),
         })
         .collect();
     let encs = tok
@@ -776,15 +778,30 @@ pub fn encode(
             path: path.to_owned(),
             message: e.to_string(),
         })?;
+    let widen = |v: &[u32]| v.iter().map(|&i| i as i64).collect::<Vec<i64>>();
+    Ok((
+        encs.iter().map(|e| widen(e.get_ids())).collect(),
+        encs.iter().map(|e| widen(e.get_type_ids())).collect(),
+    ))
+}
+
+/// Tokenizes `examples` and maps labels through `labels`; a label `labels` does not know is an
+/// error naming the file and line.
+pub fn encode(
+    tok: &Tokenizer,
+    examples: &[Example],
+    labels: &LabelMap,
+    path: &Path,
+) -> Result<Encoded, TrainError> {
+    let label_ids = labels.ids(examples, path)?;
+    let texts: Vec<(&str, Option<&str>)> = examples
+        .iter()
+        .map(|e| (e.text.as_str(), e.text_pair.as_deref()))
+        .collect();
+    let (ids, type_ids) = tokenize(tok, &texts, path)?;
     Ok(Encoded {
-        ids: encs
-            .iter()
-            .map(|e| e.get_ids().iter().map(|&i| i as i64).collect())
-            .collect(),
-        type_ids: encs
-            .iter()
-            .map(|e| e.get_type_ids().iter().map(|&i| i as i64).collect())
-            .collect(),
+        ids,
+        type_ids,
         labels: label_ids,
     })
 }

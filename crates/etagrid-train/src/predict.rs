@@ -4,7 +4,7 @@
 //! batches (padding changes no result). The head is the sequence classifier (the adapter's, or
 //! the checkpoint's), or with `--lm` the causal LM's next-token logits after the last token.
 
-use crate::data::{collate, load_tokenizer, Encoded};
+use crate::data::{collate, load_tokenizer, tokenize, Encoded};
 use crate::model::{load_classifier, SequenceClassifier};
 use crate::weights::Weights;
 use crate::{device, TrainError};
@@ -13,7 +13,6 @@ use etagrid_spec::{InitScheme, LoraSpec};
 use safetensors::SafeTensors;
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
-use tokenizers::EncodeInput;
 
 #[derive(Debug, Clone)]
 pub struct PredictOptions {
@@ -218,31 +217,15 @@ pub fn predict(
     let tok = load_tokenizer(&o.model_dir, o.max_len.min(model.max_tokens() as usize))?;
     let inputs = read_inputs(&o.input)?;
     for chunk in inputs.chunks(o.batch_size.max(1)) {
-        let encs = tok
-            .encode_batch(
-                chunk
-                    .iter()
-                    .map(|(t, p)| match p {
-                        Some(p) => EncodeInput::Dual(t.as_str().into(), p.as_str().into()),
-                        None => EncodeInput::Single(t.as_str().into()),
-                    })
-                    .collect::<Vec<_>>(),
-                true,
-            )
-            .map_err(|e| TrainError::Tokenizer {
-                path: o.model_dir.join("tokenizer.json"),
-                message: e.to_string(),
-            })?;
+        let texts: Vec<(&str, Option<&str>)> = chunk
+            .iter()
+            .map(|(t, p)| (t.as_str(), p.as_deref()))
+            .collect();
+        let (ids, type_ids) = tokenize(&tok, &texts, &o.input)?;
         let enc = Encoded {
-            ids: encs
-                .iter()
-                .map(|e| e.get_ids().iter().map(|&i| i as i64).collect())
-                .collect(),
-            type_ids: encs
-                .iter()
-                .map(|e| e.get_type_ids().iter().map(|&i| i as i64).collect())
-                .collect(),
-            labels: vec![0; encs.len()],
+            labels: vec![0; ids.len()],
+            ids,
+            type_ids,
         };
         let idx: Vec<usize> = (0..enc.len()).collect();
         let batch = collate(&enc, &idx, model.pad_token_id(), device);

@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use etagrid_spec::{InitScheme, LoraSpec};
-use etagrid_train::data::{collate, load_tokenizer, Encoded};
+use etagrid_train::data::{collate, load_tokenizer};
 use etagrid_train::model::{load_classifier, SequenceClassifier};
 use etagrid_train::optim::{Group, LoraPlusAdamW};
 use etagrid_train::weights::Weights;
@@ -41,19 +41,12 @@ fn check(name: &str, targets: &[&str]) {
     )
     .expect("json");
     let tok = load_tokenizer(&dir(name), 64).expect("tokenizer");
-    let mut enc = Encoded {
-        ids: Vec::new(),
-        type_ids: Vec::new(),
-        labels: Vec::new(),
-    };
-    for t in r["texts"].as_array().expect("texts") {
-        let e = tok.encode(t.as_str().expect("text"), true).expect("encode");
-        enc.ids
-            .push(e.get_ids().iter().map(|&i| i as i64).collect());
-        enc.type_ids
-            .push(e.get_type_ids().iter().map(|&i| i as i64).collect());
-        enc.labels.push(0);
-    }
+    let owned = reference_inputs(&r);
+    let pairs: Vec<(&str, Option<&str>)> = owned
+        .iter()
+        .map(|(t, p)| (t.as_str(), p.as_deref()))
+        .collect();
+    let enc = encode_inputs(&tok, &pairs);
     let want_ids: Vec<Vec<i64>> = serde_json::from_value(r["input_ids"].clone()).expect("ids");
     assert_eq!(
         enc.ids, want_ids,

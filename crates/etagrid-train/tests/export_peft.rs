@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::max_abs_diff;
+use common::{encode_inputs, max_abs_diff};
 use etagrid_spec::{InitScheme, LoraSpec};
-use etagrid_train::data::{collate, load_tokenizer, Encoded};
+use etagrid_train::data::{collate, load_tokenizer};
 use etagrid_train::export::save_peft_adapter;
 use etagrid_train::model::{load_classifier, model_type};
 use etagrid_train::weights::Weights;
@@ -61,19 +61,8 @@ fn round_trip(fixture: &str, targets: &[&str]) {
         "The movie was great fun.",
         "the film was dull and far too long",
     ];
-    let mut enc = Encoded {
-        ids: Vec::new(),
-        type_ids: Vec::new(),
-        labels: Vec::new(),
-    };
-    for t in texts {
-        let e = tok.encode(t, true).expect("encode");
-        enc.ids
-            .push(e.get_ids().iter().map(|&i| i as i64).collect());
-        enc.type_ids
-            .push(e.get_type_ids().iter().map(|&i| i as i64).collect());
-        enc.labels.push(0);
-    }
+    let pairs: Vec<(&str, Option<&str>)> = texts.iter().map(|t| (*t, None)).collect();
+    let enc = encode_inputs(&tok, &pairs);
     let pad = model.pad_token_id();
     // Rows 3..6 of a doubled batch go through cell 1.
     let idx: Vec<usize> = (0..texts.len()).chain(0..texts.len()).collect();

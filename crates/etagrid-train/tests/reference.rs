@@ -14,24 +14,12 @@ const TOL: f64 = 1e-4;
 fn encode_reference() -> (Encoded, serde_json::Value) {
     let r = json("reference.json");
     let tok = load_tokenizer(&fixture_dir(), 32).expect("tokenizer");
-    let mut enc = Encoded {
-        ids: Vec::new(),
-        type_ids: Vec::new(),
-        labels: Vec::new(),
-    };
-    for input in r["inputs"].as_array().expect("inputs") {
-        let text = input["text"].as_str().expect("text");
-        let e = match input["text_pair"].as_str() {
-            Some(p) => tok.encode((text, p), true),
-            None => tok.encode(text, true),
-        }
-        .expect("encode");
-        enc.ids
-            .push(e.get_ids().iter().map(|&i| i as i64).collect());
-        enc.type_ids
-            .push(e.get_type_ids().iter().map(|&i| i as i64).collect());
-        enc.labels.push(0);
-    }
+    let owned = reference_inputs(&r);
+    let pairs: Vec<(&str, Option<&str>)> = owned
+        .iter()
+        .map(|(t, p)| (t.as_str(), p.as_deref()))
+        .collect();
+    let enc = encode_inputs(&tok, &pairs);
     (enc, r)
 }
 

@@ -40,25 +40,12 @@ fn model() -> BertForSequenceClassification {
 
 fn encode(r: &serde_json::Value) -> Encoded {
     let tok = load_tokenizer(&dir(), 64).expect("tokenizer");
-    let mut enc = Encoded {
-        ids: Vec::new(),
-        type_ids: Vec::new(),
-        labels: Vec::new(),
-    };
-    for input in r["inputs"].as_array().expect("inputs") {
-        let text = input["text"].as_str().expect("text");
-        let e = match input["text_pair"].as_str() {
-            Some(p) => tok.encode((text, p), true),
-            None => tok.encode(text, true),
-        }
-        .expect("encode");
-        enc.ids
-            .push(e.get_ids().iter().map(|&i| i as i64).collect());
-        enc.type_ids
-            .push(e.get_type_ids().iter().map(|&i| i as i64).collect());
-        enc.labels.push(0);
-    }
-    enc
+    let owned = reference_inputs(r);
+    let pairs: Vec<(&str, Option<&str>)> = owned
+        .iter()
+        .map(|(t, p)| (t.as_str(), p.as_deref()))
+        .collect();
+    encode_inputs(&tok, &pairs)
 }
 
 #[test]

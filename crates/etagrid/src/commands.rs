@@ -216,14 +216,7 @@ fn sweep_name(sweep: &str) -> Result<String> {
 
 pub fn report(db: &Path, sweep: &str, reports: &Path) -> Result<()> {
     let name = sweep_name(sweep)?;
-    let (row, cells) = block_on(async {
-        let store = Store::open(db).await?;
-        let row = store.sweep(&name).await?;
-        let cells = store.cells(&name).await?;
-        store.close().await;
-        anyhow::Ok((row, cells))
-    })??;
-    let cells = current_cells(&row, cells);
+    let (row, cells) = load_sweep(db, &name)?;
     // Chance level = what predicting the eval set's majority class scores on the sweep's metric,
     // when the task files are still there.
     let chance = SweepSpec::parse(Path::new(&row.source_path), &row.source_text)
@@ -402,14 +395,7 @@ pub fn worker(job_path: &Path) -> Result<Exit> {
 /// with the cell's `labels.json`.
 pub fn export(db: &Path, state_dir: &Path, sweep: &str, cell: &str, out: &Path) -> Result<Exit> {
     let name = sweep_name(sweep)?;
-    let (row, cells) = block_on(async {
-        let store = Store::open(db).await?;
-        let row = store.sweep(&name).await?;
-        let cells = store.cells(&name).await?;
-        store.close().await;
-        anyhow::Ok((row, cells))
-    })??;
-    let cells = current_cells(&row, cells);
+    let (row, cells) = load_sweep(db, &name)?;
     let done: Vec<_> = cells
         .iter()
         .filter(|c| c.state == CellState::Done)
@@ -518,4 +504,20 @@ fn current_cells(
         }
         Err(_) => cells,
     }
+}
+
+/// A sweep's row and the cells of its current grid, from the store.
+fn load_sweep(
+    db: &Path,
+    name: &str,
+) -> Result<(etagrid_store::SweepRow, Vec<etagrid_store::CellRow>)> {
+    let (row, cells) = block_on(async {
+        let store = Store::open(db).await?;
+        let row = store.sweep(name).await?;
+        let cells = store.cells(name).await?;
+        store.close().await;
+        anyhow::Ok((row, cells))
+    })??;
+    let cells = current_cells(&row, cells);
+    Ok((row, cells))
 }

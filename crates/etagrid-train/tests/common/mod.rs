@@ -5,6 +5,7 @@
 
 use etagrid_spec::{InitScheme, LoraSpec};
 use etagrid_train::bert::{Batch, BertConfig, BertForSequenceClassification};
+use etagrid_train::data::{tokenize, Encoded};
 use etagrid_train::weights::Weights;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -94,4 +95,36 @@ pub fn peft_name(ours: &str) -> String {
                 .replace(".lora_B.weight", ".lora_B.default.weight")
         ),
     }
+}
+
+/// Token ids of `inputs` (text, optional pair) through etagrid's own tokenization, label 0 each.
+pub fn encode_inputs(tok: &tokenizers::Tokenizer, inputs: &[(&str, Option<&str>)]) -> Encoded {
+    let (ids, type_ids) =
+        tokenize(tok, inputs, std::path::Path::new("test inputs")).expect("tokenize");
+    Encoded {
+        labels: vec![0; ids.len()],
+        ids,
+        type_ids,
+    }
+}
+
+/// The fixture's `inputs` ({"text", "text_pair"?}) or `texts` as (text, pair) pairs.
+pub fn reference_inputs(r: &Value) -> Vec<(String, Option<String>)> {
+    if let Some(texts) = r["texts"].as_array() {
+        return texts
+            .iter()
+            .map(|t| (t.as_str().expect("text").to_owned(), None))
+            .collect();
+    }
+    r["inputs"]
+        .as_array()
+        .expect("inputs")
+        .iter()
+        .map(|i| {
+            (
+                i["text"].as_str().expect("text").to_owned(),
+                i["text_pair"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
 }
