@@ -86,18 +86,7 @@ fn gpt2_logits_match_transformers() {
 
 #[test]
 fn llama_with_gqa_untied_embeddings_and_llama3_rope_matches_transformers() {
-    check(
-        "tiny-llama-gqa",
-        &[
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ],
-    );
+    check("tiny-llama-gqa", LLAMA_ALL_PROJ);
 }
 
 #[test]
@@ -109,19 +98,7 @@ fn llama_with_mha_tied_embeddings_and_default_rope_matches_transformers() {
 fn decoder_adapters_and_score_land_in_the_loraplus_groups() {
     for (name, targets, n_lora) in [
         ("tiny-gpt2", vec!["c_attn", "c_proj", "c_fc"], 2 * 4),
-        (
-            "tiny-llama-gqa",
-            vec![
-                "q_proj",
-                "k_proj",
-                "v_proj",
-                "o_proj",
-                "gate_proj",
-                "up_proj",
-                "down_proj",
-            ],
-            2 * 7,
-        ),
+        ("tiny-llama-gqa", LLAMA_ALL_PROJ.to_vec(), 2 * 7),
     ] {
         let m = load(name, &targets, InitScheme::Loraplus);
         let opt = LoraPlusAdamW::new(m.trainable(), &[1e-3], &[1.6e-2], 0.0);
@@ -148,18 +125,7 @@ fn decoder_models_train_through_every_lora_layer() {
     use tch::Tensor;
     for (name, targets) in [
         ("tiny-gpt2", vec!["c_attn", "c_proj", "c_fc"]),
-        (
-            "tiny-llama-gqa",
-            vec![
-                "q_proj",
-                "k_proj",
-                "v_proj",
-                "o_proj",
-                "gate_proj",
-                "up_proj",
-                "down_proj",
-            ],
-        ),
+        ("tiny-llama-gqa", LLAMA_ALL_PROJ.to_vec()),
         ("tiny-llama-mha", vec!["q_proj", "v_proj", "down_proj"]),
     ] {
         let m = load(name, &targets, InitScheme::Lora);

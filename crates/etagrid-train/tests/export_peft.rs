@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{encode_inputs, max_abs_diff};
+use common::{encode_inputs, max_abs_diff, LLAMA_ALL_PROJ};
 use etagrid_spec::{InitScheme, LoraSpec};
 use etagrid_train::data::{collate, load_tokenizer};
 use etagrid_train::export::save_peft_adapter;
@@ -124,16 +124,5 @@ fn gpt2_adapter_exported_by_etagrid_loads_in_peft_with_the_same_logits() {
 
 #[test]
 fn llama_adapter_exported_by_etagrid_loads_in_peft_with_the_same_logits() {
-    round_trip(
-        "tiny-llama-gqa",
-        &[
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ],
-    );
+    round_trip("tiny-llama-gqa", LLAMA_ALL_PROJ);
 }

@@ -128,3 +128,14 @@ pub fn reference_inputs(r: &Value) -> Vec<(String, Option<String>)> {
         })
         .collect()
 }
+
+/// Every projection of a Llama layer (PEFT's `.*_proj`), as a target list.
+pub const LLAMA_ALL_PROJ: &[&str] = &[
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
