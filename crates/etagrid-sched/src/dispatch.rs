@@ -1,4 +1,5 @@
 use crate::devices::SlotDevice;
+use crate::memfit::{cells_that_fit, gpu_memory, MemoryFit};
 use crate::progress::Progress;
 use etagrid_spec::protocol::{JobDevice, WorkerEvent, WorkerJob};
 use etagrid_spec::SweepSpec;
@@ -53,6 +54,10 @@ pub struct RunOptions {
     pub grace: Duration,
     /// Workers save each finished cell's adapter.
     pub save_adapters: bool,
+    /// `Some`: `slots` holds up to `max_per_device` slots per GPU, but only the first on each GPU
+    /// opens at once; the rest open when that GPU's first cell ends, as many as its memory peak
+    /// allows (the default when the sweep leaves `cells_per_device` unset).
+    pub memory_fit: Option<MemoryFit>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -129,6 +134,47 @@ struct Running {
     timed_out: bool,
     /// After SIGTERM: when to send SIGKILL.
     kill_at: Option<TokioInstant>,
+}
+
+/// A GPU whose first cell is running alone while its memory use is sampled.
+struct Probe {
+    /// Memory in use before the first cell started (other processes).
+    baseline_mib: u64,
+    peak_mib: u64,
+    total_mib: u64,
+    /// Samples taken while a cell was running on the GPU.
+    samples: u32,
+}
+
+/// Which slots may take cells now, and the GPUs still being measured.
+fn initial_fit(
+    slots: &[SlotDevice],
+    fit: Option<&MemoryFit>,
+    memory: Option<&[crate::memfit::GpuMemory]>,
+) -> (Vec<bool>, std::collections::HashMap<u32, Probe>) {
+    let mut probes = std::collections::HashMap::new();
+    let Some(_) = fit else {
+        return (vec![true; slots.len()], probes);
+    };
+    let mut seen = std::collections::HashSet::new();
+    let open = slots
+        .iter()
+        .map(|s| match s {
+            SlotDevice::Cpu => true,
+            SlotDevice::Gpu(g) => {
+                if let Some(m) = memory.and_then(|m| m.iter().find(|m| m.index == *g)) {
+                    probes.entry(*g).or_insert(Probe {
+                        baseline_mib: m.used_mib,
+                        peak_mib: m.used_mib,
+                        total_mib: m.total_mib,
+                        samples: 0,
+                    });
+                }
+                seen.insert(*g)
+            }
+        })
+        .collect();
+    (open, probes)
 }
 
 enum Msg {
@@ -209,10 +255,33 @@ async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, Sc
     let mut sigterm = signal(SignalKind::terminate()).map_err(SchedError::Runtime)?;
     let mut stopping = 0u8;
     let started = Instant::now();
+    let memory = match &opts.memory_fit {
+        Some(_) if opts.slots.iter().any(|s| matches!(s, SlotDevice::Gpu(_))) => gpu_memory().await,
+        _ => None,
+    };
+    let (mut open, mut probes) =
+        initial_fit(&opts.slots, opts.memory_fit.as_ref(), memory.as_deref());
+    if opts.memory_fit.is_some() && !probes.is_empty() {
+        progress.line(
+            "cells_per_device not set: the first cell on each GPU runs alone to measure its memory",
+        );
+    } else if opts.memory_fit.is_some()
+        && memory.is_none()
+        && opts.slots.iter().any(|s| matches!(s, SlotDevice::Gpu(_)))
+    {
+        progress.line(
+            "cells_per_device not set and nvidia-smi gives no memory figures: one cell per GPU",
+        );
+    }
+    let mut mem_tick = tokio::time::interval(Duration::from_millis(500));
+    mem_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         if stopping == 0 {
             for (i, slot) in slots.iter_mut().enumerate() {
+                if !open[i] {
+                    continue;
+                }
                 // A slot whose worker could not start takes the next cell at once: the loop
                 // must not end with cells still queued.
                 while slot.is_none() {
@@ -273,7 +342,19 @@ async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, Sc
                 None => std::future::pending().await,
             }
         };
+        let probing = !probes.is_empty() && stopping == 0;
         tokio::select! {
+            _ = mem_tick.tick(), if probing => {
+                if let Some(now) = gpu_memory().await {
+                    for m in now {
+                        let busy = slots.iter().zip(&opts.slots).any(|(r, d)| r.is_some() && *d == SlotDevice::Gpu(m.index));
+                        if let (Some(p), true) = (probes.get_mut(&m.index), busy) {
+                            p.peak_mib = p.peak_mib.max(m.used_mib);
+                            p.samples += 1;
+                        }
+                    }
+                }
+            }
             _ = timer => {
                 let now = TokioInstant::now();
                 for run in slots.iter_mut().flatten() {
@@ -312,6 +393,22 @@ async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, Sc
                             Outcome::Retry(e) => (format!("{e}; retrying (attempt {} of {} used)", run.attempt, spec.max_attempts), &mut summary.retried),
                         };
                         *counter += 1;
+                        if let (SlotDevice::Gpu(g), Some(fit), Outcome::Done(_) | Outcome::Diverged { .. }) =
+                            (opts.slots[i], &opts.memory_fit, &outcome)
+                        {
+                            if let Some(p) = probes.get(&g).filter(|p| p.samples > 0) {
+                                let n = cells_that_fit(p.total_mib, p.baseline_mib, p.peak_mib, fit);
+                                progress.line(&format!(
+                                    "gpu{g}: one cell peaked at {} MiB (of {} MiB; {} MiB held by others) → {n} cell(s) at a time on gpu{g}",
+                                    p.peak_mib - p.baseline_mib, p.total_mib, p.baseline_mib
+                                ));
+                                probes.remove(&g);
+                                let mine = (0..opts.slots.len()).filter(|&j| opts.slots[j] == SlotDevice::Gpu(g));
+                                for j in mine.take(n) {
+                                    open[j] = true;
+                                }
+                            }
+                        }
                         store.finish_cell(&spec.name, &run.cell_id, &outcome).await?;
                         progress.line(&format!("cell {}: {word}", run.label));
                         progress.slot(i, "idle".into());
@@ -571,4 +668,55 @@ fn spawn_worker(
         let _ = tx.send(Msg::Exited(slot, status));
     });
     Ok((pid, log_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memfit::GpuMemory;
+
+    const SLOTS: [SlotDevice; 5] = [
+        SlotDevice::Gpu(0),
+        SlotDevice::Gpu(1),
+        SlotDevice::Gpu(0),
+        SlotDevice::Gpu(1),
+        SlotDevice::Cpu,
+    ];
+
+    #[test]
+    fn memory_fit_opens_one_slot_per_gpu_and_probes_each_gpu() {
+        let mem = [
+            GpuMemory {
+                index: 0,
+                used_mib: 10,
+                total_mib: 1000,
+            },
+            GpuMemory {
+                index: 1,
+                used_mib: 20,
+                total_mib: 2000,
+            },
+        ];
+        let (open, probes) = initial_fit(&SLOTS, Some(&MemoryFit::default()), Some(&mem));
+        assert_eq!(open, vec![true, true, false, false, true]);
+        assert_eq!(probes.len(), 2);
+        assert_eq!((probes[&1].baseline_mib, probes[&1].total_mib), (20, 2000));
+    }
+
+    #[test]
+    fn without_memory_figures_each_gpu_keeps_one_slot() {
+        let (open, probes) = initial_fit(&SLOTS, Some(&MemoryFit::default()), None);
+        assert_eq!(open, vec![true, true, false, false, true]);
+        assert!(
+            probes.is_empty(),
+            "nothing to measure: the extra slots never open"
+        );
+    }
+
+    #[test]
+    fn an_explicit_cells_per_device_opens_every_slot() {
+        let (open, probes) = initial_fit(&SLOTS, None, None);
+        assert_eq!(open, vec![true; 5]);
+        assert!(probes.is_empty());
+    }
 }

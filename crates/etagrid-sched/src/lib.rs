@@ -4,7 +4,9 @@
 
 mod devices;
 mod dispatch;
+mod memfit;
 mod progress;
 
 pub use devices::{discover_gpus, plan_slots, SlotDevice};
 pub use dispatch::{run, RunOptions, RunSummary, SchedError, WorkerCommand};
+pub use memfit::{cells_that_fit, MemoryFit};

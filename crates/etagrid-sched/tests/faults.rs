@@ -42,6 +42,7 @@ impl Setup {
             retry_failed,
             grace: Duration::from_millis(200),
             save_adapters: false,
+            memory_fit: None,
         }
     }
 

@@ -147,19 +147,27 @@ pub fn run(args: &RunArgs) -> Result<Exit> {
         None => spec.devices.clone(),
     };
     let gpus = discover_gpus();
-    let slots = plan_slots(
-        &devices,
-        args.cells_per_device.or(spec.cells_per_device),
-        &gpus,
-    );
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let per_device = args.cells_per_device.or(spec.cells_per_device);
+    let mut slots = plan_slots(&devices, per_device, &gpus);
+    // Without cells_per_device, GPUs get the memory-aware default: the first cell runs alone,
+    // then as many as fit its measured peak, at most 8 and at most one per CPU core.
+    let n_gpus = slots.iter().filter(|s| **s != SlotDevice::Cpu).count();
+    let memory_fit = (per_device.is_none() && n_gpus > 0).then(|| {
+        let fit = etagrid_sched::MemoryFit {
+            max_per_device: (cores / n_gpus).clamp(1, 8),
+            ..Default::default()
+        };
+        slots = plan_slots(&devices, Some(fit.max_per_device), &gpus);
+        fit
+    });
     let cpu_slots = slots
         .iter()
         .filter(|s| **s == SlotDevice::Cpu)
         .count()
         .max(1);
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
     let threads = spec.threads_per_cell.unwrap_or((cores / cpu_slots).max(1));
     let opts = RunOptions {
         store: args.db.clone(),
@@ -183,6 +191,7 @@ pub fn run(args: &RunArgs) -> Result<Exit> {
         retry_failed: args.retry_failed,
         grace: std::time::Duration::from_secs(10),
         save_adapters: args.save_adapters,
+        memory_fit,
     };
     let summary = etagrid_sched::run(&spec, &opts)?;
     if let Some(dir) = &args.report_dir {

@@ -536,7 +536,7 @@ impl Draft<'_> {
         );
         entry(
             "# cells_per_device = 1".into(),
-            &["workers per device".into()],
+            &["workers per device; default: 1 on the CPU, on a GPU as many as fit the first cell's memory peak (at most 8)".into()],
         );
         t
     }
