@@ -42,4 +42,4 @@ else
 fi
 
 step "building etagrid (release; the first build compiles libtorch's bindings, ~6 min on 2 cores)"
-cargo build --release --locked --bin etagrid
+cargo build --release --locked --bins -p etagrid   # etagrid (front end) + etagrid-torch (+ etagrid-bench)

@@ -1,3 +1,4 @@
+use crate::common::{block_on, sweep_name, Exit};
 use anyhow::{bail, Context, Result};
 use etagrid_report::{ReportCell, ReportInput};
 use etagrid_sched::{discover_gpus, plan_slots, RunOptions, SlotDevice, WorkerCommand};
@@ -6,39 +7,6 @@ use etagrid_spec::{DeviceChoice, SweepSpec};
 use etagrid_store::{CellState, Store};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
-
-/// The process's exit codes, decided here and nowhere else.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    /// Everything asked for was done (diverged cells are a result, not an error).
-    Ok,
-    /// A run ended with failed cells; rerun to retry them.
-    CellsFailed,
-    /// A run was stopped by SIGINT/SIGTERM; rerun to resume.
-    Interrupted,
-    /// A worker could not run its cell.
-    WorkerFailed,
-}
-
-impl From<Exit> for ExitCode {
-    fn from(e: Exit) -> ExitCode {
-        ExitCode::from(match e {
-            Exit::Ok => 0,
-            Exit::WorkerFailed => 1,
-            Exit::CellsFailed => 3,
-            Exit::Interrupted => 130,
-        })
-    }
-}
-
-fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("failed to start the tokio runtime")?
-        .block_on(f))
-}
 
 pub fn plan(sweep: &Path) -> Result<Exit> {
     let spec = SweepSpec::load(sweep)?;
@@ -214,15 +182,6 @@ pub fn run(args: &RunArgs) -> Result<Exit> {
 }
 
 /// `sweep` is a sweep file or the name of a sweep in the store.
-fn sweep_name(sweep: &str) -> Result<String> {
-    let p = Path::new(sweep);
-    if p.extension().is_some_and(|e| e == "toml") || p.exists() {
-        Ok(SweepSpec::load(p)?.name)
-    } else {
-        Ok(sweep.to_owned())
-    }
-}
-
 pub fn report(db: &Path, sweep: &str, reports: &Path) -> Result<()> {
     let name = sweep_name(sweep)?;
     let (row, cells) = load_sweep(db, &name)?;
@@ -289,81 +248,6 @@ fn chance_level(spec: &SweepSpec) -> Result<Option<f64>> {
         spec.task.metric,
         &counts,
     ))
-}
-
-pub fn status(db: &Path, sweep: Option<&str>) -> Result<Exit> {
-    if !db.exists() {
-        bail!(
-            "no results store at {}: nothing has run yet (or pass --state-dir/--db)",
-            db.display()
-        );
-    }
-    let names = match sweep {
-        Some(s) => vec![sweep_name(s)?],
-        None => Vec::new(),
-    };
-    block_on(async {
-        let store = Store::open(db).await?;
-        let names = if names.is_empty() {
-            store.sweep_names().await?
-        } else {
-            names
-        };
-        for name in names {
-            let counts = store.counts(&name).await?;
-            let total: i64 = counts.values().sum();
-            let n = |s: CellState| counts.get(&s).copied().unwrap_or(0);
-            println!(
-                "sweep {name}: {total} cells — {}",
-                CellState::ALL
-                    .iter()
-                    .map(|s| format!("{} {}", n(*s), s.as_str()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            let running = store.cells_in_state(&name, CellState::Running).await?;
-            for c in &running {
-                println!(
-                    "  running {} η_A={:.2e} η_B={:.2e} on {} step {}/{}",
-                    c.id,
-                    c.lr_a,
-                    c.lr_b,
-                    c.device.as_deref().unwrap_or("?"),
-                    c.step.unwrap_or(0),
-                    c.total_steps
-                        .map(|t| t.to_string())
-                        .unwrap_or_else(|| "?".into())
-                );
-            }
-            for c in store
-                .cells_in_state(&name, CellState::Failed)
-                .await?
-                .iter()
-                .take(20)
-            {
-                println!(
-                    "  failed  {} (attempt {}): {}",
-                    c.id,
-                    c.attempts,
-                    c.error.as_deref().unwrap_or("")
-                );
-            }
-            let left = n(CellState::Pending) + n(CellState::Running);
-            if let (Some(mean), true) = (store.mean_wall_s(&name).await?, left > 0) {
-                // As many cells at a time as are running now (at least one).
-                let eta = mean * left as f64 / running.len().max(1) as f64;
-                println!(
-                    "  eta ≈ {} ({left} cells left, {:.1} s per cell so far, {} at a time)",
-                    human_duration(eta),
-                    mean,
-                    running.len().max(1)
-                );
-            }
-        }
-        store.close().await;
-        anyhow::Ok(())
-    })??;
-    Ok(Exit::Ok)
 }
 
 /// The worker side of the protocol: one job in, JSON lines out.
@@ -488,15 +372,6 @@ pub fn predict(o: &etagrid_train::predict::PredictOptions) -> Result<Exit> {
         return Err(e).context("failed to write to stdout");
     }
     Ok(Exit::Ok)
-}
-
-fn human_duration(secs: f64) -> String {
-    let s = secs.round() as u64;
-    match s {
-        0..=59 => format!("{s} s"),
-        60..=3599 => format!("{} min {} s", s / 60, s % 60),
-        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
-    }
 }
 
 /// Only the cells of the sweep file's current grid: the store keeps cells of earlier versions of

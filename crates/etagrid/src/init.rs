@@ -1,6 +1,6 @@
 //! `etagrid init`: look at a model and a data file and write a commented sweep file for them.
 
-use crate::commands::Exit;
+use crate::common::Exit;
 use anyhow::{bail, Context, Result};
 use etagrid_spec::spec::Metric;
 use etagrid_spec::SweepSpec;

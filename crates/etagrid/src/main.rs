@@ -1,7 +1,11 @@
-//! `etagrid`: the command line. Parsing and glue only; the work is in the library crates.
+//! `etagrid-torch`: the whole command line, linked with libtorch. Users run `etagrid` (src/front.rs),
+//! which answers `status` itself and execs this binary for every other command with the same
+//! arguments. Parsing and glue only; the work is in the library crates.
 
 mod commands;
+mod common;
 mod init;
+mod status;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -190,9 +194,9 @@ fn main() -> ExitCode {
             },
         }),
         Command::Report { sweep, reports } => {
-            commands::report(&db, &sweep, &reports).map(|_| commands::Exit::Ok)
+            commands::report(&db, &sweep, &reports).map(|_| common::Exit::Ok)
         }
-        Command::Status { sweep } => commands::status(&db, sweep.as_deref()),
+        Command::Status { sweep } => status::status(&db, sweep.as_deref()),
         Command::Init {
             model,
             train,

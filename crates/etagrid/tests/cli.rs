@@ -515,3 +515,40 @@ fn report_and_export_only_count_the_current_grid_after_the_sweep_file_changes() 
         "exported a cell of the old grid: {msg}"
     );
 }
+
+/// `etagrid status` must answer without loading libtorch (its 100 ms goal; libtorch alone takes
+/// ~300 ms to load), so the `etagrid` front binary must not link it; `etagrid-torch` does.
+#[test]
+fn the_front_binary_does_not_link_libtorch_and_hands_other_commands_on() {
+    let needed = |bin: &str| {
+        let out = Command::new("ldd").arg(bin).output().expect("ldd runs");
+        text(&out.stdout)
+    };
+    let front = needed(env!("CARGO_BIN_EXE_etagrid"));
+    assert!(
+        !front.contains("libtorch"),
+        "etagrid links libtorch:\n{front}"
+    );
+    assert!(needed(env!("CARGO_BIN_EXE_etagrid-torch")).contains("libtorch_cpu"));
+
+    // Another command, and --help, go to etagrid-torch under the name `etagrid`.
+    let help = Command::new(env!("CARGO_BIN_EXE_etagrid"))
+        .arg("--help")
+        .output()
+        .expect("etagrid --help runs");
+    let help = text(&help.stdout);
+    assert!(
+        help.contains("Usage: etagrid ") && help.contains("predict"),
+        "{help}"
+    );
+    let bad = Command::new(env!("CARGO_BIN_EXE_etagrid"))
+        .args(["no-such-command"])
+        .output()
+        .expect("etagrid runs");
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "clap's usage error, from etagrid-torch"
+    );
+    assert!(text(&bad.stderr).contains("no-such-command"));
+}

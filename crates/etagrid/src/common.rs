@@ -1,0 +1,49 @@
+//! What both binaries share: exit codes, a runtime for one store call, sweep names.
+//! No tch here: the `etagrid` front binary uses this module and must not link libtorch.
+
+use anyhow::{Context, Result};
+use etagrid_spec::SweepSpec;
+use std::path::Path;
+use std::process::ExitCode;
+
+/// The process's exit codes, decided here and nowhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Everything asked for was done (diverged cells are a result, not an error).
+    Ok,
+    /// A run ended with failed cells; rerun to retry them.
+    CellsFailed,
+    /// A run was stopped by SIGINT/SIGTERM; rerun to resume.
+    Interrupted,
+    /// A worker could not run its cell.
+    WorkerFailed,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(match e {
+            Exit::Ok => 0,
+            Exit::WorkerFailed => 1,
+            Exit::CellsFailed => 3,
+            Exit::Interrupted => 130,
+        })
+    }
+}
+
+pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the tokio runtime")?
+        .block_on(f))
+}
+
+/// A sweep file's name, or the argument itself when it names a sweep in the store.
+pub fn sweep_name(sweep: &str) -> Result<String> {
+    let p = Path::new(sweep);
+    if p.extension().is_some_and(|e| e == "toml") || p.exists() {
+        Ok(SweepSpec::load(p)?.name)
+    } else {
+        Ok(sweep.to_owned())
+    }
+}

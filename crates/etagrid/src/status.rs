@@ -1,0 +1,91 @@
+//! `etagrid status`: counts by state, running cells, failures and an ETA, read from the store.
+//! Runs in the tch-free front binary, so it answers without loading libtorch.
+
+use crate::common::{block_on, sweep_name, Exit};
+use anyhow::{bail, Result};
+use etagrid_store::{CellState, Store};
+use std::path::Path;
+
+pub fn status(db: &Path, sweep: Option<&str>) -> Result<Exit> {
+    if !db.exists() {
+        bail!(
+            "no results store at {}: nothing has run yet (or pass --state-dir/--db)",
+            db.display()
+        );
+    }
+    let names = match sweep {
+        Some(s) => vec![sweep_name(s)?],
+        None => Vec::new(),
+    };
+    block_on(async {
+        let store = Store::open(db).await?;
+        let names = if names.is_empty() {
+            store.sweep_names().await?
+        } else {
+            names
+        };
+        for name in names {
+            let counts = store.counts(&name).await?;
+            let total: i64 = counts.values().sum();
+            let n = |s: CellState| counts.get(&s).copied().unwrap_or(0);
+            println!(
+                "sweep {name}: {total} cells — {}",
+                CellState::ALL
+                    .iter()
+                    .map(|s| format!("{} {}", n(*s), s.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let running = store.cells_in_state(&name, CellState::Running).await?;
+            for c in &running {
+                println!(
+                    "  running {} η_A={:.2e} η_B={:.2e} on {} step {}/{}",
+                    c.id,
+                    c.lr_a,
+                    c.lr_b,
+                    c.device.as_deref().unwrap_or("?"),
+                    c.step.unwrap_or(0),
+                    c.total_steps
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "?".into())
+                );
+            }
+            for c in store
+                .cells_in_state(&name, CellState::Failed)
+                .await?
+                .iter()
+                .take(20)
+            {
+                println!(
+                    "  failed  {} (attempt {}): {}",
+                    c.id,
+                    c.attempts,
+                    c.error.as_deref().unwrap_or("")
+                );
+            }
+            let left = n(CellState::Pending) + n(CellState::Running);
+            if let (Some(mean), true) = (store.mean_wall_s(&name).await?, left > 0) {
+                // As many cells at a time as are running now (at least one).
+                let eta = mean * left as f64 / running.len().max(1) as f64;
+                println!(
+                    "  eta ≈ {} ({left} cells left, {:.1} s per cell so far, {} at a time)",
+                    human_duration(eta),
+                    mean,
+                    running.len().max(1)
+                );
+            }
+        }
+        store.close().await;
+        anyhow::Ok(())
+    })??;
+    Ok(Exit::Ok)
+}
+
+fn human_duration(secs: f64) -> String {
+    let s = secs.round() as u64;
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}
