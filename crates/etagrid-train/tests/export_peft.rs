@@ -5,7 +5,7 @@
 mod common;
 
 use common::{encode_inputs, max_abs_diff, LLAMA_ALL_PROJ};
-use etagrid_spec::{InitScheme, LoraSpec};
+use etagrid_spec::{InitScheme, LoraSpec, TargetModules};
 use etagrid_train::data::{collate, load_tokenizer};
 use etagrid_train::export::save_peft_adapter;
 use etagrid_train::model::{load_classifier, model_type};
@@ -26,11 +26,8 @@ fn round_trip(fixture: &str, targets: &[&str]) {
         .join(fixture);
     let weights = Weights::load(&dir, Device::Cpu, Kind::Float).expect("weights");
     let lora = LoraSpec {
-        rank: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        target_modules: targets.iter().map(|t| t.to_string()).collect(),
         init: InitScheme::Lora,
+        ..LoraSpec::new(4, 8.0, TargetModules::list(targets))
     };
     tch::manual_seed(0);
     let model = load_classifier(&dir, &weights, 3, &lora, 2, Device::Cpu).expect("model");

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use etagrid_spec::InitScheme;
+use etagrid_spec::{InitScheme, TargetModules};
 use etagrid_train::bert::{Batch, BertConfig, BertForSequenceClassification};
 use etagrid_train::optim::LoraPlusAdamW;
 use etagrid_train::train::loss;
@@ -17,7 +17,7 @@ fn batch() -> Batch {
 /// The same checkpoint with no adapters at all: the base model.
 fn base_model() -> BertForSequenceClassification {
     let mut spec = lora_spec(4, 8.0, InitScheme::Lora);
-    spec.target_modules = vec!["no_such_module".into()];
+    spec.target_modules = TargetModules::none();
     tiny_model(&spec, 0)
 }
 

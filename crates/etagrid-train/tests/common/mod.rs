@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use etagrid_spec::{InitScheme, LoraSpec};
+use etagrid_spec::{InitScheme, LoraSpec, TargetModules};
 use etagrid_train::bert::{Batch, BertConfig, BertForSequenceClassification};
 use etagrid_train::data::{tokenize, Encoded};
 use etagrid_train::weights::Weights;
@@ -57,11 +57,8 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 pub fn lora_spec(rank: usize, alpha: f64, init: InitScheme) -> LoraSpec {
     LoraSpec {
-        rank,
-        alpha,
-        dropout: 0.0,
-        target_modules: vec!["query".into(), "value".into()],
         init,
+        ..LoraSpec::new(rank, alpha, TargetModules::list(&["query", "value"]))
     }
 }
 
