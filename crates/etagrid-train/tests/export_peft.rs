@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{encode_inputs, max_abs_diff, LLAMA_ALL_PROJ};
+use common::{encode_inputs, max_abs_diff, python, script, LLAMA_ALL_PROJ};
 use etagrid_spec::{InitScheme, LoraSpec, TargetModules};
 use etagrid_train::data::{collate, load_tokenizer};
 use etagrid_train::export::save_peft_adapter;
@@ -13,12 +13,6 @@ use etagrid_train::weights::Weights;
 use std::path::PathBuf;
 use std::process::Command;
 use tch::{Device, Kind, Tensor};
-
-fn python() -> PathBuf {
-    std::env::var("VIRTUAL_ENV")
-        .map(|v| PathBuf::from(v).join("bin/python"))
-        .unwrap_or_else(|_| PathBuf::from("python3"))
-}
 
 fn round_trip(fixture: &str, targets: &[&str]) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -69,7 +63,7 @@ fn round_trip(fixture: &str, targets: &[&str]) {
 
     let ids = serde_json::to_string(&enc.ids).expect("ids");
     let run = Command::new(python())
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/peft_logits.py"))
+        .arg(script("peft_logits.py"))
         .args([
             &dir.display().to_string(),
             &adapter.display().to_string(),
