@@ -15,14 +15,20 @@ use std::process::Command;
 use tch::{Device, Kind, Tensor};
 
 fn round_trip(fixture: &str, targets: &[&str]) {
+    round_trip_with(
+        fixture,
+        LoraSpec {
+            init: InitScheme::Lora,
+            ..LoraSpec::new(4, 8.0, TargetModules::list(targets))
+        },
+    );
+}
+
+fn round_trip_with(fixture: &str, lora: LoraSpec) -> serde_json::Value {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(fixture);
     let weights = Weights::load(&dir, Device::Cpu, Kind::Float).expect("weights");
-    let lora = LoraSpec {
-        init: InitScheme::Lora,
-        ..LoraSpec::new(4, 8.0, TargetModules::list(targets))
-    };
     tch::manual_seed(0);
     let model = load_classifier(&dir, &weights, 3, &lora, 2, Device::Cpu).expect("model");
     // Random adapters and heads, different in the two stacked cells; export cell 1.
@@ -96,6 +102,8 @@ fn round_trip(fixture: &str, targets: &[&str]) {
         max_abs_diff(&plain, &theirs) > 1e-3,
         "{fixture}: the adapter did not change anything"
     );
+    let cfg = std::fs::read_to_string(adapter.join("adapter_config.json")).expect("config");
+    serde_json::from_str(&cfg).expect("config json")
 }
 
 #[test]
@@ -116,4 +124,26 @@ fn gpt2_adapter_exported_by_etagrid_loads_in_peft_with_the_same_logits() {
 #[test]
 fn llama_adapter_exported_by_etagrid_loads_in_peft_with_the_same_logits() {
     round_trip("tiny-llama-gqa", LLAMA_ALL_PROJ);
+}
+
+#[test]
+fn regex_rslora_and_embedding_adapter_is_written_as_peft_config_and_loads_with_the_same_logits() {
+    let pattern =
+        r"bert\.(encoder\.layer\.\d+\.attention\.self\.(query|value)|embeddings\.word_embeddings)";
+    let lora = LoraSpec {
+        use_rslora: true,
+        ..LoraSpec::new(4, 8.0, TargetModules::Regex(pattern.into()))
+    };
+    let cfg = round_trip_with("tiny-bert", lora);
+    assert_eq!(cfg["target_modules"], serde_json::json!(pattern), "regex kept as a string");
+    assert_eq!(cfg["use_rslora"], serde_json::json!(true));
+    let cfg = round_trip_with(
+        "tiny-llama-gqa",
+        LoraSpec::new(4, 8.0, TargetModules::list(&["q_proj", "v_proj", "embed_tokens"])),
+    );
+    assert_eq!(
+        cfg["target_modules"],
+        serde_json::json!(["q_proj", "v_proj", "embed_tokens"])
+    );
+    assert_eq!(cfg["use_rslora"], serde_json::json!(false));
 }

@@ -196,3 +196,88 @@ fn per_adapter_learning_rates_step_each_adapter_with_its_own_rate() {
         }
     }
 }
+
+#[test]
+fn targets_that_match_no_module_are_an_error_naming_the_field_and_the_modules() {
+    let dir = fixture_dir();
+    let weights = Weights::load(&dir, Device::Cpu, Kind::Float).expect("weights");
+    for targets in [
+        TargetModules::list(&["no_such_module"]),
+        // A regex must match a whole name: a bare "query" matches nothing.
+        TargetModules::Regex("query".into()),
+    ] {
+        let mut spec = lora_spec(4, 8.0, InitScheme::Lora);
+        spec.target_modules = targets.clone();
+        let err = BertForSequenceClassification::load(
+            BertConfig::load(&dir).expect("config"),
+            &weights,
+            3,
+            &spec,
+            1,
+            Device::Cpu,
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{targets} must not load"));
+        let message = err.to_string();
+        for needle in [
+            "lora.target_modules",
+            "matches no module",
+            "bert.encoder.layer.*.attention.self.query",
+            "bert.embeddings.word_embeddings",
+        ] {
+            assert!(message.contains(needle), "{needle:?} missing from: {message}");
+        }
+    }
+}
+
+#[test]
+fn regex_targets_select_whole_module_names_only() {
+    let mut spec = lora_spec(4, 8.0, InitScheme::Lora);
+    spec.target_modules =
+        TargetModules::Regex(r"bert\.encoder\.layer\.0\.attention\.self\.(query|value)".into());
+    let names: Vec<String> = tiny_model(&spec, 0)
+        .trainable()
+        .into_iter()
+        .map(|p| p.name)
+        .filter(|n| n.contains("lora_"))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "bert.encoder.layer.0.attention.self.query.lora_A.weight",
+            "bert.encoder.layer.0.attention.self.query.lora_B.weight",
+            "bert.encoder.layer.0.attention.self.value.lora_A.weight",
+            "bert.encoder.layer.0.attention.self.value.lora_B.weight",
+        ]
+    );
+}
+
+#[test]
+fn rslora_scaling_is_alpha_over_sqrt_r_and_reaches_the_forward_pass() {
+    assert_eq!(lora_spec(4, 8.0, InitScheme::Lora).scaling(), 2.0);
+    let mut rs = lora_spec(4, 8.0, InitScheme::Lora);
+    rs.use_rslora = true;
+    assert_eq!(rs.scaling(), 4.0);
+    // Same adapters (same seed), scaling 2 vs 4: different outputs.
+    let b = batch();
+    let out: Vec<Tensor> = [false, true]
+        .into_iter()
+        .map(|use_rslora| {
+            let mut spec = lora_spec(4, 8.0, InitScheme::Loraplus);
+            spec.use_rslora = use_rslora;
+            let model = tiny_model(&spec, 3);
+            tch::manual_seed(11);
+            tch::no_grad(|| {
+                for p in model.trainable().iter().filter(|p| p.name.contains("lora_A")) {
+                    let mut t = p.tensor.shallow_clone();
+                    t.copy_(&(Tensor::rand_like(&t) * 0.1));
+                }
+            });
+            model.forward(&b, false)
+        })
+        .collect();
+    assert!(
+        max_abs_diff(&out[0], &out[1]) > 1e-4,
+        "rsLoRA did not change the output"
+    );
+}
