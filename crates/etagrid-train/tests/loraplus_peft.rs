@@ -263,7 +263,8 @@ fn roberta_regex_target_with_embedding_lora_matches_peft_loraplus_steps() {
             ),
         )
     };
-    three_steps_against_live_peft("tiny-roberta", lora, true);
+    // The token-type fixture: pair inputs with type-1 segments go through training too.
+    three_steps_against_live_peft("tiny-roberta-tt", lora, true);
 }
 
 #[test]
