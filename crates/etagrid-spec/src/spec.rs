@@ -165,11 +165,41 @@ impl LoraSpec {
 /// its full name equals an entry or ends with `.` + entry), or one regular expression that
 /// must match the whole module name (`re.fullmatch`). Serialized as PEFT writes it: a list or a
 /// string (so list-form cells hash as before).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum TargetModules {
     List(Vec<String>),
     Regex(String),
+}
+
+impl<'de> Deserialize<'de> for TargetModules {
+    /// A string (regex) or a list of strings, with an error that says so for anything else.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TargetModules;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a list of module names (e.g. [\"query\", \"value\"]) or one regex string \
+                     matched against whole module names",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TargetModules, E> {
+                Ok(TargetModules::Regex(v.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<TargetModules, A::Error> {
+                let mut names = Vec::new();
+                while let Some(n) = seq.next_element::<String>()? {
+                    names.push(n);
+                }
+                Ok(TargetModules::List(names))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl TargetModules {

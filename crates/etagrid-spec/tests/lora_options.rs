@@ -92,6 +92,11 @@ fn rslora_and_embedding_lr_parse_and_default() {
     assert_eq!(s.lora.scaling(), 2.0, "rsLoRA: α/√r = 8/4");
     let message = error(&with_lora("embedding_lr = -1e-6"));
     assert!(message.contains("lora.embedding_lr"), "{message}");
+    let message = error(&with_lora("target_modules = 3"));
+    assert!(
+        message.contains("a list of module names") && message.contains("regex string"),
+        "{message}"
+    );
     let message = error(&with_lora("use_rs_lora = true"));
     assert!(message.contains("use_rs_lora"), "unknown keys stay errors: {message}");
 }

@@ -99,9 +99,32 @@ fn lora_freezes_base_and_trains_adapter_and_head() {
 
 #[test]
 fn stacked_adapters_give_each_cell_the_output_it_would_get_alone() {
-    // K = 2 adapters on one base, each with its own (A, B, head), against two K = 1 models.
+    stacked_matches_alone(lora_spec(4, 8.0, InitScheme::Loraplus));
+}
+
+#[test]
+fn stacked_embedding_adapters_give_each_cell_the_output_it_would_get_alone() {
+    let mut spec = lora_spec(4, 8.0, InitScheme::Lora);
+    spec.target_modules = TargetModules::list(&["query", "value", "word_embeddings"]);
+    let names: Vec<String> = tiny_model(&spec, 0)
+        .trainable()
+        .into_iter()
+        .map(|p| p.name)
+        .filter(|n| n.contains("lora_embedding"))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "bert.embeddings.word_embeddings.lora_embedding_A",
+            "bert.embeddings.word_embeddings.lora_embedding_B",
+        ]
+    );
+    stacked_matches_alone(spec);
+}
+
+/// K = 2 adapters on one base, each with its own (A, B, head), against two K = 1 models.
+fn stacked_matches_alone(spec: etagrid_spec::LoraSpec) {
     let dir = fixture_dir();
-    let spec = lora_spec(4, 8.0, InitScheme::Loraplus);
     let weights = Weights::load(&dir, Device::Cpu, Kind::Float).expect("weights");
     let config = BertConfig::load(&dir).expect("config");
     tch::manual_seed(11);
