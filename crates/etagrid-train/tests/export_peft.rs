@@ -7,7 +7,9 @@ mod common;
 use common::{encode_inputs, max_abs_diff, python, script, LLAMA_ALL_PROJ};
 use etagrid_spec::{InitScheme, LoraSpec, TargetModules};
 use etagrid_train::data::{collate, load_tokenizer};
+use etagrid_spec::protocol::JobDevice;
 use etagrid_train::export::save_peft_adapter;
+use etagrid_train::predict::{predict, PredictOptions};
 use etagrid_train::model::{load_classifier, model_type};
 use etagrid_train::weights::Weights;
 use std::path::PathBuf;
@@ -102,6 +104,35 @@ fn round_trip_with(fixture: &str, lora: LoraSpec) -> serde_json::Value {
         max_abs_diff(&plain, &theirs) > 1e-3,
         "{fixture}: the adapter did not change anything"
     );
+    // `etagrid predict --adapter` reads the same adapter (list or regex targets, rsLoRA,
+    // embedding LoRA) back into the same logits.
+    let input = out.path().join("inputs.jsonl");
+    let lines: Vec<String> = texts
+        .iter()
+        .map(|t| serde_json::json!({ "text": t }).to_string())
+        .collect();
+    std::fs::write(&input, lines.join("\n")).expect("write inputs");
+    let mut rows = Vec::new();
+    predict(
+        &PredictOptions {
+            model_dir: dir.clone(),
+            adapter: Some(adapter.clone()),
+            input,
+            max_len: 64,
+            batch_size: 2,
+            lm: false,
+            device: JobDevice::Cpu,
+        },
+        &mut |v| rows.push(v),
+    )
+    .expect("predict");
+    let predicted: Vec<f64> = rows
+        .iter()
+        .flat_map(|r| serde_json::from_value::<Vec<f64>>(r["logits"].clone()).expect("logits"))
+        .collect();
+    let predicted = Tensor::from_slice(&predicted).reshape([3, 3]);
+    let d = max_abs_diff(&ours, &predicted);
+    assert!(d <= 1e-5, "{fixture}: etagrid predict with the adapter differs by {d:e}");
     let cfg = std::fs::read_to_string(adapter.join("adapter_config.json")).expect("config");
     serde_json::from_str(&cfg).expect("config json")
 }
