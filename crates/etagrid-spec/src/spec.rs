@@ -468,6 +468,14 @@ impl Resolver<'_> {
                              or give one regex, e.g. \".*\\\\.(query|value)\"",
                         ))
                     }
+                    TargetModules::Regex(r) if r.trim().is_empty() => {
+                        return Err(self.err(
+                            span,
+                            "lora.target_modules",
+                            "is an empty regex: give a pattern that matches whole module names, \
+                             e.g. \".*\\\\.(query|value)\", or a list [\"query\", \"value\"]",
+                        ))
+                    }
                     TargetModules::Regex(r) => {
                         if let Err(e) = TargetModules::compile(&r) {
                             return Err(self.err(

@@ -75,6 +75,10 @@ fn invalid_regex_is_an_error_naming_the_field_and_line() {
     assert!(message.contains("regex"), "{message}");
     let line = text.lines().position(|l| l.starts_with("target_modules")).expect("line") + 1;
     assert!(message.contains(&format!("{PATH}:{line}:")), "{message}");
+    let message = error(&with_lora(r#"target_modules = """#));
+    assert!(message.contains("lora.target_modules") && message.contains("empty"), "{message}");
+    let message = error(&with_lora("target_modules = []"));
+    assert!(message.contains("lora.target_modules") && message.contains("empty"), "{message}");
     // Look-around is not in the `regex` crate's syntax: said plainly, not silently mismatched.
     let message = error(&with_lora(r#"target_modules = "(?!pooler).*dense""#));
     assert!(message.contains("look-around"), "{message}");
