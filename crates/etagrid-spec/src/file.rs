@@ -61,9 +61,14 @@ pub struct LoraSection {
     pub rank: Option<Spanned<usize>>,
     pub alpha: Option<f64>,
     pub dropout: Option<Spanned<f64>>,
-    pub target_modules: Option<Spanned<Vec<String>>>,
+    /// A list of module names, or one regex (a string) matched against whole module names.
+    pub target_modules: Option<Spanned<crate::spec::TargetModules>>,
     /// `lora` (A random, B zero) or `loraplus` (B random, A zero).
     pub init: Option<Spanned<String>>,
+    /// rsLoRA scaling α/√r.
+    pub use_rslora: Option<bool>,
+    /// The fixed lr of LoRA on embedding layers (default 1e-6).
+    pub embedding_lr: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize)]

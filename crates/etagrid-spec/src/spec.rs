@@ -106,14 +106,132 @@ pub struct LoraSpec {
     pub rank: usize,
     pub alpha: f64,
     pub dropout: f64,
-    pub target_modules: Vec<String>,
+    pub target_modules: TargetModules,
     pub init: InitScheme,
+    /// rsLoRA (Kalajdzievski 2023): scaling α/√r instead of α/r. Left out of the hashed form
+    /// when false, so existing cells keep their ids.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub use_rslora: bool,
+    /// The fixed learning rate of LoRA on embedding layers (the LoRA+ "embedding" group, PEFT's
+    /// `loraplus_lr_embedding`). Left out of the hashed form at its default.
+    #[serde(
+        default = "default_embedding_lr",
+        skip_serializing_if = "is_default_embedding_lr"
+    )]
+    pub embedding_lr: f64,
+}
+
+/// PEFT's `loraplus_lr_embedding` default.
+pub const DEFAULT_EMBEDDING_LR: f64 = 1e-6;
+
+fn default_embedding_lr() -> f64 {
+    DEFAULT_EMBEDDING_LR
+}
+
+fn is_default_embedding_lr(v: &f64) -> bool {
+    *v == DEFAULT_EMBEDDING_LR
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 impl LoraSpec {
-    /// The α/r factor in ΔW = (α/r)·B·A.
+    /// A spec with the given targets and the defaults of a sweep file's `[lora]` for the rest
+    /// (rank 8, α = rank, no dropout, `lora` init, no rsLoRA, embedding lr 1e-6).
+    pub fn new(rank: usize, alpha: f64, target_modules: TargetModules) -> LoraSpec {
+        LoraSpec {
+            rank,
+            alpha,
+            dropout: 0.0,
+            target_modules,
+            init: InitScheme::Lora,
+            use_rslora: false,
+            embedding_lr: DEFAULT_EMBEDDING_LR,
+        }
+    }
+
+    /// The factor in ΔW = scaling·B·A: α/r, or α/√r with rsLoRA (as PEFT's `use_rslora`).
     pub fn scaling(&self) -> f64 {
-        self.alpha / self.rank as f64
+        if self.use_rslora {
+            self.alpha / (self.rank as f64).sqrt()
+        } else {
+            self.alpha / self.rank as f64
+        }
+    }
+}
+
+/// Which modules get LoRA, as PEFT's `target_modules`: a list of names (a module matches when
+/// its full name equals an entry or ends with `.` + entry), or one regular expression that
+/// must match the whole module name (`re.fullmatch`). Serialized as PEFT writes it: a list or a
+/// string (so list-form cells hash as before).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum TargetModules {
+    List(Vec<String>),
+    Regex(String),
+}
+
+impl<'de> Deserialize<'de> for TargetModules {
+    /// A string (regex) or a list of strings, with an error that says so for anything else.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TargetModules;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a list of module names (e.g. [\"query\", \"value\"]) or one regex string \
+                     matched against whole module names",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TargetModules, E> {
+                Ok(TargetModules::Regex(v.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<TargetModules, A::Error> {
+                let mut names = Vec::new();
+                while let Some(n) = seq.next_element::<String>()? {
+                    names.push(n);
+                }
+                Ok(TargetModules::List(names))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl TargetModules {
+    /// A list of names.
+    pub fn list<S: AsRef<str>>(names: &[S]) -> TargetModules {
+        TargetModules::List(names.iter().map(|n| n.as_ref().to_owned()).collect())
+    }
+
+    /// No targets at all (the base model alone).
+    pub fn none() -> TargetModules {
+        TargetModules::List(Vec::new())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        matches!(self, TargetModules::List(l) if l.is_empty())
+    }
+
+    /// The regex of the string form, anchored at both ends (Python's `re.fullmatch`).
+    /// Syntax is the `regex` crate's: Python's usual forms (classes, groups, `|`, `?`, `*`, `+`,
+    /// `{m,n}`, `(?:…)`, `\d`, `\w`) are the same; look-around and back-references are not
+    /// supported.
+    pub fn compile(pattern: &str) -> Result<regex::Regex, regex::Error> {
+        regex::Regex::new(&format!("^(?:{pattern})$"))
+    }
+}
+
+impl std::fmt::Display for TargetModules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TargetModules::List(l) => write!(f, "{l:?}"),
+            TargetModules::Regex(r) => write!(f, "{r:?} (regex)"),
+        }
     }
 }
 
@@ -338,15 +456,53 @@ impl Resolver<'_> {
             Some(d) => return Err(self.err(d.span(), "lora.dropout", "must be in [0, 1)")),
         };
         let target_modules = match l.target_modules {
-            None => vec!["query".into(), "value".into()],
-            Some(t) if t.get_ref().is_empty() => {
+            None => TargetModules::list(&["query", "value"]),
+            Some(t) => {
+                let span = t.span();
+                match t.into_inner() {
+                    TargetModules::List(l) if l.is_empty() => {
+                        return Err(self.err(
+                            span,
+                            "lora.target_modules",
+                            "is empty: name at least one module, e.g. [\"query\", \"value\"], \
+                             or give one regex, e.g. \".*\\\\.(query|value)\"",
+                        ))
+                    }
+                    TargetModules::Regex(r) if r.trim().is_empty() => {
+                        return Err(self.err(
+                            span,
+                            "lora.target_modules",
+                            "is an empty regex: give a pattern that matches whole module names, \
+                             e.g. \".*\\\\.(query|value)\", or a list [\"query\", \"value\"]",
+                        ))
+                    }
+                    TargetModules::Regex(r) => {
+                        if let Err(e) = TargetModules::compile(&r) {
+                            return Err(self.err(
+                                span,
+                                "lora.target_modules",
+                                format!(
+                                    "is not a valid regex (Rust `regex` syntax: no look-around or \
+                                     back-references): {e}"
+                                ),
+                            ));
+                        }
+                        TargetModules::Regex(r)
+                    }
+                    list => list,
+                }
+            }
+        };
+        let embedding_lr = match l.embedding_lr {
+            None => DEFAULT_EMBEDDING_LR,
+            Some(e) if *e.get_ref() >= 0.0 && e.get_ref().is_finite() => *e.get_ref(),
+            Some(e) => {
                 return Err(self.err(
-                    t.span(),
-                    "lora.target_modules",
-                    "is empty: name at least one module, e.g. [\"query\", \"value\"]",
+                    e.span(),
+                    "lora.embedding_lr",
+                    "must be a finite number ≥ 0 (PEFT's default is 1e-6)",
                 ))
             }
-            Some(t) => t.into_inner(),
         };
         let init = match l.init.as_ref().map(|s| s.get_ref().as_str()) {
             None | Some("lora") => InitScheme::Lora,
@@ -365,6 +521,8 @@ impl Resolver<'_> {
             dropout,
             target_modules,
             init,
+            use_rslora: l.use_rslora.unwrap_or(false),
+            embedding_lr,
         };
 
         let tr = f.train;

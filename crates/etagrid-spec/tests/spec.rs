@@ -367,7 +367,7 @@ fn omitted_lora_section_gives_rank_8_alpha_8_and_query_value() {
     assert_eq!(lora.dropout, 0.0);
     assert_eq!(
         lora.target_modules,
-        vec!["query".to_owned(), "value".to_owned()]
+        etagrid_spec::TargetModules::list(&["query", "value"])
     );
     assert_eq!(lora.init, InitScheme::Lora);
     assert_eq!(lora.scaling(), 1.0);

@@ -14,7 +14,7 @@ use crate::train::loss;
 use crate::weights::Weights;
 use crate::{device, TrainError};
 use etagrid_spec::protocol::JobDevice;
-use etagrid_spec::{InitScheme, LoraSpec};
+use etagrid_spec::{LoraSpec, TargetModules};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -60,13 +60,7 @@ pub fn train_throughput(o: &BenchOptions) -> Result<BenchResult, TrainError> {
         Kind::Float
     };
     let weights = Weights::load(&o.model_dir, device, kind)?;
-    let lora = LoraSpec {
-        rank: 8,
-        alpha: 8.0,
-        dropout: 0.0,
-        target_modules: o.targets.clone(),
-        init: InitScheme::Lora,
-    };
+    let lora = LoraSpec::new(8, 8.0, TargetModules::List(o.targets.clone()));
     tch::manual_seed(0);
     let model_type = model_type(&o.model_dir)?;
     let model = load_classifier(&o.model_dir, &weights, 3, &lora, o.k, device)?;

@@ -10,7 +10,7 @@
 //! - the head: BERT's classifier reads the pooler (dense + tanh on [CLS]); RoBERTa's reads [CLS]
 //!   through its own dense + tanh (`classifier.dense`) and `classifier.out_proj`, no pooler.
 
-use crate::lora::Linear;
+use crate::lora::{Embedding, Linear, Targets};
 use crate::weights::Weights;
 use crate::TrainError;
 use etagrid_spec::LoraSpec;
@@ -127,6 +127,8 @@ pub struct TrainParam {
 pub enum ParamRole {
     LoraA,
     LoraB,
+    /// `lora_embedding_A` / `lora_embedding_B` (the LoRA+ embedding group).
+    Embedding,
     /// Any other trainable tensor (the classification head); `dims` per adapter, excluding K.
     Other {
         dims: usize,
@@ -154,7 +156,7 @@ impl LayerNorm {
 }
 
 struct Embeddings {
-    word_embeddings: Tensor,
+    word_embeddings: Embedding,
     position_embeddings: Tensor,
     token_type_embeddings: Tensor,
     layer_norm: LayerNorm,
@@ -310,16 +312,26 @@ impl BertForSequenceClassification {
         } else {
             ""
         };
+        // transformers' module names (always with the family prefix), as PEFT matches them.
+        let targets = Targets::new(&lora.target_modules)?;
         let linear = |name: &str, out_f: i64, in_f: i64| -> Result<Linear, TrainError> {
             let weight = weights.get(&format!("{p}{name}.weight"), &[out_f, in_f])?;
             let bias = weights.get(&format!("{p}{name}.bias"), &[out_f])?;
-            Ok(Linear::with_lora(name, weight, Some(bias), lora, k, device))
+            let targeted = targets.matches(&format!("{family}{name}"));
+            Ok(Linear::with_lora(targeted, weight, Some(bias), lora, k, device))
         };
         let embeddings = Embeddings {
-            word_embeddings: weights.get(
-                &format!("{p}embeddings.word_embeddings.weight"),
-                &[c.vocab_size, h],
-            )?,
+            word_embeddings: Embedding::with_lora(
+                targets.matches(&format!("{family}embeddings.word_embeddings")),
+                weights.get(
+                    &format!("{p}embeddings.word_embeddings.weight"),
+                    &[c.vocab_size, h],
+                )?,
+                c.pad_token_id,
+                lora,
+                k,
+                device,
+            ),
             position_embeddings: weights.get(
                 &format!("{p}embeddings.position_embeddings.weight"),
                 &[c.max_position_embeddings, h],
@@ -406,6 +418,7 @@ impl BertForSequenceClassification {
             };
             (Some(linear("pooler.dense", h, h)?), head)
         };
+        targets.check()?;
         Ok(BertForSequenceClassification {
             config,
             num_labels,
@@ -425,6 +438,9 @@ impl BertForSequenceClassification {
         } else {
             "bert"
         };
+        self.embeddings
+            .word_embeddings
+            .push_lora_params(&format!("{family}.embeddings.word_embeddings"), &mut out);
         let mut push_lora =
             |name: &str, l: &Linear| l.push_lora_params(&format!("{family}.{name}"), &mut out);
         for (i, layer) in self.layers.iter().enumerate() {
@@ -469,7 +485,7 @@ impl BertForSequenceClassification {
     /// Every frozen tensor (for tests: they must not change in training).
     pub fn frozen(&self) -> Vec<Tensor> {
         let mut out = vec![
-            self.embeddings.word_embeddings.shallow_clone(),
+            self.embeddings.word_embeddings.weight.shallow_clone(),
             self.embeddings.position_embeddings.shallow_clone(),
             self.embeddings.token_type_embeddings.shallow_clone(),
         ];
@@ -505,13 +521,8 @@ impl BertForSequenceClassification {
             Tensor::arange(t, (Kind::Int64, batch.input_ids.device()))
         };
         let e = &self.embeddings;
-        let x = Tensor::embedding(
-            &e.word_embeddings,
-            &batch.input_ids,
-            c.pad_token_id,
-            false,
-            false,
-        ) + Tensor::embedding(&e.position_embeddings, &positions, -1, false, false)
+        let x = e.word_embeddings.forward(&batch.input_ids)
+            + Tensor::embedding(&e.position_embeddings, &positions, -1, false, false)
             + Tensor::embedding(
                 &e.token_type_embeddings,
                 &batch.token_type_ids,

@@ -43,6 +43,9 @@ pub enum TrainError {
     },
     #[error("{0}")]
     Device(String),
+    /// The sweep's `lora.target_modules` cannot be applied to this model.
+    #[error("lora.target_modules: {0}")]
+    LoraTargets(String),
     #[error("libtorch")]
     Torch(#[from] tch::TchError),
 }

@@ -80,7 +80,7 @@ pub fn save_peft_adapter(
         "modules_to_save": [head],
         "fan_in_fan_out": model_type == "gpt2",
         "bias": "none",
-        "use_rslora": false,
+        "use_rslora": lora.use_rslora,
         "use_dora": false,
         "init_lora_weights": true,
         "inference_mode": true,

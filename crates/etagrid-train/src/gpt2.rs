@@ -7,7 +7,7 @@
 //! out×r either way). The head reads the last real token of each row (batches are right-padded).
 
 use crate::bert::{Batch, StackedLinear, TrainParam};
-use crate::lora::Linear;
+use crate::lora::{Embedding, Linear, Targets};
 use crate::model::{last_token_states, read_config, SequenceClassifier};
 use crate::weights::Weights;
 use crate::TrainError;
@@ -85,7 +85,7 @@ struct Block {
 
 pub struct Gpt2ForSequenceClassification {
     pub config: Gpt2Config,
-    wte: Tensor,
+    wte: Embedding,
     wpe: Tensor,
     h: Vec<Block>,
     ln_f: LayerNorm,
@@ -119,6 +119,8 @@ impl Gpt2ForSequenceClassification {
         };
         let n = c.n_embd;
         let inner = c.n_inner.unwrap_or(4 * n);
+        // transformers' module names, as PEFT matches them.
+        let targets = Targets::new(&lora.target_modules)?;
         // Conv1D: stored [in, out].
         let conv = |name: &str, in_f: i64, out_f: i64| -> Result<Linear, TrainError> {
             let weight = weights
@@ -126,7 +128,8 @@ impl Gpt2ForSequenceClassification {
                 .tr()
                 .contiguous();
             let bias = weights.get(&format!("{p}{name}.bias"), &[out_f])?;
-            Ok(Linear::with_lora(name, weight, Some(bias), lora, k, device))
+            let targeted = targets.matches(&format!("transformer.{name}"));
+            Ok(Linear::with_lora(targeted, weight, Some(bias), lora, k, device))
         };
         let mut h = Vec::new();
         for i in 0..c.n_layer {
@@ -140,8 +143,18 @@ impl Gpt2ForSequenceClassification {
                 mlp_c_proj: conv(&format!("{b}.mlp.c_proj"), inner, n)?,
             });
         }
+        // GPT2Model's wte has no padding_idx.
+        let wte = Embedding::with_lora(
+            targets.matches("transformer.wte"),
+            weights.get(&format!("{p}wte.weight"), &[c.vocab_size, n])?,
+            -1,
+            lora,
+            k,
+            device,
+        );
+        targets.check()?;
         Ok(Gpt2ForSequenceClassification {
-            wte: weights.get(&format!("{p}wte.weight"), &[c.vocab_size, n])?,
+            wte,
             wpe: weights.get(&format!("{p}wpe.weight"), &[c.n_positions, n])?,
             ln_f: LayerNorm::load(weights, &format!("{p}ln_f"), n, c.layer_norm_epsilon)?,
             score: StackedLinear::load(
@@ -176,7 +189,7 @@ impl Gpt2ForSequenceClassification {
         let s = batch.input_ids.size();
         let (n, t) = (s[0], s[1]);
         let positions = Tensor::arange(t, (Kind::Int64, batch.input_ids.device()));
-        let mut x = (Tensor::embedding(&self.wte, &batch.input_ids, -1, false, false)
+        let mut x = (self.wte.forward(&batch.input_ids)
             + Tensor::embedding(&self.wpe, &positions, -1, false, false))
         .dropout(c.embd_pdrop, train);
         let heads = c.n_head;
@@ -228,6 +241,7 @@ impl SequenceClassifier for Gpt2ForSequenceClassification {
 
     fn trainable(&self) -> Vec<TrainParam> {
         let mut out = Vec::new();
+        self.wte.push_lora_params("transformer.wte", &mut out);
         for (name, l) in self.layers() {
             l.push_lora_params(&name, &mut out);
         }
@@ -236,7 +250,7 @@ impl SequenceClassifier for Gpt2ForSequenceClassification {
     }
 
     fn frozen(&self) -> Vec<Tensor> {
-        let mut out = vec![self.wte.shallow_clone(), self.wpe.shallow_clone()];
+        let mut out = vec![self.wte.weight.shallow_clone(), self.wpe.shallow_clone()];
         for (_, l) in self.layers() {
             l.push_frozen(&mut out);
         }
@@ -263,6 +277,6 @@ impl SequenceClassifier for Gpt2ForSequenceClassification {
     fn next_token_logits(&self, batch: &Batch) -> Option<Tensor> {
         let h = self.hidden(batch, false);
         let last = last_token_states(&h, &batch.attention_mask);
-        Some(last.linear::<Tensor>(&self.wte, None).to_kind(Kind::Float))
+        Some(last.linear::<Tensor>(&self.wte.weight, None).to_kind(Kind::Float))
     }
 }

@@ -5,7 +5,7 @@
 //! token of each (right-padded) row.
 
 use crate::bert::{Batch, StackedLinear, TrainParam};
-use crate::lora::Linear;
+use crate::lora::{Embedding, Linear, Targets};
 use crate::model::{last_token_states, read_config, SequenceClassifier};
 use crate::weights::Weights;
 use crate::TrainError;
@@ -167,7 +167,7 @@ struct Layer {
 
 pub struct LlamaForSequenceClassification {
     pub config: LlamaConfig,
-    embed_tokens: Tensor,
+    embed_tokens: Embedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
     /// [head_dim / 2], fp32.
@@ -208,6 +208,8 @@ impl LlamaForSequenceClassification {
             ""
         };
         let (h, hd) = (c.hidden_size, c.head_dim());
+        // transformers' module names, as PEFT matches them.
+        let targets = Targets::new(&lora.target_modules)?;
         let linear =
             |name: &str, out_f: i64, in_f: i64, bias: bool| -> Result<Linear, TrainError> {
                 let weight = weights.get(&format!("{p}{name}.weight"), &[out_f, in_f])?;
@@ -216,7 +218,8 @@ impl LlamaForSequenceClassification {
                 } else {
                     None
                 };
-                Ok(Linear::with_lora(name, weight, bias, lora, k, device))
+                let targeted = targets.matches(&format!("model.{name}"));
+                Ok(Linear::with_lora(targeted, weight, bias, lora, k, device))
             };
         let norm = |name: &str| -> Result<RmsNorm, TrainError> {
             Ok(RmsNorm {
@@ -250,12 +253,22 @@ impl LlamaForSequenceClassification {
                 down_proj: linear(&format!("{l}.mlp.down_proj"), h, c.intermediate_size, mb)?,
             });
         }
-        let embed_tokens = weights.get(&format!("{p}embed_tokens.weight"), &[c.vocab_size, h])?;
+        let embed_weight = weights.get(&format!("{p}embed_tokens.weight"), &[c.vocab_size, h])?;
         let lm_head = match weights.get_opt("lm_head.weight", &[c.vocab_size, h])? {
             Some(w) => Some(w),
-            None if c.tie_word_embeddings => Some(embed_tokens.shallow_clone()),
+            None if c.tie_word_embeddings => Some(embed_weight.shallow_clone()),
             None => None,
         };
+        // LlamaModel's embed_tokens has padding_idx = pad_token_id.
+        let embed_tokens = Embedding::with_lora(
+            targets.matches("model.embed_tokens"),
+            embed_weight,
+            c.pad_token_id.unwrap_or(-1),
+            lora,
+            k,
+            device,
+        );
+        targets.check()?;
         Ok(LlamaForSequenceClassification {
             embed_tokens,
             lm_head,
@@ -298,7 +311,7 @@ impl LlamaForSequenceClassification {
         let s = batch.input_ids.size();
         let (n, t) = (s[0], s[1]);
         let dev = batch.input_ids.device();
-        let mut x = Tensor::embedding(&self.embed_tokens, &batch.input_ids, -1, false, false);
+        let mut x = self.embed_tokens.forward(&batch.input_ids);
         let kind = x.kind();
         let hd = c.head_dim();
         // cos/sin [1, 1, T, hd] in fp32, then in the compute dtype, as transformers does.
@@ -361,6 +374,8 @@ impl SequenceClassifier for LlamaForSequenceClassification {
 
     fn trainable(&self) -> Vec<TrainParam> {
         let mut out = Vec::new();
+        self.embed_tokens
+            .push_lora_params("model.embed_tokens", &mut out);
         for (name, l) in self.linears() {
             l.push_lora_params(&name, &mut out);
         }
@@ -370,7 +385,7 @@ impl SequenceClassifier for LlamaForSequenceClassification {
 
     fn frozen(&self) -> Vec<Tensor> {
         let mut out = vec![
-            self.embed_tokens.shallow_clone(),
+            self.embed_tokens.weight.shallow_clone(),
             self.norm.weight.shallow_clone(),
         ];
         for (_, l) in self.linears() {

@@ -6,7 +6,9 @@
 //! is one batched matmul. One cell is K = 1.
 
 use crate::bert::{ParamRole, TrainParam};
-use etagrid_spec::{InitScheme, LoraSpec};
+use crate::TrainError;
+use etagrid_spec::{InitScheme, LoraSpec, TargetModules};
+use std::cell::RefCell;
 use tch::{Device, Kind, Tensor};
 
 /// A frozen linear layer, optionally with adapters.
@@ -83,10 +85,10 @@ impl LoraAdapter {
 }
 
 impl Linear {
-    /// A frozen layer `weight` [out, in] (+ `bias`), with K adapters when the module `name` is
-    /// one of `lora.target_modules`.
+    /// A frozen layer `weight` [out, in] (+ `bias`), with K adapters when `targeted` (see
+    /// [`Targets::matches`]).
     pub fn with_lora(
-        name: &str,
+        targeted: bool,
         weight: Tensor,
         bias: Option<Tensor>,
         lora: &LoraSpec,
@@ -94,7 +96,7 @@ impl Linear {
         device: Device,
     ) -> Linear {
         let (out_f, in_f) = (weight.size()[0], weight.size()[1]);
-        let adapter = is_target(name, &lora.target_modules).then(|| {
+        let adapter = targeted.then(|| {
             LoraAdapter::new(
                 k,
                 lora.rank as i64,
@@ -160,4 +162,170 @@ pub fn is_target(name: &str, targets: &[String]) -> bool {
     targets
         .iter()
         .any(|t| name == t || name.ends_with(&format!(".{t}")))
+}
+
+/// PEFT's target selection over one model's modules. Models ask [`Targets::matches`] with each
+/// LoRA-capable module's full name as transformers names it (`bert.encoder.layer.0.attention.
+/// self.query`, `transformer.h.0.attn.c_attn`, `model.layers.0.self_attn.q_proj`,
+/// `model.embed_tokens`, …), then call [`Targets::check`]: targets that select nothing are an
+/// error listing the module names that exist.
+pub struct Targets {
+    spec: TargetModules,
+    regex: Option<regex::Regex>,
+    /// Every name asked about, and whether it matched.
+    seen: RefCell<Vec<(String, bool)>>,
+}
+
+impl Targets {
+    pub fn new(spec: &TargetModules) -> Result<Targets, TrainError> {
+        let regex = match spec {
+            TargetModules::Regex(r) => {
+                Some(TargetModules::compile(r).map_err(|e| {
+                    TrainError::LoraTargets(format!("{r:?} is not a valid regex: {e}"))
+                })?)
+            }
+            TargetModules::List(_) => None,
+        };
+        Ok(Targets {
+            spec: spec.clone(),
+            regex,
+            seen: RefCell::new(Vec::new()),
+        })
+    }
+
+    /// Whether the module `full_name` gets LoRA: list → equal to an entry or ending in
+    /// `.entry`; regex → matches the whole name (Python's `re.fullmatch`).
+    pub fn matches(&self, full_name: &str) -> bool {
+        let hit = match (&self.spec, &self.regex) {
+            (_, Some(re)) => re.is_match(full_name),
+            (TargetModules::List(l), None) => is_target(full_name, l),
+            (TargetModules::Regex(_), None) => false,
+        };
+        self.seen.borrow_mut().push((full_name.to_owned(), hit));
+        hit
+    }
+
+    /// An error when the targets are not empty but selected no module (PEFT refuses this too),
+    /// naming the modules that exist with layer numbers abbreviated to `*`.
+    pub fn check(&self) -> Result<(), TrainError> {
+        let seen = self.seen.borrow();
+        if self.spec.is_empty() || seen.iter().any(|(_, hit)| *hit) {
+            return Ok(());
+        }
+        let mut names: Vec<String> = Vec::new();
+        for (n, _) in seen.iter() {
+            let abbreviated = n
+                .split('.')
+                .map(|part| {
+                    if part.chars().all(|c| c.is_ascii_digit()) {
+                        "*"
+                    } else {
+                        part
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(".");
+            if !names.contains(&abbreviated) {
+                names.push(abbreviated);
+            }
+        }
+        Err(TrainError::LoraTargets(format!(
+            "{} matches no module of this model. Its LoRA-capable modules (`*` = any layer \
+             number) are: {}. Give a list of name suffixes (e.g. [\"query\", \"value\"]) or one \
+             regex that matches a whole name",
+            self.spec,
+            names.join(", ")
+        )))
+    }
+}
+
+/// LoRA on an embedding layer, as PEFT's `lora.Embedding`: A [K, r, vocab], B [K, dim, r] (PEFT's
+/// `lora_embedding_A` / `lora_embedding_B` layouts), output = embedding(ids, W) +
+/// embedding(ids, Aᵀ)·Bᵀ·scaling. Initialised as PEFT does whatever the `init` scheme: A zero,
+/// B standard normal. No dropout (PEFT applies none to embeddings). Rows at `padding_idx`
+/// get no gradient, as in `F.embedding(..., padding_idx=…)`.
+pub struct EmbeddingAdapter {
+    /// [K, r, vocab]
+    pub a: Tensor,
+    /// [K, dim, r]
+    pub b: Tensor,
+    pub scaling: f64,
+}
+
+/// A frozen embedding table [vocab, dim], optionally with K adapters.
+pub struct Embedding {
+    pub weight: Tensor,
+    /// -1: none.
+    pub padding_idx: i64,
+    pub lora: Option<EmbeddingAdapter>,
+}
+
+impl Embedding {
+    /// A frozen table, with K adapters when `targeted`. Draws B from the global generator on the
+    /// CPU (same seed, same adapters on every device).
+    pub fn with_lora(
+        targeted: bool,
+        weight: Tensor,
+        padding_idx: i64,
+        lora: &LoraSpec,
+        k: i64,
+        device: Device,
+    ) -> Embedding {
+        let (vocab, dim) = (weight.size()[0], weight.size()[1]);
+        let r = lora.rank as i64;
+        let adapter = targeted.then(|| {
+            let opts = (Kind::Float, Device::Cpu);
+            let a = Tensor::zeros([k, r, vocab], opts);
+            let b = Tensor::randn([k, dim, r], opts);
+            EmbeddingAdapter {
+                a: a.to_device(device).set_requires_grad(true),
+                b: b.to_device(device).set_requires_grad(true),
+                scaling: lora.scaling(),
+            }
+        });
+        Embedding {
+            weight,
+            padding_idx,
+            lora: adapter,
+        }
+    }
+
+    /// [K·b, T] ids → [K·b, T, dim]; rows k·b..(k+1)·b go through adapter k.
+    pub fn forward(&self, ids: &Tensor) -> Tensor {
+        let base = Tensor::embedding(&self.weight, ids, self.padding_idx, false, false);
+        let Some(l) = &self.lora else {
+            return base;
+        };
+        let k = l.a.size()[0];
+        let kind = base.kind();
+        let delta: Vec<Tensor> = ids
+            .chunk(k, 0)
+            .iter()
+            .enumerate()
+            .map(|(i, ids_k)| {
+                let i = i as i64;
+                let a_t = l.a.get(i).transpose(0, 1).to_kind(kind); // [vocab, r]
+                let b_t = l.b.get(i).transpose(0, 1).to_kind(kind); // [r, dim]
+                Tensor::embedding(&a_t, ids_k, self.padding_idx, false, false).matmul(&b_t)
+            })
+            .collect();
+        base + Tensor::cat(&delta, 0) * l.scaling
+    }
+
+    /// Its adapters as trainables named `{name}.lora_embedding_A` / `{name}.lora_embedding_B`
+    /// (PEFT's saved names).
+    pub fn push_lora_params(&self, name: &str, out: &mut Vec<TrainParam>) {
+        if let Some(a) = &self.lora {
+            out.push(TrainParam {
+                name: format!("{name}.lora_embedding_A"),
+                tensor: a.a.shallow_clone(),
+                role: ParamRole::Embedding,
+            });
+            out.push(TrainParam {
+                name: format!("{name}.lora_embedding_B"),
+                tensor: a.b.shallow_clone(),
+                role: ParamRole::Embedding,
+            });
+        }
+    }
 }

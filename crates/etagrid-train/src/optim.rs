@@ -6,6 +6,7 @@
 //! | `A`        | `lora_A`, and every other 2-D trainable   | η_A | wd           |
 //! | `B`        | `lora_B`                                  | η_B | wd           |
 //! | `B_no_decay` | 1-D trainables (e.g. the head's bias)   | η_B | 0            |
+//! | `embedding` | `lora_embedding_A`/`_B` (LoRA on embeddings) | `embedding_lr` (fixed, 1e-6) | wd |
 //!
 //! Every trainable tensor is stacked over K adapters (leading dimension), and η_A, η_B are
 //! tensors of K values, so K grid cells with different rates step in one call.
@@ -19,6 +20,7 @@ pub enum Group {
     A,
     B,
     BNoDecay,
+    Embedding,
 }
 
 impl Group {
@@ -26,6 +28,7 @@ impl Group {
         match role {
             ParamRole::LoraA => Group::A,
             ParamRole::LoraB => Group::B,
+            ParamRole::Embedding => Group::Embedding,
             ParamRole::Other { dims } if dims >= 2 => Group::A,
             ParamRole::Other { .. } => Group::BNoDecay,
         }
@@ -35,6 +38,7 @@ impl Group {
             Group::A => "A",
             Group::B => "B",
             Group::BNoDecay => "B_no_decay",
+            Group::Embedding => "embedding",
         }
     }
 }
@@ -51,6 +55,8 @@ pub struct LoraPlusAdamW {
     /// [K] learning rates of each adapter, before the schedule's multiplier.
     lr_a: Tensor,
     lr_b: Tensor,
+    /// The embedding group's rate, the same for every adapter.
+    lr_embedding: f64,
     weight_decay: f64,
     beta1: f64,
     beta2: f64,
@@ -87,6 +93,7 @@ impl LoraPlusAdamW {
             lr_b: Tensor::from_slice(lr_b)
                 .to_kind(Kind::Float)
                 .to_device(device),
+            lr_embedding: etagrid_spec::DEFAULT_EMBEDDING_LR,
             weight_decay,
             beta1: 0.9,
             beta2: 0.999,
@@ -95,14 +102,28 @@ impl LoraPlusAdamW {
         }
     }
 
+    /// The fixed rate of the embedding group (`[lora] embedding_lr`; default 1e-6 as PEFT's
+    /// `loraplus_lr_embedding`). The schedule multiplies it like every other rate.
+    pub fn with_embedding_lr(mut self, lr: f64) -> LoraPlusAdamW {
+        self.lr_embedding = lr;
+        self
+    }
+
+    /// Each group's rate, decay and size; the embedding group only when it has members (so
+    /// cells without LoRA on embeddings record the three groups they always did).
     pub fn groups(&self, lr_a: f64, lr_b: f64) -> Vec<ParamGroupInfo> {
-        [Group::A, Group::B, Group::BNoDecay]
+        [Group::A, Group::Embedding, Group::B, Group::BNoDecay]
             .into_iter()
+            .filter(|&g| g != Group::Embedding || self.slots.iter().any(|s| s.group == g))
             .map(|g| {
                 let members: Vec<&Slot> = self.slots.iter().filter(|s| s.group == g).collect();
                 ParamGroupInfo {
                     name: g.name().into(),
-                    lr: if g == Group::A { lr_a } else { lr_b },
+                    lr: match g {
+                        Group::A => lr_a,
+                        Group::Embedding => self.lr_embedding,
+                        Group::B | Group::BNoDecay => lr_b,
+                    },
                     weight_decay: if g == Group::BNoDecay {
                         0.0
                     } else {
@@ -151,10 +172,12 @@ impl LoraPlusAdamW {
                 let mut shape = vec![-1i64];
                 shape.resize(dims, 1);
                 let lr = match s.group {
-                    Group::A => &lr_a,
-                    Group::B | Group::BNoDecay => &lr_b,
-                }
-                .reshape(shape.as_slice());
+                    Group::A => lr_a.reshape(shape.as_slice()),
+                    Group::B | Group::BNoDecay => lr_b.reshape(shape.as_slice()),
+                    Group::Embedding => Tensor::from(self.lr_embedding * multiplier)
+                        .to_kind(Kind::Float)
+                        .to_device(lr_a.device()),
+                };
                 let p = &mut s.param.tensor;
                 let decay = if s.group == Group::BNoDecay { 0.0 } else { wd };
                 if decay != 0.0 {

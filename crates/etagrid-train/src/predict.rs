@@ -9,7 +9,7 @@ use crate::model::{load_classifier, SequenceClassifier};
 use crate::weights::Weights;
 use crate::{device, TrainError};
 use etagrid_spec::protocol::JobDevice;
-use etagrid_spec::{InitScheme, LoraSpec};
+use etagrid_spec::{LoraSpec, TargetModules};
 use safetensors::SafeTensors;
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
@@ -49,22 +49,25 @@ fn read_adapter(dir: &Path) -> Result<Adapter, TrainError> {
         })
     };
     let targets = match field("target_modules")? {
-        serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+        serde_json::Value::Array(a) => TargetModules::List(
+            a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+        ),
+        serde_json::Value::String(r) => TargetModules::Regex(r.clone()),
         _ => {
             return Err(TrainError::Config {
                 path: cfg_path,
-                message: "`target_modules` must be a list of module names (regex forms are not supported yet)".into(),
+                message: "`target_modules` must be a list of module names or one regex string"
+                    .into(),
             })
         }
     };
     let rank = field("r")?.as_u64().unwrap_or(8) as usize;
-    let lora = LoraSpec {
+    let mut lora = LoraSpec::new(
         rank,
-        alpha: field("lora_alpha")?.as_f64().unwrap_or(rank as f64),
-        dropout: 0.0,
-        target_modules: targets,
-        init: InitScheme::Lora,
-    };
+        field("lora_alpha")?.as_f64().unwrap_or(rank as f64),
+        targets,
+    );
+    lora.use_rslora = cfg.get("use_rslora").and_then(|v| v.as_bool()).unwrap_or(false);
     let file = dir.join("adapter_model.safetensors");
     let bytes = std::fs::read(&file).map_err(|source| TrainError::Io {
         path: file.clone(),
@@ -193,13 +196,7 @@ pub fn predict(
     let lora = adapter
         .as_ref()
         .map(|a| a.lora.clone())
-        .unwrap_or(LoraSpec {
-            rank: 1,
-            alpha: 1.0,
-            dropout: 0.0,
-            target_modules: Vec::new(),
-            init: InitScheme::Lora,
-        });
+        .unwrap_or(LoraSpec::new(1, 1.0, TargetModules::none()));
     let weights = Weights::load(&o.model_dir, device, Kind::Float)?;
     tch::manual_seed(0);
     let model = load_classifier(

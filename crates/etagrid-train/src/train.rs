@@ -141,7 +141,8 @@ pub fn run_job(
     let pad = model.pad_token_id();
     let trainable = model.trainable();
     let trainable_params = trainable.iter().map(|p| p.tensor.numel() as u64).sum();
-    let mut opt = LoraPlusAdamW::new(trainable, &[cfg.lr_a], &[cfg.lr_b], tr.weight_decay);
+    let mut opt = LoraPlusAdamW::new(trainable, &[cfg.lr_a], &[cfg.lr_b], tr.weight_decay)
+        .with_embedding_lr(cfg.lora.embedding_lr);
 
     let mut order = BatchOrder::new(data.train.len(), tr.batch_size, cfg.seed);
     let total_steps = match tr.length {

@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use etagrid_spec::{InitScheme, LoraSpec};
+use etagrid_spec::{InitScheme, LoraSpec, TargetModules};
 use etagrid_train::data::{collate, load_tokenizer};
 use etagrid_train::model::{load_classifier, SequenceClassifier};
 use etagrid_train::optim::{Group, LoraPlusAdamW};
@@ -25,11 +25,8 @@ fn load(name: &str, targets: &[&str], init: InitScheme) -> Box<dyn SequenceClass
     let d = dir(name);
     let weights = Weights::load(&d, Device::Cpu, Kind::Float).expect("weights");
     let lora = LoraSpec {
-        rank: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        target_modules: targets.iter().map(|t| t.to_string()).collect(),
         init,
+        ..LoraSpec::new(4, 8.0, TargetModules::list(targets))
     };
     tch::manual_seed(0);
     load_classifier(&d, &weights, 3, &lora, 1, Device::Cpu).expect("model")

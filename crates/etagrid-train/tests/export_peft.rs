@@ -4,34 +4,33 @@
 
 mod common;
 
-use common::{encode_inputs, max_abs_diff, LLAMA_ALL_PROJ};
-use etagrid_spec::{InitScheme, LoraSpec};
+use common::{encode_inputs, max_abs_diff, python, script, LLAMA_ALL_PROJ};
+use etagrid_spec::{InitScheme, LoraSpec, TargetModules};
 use etagrid_train::data::{collate, load_tokenizer};
+use etagrid_spec::protocol::JobDevice;
 use etagrid_train::export::save_peft_adapter;
+use etagrid_train::predict::{predict, PredictOptions};
 use etagrid_train::model::{load_classifier, model_type};
 use etagrid_train::weights::Weights;
 use std::path::PathBuf;
 use std::process::Command;
 use tch::{Device, Kind, Tensor};
 
-fn python() -> PathBuf {
-    std::env::var("VIRTUAL_ENV")
-        .map(|v| PathBuf::from(v).join("bin/python"))
-        .unwrap_or_else(|_| PathBuf::from("python3"))
+fn round_trip(fixture: &str, targets: &[&str]) {
+    round_trip_with(
+        fixture,
+        LoraSpec {
+            init: InitScheme::Lora,
+            ..LoraSpec::new(4, 8.0, TargetModules::list(targets))
+        },
+    );
 }
 
-fn round_trip(fixture: &str, targets: &[&str]) {
+fn round_trip_with(fixture: &str, lora: LoraSpec) -> serde_json::Value {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(fixture);
     let weights = Weights::load(&dir, Device::Cpu, Kind::Float).expect("weights");
-    let lora = LoraSpec {
-        rank: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        target_modules: targets.iter().map(|t| t.to_string()).collect(),
-        init: InitScheme::Lora,
-    };
     tch::manual_seed(0);
     let model = load_classifier(&dir, &weights, 3, &lora, 2, Device::Cpu).expect("model");
     // Random adapters and heads, different in the two stacked cells; export cell 1.
@@ -72,7 +71,7 @@ fn round_trip(fixture: &str, targets: &[&str]) {
 
     let ids = serde_json::to_string(&enc.ids).expect("ids");
     let run = Command::new(python())
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/peft_logits.py"))
+        .arg(script("peft_logits.py"))
         .args([
             &dir.display().to_string(),
             &adapter.display().to_string(),
@@ -105,6 +104,37 @@ fn round_trip(fixture: &str, targets: &[&str]) {
         max_abs_diff(&plain, &theirs) > 1e-3,
         "{fixture}: the adapter did not change anything"
     );
+    // `etagrid predict --adapter` reads the same adapter (list or regex targets, rsLoRA,
+    // embedding LoRA) back into the same logits.
+    let input = out.path().join("inputs.jsonl");
+    let lines: Vec<String> = texts
+        .iter()
+        .map(|t| serde_json::json!({ "text": t }).to_string())
+        .collect();
+    std::fs::write(&input, lines.join("\n")).expect("write inputs");
+    let mut rows = Vec::new();
+    predict(
+        &PredictOptions {
+            model_dir: dir.clone(),
+            adapter: Some(adapter.clone()),
+            input,
+            max_len: 64,
+            batch_size: 2,
+            lm: false,
+            device: JobDevice::Cpu,
+        },
+        &mut |v| rows.push(v),
+    )
+    .expect("predict");
+    let predicted: Vec<f64> = rows
+        .iter()
+        .flat_map(|r| serde_json::from_value::<Vec<f64>>(r["logits"].clone()).expect("logits"))
+        .collect();
+    let predicted = Tensor::from_slice(&predicted).reshape([3, 3]);
+    let d = max_abs_diff(&ours, &predicted);
+    assert!(d <= 1e-5, "{fixture}: etagrid predict with the adapter differs by {d:e}");
+    let cfg = std::fs::read_to_string(adapter.join("adapter_config.json")).expect("config");
+    serde_json::from_str(&cfg).expect("config json")
 }
 
 #[test]
@@ -125,4 +155,26 @@ fn gpt2_adapter_exported_by_etagrid_loads_in_peft_with_the_same_logits() {
 #[test]
 fn llama_adapter_exported_by_etagrid_loads_in_peft_with_the_same_logits() {
     round_trip("tiny-llama-gqa", LLAMA_ALL_PROJ);
+}
+
+#[test]
+fn regex_rslora_and_embedding_adapter_is_written_as_peft_config_and_loads_with_the_same_logits() {
+    let pattern =
+        r"bert\.(encoder\.layer\.\d+\.attention\.self\.(query|value)|embeddings\.word_embeddings)";
+    let lora = LoraSpec {
+        use_rslora: true,
+        ..LoraSpec::new(4, 8.0, TargetModules::Regex(pattern.into()))
+    };
+    let cfg = round_trip_with("tiny-bert", lora);
+    assert_eq!(cfg["target_modules"], serde_json::json!(pattern), "regex kept as a string");
+    assert_eq!(cfg["use_rslora"], serde_json::json!(true));
+    let cfg = round_trip_with(
+        "tiny-llama-gqa",
+        LoraSpec::new(4, 8.0, TargetModules::list(&["q_proj", "v_proj", "embed_tokens"])),
+    );
+    assert_eq!(
+        cfg["target_modules"],
+        serde_json::json!(["q_proj", "v_proj", "embed_tokens"])
+    );
+    assert_eq!(cfg["use_rslora"], serde_json::json!(false));
 }

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use etagrid_spec::InitScheme;
+use etagrid_spec::{InitScheme, TargetModules};
 use etagrid_train::bert::{Batch, BertConfig, BertForSequenceClassification};
 use etagrid_train::optim::LoraPlusAdamW;
 use etagrid_train::train::loss;
@@ -17,7 +17,7 @@ fn batch() -> Batch {
 /// The same checkpoint with no adapters at all: the base model.
 fn base_model() -> BertForSequenceClassification {
     let mut spec = lora_spec(4, 8.0, InitScheme::Lora);
-    spec.target_modules = vec!["no_such_module".into()];
+    spec.target_modules = TargetModules::none();
     tiny_model(&spec, 0)
 }
 
@@ -99,9 +99,32 @@ fn lora_freezes_base_and_trains_adapter_and_head() {
 
 #[test]
 fn stacked_adapters_give_each_cell_the_output_it_would_get_alone() {
-    // K = 2 adapters on one base, each with its own (A, B, head), against two K = 1 models.
+    stacked_matches_alone(lora_spec(4, 8.0, InitScheme::Loraplus));
+}
+
+#[test]
+fn stacked_embedding_adapters_give_each_cell_the_output_it_would_get_alone() {
+    let mut spec = lora_spec(4, 8.0, InitScheme::Lora);
+    spec.target_modules = TargetModules::list(&["query", "value", "word_embeddings"]);
+    let names: Vec<String> = tiny_model(&spec, 0)
+        .trainable()
+        .into_iter()
+        .map(|p| p.name)
+        .filter(|n| n.contains("lora_embedding"))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "bert.embeddings.word_embeddings.lora_embedding_A",
+            "bert.embeddings.word_embeddings.lora_embedding_B",
+        ]
+    );
+    stacked_matches_alone(spec);
+}
+
+/// K = 2 adapters on one base, each with its own (A, B, head), against two K = 1 models.
+fn stacked_matches_alone(spec: etagrid_spec::LoraSpec) {
     let dir = fixture_dir();
-    let spec = lora_spec(4, 8.0, InitScheme::Loraplus);
     let weights = Weights::load(&dir, Device::Cpu, Kind::Float).expect("weights");
     let config = BertConfig::load(&dir).expect("config");
     tch::manual_seed(11);
@@ -195,4 +218,89 @@ fn per_adapter_learning_rates_step_each_adapter_with_its_own_rate() {
             );
         }
     }
+}
+
+#[test]
+fn targets_that_match_no_module_are_an_error_naming_the_field_and_the_modules() {
+    let dir = fixture_dir();
+    let weights = Weights::load(&dir, Device::Cpu, Kind::Float).expect("weights");
+    for targets in [
+        TargetModules::list(&["no_such_module"]),
+        // A regex must match a whole name: a bare "query" matches nothing.
+        TargetModules::Regex("query".into()),
+    ] {
+        let mut spec = lora_spec(4, 8.0, InitScheme::Lora);
+        spec.target_modules = targets.clone();
+        let err = BertForSequenceClassification::load(
+            BertConfig::load(&dir).expect("config"),
+            &weights,
+            3,
+            &spec,
+            1,
+            Device::Cpu,
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{targets} must not load"));
+        let message = err.to_string();
+        for needle in [
+            "lora.target_modules",
+            "matches no module",
+            "bert.encoder.layer.*.attention.self.query",
+            "bert.embeddings.word_embeddings",
+        ] {
+            assert!(message.contains(needle), "{needle:?} missing from: {message}");
+        }
+    }
+}
+
+#[test]
+fn regex_targets_select_whole_module_names_only() {
+    let mut spec = lora_spec(4, 8.0, InitScheme::Lora);
+    spec.target_modules =
+        TargetModules::Regex(r"bert\.encoder\.layer\.0\.attention\.self\.(query|value)".into());
+    let names: Vec<String> = tiny_model(&spec, 0)
+        .trainable()
+        .into_iter()
+        .map(|p| p.name)
+        .filter(|n| n.contains("lora_"))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "bert.encoder.layer.0.attention.self.query.lora_A.weight",
+            "bert.encoder.layer.0.attention.self.query.lora_B.weight",
+            "bert.encoder.layer.0.attention.self.value.lora_A.weight",
+            "bert.encoder.layer.0.attention.self.value.lora_B.weight",
+        ]
+    );
+}
+
+#[test]
+fn rslora_scaling_is_alpha_over_sqrt_r_and_reaches_the_forward_pass() {
+    assert_eq!(lora_spec(4, 8.0, InitScheme::Lora).scaling(), 2.0);
+    let mut rs = lora_spec(4, 8.0, InitScheme::Lora);
+    rs.use_rslora = true;
+    assert_eq!(rs.scaling(), 4.0);
+    // Same adapters (same seed), scaling 2 vs 4: different outputs.
+    let b = batch();
+    let out: Vec<Tensor> = [false, true]
+        .into_iter()
+        .map(|use_rslora| {
+            let mut spec = lora_spec(4, 8.0, InitScheme::Loraplus);
+            spec.use_rslora = use_rslora;
+            let model = tiny_model(&spec, 3);
+            tch::manual_seed(11);
+            tch::no_grad(|| {
+                for p in model.trainable().iter().filter(|p| p.name.contains("lora_A")) {
+                    let mut t = p.tensor.shallow_clone();
+                    t.copy_(&(Tensor::rand_like(&t) * 0.1));
+                }
+            });
+            model.forward(&b, false)
+        })
+        .collect();
+    assert!(
+        max_abs_diff(&out[0], &out[1]) > 1e-4,
+        "rsLoRA did not change the output"
+    );
 }

@@ -1,7 +1,8 @@
 //! Our RoBERTa against transformers' `RobertaForSequenceClassification` on the tiny fixture
 //! (tests/fixtures/tiny-roberta, made by scripts/make_roberta_fixture.py): byte-level BPE
-//! tokenizer, positions from pad_token_id + 1, dense → tanh → out_proj head.
-//! Tolerance: fp32, max |difference| ≤ 1e-4.
+//! tokenizer, positions from pad_token_id + 1, dense → tanh → out_proj head; and
+//! tests/fixtures/tiny-roberta-tt (same script): `type_vocab_size = 2` with pair inputs whose second
+//! segment has token type 1. Tolerance: fp32, max |difference| ≤ 1e-4.
 
 mod common;
 
@@ -13,19 +14,33 @@ use etagrid_train::weights::Weights;
 use std::path::PathBuf;
 use tch::{Device, Kind};
 
-fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-roberta")
+const PLAIN: &str = "tiny-roberta";
+/// type_vocab_size = 2, pair segments typed 0 / 1.
+const TOKEN_TYPES: &str = "tiny-roberta-tt";
+
+fn dir_of(fixture: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(fixture)
+}
+
+fn reference_of(fixture: &str) -> serde_json::Value {
+    let path = dir_of(fixture).join("reference.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json")
 }
 
 fn reference() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(dir().join("reference.json")).expect("read"))
-        .expect("json")
+    reference_of(PLAIN)
 }
 
 fn model() -> BertForSequenceClassification {
-    let config = BertConfig::load(&dir()).expect("config");
+    model_of(PLAIN)
+}
+
+fn model_of(fixture: &str) -> BertForSequenceClassification {
+    let config = BertConfig::load(&dir_of(fixture)).expect("config");
     assert!(config.is_roberta());
-    let weights = Weights::load(&dir(), Device::Cpu, Kind::Float).expect("weights");
+    let weights = Weights::load(&dir_of(fixture), Device::Cpu, Kind::Float).expect("weights");
     tch::manual_seed(0);
     BertForSequenceClassification::load(
         config,
@@ -39,7 +54,11 @@ fn model() -> BertForSequenceClassification {
 }
 
 fn encode(r: &serde_json::Value) -> Encoded {
-    let tok = load_tokenizer(&dir(), 64).expect("tokenizer");
+    encode_of(PLAIN, r)
+}
+
+fn encode_of(fixture: &str, r: &serde_json::Value) -> Encoded {
+    let tok = load_tokenizer(&dir_of(fixture), 64).expect("tokenizer");
     let owned = reference_inputs(r);
     let pairs: Vec<(&str, Option<&str>)> = owned
         .iter()
@@ -57,14 +76,40 @@ fn roberta_tokenizer_gives_the_same_ids_as_transformers() {
 
 #[test]
 fn roberta_logits_match_transformers_alone_and_in_a_padded_batch() {
-    let r = reference();
-    let enc = encode(&r);
-    let m = model();
+    logits_match(PLAIN);
+}
+
+#[test]
+fn roberta_with_token_types_gives_transformers_ids_types_and_logits() {
+    let r = reference_of(TOKEN_TYPES);
+    let enc = encode_of(TOKEN_TYPES, &r);
+    let want: Vec<Vec<i64>> = serde_json::from_value(r["input_ids"].clone()).expect("ids");
+    assert_eq!(enc.ids, want);
+    let types: Vec<Vec<i64>> = serde_json::from_value(r["token_type_ids"].clone()).expect("types");
+    assert_eq!(enc.type_ids, types);
+    assert!(
+        types.iter().filter(|t| t.contains(&1)).count() >= 3,
+        "the fixture has pairs with type-1 segments"
+    );
+    logits_match(TOKEN_TYPES);
+    // The types reach the model: all-zero types give other logits.
+    let m = model_of(TOKEN_TYPES);
+    let all: Vec<usize> = (0..enc.len()).collect();
+    let mut batch = collate(&enc, &all, 1, Device::Cpu);
+    let with_types = m.forward(&batch, false);
+    batch.token_type_ids = batch.token_type_ids.zeros_like();
+    assert!(max_abs_diff(&m.forward(&batch, false), &with_types) > 1e-3);
+}
+
+fn logits_match(fixture: &str) {
+    let r = reference_of(fixture);
+    let enc = encode_of(fixture, &r);
+    let m = model_of(fixture);
     let want = tensor(&r["logits"], Kind::Float);
     for i in 0..enc.len() {
         let logits = m.forward(&collate(&enc, &[i], 1, Device::Cpu), false);
         let d = max_abs_diff(&logits, &want.get(i as i64).unsqueeze(0));
-        assert!(d <= 1e-4, "input {i}: logits differ by {d:e}");
+        assert!(d <= 1e-4, "{fixture} input {i}: logits differ by {d:e}");
     }
     let all: Vec<usize> = (0..enc.len()).collect();
     // Padding with RoBERTa's pad id (1) must not move any position id or logit.
@@ -72,7 +117,7 @@ fn roberta_logits_match_transformers_alone_and_in_a_padded_batch() {
         &m.forward(&collate(&enc, &all, 1, Device::Cpu), false),
         &want,
     );
-    assert!(d <= 1e-4, "padded batch: logits differ by {d:e}");
+    assert!(d <= 1e-4, "{fixture} padded batch: logits differ by {d:e}");
 }
 
 #[test]

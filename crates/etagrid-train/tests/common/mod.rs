@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use etagrid_spec::{InitScheme, LoraSpec};
+use etagrid_spec::{InitScheme, LoraSpec, TargetModules};
 use etagrid_train::bert::{Batch, BertConfig, BertForSequenceClassification};
 use etagrid_train::data::{tokenize, Encoded};
 use etagrid_train::weights::Weights;
@@ -57,11 +57,8 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 pub fn lora_spec(rank: usize, alpha: f64, init: InitScheme) -> LoraSpec {
     LoraSpec {
-        rank,
-        alpha,
-        dropout: 0.0,
-        target_modules: vec!["query".into(), "value".into()],
         init,
+        ..LoraSpec::new(rank, alpha, TargetModules::list(&["query", "value"]))
     }
 }
 
@@ -84,17 +81,35 @@ pub fn reference_batch(r: &Value) -> Batch {
     }
 }
 
-/// PEFT's name for one of our trainable tensors.
+/// PEFT's name for one of our trainable tensors (heads live under `modules_to_save.default`,
+/// adapters under the adapter name `default`).
 pub fn peft_name(ours: &str) -> String {
-    match ours {
-        "classifier.weight" => "base_model.model.classifier.modules_to_save.default.weight".into(),
-        "classifier.bias" => "base_model.model.classifier.modules_to_save.default.bias".into(),
-        lora => format!(
-            "base_model.model.{}",
-            lora.replace(".lora_A.weight", ".lora_A.default.weight")
-                .replace(".lora_B.weight", ".lora_B.default.weight")
-        ),
+    for head in ["classifier", "score"] {
+        if let Some(rest) = ours.strip_prefix(&format!("{head}.")) {
+            return format!("base_model.model.{head}.modules_to_save.default.{rest}");
+        }
     }
+    let name = ours
+        .replace(".lora_A.weight", ".lora_A.default.weight")
+        .replace(".lora_B.weight", ".lora_B.default.weight");
+    let name = if name.ends_with(".lora_embedding_A") || name.ends_with(".lora_embedding_B") {
+        format!("{name}.default")
+    } else {
+        name
+    };
+    format!("base_model.model.{name}")
+}
+
+/// The venv's python (scripts/setup.sh), for tests that ask transformers + PEFT.
+pub fn python() -> PathBuf {
+    std::env::var("VIRTUAL_ENV")
+        .map(|v| PathBuf::from(v).join("bin/python"))
+        .unwrap_or_else(|_| PathBuf::from("python3"))
+}
+
+/// A checked-in script under scripts/.
+pub fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts").join(name)
 }
 
 /// Token ids of `inputs` (text, optional pair) through etagrid's own tokenization, label 0 each.
