@@ -53,15 +53,20 @@ impl StoreUrl {
         let lower = s.to_ascii_lowercase();
         if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
             // Let sqlx check the rest (host, port, parameters) now rather than at connect time.
-            sqlx::postgres::PgConnectOptions::from_str(s)
-                .map_err(|e| bad(&format!("{e}; expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE")))?;
+            sqlx::postgres::PgConnectOptions::from_str(s).map_err(|e| {
+                bad(&format!(
+                    "{e}; expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+                ))
+            })?;
             return Ok(StoreUrl::Postgres(s.to_owned()));
         }
         if let Some(rest) = lower.strip_prefix("sqlite:") {
             let path = &s[s.len() - rest.len()..];
             let path = path.strip_prefix("//").unwrap_or(path);
             if path.is_empty() || path.starts_with('?') || path.contains(":memory:") {
-                return Err(bad("an SQLite store needs a file path, e.g. sqlite://.etagrid/etagrid.sqlite"));
+                return Err(bad(
+                    "an SQLite store needs a file path, e.g. sqlite://.etagrid/etagrid.sqlite",
+                ));
             }
             return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
         }
@@ -180,11 +185,16 @@ pub(crate) async fn connect(url: &StoreUrl) -> Result<AnyPool, StoreError> {
             let any = AnyConnectOptions::from_url(&sqlite.to_url_lossy()).map_err(open_err)?;
             (any, &SQLITE_MIGRATOR)
         }
-        StoreUrl::Postgres(u) => (AnyConnectOptions::from_str(u).map_err(open_err)?, &POSTGRES_MIGRATOR),
+        StoreUrl::Postgres(u) => (
+            AnyConnectOptions::from_str(u).map_err(open_err)?,
+            &POSTGRES_MIGRATOR,
+        ),
     };
     // One direct connection first: the pool retries a refused connection until its timeout and
     // then reports only "pool timed out", while this gives the real cause at once.
-    let probe = AnyConnection::connect_with(&options).await.map_err(open_err)?;
+    let probe = AnyConnection::connect_with(&options)
+        .await
+        .map_err(open_err)?;
     probe.close().await.map_err(open_err)?;
     let backend = url.backend();
     let pool = AnyPoolOptions::new()
@@ -282,7 +292,10 @@ mod tests {
     #[test]
     fn display_hides_the_password_in_userinfo_and_parameters() {
         let u = StoreUrl::parse("postgres://alice:hunter2@db:5432/x?sslmode=disable").expect("url");
-        assert_eq!(u.to_string(), "postgres://alice:***@db:5432/x?sslmode=disable");
+        assert_eq!(
+            u.to_string(),
+            "postgres://alice:***@db:5432/x?sslmode=disable"
+        );
         let u = StoreUrl::parse("postgres://db/x?user=bob&password=hunter2").expect("url");
         assert_eq!(u.to_string(), "postgres://db/x?user=bob&password=***");
         assert_eq!(redact("postgres://bob@db/x"), "postgres://bob@db/x");

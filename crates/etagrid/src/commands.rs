@@ -393,7 +393,13 @@ pub fn worker(job_path: &Path) -> Result<Exit> {
 
 /// Copies the adapter a finished cell saved (`<state>/cells/<sweep>/<cell>/adapter`) to `out`,
 /// with the cell's `labels.json`.
-pub fn export(db: &StoreUrl, state_dir: &Path, sweep: &str, cell: &str, out: &Path) -> Result<Exit> {
+pub fn export(
+    db: &StoreUrl,
+    state_dir: &Path,
+    sweep: &str,
+    cell: &str,
+    out: &Path,
+) -> Result<Exit> {
     let name = sweep_name(sweep)?;
     let (row, cells) = load_sweep(db, &name)?;
     let done: Vec<_> = cells

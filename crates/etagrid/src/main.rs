@@ -25,7 +25,13 @@ struct Cli {
     /// The results store: an SQLite file (a path or sqlite://PATH), or a PostgreSQL database
     /// (postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE) for clusters
     /// [default: <state-dir>/etagrid.sqlite].
-    #[arg(long, global = true, env = "ETAGRID_DB", value_name = "URL", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "ETAGRID_DB",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     db: Option<String>,
     #[command(subcommand)]
     command: Command,
