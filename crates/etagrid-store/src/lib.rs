@@ -11,7 +11,7 @@ pub use backend::{redact, Backend, StoreUrl};
 
 use etagrid_spec::protocol::{CellResult, ParamGroupInfo};
 use etagrid_spec::{Cell, SweepSpec};
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyConnection, AnyPool, Connection, Row};
 use std::collections::BTreeMap;
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +112,23 @@ pub struct CellRow {
     pub config: String,
 }
 
+/// A sweep's run lock from [`Store::try_lock_sweep`] (on PostgreSQL, the session that holds it).
+#[must_use = "the lock is released when this is dropped"]
+#[derive(Debug)]
+pub struct RunLock {
+    conn: Option<AnyConnection>,
+}
+
+impl RunLock {
+    /// Releases the lock now (dropping it also does, once the server sees the session end).
+    pub async fn release(self) -> Result<()> {
+        if let Some(conn) = self.conn {
+            conn.close().await?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EnqueueSummary {
     pub added: usize,
@@ -174,6 +191,34 @@ impl Store {
     /// Which engine this store runs on.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// On PostgreSQL, takes the sweep's advisory lock on a connection of its own, so that no
+    /// second `etagrid run` — on any machine — recovers or runs this sweep's cells meanwhile;
+    /// `None` when another session holds it. The lock lasts until [`RunLock::release`], or until
+    /// the value is dropped or the process dies (the server ends the session). The key is
+    /// `(hashtext('etagrid run'), hashtext(sweep))`, so two sweep names whose 32-bit hashes
+    /// collide would exclude each other, never run together.
+    ///
+    /// On SQLite this takes nothing: there the scheduler's `flock` beside its state directory
+    /// makes it the only writer.
+    pub async fn try_lock_sweep(&self, sweep: &str) -> Result<Option<RunLock>> {
+        if self.backend == Backend::Sqlite {
+            return Ok(Some(RunLock { conn: None }));
+        }
+        let mut conn = self.pool.acquire().await?.detach();
+        let locked: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_lock(hashtext('etagrid run'), hashtext($1))",
+        )
+        .bind(sweep)
+        .fetch_one(&mut conn)
+        .await?;
+        if locked {
+            Ok(Some(RunLock { conn: Some(conn) }))
+        } else {
+            conn.close().await?;
+            Ok(None)
+        }
     }
 
     /// Records the sweep (or refreshes its text) and inserts the cells it does not have yet, in
