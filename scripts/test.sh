@@ -6,6 +6,12 @@ cd "$ETAGRID_ROOT"
 bash scripts/setup.sh
 # Again: on a fresh machine the venv (and so libtorch's directory) exists only now.
 source scripts/env.sh
+# The store tests also run on PostgreSQL: a throw-away local server (a no-op when it is running).
+if [ "${ETAGRID_SKIP_PG:-0}" != 1 ] && [ -z "${ETAGRID_TEST_PG:-}" ]; then
+  bash scripts/pg-local.sh up
+  ETAGRID_TEST_PG="$(bash scripts/pg-local.sh url)"
+  export ETAGRID_TEST_PG
+fi
 printf '\n==> cargo test (release profile: shares the build with the binary)\n' >&2
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

@@ -3,7 +3,7 @@ use crate::memfit::{cells_that_fit, gpu_memory, MemoryFit};
 use crate::progress::Progress;
 use etagrid_spec::protocol::{JobDevice, WorkerEvent, WorkerJob};
 use etagrid_spec::SweepSpec;
-use etagrid_store::{CellRow, CellState, Outcome, Store, StoreError};
+use etagrid_store::{CellRow, CellState, Outcome, Store, StoreError, StoreUrl};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -27,6 +27,8 @@ pub enum SchedError {
     },
     #[error("another `etagrid run` holds {} (it is using this store); wait for it or stop it first", path.display())]
     Locked { path: PathBuf },
+    #[error("another `etagrid run` is running sweep {sweep} with the store {store}; wait for it or stop it first")]
+    SweepLocked { sweep: String, store: String },
     #[error("start the tokio runtime")]
     Runtime(#[source] std::io::Error),
 }
@@ -40,7 +42,8 @@ pub struct WorkerCommand {
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    pub store: PathBuf,
+    /// The results store: an SQLite file or a PostgreSQL URL (`--db`).
+    pub store: StoreUrl,
     /// Job files and worker logs go under `state_dir/cells/<sweep>/<cell>/`.
     pub state_dir: PathBuf,
     pub worker: WorkerCommand,
@@ -185,6 +188,12 @@ enum Msg {
 async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, SchedError> {
     let _lock = lock(&opts.state_dir)?;
     let store = Store::open(&opts.store).await?;
+    // On PostgreSQL, schedulers on other machines share the store but not this state dir's flock.
+    let sweep_lock = store.try_lock_sweep(&spec.name).await?;
+    let _sweep_lock = sweep_lock.ok_or_else(|| SchedError::SweepLocked {
+        sweep: spec.name.clone(),
+        store: opts.store.to_string(),
+    })?;
     let cells = spec.cells();
     let enq = store.enqueue(spec, &cells).await?;
     let recovered = store.recover_running(&spec.name).await?;

@@ -4,7 +4,7 @@ use etagrid_report::{ReportCell, ReportInput};
 use etagrid_sched::{discover_gpus, plan_slots, RunOptions, SlotDevice, WorkerCommand};
 use etagrid_spec::protocol::{WorkerEvent, WorkerJob};
 use etagrid_spec::{DeviceChoice, SweepSpec};
-use etagrid_store::{CellState, Store};
+use etagrid_store::{CellState, Store, StoreUrl};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -48,7 +48,7 @@ pub fn plan(sweep: &Path) -> Result<Exit> {
 
 pub struct RunArgs {
     pub sweep: PathBuf,
-    pub db: PathBuf,
+    pub db: StoreUrl,
     pub state_dir: PathBuf,
     pub devices: Option<String>,
     pub cells_per_device: Option<usize>,
@@ -182,7 +182,7 @@ pub fn run(args: &RunArgs) -> Result<Exit> {
 }
 
 /// `sweep` is a sweep file or the name of a sweep in the store.
-pub fn report(db: &Path, sweep: &str, reports: &Path) -> Result<()> {
+pub fn report(db: &StoreUrl, sweep: &str, reports: &Path) -> Result<()> {
     let name = sweep_name(sweep)?;
     let (row, cells) = load_sweep(db, &name)?;
     // Chance level = what predicting the eval set's majority class scores on the sweep's metric,
@@ -286,7 +286,13 @@ pub fn worker(job_path: &Path) -> Result<Exit> {
 
 /// Copies the adapter a finished cell saved (`<state>/cells/<sweep>/<cell>/adapter`) to `out`,
 /// with the cell's `labels.json`.
-pub fn export(db: &Path, state_dir: &Path, sweep: &str, cell: &str, out: &Path) -> Result<Exit> {
+pub fn export(
+    db: &StoreUrl,
+    state_dir: &Path,
+    sweep: &str,
+    cell: &str,
+    out: &Path,
+) -> Result<Exit> {
     let name = sweep_name(sweep)?;
     let (row, cells) = load_sweep(db, &name)?;
     let done: Vec<_> = cells
@@ -392,7 +398,7 @@ fn current_cells(
 
 /// A sweep's row and the cells of its current grid, from the store.
 fn load_sweep(
-    db: &Path,
+    db: &StoreUrl,
     name: &str,
 ) -> Result<(etagrid_store::SweepRow, Vec<etagrid_store::CellRow>)> {
     let (row, cells) = block_on(async {

@@ -30,7 +30,7 @@ struct Front {
     )]
     state_dir: PathBuf,
     #[arg(long, global = true, env = "ETAGRID_DB")]
-    db: Option<PathBuf>,
+    db: Option<String>,
     #[command(subcommand)]
     command: FrontCommand,
 }
@@ -46,9 +46,17 @@ fn main() -> ExitCode {
         return exec_torch();
     };
     let FrontCommand::Status { sweep } = cli.command;
-    let db = cli
-        .db
-        .unwrap_or_else(|| cli.state_dir.join("etagrid.sqlite"));
+    // Parsed here rather than by clap, whose error would echo a URL's password.
+    let db = match cli.db.as_deref() {
+        Some(s) => match etagrid_store::StoreUrl::parse(s) {
+            Ok(u) => u,
+            Err(e) => {
+                eprintln!("error: --db: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        None => cli.state_dir.join("etagrid.sqlite").into(),
+    };
     match status::status(&db, sweep.as_deref()) {
         Ok(code) => code.into(),
         Err(e) => {

@@ -3,14 +3,13 @@
 
 use crate::common::{block_on, sweep_name, Exit};
 use anyhow::{bail, Result};
-use etagrid_store::{CellState, Store};
-use std::path::Path;
+use etagrid_store::{CellState, Store, StoreUrl};
 
-pub fn status(db: &Path, sweep: Option<&str>) -> Result<Exit> {
-    if !db.exists() {
+pub fn status(db: &StoreUrl, sweep: Option<&str>) -> Result<Exit> {
+    if let Some(path) = db.sqlite_path().filter(|p| !p.exists()) {
         bail!(
             "no results store at {}: nothing has run yet (or pass --state-dir/--db)",
-            db.display()
+            path.display()
         );
     }
     let names = match sweep {
