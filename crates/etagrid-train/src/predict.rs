@@ -226,6 +226,7 @@ pub fn predict(
             labels: vec![0; ids.len()],
             ids,
             type_ids,
+            loss_from: Vec::new(),
         };
         let idx: Vec<usize> = (0..enc.len()).collect();
         let batch = collate(&enc, &idx, model.pad_token_id(), device);
