@@ -896,7 +896,7 @@ impl BatchOrder {
 
 /// At most `max` examples drawn at random (with a fixed seed, the same for every cell) and kept
 /// in file order. A prefix would not do: files are often grouped by class.
-pub fn eval_subset(examples: Vec<Example>, max: Option<usize>) -> Vec<Example> {
+pub fn eval_subset<T: Clone>(examples: Vec<T>, max: Option<usize>) -> Vec<T> {
     match max {
         Some(n) if n < examples.len() => {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x65_76_61_6c);
@@ -1087,7 +1087,12 @@ impl TaskData {
         let train = encode_lm(tok, &train_ex, lm, max_len, eos, &task.train_file)?;
         let eval = encode_lm(tok, &eval_ex, lm, max_len, eos, &task.eval_file)?;
         let mc = match &lm.mc_eval_file {
-            Some(p) => Some(encode_mc(tok, &read_mc_examples(p)?, p)?),
+            // `max_eval_examples` caps the questions too (the same kind of fixed random subset).
+            Some(p) => Some(encode_mc(
+                tok,
+                &eval_subset(read_mc_examples(p)?, task.max_eval_examples),
+                p,
+            )?),
             None => None,
         };
         Ok(TaskData {
