@@ -336,3 +336,41 @@ fn causal_lm_on_an_encoder_model_is_a_clear_error() {
         assert!(err.contains(want), "{err:?} lacks {want:?}");
     }
 }
+
+fn temp(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+    let d = tempfile::tempdir().expect("tempdir");
+    let p = d.path().join(name);
+    std::fs::write(&p, text).expect("write");
+    (d, p)
+}
+
+#[test]
+fn bad_prompt_response_data_names_the_file_the_line_and_the_key() {
+    let r = reference();
+    let (_d, p) = temp("lm.jsonl", "{\"prompt\": \"a\", \"response\": \"b\"}\n{\"prompt\": \"a\", \"reply\": \"b\"}\n");
+    let e = read_lm_examples(&p, &lm_spec(&r)).expect_err("missing").to_string();
+    for want in ["lm.jsonl:2", "`response`", "response_column"] {
+        assert!(e.contains(want), "{e:?} lacks {want:?}");
+    }
+    let (_d, p) = temp("lm.csv", "prompt,response\nhello,\n");
+    let e = read_lm_examples(&p, &lm_spec(&r)).expect_err("empty").to_string();
+    assert!(e.contains("lm.csv:2") && e.contains("is empty"), "{e}");
+    // A CSV works like JSONL.
+    let (_d, p) = temp("lm.csv", "prompt,response\n\"hi, you\",hello\n");
+    let ex = read_lm_examples(&p, &lm_spec(&r)).expect("csv");
+    assert_eq!((ex[0].text.as_str(), ex[0].text_pair.as_deref()), ("hi, you", Some("hello")));
+}
+
+#[test]
+fn bad_multiple_choice_data_names_the_file_and_the_line() {
+    for (text, want) in [
+        ("{\"question\": \"q\", \"choices\": [\"a\", \"b\"], \"answer\": \"C\"}", "`answer` must be a letter A–B"),
+        ("{\"question\": \"q\", \"choices\": [\"a\"], \"answer\": 0}", "has 1 choices"),
+        ("{\"question\": \"q\", \"choices\": \"a, b\", \"answer\": 0}", "`choices` is missing or not a list"),
+        ("{\"choices\": [\"a\", \"b\"], \"answer\": 0}", "`question` is missing"),
+    ] {
+        let (_d, p) = temp("mc.jsonl", &format!("{{\"question\": \"ok\", \"choices\": [\"x\", \"y\"], \"answer\": 1}}\n{text}\n"));
+        let e = read_mc_examples(&p).expect_err(text).to_string();
+        assert!(e.contains("mc.jsonl:2") && e.contains(want), "{e:?} lacks {want:?}");
+    }
+}
