@@ -34,7 +34,8 @@ fn llama_dir() -> PathBuf {
 
 fn reference() -> Value {
     let p = llama_dir().join("lm_reference.json");
-    serde_json::from_str(&std::fs::read_to_string(&p).expect("read lm_reference.json")).expect("json")
+    serde_json::from_str(&std::fs::read_to_string(&p).expect("read lm_reference.json"))
+        .expect("json")
 }
 
 fn lm_spec(r: &Value) -> LmTaskSpec {
@@ -74,12 +75,16 @@ fn encoded(r: &Value) -> Encoded {
 fn prompt_response_tokens_and_the_response_start_match_the_reference() {
     let r = reference();
     let enc = encoded(&r);
-    let want_ids: Vec<Vec<i64>> = serde_json::from_value(r["lm"]["input_ids"].clone()).expect("ids");
+    let want_ids: Vec<Vec<i64>> =
+        serde_json::from_value(r["lm"]["input_ids"].clone()).expect("ids");
     let want_from: Vec<usize> = serde_json::from_value(r["lm"]["loss_from"].clone()).expect("from");
     assert_eq!(enc.ids, want_ids);
     assert_eq!(enc.loss_from, want_from);
     let eos = r["eos"].as_i64().expect("eos");
-    assert!(enc.ids.iter().all(|i| i.last() == Some(&eos)), "every example ends with EOS");
+    assert!(
+        enc.ids.iter().all(|i| i.last() == Some(&eos)),
+        "every example ends with EOS"
+    );
 }
 
 #[test]
@@ -95,7 +100,10 @@ fn the_loss_mask_covers_exactly_the_response_tokens_of_a_known_example() {
     let got: Vec<Vec<i64>> = Vec::<Vec<i64>>::try_from(&b.labels).expect("labels");
     assert_eq!(
         got,
-        vec![vec![-100, -100, -100, 8, 9], vec![-100, 12, -100, -100, -100]],
+        vec![
+            vec![-100, -100, -100, 8, 9],
+            vec![-100, 12, -100, -100, -100]
+        ],
         "prompt and padding are -100, response tokens are their own ids"
     );
 }
@@ -106,17 +114,36 @@ fn the_response_loss_matches_transformers_with_labels_minus_100_on_the_prompt() 
     let enc = encoded(&r);
     let m = model(&["q_proj", "v_proj"]);
     let all: Vec<usize> = (0..enc.len()).collect();
-    let got = lm_loss(m.as_ref(), &collate_lm(&enc, &all, m.pad_token_id(), Device::Cpu), false)
+    let got = lm_loss(
+        m.as_ref(),
+        &collate_lm(&enc, &all, m.pad_token_id(), Device::Cpu),
+        false,
+    )
+    .expect("loss")
+    .double_value(&[]);
+    let want = r["lm"]["batch_loss"].as_f64().expect("batch_loss");
+    assert!(
+        (got - want).abs() <= 1e-4,
+        "padded batch: {got} vs transformers {want}"
+    );
+    for (i, want) in r["lm"]["example_losses"]
+        .as_array()
+        .expect("losses")
+        .iter()
+        .enumerate()
+    {
+        let got = lm_loss(
+            m.as_ref(),
+            &collate_lm(&enc, &[i], m.pad_token_id(), Device::Cpu),
+            false,
+        )
         .expect("loss")
         .double_value(&[]);
-    let want = r["lm"]["batch_loss"].as_f64().expect("batch_loss");
-    assert!((got - want).abs() <= 1e-4, "padded batch: {got} vs transformers {want}");
-    for (i, want) in r["lm"]["example_losses"].as_array().expect("losses").iter().enumerate() {
-        let got = lm_loss(m.as_ref(), &collate_lm(&enc, &[i], m.pad_token_id(), Device::Cpu), false)
-            .expect("loss")
-            .double_value(&[]);
         let want = want.as_f64().expect("f64");
-        assert!((got - want).abs() <= 1e-4, "example {i}: {got} vs transformers {want}");
+        assert!(
+            (got - want).abs() <= 1e-4,
+            "example {i}: {got} vs transformers {want}"
+        );
     }
 }
 
@@ -137,8 +164,13 @@ fn prompt_positions_carry_no_loss() {
         .narrow(0, 0, 1)
         .narrow(1, 0, from - 1)
         .copy_(&noise.narrow(0, 0, 1).narrow(1, 0, from - 1));
-    let changed = lm_loss_parts(&(&hidden + &prompt_only), &head, &b.labels).0.double_value(&[]);
-    assert!((changed - base).abs() < 1e-6, "prompt positions moved the loss: {base} → {changed}");
+    let changed = lm_loss_parts(&(&hidden + &prompt_only), &head, &b.labels)
+        .0
+        .double_value(&[]);
+    assert!(
+        (changed - base).abs() < 1e-6,
+        "prompt positions moved the loss: {base} → {changed}"
+    );
     // No gradient reaches a position that predicts a prompt token or padding; every position
     // that predicts a response token gets one.
     let h = hidden.detach().set_requires_grad(true);
@@ -146,20 +178,37 @@ fn prompt_positions_carry_no_loss() {
     let g = h.grad().abs().sum_dim_intlist(-1, false, Kind::Float);
     let targets = b.labels.narrow(1, 1, b.labels.size()[1] - 1).ne(-100);
     let g = g.narrow(1, 0, g.size()[1] - 1);
-    let zero_where_masked = g.masked_select(&targets.logical_not()).abs().max().double_value(&[]);
-    assert_eq!(zero_where_masked, 0.0, "prompt/padding positions got a gradient");
+    let zero_where_masked = g
+        .masked_select(&targets.logical_not())
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert_eq!(
+        zero_where_masked, 0.0,
+        "prompt/padding positions got a gradient"
+    );
     let min_where_target = g.masked_select(&targets).min().double_value(&[]);
-    assert!(min_where_target > 0.0, "a response position got no gradient");
+    assert!(
+        min_where_target > 0.0,
+        "a response position got no gradient"
+    );
     // …while one response position does change it.
     let resp = Tensor::zeros(hidden.size(), (Kind::Float, Device::Cpu));
     let _ = resp
         .narrow(0, 0, 1)
         .narrow(1, from, 1)
         .copy_(&noise.narrow(0, 0, 1).narrow(1, from, 1));
-    let moved = lm_loss_parts(&(&hidden + &resp), &head, &b.labels).0.double_value(&[]);
-    assert!((moved - base).abs() > 1e-3, "a response position must count");
+    let moved = lm_loss_parts(&(&hidden + &resp), &head, &b.labels)
+        .0
+        .double_value(&[]);
+    assert!(
+        (moved - base).abs() > 1e-3,
+        "a response position must count"
+    );
     // And a loss over the prompt too (labels = ids everywhere) is a different number.
-    let unmasked = b.input_ids.where_self(&b.attention_mask.eq(1), &Tensor::from(-100i64));
+    let unmasked = b
+        .input_ids
+        .where_self(&b.attention_mask.eq(1), &Tensor::from(-100i64));
     let all = lm_loss_parts(&hidden, &head, &unmasked).0.double_value(&[]);
     assert!((all - base).abs() > 1e-3);
 }
@@ -176,7 +225,10 @@ fn a_short_training_run_lowers_the_response_loss() {
         .into_iter()
         .filter(|p| matches!(p.role, ParamRole::LoraA | ParamRole::LoraB))
         .collect();
-    assert!(params.iter().all(|p| p.name.contains("lora_")), "LoRA only, no head");
+    assert!(
+        params.iter().all(|p| p.name.contains("lora_")),
+        "LoRA only, no head"
+    );
     let mut opt = LoraPlusAdamW::new(params, &[2e-3], &[3.2e-2], 0.0);
     let all: Vec<usize> = (0..enc.len()).collect();
     for _ in 0..30 {
@@ -208,8 +260,10 @@ fn multiple_choice_prompt_lists_lettered_choices_and_ends_with_answer() {
 fn multiple_choice_prediction_is_the_argmax_over_the_questions_own_letters() {
     // Question 0 has 3 choices: D's 9.0 must not win. Question 1 has 2: A wins over B. Question
     // 2: a tie goes to the first letter.
-    let logits = Tensor::from_slice(&[1.0f32, 5.0, 3.0, 9.0, 2.0, 1.0, 0.0, 8.0, 4.0, 4.0, 1.0, 0.0])
-        .reshape([3, 4]);
+    let logits = Tensor::from_slice(&[
+        1.0f32, 5.0, 3.0, 9.0, 2.0, 1.0, 0.0, 8.0, 4.0, 4.0, 1.0, 0.0,
+    ])
+    .reshape([3, 4]);
     let got: Vec<i64> = Vec::<i64>::try_from(&mc_predictions(&logits, &[3, 2, 4])).expect("vec");
     assert_eq!(got, vec![1, 0, 0]);
 }
@@ -229,26 +283,45 @@ fn multiple_choice_letter_logits_and_predictions_match_transformers() {
     let path = fixtures().join("data/mc.jsonl");
     let tok = load_tokenizer(&llama_dir(), 64).expect("tokenizer");
     let mc = encode_mc(&tok, &read_mc_examples(&path).expect("read"), &path).expect("encode");
-    let want_letters: Vec<i64> = serde_json::from_value(r["mc"]["letter_ids"].clone()).expect("ids");
+    let want_letters: Vec<i64> =
+        serde_json::from_value(r["mc"]["letter_ids"].clone()).expect("ids");
     assert_eq!(mc.letter_ids, want_letters);
     let qs = r["mc"]["questions"].as_array().expect("questions");
     for (i, q) in qs.iter().enumerate() {
         let want: Vec<i64> = serde_json::from_value(q["input_ids"].clone()).expect("ids");
-        assert_eq!(mc.prompts.ids[i], want, "question {i} prompt {:?}", q["prompt"]);
+        assert_eq!(
+            mc.prompts.ids[i], want,
+            "question {i} prompt {:?}",
+            q["prompt"]
+        );
     }
     let m = model(&["q_proj", "v_proj"]);
     let got = mc_letter_logits(m.as_ref(), &mc, m.pad_token_id(), Device::Cpu).expect("logits");
     let want = Tensor::stack(
-        &qs.iter().map(|q| tensor(&q["letter_logits"], Kind::Float)).collect::<Vec<_>>(),
+        &qs.iter()
+            .map(|q| tensor(&q["letter_logits"], Kind::Float))
+            .collect::<Vec<_>>(),
         0,
     );
     let d = max_abs_diff(&got, &want);
-    assert!(d <= 1e-4, "letter logits differ from transformers' by {d:e}");
+    assert!(
+        d <= 1e-4,
+        "letter logits differ from transformers' by {d:e}"
+    );
     let preds: Vec<i64> = Vec::<i64>::try_from(&mc_predictions(&got, &mc.n_choices)).expect("vec");
-    let want_preds: Vec<i64> = qs.iter().map(|q| q["prediction"].as_i64().expect("pred")).collect();
+    let want_preds: Vec<i64> = qs
+        .iter()
+        .map(|q| q["prediction"].as_i64().expect("pred"))
+        .collect();
     assert_eq!(preds, want_preds);
-    let e = evaluate_lm(m.as_ref(), &encoded(&r), Some(&mc), m.pad_token_id(), Device::Cpu)
-        .expect("eval");
+    let e = evaluate_lm(
+        m.as_ref(),
+        &encoded(&r),
+        Some(&mc),
+        m.pad_token_id(),
+        Device::Cpu,
+    )
+    .expect("eval");
     assert_eq!(e.mc_accuracy, r["mc"]["accuracy"].as_f64());
     // The prompts are padded together in one batch: padding must not change the letters' logits.
     let b: Batch = collate(&mc.prompts, &[0, 1, 2, 3], m.pad_token_id(), Device::Cpu);
@@ -312,9 +385,16 @@ fn a_causal_lm_cell_runs_end_to_end_and_reports_its_metric() {
     let JobOutcome::Finished(res) = out else {
         panic!("not finished: {out:?}")
     };
-    assert!((res.metric - res.eval_loss.exp()).abs() < 1e-9 * res.metric, "metric = perplexity");
+    assert!(
+        (res.metric - res.eval_loss.exp()).abs() < 1e-9 * res.metric,
+        "metric = perplexity"
+    );
     let started = events.iter().find_map(|e| match e {
-        WorkerEvent::Started { trainable_params, groups, .. } => Some((*trainable_params, groups.clone())),
+        WorkerEvent::Started {
+            trainable_params,
+            groups,
+            ..
+        } => Some((*trainable_params, groups.clone())),
         _ => None,
     });
     let (params, _) = started.expect("a started event");
@@ -323,7 +403,11 @@ fn a_causal_lm_cell_runs_end_to_end_and_reports_its_metric() {
     let lines = std::fs::read_to_string(j.out_dir.join("lm_eval.jsonl")).expect("lm_eval.jsonl");
     let last: Value = serde_json::from_str(lines.lines().last().expect("a line")).expect("json");
     assert_eq!(last["eval_loss"].as_f64(), Some(res.eval_loss));
-    assert_eq!(last["mc_accuracy"].as_f64(), Some(res.accuracy), "accuracy holds mc_accuracy");
+    assert_eq!(
+        last["mc_accuracy"].as_f64(),
+        Some(res.accuracy),
+        "accuracy holds mc_accuracy"
+    );
     assert!(j.out_dir.join("adapter/adapter_model.safetensors").exists());
 }
 
@@ -331,7 +415,9 @@ fn a_causal_lm_cell_runs_end_to_end_and_reports_its_metric() {
 fn causal_lm_on_an_encoder_model_is_a_clear_error() {
     let d = tempfile::tempdir().expect("tempdir");
     let j = job(d.path(), &sweep(&fixtures().join("tiny-bert"), "eval_loss"));
-    let err = run_job(&j, &mut |_| {}).expect_err("BERT cannot be a causal LM").to_string();
+    let err = run_job(&j, &mut |_| {})
+        .expect_err("BERT cannot be a causal LM")
+        .to_string();
     for want in ["config.json", "causal_lm", "decoder", "\"bert\""] {
         assert!(err.contains(want), "{err:?} lacks {want:?}");
     }
@@ -347,30 +433,60 @@ fn temp(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
 #[test]
 fn bad_prompt_response_data_names_the_file_the_line_and_the_key() {
     let r = reference();
-    let (_d, p) = temp("lm.jsonl", "{\"prompt\": \"a\", \"response\": \"b\"}\n{\"prompt\": \"a\", \"reply\": \"b\"}\n");
-    let e = read_lm_examples(&p, &lm_spec(&r)).expect_err("missing").to_string();
+    let (_d, p) = temp(
+        "lm.jsonl",
+        "{\"prompt\": \"a\", \"response\": \"b\"}\n{\"prompt\": \"a\", \"reply\": \"b\"}\n",
+    );
+    let e = read_lm_examples(&p, &lm_spec(&r))
+        .expect_err("missing")
+        .to_string();
     for want in ["lm.jsonl:2", "`response`", "response_column"] {
         assert!(e.contains(want), "{e:?} lacks {want:?}");
     }
     let (_d, p) = temp("lm.csv", "prompt,response\nhello,\n");
-    let e = read_lm_examples(&p, &lm_spec(&r)).expect_err("empty").to_string();
+    let e = read_lm_examples(&p, &lm_spec(&r))
+        .expect_err("empty")
+        .to_string();
     assert!(e.contains("lm.csv:2") && e.contains("is empty"), "{e}");
     // A CSV works like JSONL.
     let (_d, p) = temp("lm.csv", "prompt,response\n\"hi, you\",hello\n");
     let ex = read_lm_examples(&p, &lm_spec(&r)).expect("csv");
-    assert_eq!((ex[0].text.as_str(), ex[0].text_pair.as_deref()), ("hi, you", Some("hello")));
+    assert_eq!(
+        (ex[0].text.as_str(), ex[0].text_pair.as_deref()),
+        ("hi, you", Some("hello"))
+    );
 }
 
 #[test]
 fn bad_multiple_choice_data_names_the_file_and_the_line() {
     for (text, want) in [
-        ("{\"question\": \"q\", \"choices\": [\"a\", \"b\"], \"answer\": \"C\"}", "`answer` must be a letter A–B"),
-        ("{\"question\": \"q\", \"choices\": [\"a\"], \"answer\": 0}", "has 1 choices"),
-        ("{\"question\": \"q\", \"choices\": \"a, b\", \"answer\": 0}", "`choices` is missing or not a list"),
-        ("{\"choices\": [\"a\", \"b\"], \"answer\": 0}", "`question` is missing"),
+        (
+            "{\"question\": \"q\", \"choices\": [\"a\", \"b\"], \"answer\": \"C\"}",
+            "`answer` must be a letter A–B",
+        ),
+        (
+            "{\"question\": \"q\", \"choices\": [\"a\"], \"answer\": 0}",
+            "has 1 choices",
+        ),
+        (
+            "{\"question\": \"q\", \"choices\": \"a, b\", \"answer\": 0}",
+            "`choices` is missing or not a list",
+        ),
+        (
+            "{\"choices\": [\"a\", \"b\"], \"answer\": 0}",
+            "`question` is missing",
+        ),
     ] {
-        let (_d, p) = temp("mc.jsonl", &format!("{{\"question\": \"ok\", \"choices\": [\"x\", \"y\"], \"answer\": 1}}\n{text}\n"));
+        let (_d, p) = temp(
+            "mc.jsonl",
+            &format!(
+                "{{\"question\": \"ok\", \"choices\": [\"x\", \"y\"], \"answer\": 1}}\n{text}\n"
+            ),
+        );
         let e = read_mc_examples(&p).expect_err(text).to_string();
-        assert!(e.contains("mc.jsonl:2") && e.contains(want), "{e:?} lacks {want:?}");
+        assert!(
+            e.contains("mc.jsonl:2") && e.contains(want),
+            "{e:?} lacks {want:?}"
+        );
     }
 }
