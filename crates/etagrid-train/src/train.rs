@@ -414,6 +414,9 @@ pub fn run_job(
             &job.model_dir.display().to_string(),
             &job.out_dir.join("adapter"),
         )?;
+        if causal_lm {
+            mark_causal_lm_adapter(&job.out_dir.join("adapter"))?;
+        }
     }
     emit(WorkerEvent::Finished {
         result: result.clone(),
@@ -510,4 +513,25 @@ fn eval_any(
         .map_err(io)?;
     writeln!(f, "{line}").map_err(io)?;
     Ok(AnyEval::Lm(e))
+}
+
+/// Turns the adapter config [`save_peft_adapter`] wrote for a classifier into a causal LM's: PEFT's
+/// `task_type` "CAUSAL_LM" and no `modules_to_save` (no head was trained), so that
+/// `PeftModel.from_pretrained(AutoModelForCausalLM…, dir)` loads it as it is.
+fn mark_causal_lm_adapter(dir: &Path) -> Result<(), TrainError> {
+    let path = dir.join("adapter_config.json");
+    let io = |source| TrainError::Io {
+        path: path.clone(),
+        source,
+    };
+    let text = std::fs::read_to_string(&path).map_err(io)?;
+    let mut v: serde_json::Value = serde_json::from_str(&text).map_err(|e| TrainError::Config {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("task_type".into(), "CAUSAL_LM".into());
+        o.insert("modules_to_save".into(), serde_json::Value::Null);
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap_or_default()).map_err(io)
 }

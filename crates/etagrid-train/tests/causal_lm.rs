@@ -409,6 +409,12 @@ fn a_causal_lm_cell_runs_end_to_end_and_reports_its_metric() {
         "accuracy holds mc_accuracy"
     );
     assert!(j.out_dir.join("adapter/adapter_model.safetensors").exists());
+    let cfg: Value = serde_json::from_str(
+        &std::fs::read_to_string(j.out_dir.join("adapter/adapter_config.json")).expect("config"),
+    )
+    .expect("json");
+    assert_eq!(cfg["task_type"], "CAUSAL_LM");
+    assert!(cfg["modules_to_save"].is_null(), "no head was trained");
 }
 
 #[test]
