@@ -496,3 +496,78 @@ fn bad_multiple_choice_data_names_the_file_and_the_line() {
         );
     }
 }
+
+/// A trained causal_lm cell's adapter loads in PEFT onto `AutoModelForCausalLM` and gives the
+/// next-token logits `etagrid predict --lm --adapter` gives (scripts/peft_lm_logits.py; ≤ 1e-4),
+/// and training moved them away from the base model's.
+#[test]
+fn a_causal_lm_adapter_loads_in_peft_with_the_same_next_token_logits() {
+    use etagrid_train::predict::{predict, PredictOptions};
+    let d = tempfile::tempdir().expect("tempdir");
+    let text = sweep(&llama_dir(), "eval_loss")
+        .replace("steps = 4", "steps = 12")
+        .replace("lr_a = [1e-3]", "lr_a = [1e-2]");
+    let j = job(d.path(), &text);
+    assert!(matches!(
+        run_job(&j, &mut |_| {}).expect("run"),
+        JobOutcome::Finished(_)
+    ));
+    let adapter = j.out_dir.join("adapter");
+    let prompts = [
+        "Q: What is the capital of France?\nA:",
+        "Q: good\nA: This is",
+    ];
+    let input = d.path().join("in.jsonl");
+    let lines: Vec<String> = prompts
+        .iter()
+        .map(|p| serde_json::json!({ "text": p }).to_string())
+        .collect();
+    std::fs::write(&input, lines.join("\n")).expect("write");
+    let logits = |adapter: Option<PathBuf>| {
+        let mut rows = Vec::new();
+        let o = PredictOptions {
+            model_dir: llama_dir(),
+            adapter,
+            input: input.clone(),
+            max_len: 64,
+            batch_size: 8,
+            lm: true,
+            device: JobDevice::Cpu,
+        };
+        predict(&o, &mut |v| rows.push(tensor(&v["logits"], Kind::Float))).expect("predict");
+        Tensor::stack(&rows, 0)
+    };
+    let ours = logits(Some(adapter.clone()));
+    let base = logits(None);
+    let tok = load_tokenizer(&llama_dir(), 64).expect("tokenizer");
+    let pairs: Vec<(&str, Option<&str>)> = prompts.iter().map(|p| (*p, None)).collect();
+    let ids = serde_json::to_string(&encode_inputs(&tok, &pairs).ids).expect("ids");
+    let python = std::env::var("VIRTUAL_ENV")
+        .map(|v| PathBuf::from(v).join("bin/python"))
+        .unwrap_or_else(|_| PathBuf::from("python3"));
+    let run = std::process::Command::new(python)
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/peft_lm_logits.py"))
+        .args([
+            &llama_dir().display().to_string(),
+            &adapter.display().to_string(),
+            &ids,
+        ])
+        .output()
+        .expect("run python (source scripts/env.sh: the venv has transformers and peft)");
+    assert!(
+        run.status.success(),
+        "peft_lm_logits.py failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let peft: Value = serde_json::from_slice(&run.stdout).expect("json");
+    let d_peft = max_abs_diff(&ours, &tensor(&peft, Kind::Float));
+    assert!(
+        d_peft <= 1e-4,
+        "etagrid vs PEFT next-token logits: {d_peft:e}"
+    );
+    let moved = max_abs_diff(&ours, &base);
+    assert!(
+        moved > 0.1,
+        "training should move the logits, moved {moved:e}"
+    );
+}
