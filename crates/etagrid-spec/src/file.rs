@@ -42,8 +42,21 @@ pub struct TaskSection {
     pub label_column: Option<String>,
     /// Evaluate on N examples of the eval file only, drawn at random with a fixed seed.
     pub max_eval_examples: Option<Spanned<usize>>,
-    /// `accuracy` (default), `macro_f1`, `mcc` or `eval_loss`.
+    /// `accuracy` (default), `macro_f1`, `mcc` or `eval_loss`; for `causal_lm`: `eval_loss`
+    /// (default), `perplexity` or `mc_accuracy`.
     pub metric: Option<Spanned<String>>,
+    /// `classification` (default) or `causal_lm` (instruction tuning on prompt/response pairs).
+    pub kind: Option<Spanned<String>>,
+    /// `causal_lm`: the column holding the prompt (default `prompt`).
+    pub prompt_column: Option<Spanned<String>>,
+    /// `causal_lm`: the column holding the response (default `response`).
+    pub response_column: Option<Spanned<String>>,
+    /// `causal_lm`: the text the model sees before the response, `{prompt}` standing for the
+    /// prompt (default: the prompt as it is), e.g. a chat template.
+    pub prompt_template: Option<Spanned<String>>,
+    /// `causal_lm`: a multiple-choice eval file (JSONL: question, choices, answer), scored by
+    /// the next-token logits of the choice letters (`mc_accuracy`).
+    pub mc_eval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -55,6 +55,36 @@ pub struct TaskSpec {
     pub label_column: String,
     pub max_eval_examples: Option<usize>,
     pub metric: Metric,
+    /// `[task] kind = "causal_lm"`: instruction tuning of a decoder on prompt/response pairs
+    /// instead of classification (`None`). Left out of the serialized form when absent, so
+    /// classification cells keep their ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lm: Option<LmTaskSpec>,
+}
+
+/// The settings of a `causal_lm` task: the model reads `prompt_template` with the prompt filled
+/// in, then the response and the end-of-sequence token; the loss is on the response (and EOS)
+/// tokens only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LmTaskSpec {
+    pub prompt_column: String,
+    pub response_column: String,
+    /// `{prompt}` stands for the prompt; `None`: the prompt as it is.
+    pub prompt_template: Option<String>,
+    /// A multiple-choice eval file as written in the sweep file (question, choices, answer).
+    pub mc_eval: Option<String>,
+    /// `mc_eval` resolved against the sweep file's directory (not part of the cell hash).
+    pub mc_eval_file: Option<PathBuf>,
+}
+
+impl LmTaskSpec {
+    /// The prompt as the model sees it.
+    pub fn render(&self, prompt: &str) -> String {
+        match &self.prompt_template {
+            Some(t) => t.replace("{prompt}", prompt),
+            None => prompt.to_owned(),
+        }
+    }
 }
 
 /// A seeded split of the train file, stratified by label.
@@ -75,14 +105,21 @@ pub enum Metric {
     /// Matthews correlation coefficient; the multi-class form (Gorodkin 2004, scikit-learn).
     Mcc,
     EvalLoss,
+    /// exp(eval loss per response token), `causal_lm` only.
+    Perplexity,
+    /// Share of multiple-choice questions whose answer letter has the highest next-token logit
+    /// among the choice letters, `causal_lm` with `mc_eval` only.
+    McAccuracy,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 4] = [
+    pub const ALL: [Metric; 6] = [
         Metric::Accuracy,
         Metric::MacroF1,
         Metric::Mcc,
         Metric::EvalLoss,
+        Metric::Perplexity,
+        Metric::McAccuracy,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -90,10 +127,13 @@ impl Metric {
             Metric::MacroF1 => "macro_f1",
             Metric::Mcc => "mcc",
             Metric::EvalLoss => "eval_loss",
+            Metric::Perplexity => "perplexity",
+            Metric::McAccuracy => "mc_accuracy",
         }
     }
+    /// The direction the report and `export --cell best` rank cells by.
     pub fn higher_is_better(self) -> bool {
-        !matches!(self, Metric::EvalLoss)
+        !matches!(self, Metric::EvalLoss | Metric::Perplexity)
     }
     /// The metric called `name` in a sweep file.
     pub fn from_name(name: &str) -> Option<Metric> {
@@ -384,18 +424,87 @@ impl Resolver<'_> {
         };
 
         let t = f.task;
+        let causal_lm = match t.kind.as_ref().map(|k| k.get_ref().as_str()) {
+            None | Some("classification") => false,
+            Some("causal_lm") => true,
+            Some(other) => {
+                return Err(self.err(
+                    t.kind.as_ref().map(|k| k.span()).unwrap_or(0..0),
+                    "task.kind",
+                    format!("unknown task kind {other:?}: use \"classification\" or \"causal_lm\""),
+                ))
+            }
+        };
         let metric = match &t.metric {
+            None if causal_lm => Metric::EvalLoss,
             None => Metric::Accuracy,
-            Some(m) => Metric::from_name(m.get_ref()).ok_or_else(|| {
-                self.err(
-                    m.span(),
-                    "task.metric",
-                    format!(
-                        "unknown metric {:?}: use \"accuracy\", \"macro_f1\", \"mcc\" or \"eval_loss\"",
-                        m.get_ref()
-                    ),
-                )
-            })?,
+            Some(m) => {
+                let metric = Metric::from_name(m.get_ref()).ok_or_else(|| {
+                    self.err(
+                        m.span(),
+                        "task.metric",
+                        format!(
+                            "unknown metric {:?}: use \"accuracy\", \"macro_f1\", \"mcc\" or \"eval_loss\" \
+                             (classification), \"eval_loss\", \"perplexity\" or \"mc_accuracy\" (causal_lm)",
+                            m.get_ref()
+                        ),
+                    )
+                })?;
+                let fits = match metric {
+                    Metric::EvalLoss => true,
+                    Metric::Perplexity => causal_lm,
+                    Metric::McAccuracy => causal_lm && t.mc_eval.is_some(),
+                    _ => !causal_lm,
+                };
+                if !fits {
+                    return Err(self.err(
+                        m.span(),
+                        "task.metric",
+                        match metric {
+                            Metric::McAccuracy if causal_lm => "\"mc_accuracy\" needs a multiple-choice eval file: set `mc_eval` in [task]".to_owned(),
+                            _ if causal_lm => format!("{:?} is a classification metric: a causal_lm task has \"eval_loss\", \"perplexity\" and (with `mc_eval`) \"mc_accuracy\"", m.get_ref()),
+                            _ => format!("{:?} needs `kind = \"causal_lm\"` in [task]", m.get_ref()),
+                        },
+                    ));
+                }
+                metric
+            }
+        };
+        if !causal_lm {
+            for (key, v) in [
+                ("prompt_column", &t.prompt_column),
+                ("response_column", &t.response_column),
+                ("prompt_template", &t.prompt_template),
+                ("mc_eval", &t.mc_eval),
+            ] {
+                if let Some(v) = v {
+                    return Err(self.err(
+                        v.span(),
+                        &format!("task.{key}"),
+                        "is a causal_lm setting: add `kind = \"causal_lm\"` to [task] or remove it",
+                    ));
+                }
+            }
+        }
+        let lm = if causal_lm {
+            if let Some(tpl) = &t.prompt_template {
+                if !tpl.get_ref().contains("{prompt}") {
+                    return Err(self.err(
+                        tpl.span(),
+                        "task.prompt_template",
+                        "has no `{prompt}`: write where the prompt goes, e.g. \"<|im_start|>user\\n{prompt}<|im_end|>\\n<|im_start|>assistant\\n\"",
+                    ));
+                }
+            }
+            Some(LmTaskSpec {
+                prompt_column: t.prompt_column.map(Spanned::into_inner).unwrap_or_else(|| "prompt".into()),
+                response_column: t.response_column.map(Spanned::into_inner).unwrap_or_else(|| "response".into()),
+                prompt_template: t.prompt_template.map(Spanned::into_inner),
+                mc_eval_file: t.mc_eval.as_ref().map(|m| base.join(m.get_ref())),
+                mc_eval: t.mc_eval.map(Spanned::into_inner),
+            })
+        } else {
+            None
         };
         let (eval, split) = match (t.eval, t.split) {
             (Some(e), None) => (e.into_inner(), None),
@@ -446,6 +555,7 @@ impl Resolver<'_> {
                 n => n.map(Spanned::into_inner),
             },
             metric,
+            lm,
         };
 
         let l = f.lora;

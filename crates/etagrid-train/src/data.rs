@@ -2,7 +2,7 @@
 
 use crate::bert::Batch;
 use crate::TrainError;
-use etagrid_spec::TaskSpec;
+use etagrid_spec::{LmTaskSpec, TaskSpec};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::collections::BTreeMap;
@@ -186,6 +186,9 @@ fn jsonl_objects(
 /// Reads every example of `path`, taking the columns named in `task`. Every problem is an error
 /// naming the file, the line where there is one, and what to do.
 pub fn read_examples(path: &Path, task: &TaskSpec) -> Result<Vec<Example>, TrainError> {
+    if let Some(lm) = &task.lm {
+        return read_lm_examples(path, lm);
+    }
     let err = |line: Option<u64>, message: String| TrainError::Data {
         path: path.to_owned(),
         line,
@@ -720,6 +723,10 @@ pub struct Encoded {
     pub ids: Vec<Vec<i64>>,
     pub type_ids: Vec<Vec<i64>>,
     pub labels: Vec<i64>,
+    /// `causal_lm` only: per example, the index of its first response token; the tokens before
+    /// it (the prompt) carry no loss. Empty for classification.
+    #[serde(default)]
+    pub loss_from: Vec<usize>,
 }
 
 impl Encoded {
@@ -803,6 +810,7 @@ pub fn encode(
         ids,
         type_ids,
         labels: label_ids,
+        loss_from: Vec::new(),
     })
 }
 
@@ -888,7 +896,7 @@ impl BatchOrder {
 
 /// At most `max` examples drawn at random (with a fixed seed, the same for every cell) and kept
 /// in file order. A prefix would not do: files are often grouped by class.
-pub fn eval_subset(examples: Vec<Example>, max: Option<usize>) -> Vec<Example> {
+pub fn eval_subset<T: Clone>(examples: Vec<T>, max: Option<usize>) -> Vec<T> {
     match max {
         Some(n) if n < examples.len() => {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x65_76_61_6c);
@@ -947,6 +955,8 @@ pub struct TaskData {
     pub eval: Encoded,
     pub train_file: PathBuf,
     pub eval_file: PathBuf,
+    /// `causal_lm` with `mc_eval`: the multiple-choice questions.
+    pub mc: Option<McEncoded>,
 }
 
 /// Where a task's tokenized data came from.
@@ -963,6 +973,8 @@ struct CachedTokens {
     labels: LabelMap,
     train: Encoded,
     eval: Encoded,
+    #[serde(default)]
+    mc: Option<McEncoded>,
 }
 
 impl TaskData {
@@ -976,6 +988,7 @@ impl TaskData {
         tok: &Tokenizer,
         tokenizer_file: &Path,
         max_len: usize,
+        eos: Option<i64>,
         cache_dir: &Path,
     ) -> Result<(TaskData, TokenSource), TrainError> {
         let read = |p: &Path| {
@@ -986,13 +999,18 @@ impl TaskData {
         };
         let mut h = blake3::Hasher::new();
         h.update(b"etagrid-tokens-v1\0");
-        for p in [tokenizer_file, &task.train_file, &task.eval_file] {
+        let mc_file = task.lm.as_ref().and_then(|l| l.mc_eval_file.as_deref());
+        for p in [tokenizer_file, &task.train_file, &task.eval_file]
+            .into_iter()
+            .chain(mc_file)
+        {
             let bytes = read(p)?;
             h.update(&(bytes.len() as u64).to_le_bytes());
             h.update(&bytes);
         }
         h.update(serde_json::to_string(task).unwrap_or_default().as_bytes());
         h.update(&(max_len as u64).to_le_bytes());
+        h.update(&eos.unwrap_or(-1).to_le_bytes());
         let path = cache_dir.join(format!("tokens-{}.json", &h.finalize().to_hex()[..32]));
         let from = |c: CachedTokens| TaskData {
             labels: c.labels,
@@ -1000,17 +1018,22 @@ impl TaskData {
             eval: c.eval,
             train_file: task.train_file.clone(),
             eval_file: task.eval_file.clone(),
+            mc: c.mc,
         };
         if let Ok(bytes) = std::fs::read(&path) {
             if let Ok(c) = serde_json::from_slice::<CachedTokens>(&bytes) {
                 return Ok((from(c), TokenSource::Cache));
             }
         }
-        let data = TaskData::load(task, tok)?;
+        let data = match task.lm {
+            Some(_) => TaskData::load_lm(task, tok, max_len, eos)?,
+            None => TaskData::load(task, tok)?,
+        };
         let cached = CachedTokens {
             labels: data.labels,
             train: data.train,
             eval: data.eval,
+            mc: data.mc,
         };
         // A cache that cannot be written only costs time: the cell goes on without it.
         let _ = std::fs::create_dir_all(cache_dir).and_then(|_| {
@@ -1043,6 +1066,42 @@ impl TaskData {
             eval,
             train_file: task.train_file.clone(),
             eval_file: task.eval_file.clone(),
+            mc: None,
+        })
+    }
+
+    /// A `causal_lm` task: prompt/response pairs tokenized as [`encode_lm`] does (at most
+    /// `max_len` tokens, `eos` appended), and the multiple-choice eval set when there is one.
+    pub fn load_lm(
+        task: &TaskSpec,
+        tok: &Tokenizer,
+        max_len: usize,
+        eos: Option<i64>,
+    ) -> Result<TaskData, TrainError> {
+        let (train_ex, eval_ex) = load_examples(task)?;
+        let lm = task.lm.as_ref().ok_or_else(|| TrainError::Data {
+            path: task.train_file.clone(),
+            line: None,
+            message: "not a causal_lm task".into(),
+        })?;
+        let train = encode_lm(tok, &train_ex, lm, max_len, eos, &task.train_file)?;
+        let eval = encode_lm(tok, &eval_ex, lm, max_len, eos, &task.eval_file)?;
+        let mc = match &lm.mc_eval_file {
+            // `max_eval_examples` caps the questions too (the same kind of fixed random subset).
+            Some(p) => Some(encode_mc(
+                tok,
+                &eval_subset(read_mc_examples(p)?, task.max_eval_examples),
+                p,
+            )?),
+            None => None,
+        };
+        Ok(TaskData {
+            labels: LabelMap { labels: Vec::new() },
+            train,
+            eval,
+            train_file: task.train_file.clone(),
+            eval_file: task.eval_file.clone(),
+            mc,
         })
     }
 
@@ -1059,4 +1118,344 @@ impl TaskData {
         };
         (count(&self.train), count(&self.eval))
     }
+}
+
+/// The named columns of every row of a CSV, TSV or JSONL file, as (line, values); errors name the
+/// file, the line, the column and the `[task]` key that sets it.
+fn read_columns(path: &Path, cols: &[(&str, &str)]) -> Result<Vec<(u64, Vec<String>)>, TrainError> {
+    let err = |line: Option<u64>, message: String| TrainError::Data {
+        path: path.to_owned(),
+        line,
+        message,
+    };
+    let fmt = format_of(path)?;
+    let bytes = read_bytes(path)?;
+    let mut out = Vec::new();
+    match fmt {
+        Format::Jsonl => {
+            for (line, obj) in jsonl_objects(path, bytes, usize::MAX)? {
+                let mut row = Vec::with_capacity(cols.len());
+                for &(key, name) in cols {
+                    row.push(match obj.get(name) {
+                        Some(v) => json_scalar(v).ok_or_else(|| {
+                            err(Some(line), format!("field `{name}` is {v}: it must be a string or a number"))
+                        })?,
+                        None => {
+                            return Err(err(
+                                Some(line),
+                                format!(
+                                    "field `{name}` is missing (fields: {}): add it, or set `{key}` in [task]",
+                                    obj.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+                                ),
+                            ))
+                        }
+                    });
+                }
+                out.push((line, row));
+            }
+        }
+        Format::Csv | Format::Tsv => {
+            let mut rdr = table_reader(&bytes, fmt);
+            let headers = match rdr.headers() {
+                Ok(h) => h.clone(),
+                Err(e) => {
+                    return Err(match e.kind() {
+                        csv::ErrorKind::Utf8 { .. } => err(Some(1), NOT_UTF8.into()),
+                        _ => err(Some(1), format!("cannot read the header line: {e}")),
+                    })
+                }
+            };
+            let idx = cols
+                .iter()
+                .map(|&(key, name)| {
+                    headers.iter().position(|h| h.trim() == name).ok_or_else(|| {
+                        err(
+                            Some(1),
+                            format!(
+                                "no column `{name}` in the header (columns: {}): set `{key}` in [task] to one of them",
+                                headers.iter().collect::<Vec<_>>().join(", ")
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            for rec in rdr.records() {
+                let rec = rec.map_err(|e| record_error(path, fmt, e))?;
+                let line = rec.position().map(|p| p.line()).unwrap_or(0);
+                out.push((line, idx.iter().map(|&i| rec.get(i).unwrap_or_default().to_owned()).collect()));
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(err(None, "has no examples: add one example per line".into()));
+    }
+    Ok(out)
+}
+
+/// Reads the prompt/response pairs of a `causal_lm` task. Each becomes an [`Example`] whose
+/// `text` is the prompt, `text_pair` the response and `label` empty (so splits and eval subsets
+/// work as for classification). An empty response is an error; an empty prompt is allowed.
+pub fn read_lm_examples(path: &Path, lm: &LmTaskSpec) -> Result<Vec<Example>, TrainError> {
+    let rows = read_columns(
+        path,
+        &[
+            ("prompt_column", lm.prompt_column.as_str()),
+            ("response_column", lm.response_column.as_str()),
+        ],
+    )?;
+    rows.into_iter()
+        .map(|(line, mut v)| {
+            let response = v.pop().unwrap_or_default();
+            let prompt = v.pop().unwrap_or_default();
+            if response.trim().is_empty() {
+                return Err(TrainError::Data {
+                    path: path.to_owned(),
+                    line: Some(line),
+                    message: format!(
+                        "`{}` (the response) is empty: fill it in or remove the example",
+                        lm.response_column
+                    ),
+                });
+            }
+            Ok(Example {
+                text: prompt,
+                text_pair: Some(response),
+                label: String::new(),
+                line,
+            })
+        })
+        .collect()
+}
+
+/// Tokenizes prompt/response pairs for causal-LM training: the rendered prompt (with the
+/// tokenizer's special tokens, e.g. a BOS), then the response (without), then `eos`; cut to
+/// `max_len` tokens from the right. `loss_from` is the prompt's length: only the tokens after it
+/// are targets. An example whose response does not start within `max_len` tokens is dropped
+/// (it has nothing to learn from); if every one is, that is an error.
+pub fn encode_lm(
+    tok: &Tokenizer,
+    examples: &[Example],
+    lm: &LmTaskSpec,
+    max_len: usize,
+    eos: Option<i64>,
+    path: &Path,
+) -> Result<Encoded, TrainError> {
+    let terr = |e: tokenizers::Error| TrainError::Tokenizer {
+        path: path.to_owned(),
+        message: e.to_string(),
+    };
+    let prompts: Vec<EncodeInput> = examples
+        .iter()
+        .map(|e| EncodeInput::Single(lm.render(&e.text).into()))
+        .collect();
+    let responses: Vec<EncodeInput> = examples
+        .iter()
+        .map(|e| EncodeInput::Single(e.text_pair.clone().unwrap_or_default().into()))
+        .collect();
+    let p = tok.encode_batch(prompts, true).map_err(terr)?;
+    let r = tok.encode_batch(responses, false).map_err(terr)?;
+    let mut out = Encoded {
+        ids: Vec::new(),
+        type_ids: Vec::new(),
+        labels: Vec::new(),
+        loss_from: Vec::new(),
+    };
+    for (pe, re) in p.iter().zip(&r) {
+        let mut ids: Vec<i64> = pe.get_ids().iter().map(|&i| i as i64).collect();
+        let from = ids.len();
+        ids.extend(re.get_ids().iter().map(|&i| i as i64));
+        ids.extend(eos);
+        ids.truncate(max_len);
+        if ids.len() <= from {
+            continue;
+        }
+        out.type_ids.push(vec![0; ids.len()]);
+        out.ids.push(ids);
+        out.labels.push(0);
+        out.loss_from.push(from);
+    }
+    if out.ids.is_empty() {
+        return Err(TrainError::Data {
+            path: path.to_owned(),
+            line: None,
+            message: format!(
+                "no example has a response token within train.max_seq_len = {max_len} tokens: \
+                 raise max_seq_len or shorten the prompts"
+            ),
+        });
+    }
+    Ok(out)
+}
+
+/// Right-pads the `causal_lm` examples `idx` of `data` and builds transformers-style labels
+/// [b, T]: the token id where the token is a target (a response token or EOS), -100 on prompt
+/// and padding. The next-token shift is the loss's job ([`crate::train::lm_loss`]).
+pub fn collate_lm(data: &Encoded, idx: &[usize], pad: i64, device: Device) -> Batch {
+    let mut b = collate(data, idx, pad, device);
+    let s = b.input_ids.size();
+    let (n, t) = (s[0] as usize, s[1] as usize);
+    let mut labels = vec![-100i64; n * t];
+    for (row, &i) in idx.iter().enumerate() {
+        let from = data.loss_from.get(i).copied().unwrap_or(0);
+        for (j, &id) in data.ids[i].iter().enumerate().skip(from) {
+            labels[row * t + j] = id;
+        }
+    }
+    b.labels = Tensor::from_slice(&labels)
+        .reshape([n as i64, t as i64])
+        .to_device(device);
+    b
+}
+
+/// One multiple-choice question as read from a file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McExample {
+    pub question: String,
+    pub choices: Vec<String>,
+    /// 0-based index of the right choice.
+    pub answer: usize,
+    pub line: u64,
+}
+
+/// The letters choices are listed under; at most this many choices.
+pub const MC_LETTERS: &str = "ABCDEFGHIJ";
+
+/// Reads a multiple-choice JSONL file: one object a line with `question` (a string), `choices`
+/// (a list of 2–10 strings) and `answer` (a letter "A"…, or a 0-based index).
+pub fn read_mc_examples(path: &Path) -> Result<Vec<McExample>, TrainError> {
+    let err = |line: Option<u64>, message: String| TrainError::Data {
+        path: path.to_owned(),
+        line,
+        message,
+    };
+    if format_of(path)? != Format::Jsonl {
+        return Err(err(
+            None,
+            "a multiple-choice eval file must be .jsonl (its `choices` are a list)".into(),
+        ));
+    }
+    let bytes = read_bytes(path)?;
+    let mut out = Vec::new();
+    for (line, obj) in jsonl_objects(path, bytes, usize::MAX)? {
+        let e = |m: &str| err(Some(line), m.to_owned());
+        let question = obj
+            .get("question")
+            .and_then(|v| v.as_str())
+            .filter(|q| !q.trim().is_empty())
+            .ok_or_else(|| e("`question` is missing, empty or not a string: each line needs {\"question\": \"…\", \"choices\": [\"…\", …], \"answer\": \"A\"}"))?
+            .to_owned();
+        let choices: Vec<String> = obj
+            .get("choices")
+            .and_then(|v| v.as_array())
+            .and_then(|a| a.iter().map(|c| json_scalar(c).filter(|c| !c.trim().is_empty())).collect::<Option<Vec<_>>>())
+            .ok_or_else(|| e("`choices` is missing or not a list of non-empty strings"))?;
+        if choices.len() < 2 || choices.len() > MC_LETTERS.len() {
+            return Err(e(&format!(
+                "has {} choices: give between 2 and {}",
+                choices.len(),
+                MC_LETTERS.len()
+            )));
+        }
+        let answer = match obj.get("answer") {
+            Some(serde_json::Value::Number(n)) => n.as_u64().map(|i| i as usize),
+            Some(serde_json::Value::String(s)) => {
+                let s = s.trim();
+                if s.len() == 1 {
+                    MC_LETTERS.find(&s.to_ascii_uppercase())
+                } else {
+                    s.parse::<usize>().ok()
+                }
+            }
+            _ => None,
+        }
+        .filter(|&a| a < choices.len())
+        .ok_or_else(|| {
+            e(&format!(
+                "`answer` must be a letter A–{} or a 0-based index below {}",
+                &MC_LETTERS[choices.len() - 1..choices.len()],
+                choices.len()
+            ))
+        })?;
+        out.push(McExample {
+            question,
+            choices,
+            answer,
+            line,
+        });
+    }
+    if out.is_empty() {
+        return Err(err(None, "has no questions: write one JSON object per line".into()));
+    }
+    Ok(out)
+}
+
+/// The prompt of a multiple-choice question, MMLU style:
+/// `question\nA. first\nB. second\n…\nAnswer:`. The model's next token is read for the letters.
+pub fn mc_prompt(question: &str, choices: &[String]) -> String {
+    let mut s = question.trim_end().to_owned();
+    for (letter, c) in MC_LETTERS.chars().zip(choices) {
+        s.push_str(&format!("\n{letter}. {c}"));
+    }
+    s.push_str("\nAnswer:");
+    s
+}
+
+/// The token id of each choice letter as the answer's next token: " A" when the tokenizer has it
+/// as one token (byte-level BPE vocabularies do), else "A"; an error when neither is one token.
+pub fn mc_letter_ids(tok: &Tokenizer, n: usize, path: &Path) -> Result<Vec<i64>, TrainError> {
+    MC_LETTERS
+        .chars()
+        .take(n)
+        .map(|c| {
+            for text in [format!(" {c}"), c.to_string()] {
+                let enc = tok.encode(text.as_str(), false).map_err(|e| TrainError::Tokenizer {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })?;
+                if let [id] = enc.get_ids() {
+                    return Ok(*id as i64);
+                }
+            }
+            Err(TrainError::Tokenizer {
+                path: path.to_owned(),
+                message: format!(
+                    "neither \" {c}\" nor \"{c}\" is a single token: multiple-choice scoring needs one token per letter"
+                ),
+            })
+        })
+        .collect()
+}
+
+/// Tokenized multiple-choice questions.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct McEncoded {
+    /// The prompts ([`mc_prompt`]) with the tokenizer's special tokens; `labels` = answers.
+    pub prompts: Encoded,
+    pub n_choices: Vec<i64>,
+    /// The letter tokens, for as many letters as the question with the most choices has.
+    pub letter_ids: Vec<i64>,
+}
+
+/// Tokenizes multiple-choice questions (`path` names their file, for errors). Prompts are not
+/// truncated: the answer comes after the last prompt token.
+pub fn encode_mc(tok: &Tokenizer, qs: &[McExample], path: &Path) -> Result<McEncoded, TrainError> {
+    let mut tok = tok.clone();
+    tok.with_truncation(None).map_err(|e| TrainError::Tokenizer {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let prompts: Vec<String> = qs.iter().map(|q| mc_prompt(&q.question, &q.choices)).collect();
+    let texts: Vec<(&str, Option<&str>)> = prompts.iter().map(|p| (p.as_str(), None)).collect();
+    let (ids, type_ids) = tokenize(&tok, &texts, path)?;
+    let most = qs.iter().map(|q| q.choices.len()).max().unwrap_or(0);
+    Ok(McEncoded {
+        prompts: Encoded {
+            ids,
+            type_ids,
+            labels: qs.iter().map(|q| q.answer as i64).collect(),
+            loss_from: Vec::new(),
+        },
+        n_choices: qs.iter().map(|q| q.choices.len() as i64).collect(),
+        letter_ids: mc_letter_ids(&tok, most, path)?,
+    })
 }

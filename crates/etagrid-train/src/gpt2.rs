@@ -279,4 +279,8 @@ impl SequenceClassifier for Gpt2ForSequenceClassification {
         let last = last_token_states(&h, &batch.attention_mask);
         Some(last.linear::<Tensor>(&self.wte.weight, None).to_kind(Kind::Float))
     }
+
+    fn lm_hidden(&self, batch: &Batch, train: bool) -> Option<(Tensor, Tensor)> {
+        Some((self.hidden(batch, train), self.wte.weight.shallow_clone()))
+    }
 }

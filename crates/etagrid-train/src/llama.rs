@@ -412,4 +412,9 @@ impl SequenceClassifier for LlamaForSequenceClassification {
         let last = last_token_states(&h, &batch.attention_mask);
         Some(last.linear::<Tensor>(head, None).to_kind(Kind::Float))
     }
+
+    fn lm_hidden(&self, batch: &Batch, train: bool) -> Option<(Tensor, Tensor)> {
+        let head = self.lm_head.as_ref()?.shallow_clone();
+        Some((self.hidden(batch, train), head))
+    }
 }

@@ -181,8 +181,58 @@ impl EvalMetrics {
             Metric::MacroF1 => self.macro_f1,
             Metric::Mcc => self.mcc,
             Metric::EvalLoss => self.loss,
+            // Not defined for classification; the sweep file's validation never asks for these.
+            Metric::Perplexity | Metric::McAccuracy => f64::NAN,
         }
     }
+}
+
+/// What one evaluation of a `causal_lm` cell measures.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LmEvalMetrics {
+    /// Mean next-token cross-entropy over every response token of the eval set (a token-weighted
+    /// mean, as one batch of the whole set would give with transformers' `labels`).
+    pub loss: f64,
+    /// Response tokens scored.
+    pub tokens: u64,
+    /// Share of response tokens whose argmax next-token prediction is right.
+    pub token_accuracy: f64,
+    /// Multiple-choice accuracy on `mc_eval`, when the task has one.
+    pub mc_accuracy: Option<f64>,
+}
+
+impl LmEvalMetrics {
+    /// exp(loss): the perplexity of the response tokens.
+    pub fn perplexity(&self) -> f64 {
+        self.loss.exp()
+    }
+
+    /// The value of `metric` (NaN for a classification metric or a missing `mc_eval`).
+    pub fn get(&self, metric: Metric) -> f64 {
+        match metric {
+            Metric::EvalLoss => self.loss,
+            Metric::Perplexity => self.perplexity(),
+            Metric::McAccuracy => self.mc_accuracy.unwrap_or(f64::NAN),
+            Metric::Accuracy | Metric::MacroF1 | Metric::Mcc => f64::NAN,
+        }
+    }
+}
+
+/// Multiple-choice predictions: `letter_logits` [b, L] holds each question's next-token logits of
+/// the letter tokens " A", " B", … (L the most choices of any question); question i has
+/// `n_choices[i]` of them, and letters past that never win. Returns the chosen index per row
+/// (ties: the first letter).
+pub fn mc_predictions(letter_logits: &Tensor, n_choices: &[i64]) -> Tensor {
+    let s = letter_logits.size();
+    let (b, l) = (s[0], s[1]);
+    let dev = letter_logits.device();
+    let n = Tensor::from_slice(n_choices).to_device(dev).unsqueeze(1);
+    let valid = Tensor::arange(l, (Kind::Int64, dev)).unsqueeze(0).lt_tensor(&n);
+    let masked = letter_logits
+        .to_kind(Kind::Float)
+        .masked_fill(&valid.logical_not(), f64::NEG_INFINITY);
+    debug_assert_eq!(masked.size()[0], b);
+    masked.argmax(-1, false)
 }
 
 /// Adds a batch to a flat `[k * k]` Int64 confusion matrix on the device: `labels` and `preds`
@@ -211,6 +261,6 @@ pub fn chance_level(metric: Metric, class_counts: &[u64]) -> Option<f64> {
             Some(2.0 * p / (1.0 + p) / present as f64)
         }
         Metric::Mcc => Some(0.0),
-        Metric::EvalLoss => None,
+        Metric::EvalLoss | Metric::Perplexity | Metric::McAccuracy => None,
     }
 }

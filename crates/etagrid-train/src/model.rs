@@ -27,6 +27,12 @@ pub trait SequenceClassifier {
     fn next_token_logits(&self, _batch: &Batch) -> Option<Tensor> {
         None
     }
+    /// For causal-LM training: the final hidden states [K·b, T, hidden] (LoRA applied, dropout
+    /// when `train`) and the LM head's weight [vocab, hidden], for the families that have one.
+    /// The caller applies the head only where a loss is needed.
+    fn lm_hidden(&self, _batch: &Batch, _train: bool) -> Option<(Tensor, Tensor)> {
+        None
+    }
 }
 
 /// `dir/config.json` as `T`, with errors naming the file.

@@ -126,7 +126,9 @@ fn num_labels(model_dir: &Path, adapter: Option<&Adapter>) -> i64 {
         .unwrap_or(2)
 }
 
-fn apply_adapter(model: &dyn SequenceClassifier, a: &Adapter) -> Result<(), TrainError> {
+/// With `lm` (next-token logits) the classification head is not used, so an adapter without one
+/// (a `causal_lm` cell's) is complete.
+fn apply_adapter(model: &dyn SequenceClassifier, a: &Adapter, lm: bool) -> Result<(), TrainError> {
     let params = model.trainable();
     for (name, t) in &a.tensors {
         let p = params.iter().find(|p| &p.name == name).ok_or_else(|| TrainError::MissingTensor {
@@ -147,6 +149,10 @@ fn apply_adapter(model: &dyn SequenceClassifier, a: &Adapter) -> Result<(), Trai
     // Every trainable — LoRA and the head (PEFT's modules_to_save) — must come from the adapter:
     // a head left at its random initialisation would give meaningless logits.
     for p in &params {
+        let head = !matches!(p.role, crate::bert::ParamRole::LoraA | crate::bert::ParamRole::LoraB);
+        if lm && head {
+            continue;
+        }
         if !a.tensors.iter().any(|(n, _)| n == &p.name) {
             return Err(TrainError::MissingTensor {
                 name: format!(
@@ -209,7 +215,7 @@ pub fn predict(
     )?;
     drop(weights);
     if let Some(a) = &adapter {
-        apply_adapter(model.as_ref(), a)?;
+        apply_adapter(model.as_ref(), a, o.lm)?;
     }
     let tok = load_tokenizer(&o.model_dir, o.max_len.min(model.max_tokens() as usize))?;
     let inputs = read_inputs(&o.input)?;
@@ -223,6 +229,7 @@ pub fn predict(
             labels: vec![0; ids.len()],
             ids,
             type_ids,
+            loss_from: Vec::new(),
         };
         let idx: Vec<usize> = (0..enc.len()).collect();
         let batch = collate(&enc, &idx, model.pad_token_id(), device);

@@ -1,8 +1,9 @@
 //! The train/eval loop of one worker job.
 
-use crate::data::{collate, load_tokenizer, BatchOrder, Encoded, TaskData};
+use crate::bert::{Batch, ParamRole};
+use crate::data::{collate, collate_lm, load_tokenizer, BatchOrder, Encoded, McEncoded, TaskData};
 use crate::export::save_peft_adapter;
-use crate::metrics::{confusion_update, Confusion, EvalMetrics};
+use crate::metrics::{confusion_update, mc_predictions, Confusion, EvalMetrics, LmEvalMetrics};
 use crate::model::{load_classifier, model_type, SequenceClassifier};
 use crate::optim::LoraPlusAdamW;
 use crate::weights::Weights;
@@ -22,6 +23,126 @@ pub enum JobOutcome {
 /// Mean cross-entropy over a batch of logits.
 pub fn loss(logits: &Tensor, labels: &Tensor) -> Tensor {
     logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, 0.0)
+}
+
+/// The next-token cross-entropy of a causal LM as transformers' `ForCausalLMLoss` computes it:
+/// position t predicts `labels[t + 1]`, targets of -100 (prompt, padding) carry no loss. `hidden`
+/// [b, T, h] and `head` [vocab, h] come from [`SequenceClassifier::lm_hidden`]; the head is
+/// applied only at target positions. Returns the summed loss (fp32 scalar), the number of
+/// targets and how many of them the argmax predicts right (Int64 scalar).
+pub fn lm_loss_parts(hidden: &Tensor, head: &Tensor, labels: &Tensor) -> (Tensor, i64, Tensor) {
+    let s = hidden.size();
+    let (t, h) = (s[1], s[2]);
+    let hs = hidden.narrow(1, 0, (t - 1).max(0)).reshape([-1, h]);
+    let y = labels.narrow(1, 1, (t - 1).max(0)).reshape([-1]);
+    let idx = y.ne(-100).nonzero().squeeze_dim(1);
+    let ys = y.index_select(0, &idx);
+    let logits = hs
+        .index_select(0, &idx)
+        .linear::<Tensor>(head, None)
+        .to_kind(Kind::Float);
+    let sum = logits.cross_entropy_loss::<Tensor>(&ys, None, Reduction::Sum, -100, 0.0);
+    let correct = logits
+        .argmax(-1, false)
+        .eq_tensor(&ys)
+        .sum(Kind::Int64);
+    (sum, idx.size()[0], correct)
+}
+
+/// The mean causal-LM loss of `batch` (labels [b, T] from [`collate_lm`]), as transformers
+/// gives it for `model(input_ids, attention_mask=…, labels=…).loss`.
+pub fn lm_loss(
+    model: &dyn SequenceClassifier,
+    batch: &Batch,
+    train: bool,
+) -> Result<Tensor, TrainError> {
+    let (hidden, head) = model.lm_hidden(batch, train).ok_or_else(no_lm_head)?;
+    let (sum, n, _) = lm_loss_parts(&hidden, &head, &batch.labels);
+    Ok(sum / n.max(1) as f64)
+}
+
+fn no_lm_head() -> TrainError {
+    TrainError::Device(
+        "this model has no causal-LM head (an untied Llama checkpoint without lm_head.weight): \
+         kind = \"causal_lm\" needs a causal-LM checkpoint"
+            .into(),
+    )
+}
+
+/// Evaluates a causal LM on every response token of `data` (no dropout, no gradients).
+pub fn evaluate_lm(
+    model: &dyn SequenceClassifier,
+    data: &Encoded,
+    mc: Option<&McEncoded>,
+    pad: i64,
+    device: Device,
+) -> Result<LmEvalMetrics, TrainError> {
+    let mut order: Vec<usize> = (0..data.len()).collect();
+    order.sort_by_key(|&i| data.ids[i].len());
+    let (loss_sum, tokens, correct) = tch::no_grad(|| -> Result<_, TrainError> {
+        let mut loss_sum = Tensor::zeros([], (Kind::Double, device));
+        let mut correct = Tensor::zeros([], (Kind::Int64, device));
+        let mut tokens = 0i64;
+        for chunk in order.chunks(32) {
+            let batch = collate_lm(data, chunk, pad, device);
+            let (hidden, head) = model.lm_hidden(&batch, false).ok_or_else(no_lm_head)?;
+            let (s, n, c) = lm_loss_parts(&hidden, &head, &batch.labels);
+            loss_sum += s.to_kind(Kind::Double);
+            correct += c;
+            tokens += n;
+        }
+        Ok((loss_sum, tokens, correct))
+    })?;
+    let n = tokens.max(1) as f64;
+    let mc_accuracy = match mc {
+        Some(mc) => {
+            let preds = mc_predictions(&mc_letter_logits(model, mc, pad, device)?, &mc.n_choices);
+            let answers = Tensor::from_slice(&mc.prompts.labels).to_device(device);
+            Some(
+                preds.eq_tensor(&answers).sum(Kind::Int64).f_double_value(&[])?
+                    / mc.prompts.len().max(1) as f64,
+            )
+        }
+        None => None,
+    };
+    Ok(LmEvalMetrics {
+        loss: loss_sum.f_double_value(&[])? / n,
+        tokens: tokens as u64,
+        token_accuracy: correct.f_double_value(&[])? / n,
+        mc_accuracy,
+    })
+}
+
+/// The next-token logits [questions, letters] of the choice letters after each multiple-choice
+/// prompt, in file order.
+pub fn mc_letter_logits(
+    model: &dyn SequenceClassifier,
+    mc: &McEncoded,
+    pad: i64,
+    device: Device,
+) -> Result<Tensor, TrainError> {
+    let letters = Tensor::from_slice(&mc.letter_ids).to_device(device);
+    let mut rows = Vec::new();
+    let all: Vec<usize> = (0..mc.prompts.len()).collect();
+    tch::no_grad(|| -> Result<(), TrainError> {
+        for chunk in all.chunks(16) {
+            let batch = collate(&mc.prompts, chunk, pad, device);
+            let logits = model.next_token_logits(&batch).ok_or_else(no_lm_head)?;
+            rows.push(logits.index_select(1, &letters));
+        }
+        Ok(())
+    })?;
+    Ok(Tensor::cat(&rows, 0))
+}
+
+/// `eos_token_id` of `dir/config.json` (the first one when it is a list).
+pub fn eos_token_id(dir: &Path) -> Result<Option<i64>, TrainError> {
+    let v: serde_json::Value = crate::model::read_config(dir)?;
+    Ok(match &v["eos_token_id"] {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::Array(a) => a.first().and_then(|x| x.as_i64()),
+        _ => None,
+    })
 }
 
 /// Evaluates the model on all of `data` (no dropout, no gradients), `classes` being the number
@@ -89,12 +210,34 @@ pub fn run_job(
     let cfg = &job.config;
     let tr = &cfg.train;
 
+    let causal_lm = cfg.task.lm.is_some();
+    let eos = if causal_lm {
+        let mt = model_type(&job.model_dir)?;
+        if !matches!(mt.as_str(), "gpt2" | "llama") {
+            return Err(TrainError::Config {
+                path: job.model_dir.join("config.json"),
+                message: format!(
+                    "[task] kind = \"causal_lm\" needs a decoder model (GPT-2 or Llama), but \
+                     model_type is {mt:?}: use a decoder, or kind = \"classification\""
+                ),
+            });
+        }
+        eos_token_id(&job.model_dir)?
+    } else {
+        None
+    };
     let tok = load_tokenizer(&job.model_dir, tr.max_seq_len)?;
     let data = match &job.cache_dir {
         Some(dir) => {
             let tokenizer_file = job.model_dir.join("tokenizer.json");
-            let (data, source) =
-                TaskData::load_cached(&cfg.task, &tok, &tokenizer_file, tr.max_seq_len, dir)?;
+            let (data, source) = TaskData::load_cached(
+                &cfg.task,
+                &tok,
+                &tokenizer_file,
+                tr.max_seq_len,
+                eos,
+                dir,
+            )?;
             eprintln!(
                 "etagrid worker: tokenized data {}",
                 match source {
@@ -106,10 +249,14 @@ pub fn run_job(
             );
             data
         }
+        None if causal_lm => TaskData::load_lm(&cfg.task, &tok, tr.max_seq_len, eos)?,
         None => TaskData::load(&cfg.task, &tok)?,
     };
-    write_labels(&job.out_dir, &cfg.task.label_column, &data)?;
-    let classes = data.labels.labels.len();
+    if !causal_lm {
+        write_labels(&job.out_dir, &cfg.task.label_column, &data)?;
+    }
+    // A causal LM trains no head: the classifier's `score` is built (one row) but never used.
+    let classes = data.labels.labels.len().max(1);
     // On a GPU the frozen base runs in bf16 (LoRA, head and optimizer state stay fp32), as PEFT
     // under bf16 autocast; on the CPU everything is fp32.
     let compute = if device == Device::Cpu {
@@ -139,7 +286,12 @@ pub fn run_job(
         });
     }
     let pad = model.pad_token_id();
-    let trainable = model.trainable();
+    // causal_lm: the LoRA adapters alone (the LM head is the frozen embedding).
+    let trainable: Vec<_> = model
+        .trainable()
+        .into_iter()
+        .filter(|p| !causal_lm || matches!(p.role, ParamRole::LoraA | ParamRole::LoraB))
+        .collect();
     let trainable_params = trainable.iter().map(|p| p.tensor.numel() as u64).sum();
     let mut opt = LoraPlusAdamW::new(trainable, &[cfg.lr_a], &[cfg.lr_b], tr.weight_decay)
         .with_embedding_lr(cfg.lora.embedding_lr);
@@ -170,9 +322,12 @@ pub fn run_job(
     for step in 0..total_steps {
         let idx = order.next_batch();
         samples += idx.len();
-        let batch = collate(&data.train, &idx, pad, device);
-        let logits = model.forward(&batch, true);
-        let l = loss(&logits, &batch.labels);
+        let l = if causal_lm {
+            lm_loss(model.as_ref(), &collate_lm(&data.train, &idx, pad, device), true)?
+        } else {
+            let batch = collate(&data.train, &idx, pad, device);
+            loss(&model.forward(&batch, true), &batch.labels)
+        };
         opt.zero_grad();
         l.backward();
         let done = step + 1;
@@ -217,41 +372,29 @@ pub fn run_job(
             acc_steps = 0;
         }
         if tr.eval_every > 0 && done % tr.eval_every == 0 && done != total_steps {
-            let e = evaluate(model.as_ref(), &data.eval, classes, pad, device)?;
-            emit(WorkerEvent::Eval {
-                step: done,
-                loss: e.loss,
-                accuracy: e.accuracy,
-                macro_f1: Some(e.macro_f1),
-                mcc: Some(e.mcc),
-            });
+            let e = eval_any(model.as_ref(), &data, classes, pad, device, &job.out_dir)?;
+            emit(e.event(done));
         }
     }
     let train_s = train_started.elapsed().as_secs_f64();
-    let e = evaluate(model.as_ref(), &data.eval, classes, pad, device)?;
-    emit(WorkerEvent::Eval {
-        step: total_steps,
-        loss: e.loss,
-        accuracy: e.accuracy,
-        macro_f1: Some(e.macro_f1),
-        mcc: Some(e.mcc),
-    });
-    if !e.loss.is_finite() {
+    let e = eval_any(model.as_ref(), &data, classes, pad, device, &job.out_dir)?;
+    emit(e.event(total_steps));
+    if !e.loss().is_finite() {
         emit(WorkerEvent::Diverged {
             step: total_steps,
-            loss: e.loss,
+            loss: e.loss(),
         });
         return Ok(JobOutcome::Diverged {
             step: total_steps,
-            loss: e.loss,
+            loss: e.loss(),
         });
     }
     let result = CellResult {
         metric: e.get(cfg.task.metric),
-        eval_loss: e.loss,
-        accuracy: e.accuracy,
-        macro_f1: Some(e.macro_f1),
-        mcc: Some(e.mcc),
+        eval_loss: e.loss(),
+        accuracy: e.accuracy(),
+        macro_f1: e.macro_f1(),
+        mcc: e.mcc(),
         train_loss: last_train_loss,
         steps: total_steps,
         wall_s: started.elapsed().as_secs_f64(),
@@ -259,17 +402,137 @@ pub fn run_job(
     };
     if job.save_adapter {
         // In PEFT's format, next to labels.json: `etagrid export` hands it out.
+        let params: Vec<_> = model
+            .trainable()
+            .into_iter()
+            .filter(|p| !causal_lm || matches!(p.role, ParamRole::LoraA | ParamRole::LoraB))
+            .collect();
         save_peft_adapter(
-            &model.trainable(),
+            &params,
             0,
             &cfg.lora,
             &model_type(&job.model_dir)?,
             &job.model_dir.display().to_string(),
             &job.out_dir.join("adapter"),
         )?;
+        if causal_lm {
+            mark_causal_lm_adapter(&job.out_dir.join("adapter"))?;
+        }
     }
     emit(WorkerEvent::Finished {
         result: result.clone(),
     });
     Ok(JobOutcome::Finished(result))
+}
+
+/// One evaluation's metrics, of either task kind.
+enum AnyEval {
+    Classification(EvalMetrics),
+    Lm(LmEvalMetrics),
+}
+
+impl AnyEval {
+    fn loss(&self) -> f64 {
+        match self {
+            AnyEval::Classification(e) => e.loss,
+            AnyEval::Lm(e) => e.loss,
+        }
+    }
+    /// Classification: accuracy. causal_lm: the multiple-choice accuracy with `mc_eval`, else the
+    /// share of response tokens predicted right (the store's `accuracy` column).
+    fn accuracy(&self) -> f64 {
+        match self {
+            AnyEval::Classification(e) => e.accuracy,
+            AnyEval::Lm(e) => e.mc_accuracy.unwrap_or(e.token_accuracy),
+        }
+    }
+    fn macro_f1(&self) -> Option<f64> {
+        match self {
+            AnyEval::Classification(e) => Some(e.macro_f1),
+            AnyEval::Lm(_) => None,
+        }
+    }
+    fn mcc(&self) -> Option<f64> {
+        match self {
+            AnyEval::Classification(e) => Some(e.mcc),
+            AnyEval::Lm(_) => None,
+        }
+    }
+    fn get(&self, metric: etagrid_spec::spec::Metric) -> f64 {
+        match self {
+            AnyEval::Classification(e) => e.get(metric),
+            AnyEval::Lm(e) => e.get(metric),
+        }
+    }
+    fn event(&self, step: u64) -> WorkerEvent {
+        WorkerEvent::Eval {
+            step,
+            loss: self.loss(),
+            accuracy: self.accuracy(),
+            macro_f1: self.macro_f1(),
+            mcc: self.mcc(),
+        }
+    }
+}
+
+/// Evaluates a cell of either kind. A causal-LM evaluation also appends its every metric
+/// (perplexity, token accuracy, mc_accuracy) as one JSON line to `lm_eval.jsonl` in the cell's
+/// directory, and logs it, since the store's columns hold only the classification set.
+fn eval_any(
+    model: &dyn SequenceClassifier,
+    data: &TaskData,
+    classes: usize,
+    pad: i64,
+    device: Device,
+    out_dir: &Path,
+) -> Result<AnyEval, TrainError> {
+    if data.train.loss_from.is_empty() {
+        return Ok(AnyEval::Classification(evaluate(
+            model, &data.eval, classes, pad, device,
+        )?));
+    }
+    let e = evaluate_lm(model, &data.eval, data.mc.as_ref(), pad, device)?;
+    let line = serde_json::json!({
+        "eval_loss": e.loss,
+        "perplexity": e.perplexity(),
+        "response_tokens": e.tokens,
+        "token_accuracy": e.token_accuracy,
+        "mc_accuracy": e.mc_accuracy,
+    });
+    eprintln!("etagrid worker: causal-LM eval {line}");
+    let path = out_dir.join("lm_eval.jsonl");
+    let io = |source| TrainError::Io {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(out_dir).map_err(io)?;
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(io)?;
+    writeln!(f, "{line}").map_err(io)?;
+    Ok(AnyEval::Lm(e))
+}
+
+/// Turns the adapter config [`save_peft_adapter`] wrote for a classifier into a causal LM's: PEFT's
+/// `task_type` "CAUSAL_LM" and no `modules_to_save` (no head was trained), so that
+/// `PeftModel.from_pretrained(AutoModelForCausalLM…, dir)` loads it as it is.
+fn mark_causal_lm_adapter(dir: &Path) -> Result<(), TrainError> {
+    let path = dir.join("adapter_config.json");
+    let io = |source| TrainError::Io {
+        path: path.clone(),
+        source,
+    };
+    let text = std::fs::read_to_string(&path).map_err(io)?;
+    let mut v: serde_json::Value = serde_json::from_str(&text).map_err(|e| TrainError::Config {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("task_type".into(), "CAUSAL_LM".into());
+        o.insert("modules_to_save".into(), serde_json::Value::Null);
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap_or_default()).map_err(io)
 }

@@ -35,6 +35,7 @@ fn task(train: &Path, eval: &Path, text: &str, pair: Option<&str>, label: &str) 
         label_column: label.into(),
         max_eval_examples: None,
         metric: Metric::Accuracy,
+        lm: None,
     }
 }
 

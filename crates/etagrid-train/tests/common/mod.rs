@@ -120,6 +120,7 @@ pub fn encode_inputs(tok: &tokenizers::Tokenizer, inputs: &[(&str, Option<&str>)
         labels: vec![0; ids.len()],
         ids,
         type_ids,
+        loss_from: Vec::new(),
     }
 }
 
