@@ -1,0 +1,264 @@
+//! Leases (SLURM mode: several workers write the store), through the public API on real SQLite
+//! files. Times are explicit unix seconds, so expiry is tested without waiting.
+
+use etagrid_spec::protocol::CellResult;
+use etagrid_spec::{Cell, SweepSpec};
+use etagrid_store::{CellRow, CellState, Claim, Outcome, SlurmTask, Store};
+use tempfile::TempDir;
+
+const SWEEP: &str = r#"
+[model]
+path = "../models/tiny-bert"
+[task]
+train = "../data/train.csv"
+eval = "../data/eval.csv"
+[train]
+steps = 20
+[grid]
+lr_a = [1e-4, 1e-3]
+lr_b = [1e-3]
+"#;
+const NAME: &str = "leased";
+const T0: i64 = 1_800_000_000;
+const LEASE: i64 = 60;
+const MAX: i64 = 3;
+
+struct F {
+    _dir: TempDir,
+    store: Store,
+    cells: Vec<Cell>,
+}
+
+impl F {
+    fn id(&self, i: usize) -> &str {
+        &self.cells[i].id.0
+    }
+    async fn row(&self, i: usize) -> CellRow {
+        let rows = self.store.cells(NAME).await.expect("cells");
+        rows.into_iter()
+            .find(|r| r.id == self.id(i))
+            .expect("cell row")
+    }
+    async fn claim(&self, i: usize, owner: &str, now: i64) -> Claim {
+        self.store
+            .claim(NAME, self.id(i), owner, &format!("dev-{owner}"), now, LEASE, MAX)
+            .await
+            .expect("claim")
+    }
+}
+
+async fn fixture() -> F {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(&dir.path().join("s.sqlite"))
+        .await
+        .expect("open");
+    let spec = SweepSpec::parse(&dir.path().join(format!("{NAME}.toml")), SWEEP).expect("spec");
+    let cells = spec.cells();
+    store.enqueue(&spec, &cells).await.expect("enqueue");
+    F {
+        _dir: dir,
+        store,
+        cells,
+    }
+}
+
+fn result() -> CellResult {
+    CellResult {
+        metric: 0.75,
+        eval_loss: 0.5,
+        accuracy: 0.75,
+        macro_f1: None,
+        mcc: None,
+        train_loss: 0.25,
+        steps: 20,
+        wall_s: 3.0,
+        train_samples_per_s: 10.0,
+    }
+}
+
+#[tokio::test]
+async fn a_claim_takes_a_pending_cell_once_and_records_owner_device_and_attempt() {
+    let f = fixture().await;
+    assert_eq!(f.claim(0, "7_0", T0).await, Claim::Claimed { attempt: 1 });
+    let r = f.row(0).await;
+    assert_eq!(r.state, CellState::Running);
+    assert_eq!(r.device.as_deref(), Some("dev-7_0"));
+    let leases = f.store.leases(NAME).await.expect("leases");
+    assert_eq!(leases.len(), 1);
+    assert_eq!(
+        (leases[0].owner.as_str(), leases[0].expires),
+        ("7_0", T0 + LEASE)
+    );
+    // Another task (a duplicate submission) finds it held and leaves it alone.
+    assert_eq!(
+        f.claim(0, "8_0", T0 + 1).await,
+        Claim::Held {
+            owner: "7_0".into(),
+            expires: T0 + LEASE
+        }
+    );
+    assert_eq!(f.row(0).await.attempts, 1);
+}
+
+#[tokio::test]
+async fn a_finished_cell_is_never_claimed_again() {
+    let f = fixture().await;
+    f.claim(0, "7_0", T0).await;
+    assert!(f
+        .store
+        .finish_leased(NAME, f.id(0), "7_0", &Outcome::Done(result()))
+        .await
+        .expect("finish"));
+    let r = f.row(0).await;
+    assert_eq!((r.state, r.attempts, r.metric), (CellState::Done, 1, Some(0.75)));
+    assert!(f.store.leases(NAME).await.expect("leases").is_empty());
+    // The same task requeued after preemption, and a later one: both skip it.
+    assert_eq!(f.claim(0, "7_0", T0 + 5).await, Claim::Finished(CellState::Done));
+    assert_eq!(f.claim(0, "9_0", T0 + 5).await, Claim::Finished(CellState::Done));
+    assert_eq!(f.row(0).await.attempts, 1);
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_claimable_with_the_attempt_counted_and_the_old_owner_is_shut_out() {
+    let f = fixture().await;
+    f.claim(0, "7_0", T0).await;
+    assert!(f
+        .store
+        .heartbeat(NAME, f.id(0), "7_0", T0 + 30, LEASE)
+        .await
+        .expect("beat"));
+    // Renewed to T0 + 90: still held at T0 + 80.
+    assert!(matches!(f.claim(0, "8_0", T0 + 80).await, Claim::Held { .. }));
+    // The node died: no heartbeat after T0 + 30; at T0 + 91 the lease is over.
+    assert_eq!(f.claim(0, "8_0", T0 + 91).await, Claim::Claimed { attempt: 2 });
+    // The old owner wakes up: it may neither renew nor write a result.
+    assert!(!f
+        .store
+        .heartbeat(NAME, f.id(0), "7_0", T0 + 92, LEASE)
+        .await
+        .expect("beat"));
+    assert!(!f
+        .store
+        .finish_leased(NAME, f.id(0), "7_0", &Outcome::Done(result()))
+        .await
+        .expect("finish"));
+    assert_eq!(f.row(0).await.state, CellState::Running);
+    assert!(f
+        .store
+        .finish_leased(NAME, f.id(0), "8_0", &Outcome::Done(result()))
+        .await
+        .expect("finish"));
+    let r = f.row(0).await;
+    assert_eq!((r.state, r.attempts), (CellState::Done, 2));
+}
+
+#[tokio::test]
+async fn a_requeued_task_takes_back_its_own_cell_at_once() {
+    let f = fixture().await;
+    f.claim(0, "7_0", T0).await;
+    // SIGKILLed before it could release; SLURM requeued it with the same id.
+    assert_eq!(f.claim(0, "7_0", T0 + 10).await, Claim::Claimed { attempt: 2 });
+}
+
+#[tokio::test]
+async fn release_on_preemption_refunds_the_attempt_and_on_time_limit_keeps_it() {
+    let f = fixture().await;
+    f.claim(0, "7_0", T0).await;
+    assert!(f
+        .store
+        .release(NAME, f.id(0), "7_0", true, "SIGTERM")
+        .await
+        .expect("release"));
+    let r = f.row(0).await;
+    assert_eq!((r.state, r.attempts), (CellState::Pending, 0));
+    assert_eq!(r.device, None);
+    f.claim(0, "7_0", T0 + 1).await;
+    assert!(f
+        .store
+        .release(NAME, f.id(0), "7_0", false, "SIGUSR2")
+        .await
+        .expect("release"));
+    let r = f.row(0).await;
+    assert_eq!((r.state, r.attempts), (CellState::Pending, 1));
+    assert_eq!(r.error.as_deref(), Some("SIGUSR2"));
+    // Not ours (any more): nothing happens.
+    assert!(!f
+        .store
+        .release(NAME, f.id(0), "7_0", true, "again")
+        .await
+        .expect("release"));
+}
+
+#[tokio::test]
+async fn reclaiming_a_dead_owners_cell_retries_it_until_max_attempts_then_fails_it() {
+    let f = fixture().await;
+    for attempt in 1..=MAX {
+        let owner = format!("{attempt}_0");
+        assert_eq!(
+            f.claim(0, &owner, T0).await,
+            Claim::Claimed { attempt }
+        );
+        let st = f
+            .store
+            .reclaim(NAME, f.id(0), &owner, "task ended", MAX)
+            .await
+            .expect("reclaim");
+        let want = if attempt < MAX {
+            CellState::Pending
+        } else {
+            CellState::Failed
+        };
+        assert_eq!(st, Some(want));
+        assert_eq!(f.row(0).await.error.as_deref(), Some("task ended"));
+    }
+    assert_eq!(f.claim(0, "9_0", T0).await, Claim::Finished(CellState::Failed));
+    // Reclaiming from an owner that no longer holds the cell changes nothing.
+    assert_eq!(
+        f.store
+            .reclaim(NAME, f.id(0), "1_0", "late", MAX)
+            .await
+            .expect("reclaim"),
+        None
+    );
+}
+
+#[tokio::test]
+async fn pending_cells_out_of_attempts_are_not_claimable_and_fail_exhausted_marks_them() {
+    let f = fixture().await;
+    for a in 1..=MAX {
+        f.claim(1, "5_1", T0).await;
+        f.store
+            .release(NAME, f.id(1), "5_1", false, "time limit")
+            .await
+            .expect("release");
+        assert_eq!(f.row(1).await.attempts, a);
+    }
+    assert_eq!(f.claim(1, "6_1", T0).await, Claim::Exhausted { attempts: MAX });
+    assert_eq!(f.store.fail_exhausted(NAME, MAX).await.expect("fail"), 1);
+    assert_eq!(f.row(1).await.state, CellState::Failed);
+    assert_eq!(f.row(0).await.state, CellState::Pending);
+}
+
+#[tokio::test]
+async fn submitted_tasks_read_back_with_their_slurm_ids() {
+    let f = fixture().await;
+    let tasks = vec![
+        SlurmTask {
+            job_id: "41".into(),
+            array_index: 0,
+            cell_id: f.id(0).into(),
+        },
+        SlurmTask {
+            job_id: "41".into(),
+            array_index: 1,
+            cell_id: f.id(1).into(),
+        },
+    ];
+    f.store
+        .record_slurm_tasks(NAME, &tasks, T0)
+        .await
+        .expect("record");
+    let back = f.store.slurm_tasks(NAME).await.expect("tasks");
+    assert_eq!(back, tasks);
+    assert_eq!(back[1].slurm_id(), "41_1");
+}
