@@ -571,6 +571,20 @@ pub enum LeasedExit {
     LeaseLost,
 }
 
+/// Ends the process at once, without running exit handlers: a worker that gave its cell back
+/// while its training thread is still inside libtorch must not run libtorch's static destructors
+/// under that thread (it panics noisily).
+pub fn exit_now(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stderr().flush();
+    let _ = std::io::stdout().flush();
+    // SAFETY: _exit only ends the process; nothing after it runs.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::_exit(code)
+    }
+}
+
 enum WMsg {
     Event(WorkerEvent),
     Ended(Result<(), String>),

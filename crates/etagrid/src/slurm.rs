@@ -150,9 +150,11 @@ pub fn worker(db: &Path, job_path: &Path, lease: u64, max_attempts: u32) -> Resu
                 .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
         }),
     )?;
-    Ok(match exit {
-        LeasedExit::Finished(etagrid_store::CellState::Failed) => Exit::WorkerFailed,
-        LeasedExit::LeaseLost => Exit::WorkerFailed,
-        _ => Exit::Ok,
-    })
+    match exit {
+        // The training thread may still be running: end without exit handlers.
+        LeasedExit::Released(_) => etagrid_sched::slurm::exit_now(0),
+        LeasedExit::LeaseLost => etagrid_sched::slurm::exit_now(1),
+        LeasedExit::Finished(etagrid_store::CellState::Failed) => Ok(Exit::WorkerFailed),
+        _ => Ok(Exit::Ok),
+    }
 }
