@@ -41,7 +41,15 @@ impl F {
     }
     async fn claim(&self, i: usize, owner: &str, now: i64) -> Claim {
         self.store
-            .claim(NAME, self.id(i), owner, &format!("dev-{owner}"), now, LEASE, MAX)
+            .claim(
+                NAME,
+                self.id(i),
+                owner,
+                &format!("dev-{owner}"),
+                now,
+                LEASE,
+                MAX,
+            )
             .await
             .expect("claim")
     }
@@ -110,11 +118,20 @@ async fn a_finished_cell_is_never_claimed_again() {
         .await
         .expect("finish"));
     let r = f.row(0).await;
-    assert_eq!((r.state, r.attempts, r.metric), (CellState::Done, 1, Some(0.75)));
+    assert_eq!(
+        (r.state, r.attempts, r.metric),
+        (CellState::Done, 1, Some(0.75))
+    );
     assert!(f.store.leases(NAME).await.expect("leases").is_empty());
     // The same task requeued after preemption, and a later one: both skip it.
-    assert_eq!(f.claim(0, "7_0", T0 + 5).await, Claim::Finished(CellState::Done));
-    assert_eq!(f.claim(0, "9_0", T0 + 5).await, Claim::Finished(CellState::Done));
+    assert_eq!(
+        f.claim(0, "7_0", T0 + 5).await,
+        Claim::Finished(CellState::Done)
+    );
+    assert_eq!(
+        f.claim(0, "9_0", T0 + 5).await,
+        Claim::Finished(CellState::Done)
+    );
     assert_eq!(f.row(0).await.attempts, 1);
 }
 
@@ -128,9 +145,15 @@ async fn an_expired_lease_is_claimable_with_the_attempt_counted_and_the_old_owne
         .await
         .expect("beat"));
     // Renewed to T0 + 90: still held at T0 + 80.
-    assert!(matches!(f.claim(0, "8_0", T0 + 80).await, Claim::Held { .. }));
+    assert!(matches!(
+        f.claim(0, "8_0", T0 + 80).await,
+        Claim::Held { .. }
+    ));
     // The node died: no heartbeat after T0 + 30; at T0 + 91 the lease is over.
-    assert_eq!(f.claim(0, "8_0", T0 + 91).await, Claim::Claimed { attempt: 2 });
+    assert_eq!(
+        f.claim(0, "8_0", T0 + 91).await,
+        Claim::Claimed { attempt: 2 }
+    );
     // The old owner wakes up: it may neither renew nor write a result.
     assert!(!f
         .store
@@ -157,7 +180,10 @@ async fn a_requeued_task_takes_back_its_own_cell_at_once() {
     let f = fixture().await;
     f.claim(0, "7_0", T0).await;
     // SIGKILLed before it could release; SLURM requeued it with the same id.
-    assert_eq!(f.claim(0, "7_0", T0 + 10).await, Claim::Claimed { attempt: 2 });
+    assert_eq!(
+        f.claim(0, "7_0", T0 + 10).await,
+        Claim::Claimed { attempt: 2 }
+    );
 }
 
 #[tokio::test]
@@ -194,10 +220,7 @@ async fn reclaiming_a_dead_owners_cell_retries_it_until_max_attempts_then_fails_
     let f = fixture().await;
     for attempt in 1..=MAX {
         let owner = format!("{attempt}_0");
-        assert_eq!(
-            f.claim(0, &owner, T0).await,
-            Claim::Claimed { attempt }
-        );
+        assert_eq!(f.claim(0, &owner, T0).await, Claim::Claimed { attempt });
         let st = f
             .store
             .reclaim(NAME, f.id(0), &owner, "task ended", MAX)
@@ -211,7 +234,10 @@ async fn reclaiming_a_dead_owners_cell_retries_it_until_max_attempts_then_fails_
         assert_eq!(st, Some(want));
         assert_eq!(f.row(0).await.error.as_deref(), Some("task ended"));
     }
-    assert_eq!(f.claim(0, "9_0", T0).await, Claim::Finished(CellState::Failed));
+    assert_eq!(
+        f.claim(0, "9_0", T0).await,
+        Claim::Finished(CellState::Failed)
+    );
     // Reclaiming from an owner that no longer holds the cell changes nothing.
     assert_eq!(
         f.store
@@ -233,7 +259,10 @@ async fn pending_cells_out_of_attempts_are_not_claimable_and_fail_exhausted_mark
             .expect("release");
         assert_eq!(f.row(1).await.attempts, a);
     }
-    assert_eq!(f.claim(1, "6_1", T0).await, Claim::Exhausted { attempts: MAX });
+    assert_eq!(
+        f.claim(1, "6_1", T0).await,
+        Claim::Exhausted { attempts: MAX }
+    );
     assert_eq!(f.store.fail_exhausted(NAME, MAX).await.expect("fail"), 1);
     assert_eq!(f.row(1).await.state, CellState::Failed);
     assert_eq!(f.row(0).await.state, CellState::Pending);
