@@ -6,6 +6,18 @@ cd "$ETAGRID_ROOT"
 bash scripts/setup.sh
 # Again: on a fresh machine the venv (and so libtorch's directory) exists only now.
 source scripts/env.sh
+# The SLURM tests (crates/etagrid/tests/slurm.rs) run against a real single-node SLURM cluster
+# with fake GPUs and a local PostgreSQL (both need root here: packages, daemons, device nodes).
+if [ "$(id -u)" = 0 ]; then
+  if ! command -v sbatch >/dev/null || ! command -v slurmctld >/dev/null; then
+    printf '\n==> apt-get install slurm-wlm (for the SLURM tests)\n' >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm >/dev/null \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm >/dev/null; }
+  fi
+  bash scripts/slurm-local.sh up
+  export SLURM_CONF="${ETAGRID_SLURM_BASE:-/tmp/etagrid-slurm-local}/etc/slurm.conf"
+  bash scripts/pg-local.sh up
+fi
 printf '\n==> cargo test (release profile: shares the build with the binary)\n' >&2
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

@@ -2,7 +2,7 @@ use crate::devices::SlotDevice;
 use crate::progress::Progress;
 use etagrid_spec::protocol::{JobDevice, WorkerEvent, WorkerJob};
 use etagrid_spec::SweepSpec;
-use etagrid_store::{CellRow, CellState, Outcome, Store, StoreError};
+use etagrid_store::{CellRow, CellState, Outcome, Store, StoreError, StoreUrl};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -39,7 +39,8 @@ pub struct WorkerCommand {
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    pub store: PathBuf,
+    /// The results store: an SQLite file or a PostgreSQL URL (`--db`).
+    pub store: StoreUrl,
     /// Job files and worker logs go under `state_dir/cells/<sweep>/<cell>/`.
     pub state_dir: PathBuf,
     pub worker: WorkerCommand,

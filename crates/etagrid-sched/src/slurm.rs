@@ -14,7 +14,7 @@ use crate::dispatch::{record_event, terminal_outcome, RunSummary, SchedError};
 use crate::progress::Progress;
 use etagrid_spec::protocol::{JobDevice, WorkerEvent, WorkerJob};
 use etagrid_spec::SweepSpec;
-use etagrid_store::{unix_now, CellState, Claim, Outcome, SlurmTask, Store};
+use etagrid_store::{unix_now, CellState, Claim, Outcome, SlurmTask, Store, StoreUrl};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -23,11 +23,14 @@ use tokio::signal::unix::{signal, SignalKind};
 /// `etagrid run --backend slurm` settings (CLI flags).
 #[derive(Debug, Clone)]
 pub struct SlurmOptions {
-    pub store: PathBuf,
+    /// Every task opens it: PostgreSQL, or SQLite on one machine (see `--allow-sqlite`).
+    pub store: StoreUrl,
     /// Job files, batch scripts and task logs go under `state_dir/slurm/<sweep>/`; adapters under
     /// `state_dir/cells/` as in a local run. Must be on a filesystem the nodes share.
     pub state_dir: PathBuf,
-    /// The `etagrid` executable the tasks run, and its global arguments (`--state-dir`, `--db`).
+    /// The `etagrid` executable the tasks run, and its global arguments (`--state-dir`; the
+    /// store reaches the tasks as `ETAGRID_DB` in their environment, so that a PostgreSQL
+    /// password is never written into a file).
     pub program: PathBuf,
     pub global_args: Vec<String>,
     pub partition: Option<String>,
@@ -148,8 +151,13 @@ fn sh_quote(s: &str) -> String {
 }
 
 async fn command(program: &str, args: &[&str]) -> Result<String, String> {
+    command_env(program, args, &[]).await
+}
+
+async fn command_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<String, String> {
     let out = tokio::process::Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .await
         .map_err(|e| format!("could not run `{program}`: {e} (is SLURM installed and on PATH?)"))?;
@@ -269,11 +277,16 @@ async fn submit_array(
     args.extend(opts.extra_args.iter().cloned());
     args.push(script_path.to_string_lossy().into_owned());
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let db_env = match &opts.store {
+        StoreUrl::Sqlite(p) => p.to_string_lossy().into_owned(),
+        StoreUrl::Postgres(u) => u.clone(),
+    };
     // Transient controller trouble (timeouts) is retried with back-off; anything else (a bad
     // partition, impossible resources) is permanent and reported as SLURM said it.
     let mut delay = Duration::from_secs(1);
     let out = loop {
-        match command("sbatch", &argv).await {
+        // sbatch exports its environment to the tasks (`--export=ALL`, SLURM's default).
+        match command_env("sbatch", &argv, &[("ETAGRID_DB", &db_env)]).await {
             Ok(out) => break out,
             Err(e)
                 if delay < Duration::from_secs(30)
@@ -598,7 +611,7 @@ pub type Train = Box<dyn FnOnce(&mut dyn FnMut(WorkerEvent)) -> Result<(), Strin
 /// to the store itself, and on SIGTERM (preemption, `scancel`, requeue) or SIGUSR2 (the time limit
 /// is near) gives the cell back to pending at once and returns.
 pub fn run_leased_worker(
-    store_path: &Path,
+    store_path: &StoreUrl,
     job: &WorkerJob,
     owner: &str,
     device: &str,
@@ -622,7 +635,7 @@ pub fn run_leased_worker(
 }
 
 async fn leased(
-    store_path: &Path,
+    store_path: &StoreUrl,
     job: &WorkerJob,
     owner: &str,
     device: &str,

@@ -27,7 +27,7 @@ fn setup(mode: &str, extra_resources: &str) -> Setup {
 impl Setup {
     fn opts(&self, retry_failed: bool) -> RunOptions {
         RunOptions {
-            store: self.dir.path().join("state/etagrid.sqlite"),
+            store: self.dir.path().join("state/etagrid.sqlite").into(),
             state_dir: self.dir.path().join("state"),
             worker: WorkerCommand {
                 program: PathBuf::from("bash"),

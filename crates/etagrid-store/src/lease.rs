@@ -165,13 +165,13 @@ impl Store {
         let r = sqlx::query(
             "UPDATE cells SET state = 'pending', lease_owner = NULL, lease_expires = NULL,
                  device = NULL, error = $5,
-                 attempts = CASE WHEN $4 AND attempts > 0 THEN attempts - 1 ELSE attempts END
+                 attempts = CASE WHEN $4 = 1 AND attempts > 0 THEN attempts - 1 ELSE attempts END
              WHERE sweep = $1 AND id = $2 AND state = 'running' AND lease_owner = $3",
         )
         .bind(sweep)
         .bind(id)
         .bind(owner)
-        .bind(refund)
+        .bind(i64::from(refund))
         .bind(note)
         .execute(&self.pool)
         .await?;
@@ -284,18 +284,24 @@ impl Store {
         now: i64,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        // Multi-row inserts written by hand (`QueryBuilder<Any>` emits `?`): $1 sweep, $2 time,
+        // then 3 values per task; 1,000 tasks per statement stay under both parameter limits.
         for chunk in tasks.chunks(1000) {
-            let mut q = sqlx::QueryBuilder::new(
-                "INSERT INTO slurm_tasks (sweep, job_id, array_index, cell_id, submitted_at) ",
+            let mut sql = String::from(
+                "INSERT INTO slurm_tasks (sweep, submitted_at, job_id, array_index, cell_id) VALUES ",
             );
-            q.push_values(chunk, |mut b, t| {
-                b.push_bind(sweep)
-                    .push_bind(&t.job_id)
-                    .push_bind(t.array_index)
-                    .push_bind(&t.cell_id)
-                    .push_bind(now);
-            });
-            q.build().execute(&mut *tx).await?;
+            for i in 0..chunk.len() {
+                let p = 3 + 3 * i;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("($1, $2, ${}, ${}, ${})", p, p + 1, p + 2));
+            }
+            let mut q = sqlx::query(&sql).bind(sweep).bind(now);
+            for t in chunk {
+                q = q.bind(&t.job_id).bind(t.array_index).bind(&t.cell_id);
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

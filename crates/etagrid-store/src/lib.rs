@@ -1,28 +1,32 @@
-//! The results store. SQLite (WAL, busy timeout) by default; the schema lives in the top-level
-//! `migrations/` and is applied on open. One process writes: the scheduler.
+//! The results store: sweeps, cells and their curves. SQLite (WAL, busy timeout) by default, or
+//! PostgreSQL for clusters (see [`StoreUrl`]); the schema lives in the top-level `migrations/`
+//! (PostgreSQL's dialect in `migrations/postgres/`) and is applied on open. With SQLite exactly
+//! one process writes: the scheduler.
+
+mod backend;
+
+pub use backend::{redact, Backend, StoreUrl};
 
 use etagrid_spec::protocol::{CellResult, ParamGroupInfo};
 use etagrid_spec::{Cell, SweepSpec};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{Row, SqlitePool};
+use sqlx::{AnyPool, Row};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
-use std::time::Duration;
 
 mod lease;
 pub use lease::{unix_now, Claim, Lease, SlurmTask};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
-
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("open the results store at {}", path.display())]
+    /// `location` is the path or the URL without its password; `hint` says what to do.
+    #[error("open the results store at {location}{hint}")]
     Open {
-        path: PathBuf,
+        location: String,
+        hint: String,
         #[source]
         source: sqlx::Error,
     },
+    #[error("`{url}` is not a results-store location: {reason}")]
+    BadUrl { url: String, reason: String },
     #[error("apply the store's migrations")]
     Migrate(#[source] sqlx::migrate::MigrateError),
     #[error("query the results store")]
@@ -131,42 +135,46 @@ pub enum Outcome {
     Retry(String),
 }
 
+/// An open results store: a pool of connections to SQLite or PostgreSQL through sqlx's `Any`
+/// driver, so every query below is written once for both.
+///
+/// **Writing a query that works on both backends** (the tests run every store test on both):
+/// - placeholders `$1`, `$2`, … (a number may repeat); never `?`, so no `QueryBuilder`, whose
+///   `Any` placeholders are `?` (build multi-row statements by hand, as [`Store::enqueue`] does,
+///   under PostgreSQL's 65,535 and SQLite's 32,766 parameter limits);
+/// - bind and read only `i64`, `f64`, `String`/`&str` and `Option`s of them; store flags as
+///   0/1 `i64` (an SQLite integer does not decode as `bool`); every integer column is `INTEGER`
+///   in SQLite and `BIGINT` in PostgreSQL, every float `REAL` / `DOUBLE PRECISION`;
+/// - standard SQL only: `ON CONFLICT … DO UPDATE/NOTHING`, `RETURNING`, `CASE` (not SQLite's
+///   two-argument `MAX`/`MIN` or PostgreSQL's `GREATEST`), `COUNT`/`AVG` (not `SUM` of
+///   integers, which is `numeric` in PostgreSQL); sort text in Rust (collations differ);
+/// - times you compare: bind Unix seconds as `i64` (`CURRENT_TIMESTAMP` is text whose format
+///   differs between the two);
+/// - a schema change is two files: `migrations/NNN_name.sql` (SQLite) and the same name under
+///   `migrations/postgres/` (see its README); a test checks they define the same columns.
+///
+/// Queries run on `&self.pool` (or a transaction from `self.pool.begin()`).
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
 }
 
 impl Store {
-    /// Opens (creating if needed) the SQLite store at `path` and brings its schema up to date.
-    pub async fn open(path: &Path) -> Result<Store> {
-        if let Some(dir) = path.parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
-                    path: path.to_owned(),
-                    source: sqlx::Error::Io(e),
-                })?;
-            }
-        }
-        let opts = SqliteConnectOptions::from_str("sqlite://")
-            .map_err(|source| StoreError::Open {
-                path: path.to_owned(),
-                source,
-            })?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
-            .await
-            .map_err(|source| StoreError::Open {
-                path: path.to_owned(),
-                source,
-            })?;
-        MIGRATOR.run(&pool).await.map_err(StoreError::Migrate)?;
-        Ok(Store { pool })
+    /// Opens (creating if needed) the store at `url` — an SQLite path, or a [`StoreUrl`] parsed
+    /// from `sqlite://…` / `postgres://…` — and brings its schema up to date.
+    pub async fn open(url: impl Into<StoreUrl>) -> Result<Store> {
+        let url = url.into();
+        let pool = backend::connect(&url).await?;
+        Ok(Store {
+            pool,
+            backend: url.backend(),
+        })
+    }
+
+    /// Which engine this store runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// Records the sweep (or refreshes its text) and inserts the cells it does not have yet, in
@@ -175,7 +183,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO sweeps (name, source_path, source_text, metric, higher_is_better)
-             VALUES (?1, ?2, ?3, ?4, ?5)
+             VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (name) DO UPDATE SET source_path = excluded.source_path,
                  source_text = excluded.source_text, metric = excluded.metric,
                  higher_is_better = excluded.higher_is_better, updated_at = CURRENT_TIMESTAMP",
@@ -184,31 +192,50 @@ impl Store {
         .bind(spec.source.to_string_lossy().as_ref())
         .bind(&spec.source_text)
         .bind(spec.task.metric.name())
-        .bind(spec.task.metric.higher_is_better())
+        // A 0/1 integer on both backends (see the `Store` docs).
+        .bind(i64::from(spec.task.metric.higher_is_better()))
         .execute(&mut *tx)
         .await?;
-        // Multi-row inserts: one statement per 1,000 cells (7 values each, under SQLite's
-        // 32,766-parameter limit) instead of one per cell.
+        // Multi-row inserts: one statement per 1,000 cells (the sweep name bound once as $1, then
+        // 6 values per cell: 6,001 parameters, under SQLite's 32,766 and PostgreSQL's 65,535)
+        // instead of one statement per cell. Written by hand: `QueryBuilder<Any>` emits `?`.
+        const CHUNK: usize = 1000;
         let mut added = 0;
-        for chunk in cells.chunks(1000) {
+        for chunk in cells.chunks(CHUNK) {
             let configs = chunk
                 .iter()
                 .map(|c| serde_json::to_string(&c.config))
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO cells (sweep, id, idx, lr_a, lr_b, seed, config) ",
+            let mut sql = String::from(
+                "INSERT INTO cells (sweep, id, idx, lr_a, lr_b, seed, config) VALUES ",
             );
-            q.push_values(chunk.iter().zip(configs), |mut b, (cell, config)| {
-                b.push_bind(&spec.name)
-                    .push_bind(&cell.id.0)
-                    .push_bind(cell.index as i64)
-                    .push_bind(cell.config.lr_a)
-                    .push_bind(cell.config.lr_b)
-                    .push_bind(cell.config.seed as i64)
-                    .push_bind(config);
-            });
-            q.push(" ON CONFLICT (sweep, id) DO NOTHING");
-            added += q.build().execute(&mut *tx).await?.rows_affected() as usize;
+            for i in 0..chunk.len() {
+                let p = 2 + 6 * i;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "($1, ${}, ${}, ${}, ${}, ${}, ${})",
+                    p,
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5
+                ));
+            }
+            sql.push_str(" ON CONFLICT (sweep, id) DO NOTHING");
+            let mut q = sqlx::query(&sql).bind(&spec.name);
+            for (cell, config) in chunk.iter().zip(configs) {
+                q = q
+                    .bind(&cell.id.0)
+                    .bind(cell.index as i64)
+                    .bind(cell.config.lr_a)
+                    .bind(cell.config.lr_b)
+                    .bind(cell.config.seed as i64)
+                    .bind(config);
+            }
+            added += q.execute(&mut *tx).await?.rows_affected() as usize;
         }
         tx.commit().await?;
         Ok(EnqueueSummary {
@@ -224,7 +251,7 @@ impl Store {
         let r = sqlx::query(
             "UPDATE cells SET state = 'pending', device = NULL,
                  attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END
-             WHERE sweep = ?1 AND state = 'running'",
+             WHERE sweep = $1 AND state = 'running'",
         )
         .bind(sweep)
         .execute(&self.pool)
@@ -234,7 +261,7 @@ impl Store {
 
     /// Gives failed cells a fresh set of attempts (`etagrid run --retry-failed`).
     pub async fn reset_failed(&self, sweep: &str) -> Result<u64> {
-        let r = sqlx::query("UPDATE cells SET attempts = 0 WHERE sweep = ?1 AND state = 'failed'")
+        let r = sqlx::query("UPDATE cells SET attempts = 0 WHERE sweep = $1 AND state = 'failed'")
             .bind(sweep)
             .execute(&self.pool)
             .await?;
@@ -243,7 +270,7 @@ impl Store {
 
     pub async fn sweep(&self, name: &str) -> Result<SweepRow> {
         let row = sqlx::query(
-            "SELECT name, source_path, source_text, metric, higher_is_better FROM sweeps WHERE name = ?1",
+            "SELECT name, source_path, source_text, metric, higher_is_better FROM sweeps WHERE name = $1",
         )
         .bind(name)
         .fetch_optional(&self.pool)
@@ -254,15 +281,21 @@ impl Store {
             source_path: row.try_get("source_path")?,
             source_text: row.try_get("source_text")?,
             metric: row.try_get("metric")?,
-            higher_is_better: row.try_get("higher_is_better")?,
+            higher_is_better: row.try_get::<i64, _>("higher_is_better")? != 0,
         })
     }
 
     pub async fn sweep_names(&self) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT name FROM sweeps ORDER BY name")
+        let rows = sqlx::query("SELECT name FROM sweeps")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(|r| Ok(r.try_get("name")?)).collect()
+        // Sorted here: the two databases' text collations differ.
+        let mut names = rows
+            .iter()
+            .map(|r| r.try_get("name"))
+            .collect::<Result<Vec<String>, _>>()?;
+        names.sort();
+        Ok(names)
     }
 
     /// Every cell of the sweep in grid order.
@@ -279,7 +312,7 @@ impl Store {
     /// Mean wall time of the done cells, for an ETA.
     pub async fn mean_wall_s(&self, sweep: &str) -> Result<Option<f64>> {
         let row =
-            sqlx::query("SELECT AVG(wall_s) AS w FROM cells WHERE sweep = ?1 AND state = 'done'")
+            sqlx::query("SELECT AVG(wall_s) AS w FROM cells WHERE sweep = $1 AND state = 'done'")
                 .bind(sweep)
                 .fetch_one(&self.pool)
                 .await?;
@@ -291,18 +324,18 @@ impl Store {
             "SELECT id, idx, lr_a, lr_b, seed, state, attempts, device, step, total_steps,
                     metric, eval_loss, accuracy, macro_f1, mcc, train_loss, wall_s, error, config
              FROM cells";
-        // Two statements, not `?2 IS NULL OR state = ?2`: that form cannot use the state index
+        // Two statements, not `$2 IS NULL OR state = $2`: that form cannot use the state index
         // and scans every cell (and its config) of a large sweep.
         let rows = match state {
             None => {
-                sqlx::query(&format!("{COLUMNS} WHERE sweep = ?1 ORDER BY idx"))
+                sqlx::query(&format!("{COLUMNS} WHERE sweep = $1 ORDER BY idx"))
                     .bind(sweep)
                     .fetch_all(&self.pool)
                     .await?
             }
             Some(st) => {
                 sqlx::query(&format!(
-                    "{COLUMNS} WHERE sweep = ?1 AND state = ?2 ORDER BY idx"
+                    "{COLUMNS} WHERE sweep = $1 AND state = $2 ORDER BY idx"
                 ))
                 .bind(sweep)
                 .bind(st.as_str())
@@ -339,7 +372,7 @@ impl Store {
 
     pub async fn counts(&self, sweep: &str) -> Result<BTreeMap<CellState, i64>> {
         let rows =
-            sqlx::query("SELECT state, COUNT(*) AS n FROM cells WHERE sweep = ?1 GROUP BY state")
+            sqlx::query("SELECT state, COUNT(*) AS n FROM cells WHERE sweep = $1 GROUP BY state")
                 .bind(sweep)
                 .fetch_all(&self.pool)
                 .await?;
@@ -354,15 +387,15 @@ impl Store {
     /// Earlier attempts' curves are dropped so a retried cell has one curve.
     pub async fn start_cell(&self, sweep: &str, id: &str, device: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM metrics WHERE sweep = ?1 AND cell_id = ?2")
+        sqlx::query("DELETE FROM metrics WHERE sweep = $1 AND cell_id = $2")
             .bind(sweep)
             .bind(id)
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "UPDATE cells SET state = 'running', device = ?3, attempts = attempts + 1,
+            "UPDATE cells SET state = 'running', device = $3, attempts = attempts + 1,
                  started_at = CURRENT_TIMESTAMP, finished_at = NULL, error = NULL, step = 0
-             WHERE sweep = ?1 AND id = ?2",
+             WHERE sweep = $1 AND id = $2",
         )
         .bind(sweep)
         .bind(id)
@@ -380,7 +413,7 @@ impl Store {
         groups: &[ParamGroupInfo],
         total_steps: u64,
     ) -> Result<()> {
-        sqlx::query("UPDATE cells SET groups = ?3, total_steps = ?4 WHERE sweep = ?1 AND id = ?2")
+        sqlx::query("UPDATE cells SET groups = $3, total_steps = $4 WHERE sweep = $1 AND id = $2")
             .bind(sweep)
             .bind(id)
             .bind(serde_json::to_string(groups)?)
@@ -400,7 +433,7 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for (name, value) in points {
-            sqlx::query("INSERT INTO metrics (sweep, cell_id, step, name, value) VALUES (?1, ?2, ?3, ?4, ?5)")
+            sqlx::query("INSERT INTO metrics (sweep, cell_id, step, name, value) VALUES ($1, $2, $3, $4, $5)")
                 .bind(sweep)
                 .bind(id)
                 .bind(step as i64)
@@ -409,7 +442,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query("UPDATE cells SET step = ?3 WHERE sweep = ?1 AND id = ?2")
+        sqlx::query("UPDATE cells SET step = $3 WHERE sweep = $1 AND id = $2")
             .bind(sweep)
             .bind(id)
             .bind(step as i64)
@@ -422,7 +455,7 @@ impl Store {
     /// A cell's curve `name` as (step, value) pairs.
     pub async fn curve(&self, sweep: &str, id: &str, name: &str) -> Result<Vec<(i64, f64)>> {
         let rows = sqlx::query(
-            "SELECT step, value FROM metrics WHERE sweep = ?1 AND cell_id = ?2 AND name = ?3 ORDER BY step",
+            "SELECT step, value FROM metrics WHERE sweep = $1 AND cell_id = $2 AND name = $3 ORDER BY step",
         )
         .bind(sweep)
         .bind(id)
@@ -437,10 +470,10 @@ impl Store {
     pub async fn finish_cell(&self, sweep: &str, id: &str, outcome: &Outcome) -> Result<()> {
         let q = match outcome {
             Outcome::Done(r) => sqlx::query(
-                "UPDATE cells SET state = 'done', finished_at = CURRENT_TIMESTAMP, metric = ?3,
-                     eval_loss = ?4, accuracy = ?5, train_loss = ?6, wall_s = ?7, samples_per_s = ?8,
-                     step = ?9, error = NULL, macro_f1 = ?10, mcc = ?11
-                 WHERE sweep = ?1 AND id = ?2",
+                "UPDATE cells SET state = 'done', finished_at = CURRENT_TIMESTAMP, metric = $3,
+                     eval_loss = $4, accuracy = $5, train_loss = $6, wall_s = $7, samples_per_s = $8,
+                     step = $9, error = NULL, macro_f1 = $10, mcc = $11
+                 WHERE sweep = $1 AND id = $2",
             )
             .bind(sweep)
             .bind(id)
@@ -454,33 +487,34 @@ impl Store {
             .bind(r.macro_f1)
             .bind(r.mcc),
             Outcome::Diverged { step, loss } => sqlx::query(
-                "UPDATE cells SET state = 'diverged', finished_at = CURRENT_TIMESTAMP, step = ?3,
-                     train_loss = ?4, error = 'loss became NaN or infinite'
-                 WHERE sweep = ?1 AND id = ?2",
+                "UPDATE cells SET state = 'diverged', finished_at = CURRENT_TIMESTAMP, step = $3,
+                     train_loss = $4, error = 'loss became NaN or infinite'
+                 WHERE sweep = $1 AND id = $2",
             )
             .bind(sweep)
             .bind(id)
             .bind(*step as i64)
-            // SQLite stores NaN as NULL; keep the infinite value if there is one.
+            // SQLite stores NaN as NULL (PostgreSQL would keep it): NULL on both; keep the
+            // infinite value if there is one.
             .bind(if loss.is_nan() { None } else { Some(*loss) }),
             Outcome::Failed(error) => sqlx::query(
-                "UPDATE cells SET state = 'failed', finished_at = CURRENT_TIMESTAMP, error = ?3
-                 WHERE sweep = ?1 AND id = ?2",
+                "UPDATE cells SET state = 'failed', finished_at = CURRENT_TIMESTAMP, error = $3
+                 WHERE sweep = $1 AND id = $2",
             )
             .bind(sweep)
             .bind(id)
             .bind(error),
             Outcome::Retry(error) => sqlx::query(
                 "UPDATE cells SET state = 'pending', device = NULL, finished_at = CURRENT_TIMESTAMP,
-                     error = ?3
-                 WHERE sweep = ?1 AND id = ?2",
+                     error = $3
+                 WHERE sweep = $1 AND id = $2",
             )
             .bind(sweep)
             .bind(id)
             .bind(error),
             Outcome::Interrupted => sqlx::query(
-                "UPDATE cells SET state = 'pending', device = NULL, attempts = MAX(attempts - 1, 0)
-                 WHERE sweep = ?1 AND id = ?2",
+                "UPDATE cells SET state = 'pending', device = NULL, attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END
+                 WHERE sweep = $1 AND id = $2",
             )
             .bind(sweep)
             .bind(id),

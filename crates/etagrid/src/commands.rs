@@ -3,7 +3,7 @@ use etagrid_report::{ReportCell, ReportInput};
 use etagrid_sched::{discover_gpus, plan_slots, RunOptions, SlotDevice, WorkerCommand};
 use etagrid_spec::protocol::{WorkerEvent, WorkerJob};
 use etagrid_spec::{DeviceChoice, SweepSpec};
-use etagrid_store::{CellState, Store};
+use etagrid_store::{CellState, Store, StoreUrl};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -80,7 +80,7 @@ pub fn plan(sweep: &Path) -> Result<Exit> {
 
 pub struct RunArgs {
     pub sweep: PathBuf,
-    pub db: PathBuf,
+    pub db: StoreUrl,
     pub state_dir: PathBuf,
     pub devices: Option<String>,
     pub cells_per_device: Option<usize>,
@@ -229,7 +229,7 @@ fn sweep_name(sweep: &str) -> Result<String> {
     }
 }
 
-pub fn report(db: &Path, sweep: &str, reports: &Path) -> Result<()> {
+pub fn report(db: &StoreUrl, sweep: &str, reports: &Path) -> Result<()> {
     let name = sweep_name(sweep)?;
     let (row, cells) = load_sweep(db, &name)?;
     // Chance level = what predicting the eval set's majority class scores on the sweep's metric,
@@ -297,11 +297,11 @@ fn chance_level(spec: &SweepSpec) -> Result<Option<f64>> {
     ))
 }
 
-pub fn status(db: &Path, sweep: Option<&str>) -> Result<Exit> {
-    if !db.exists() {
+pub fn status(db: &StoreUrl, sweep: Option<&str>) -> Result<Exit> {
+    if let Some(path) = db.sqlite_path().filter(|p| !p.exists()) {
         bail!(
             "no results store at {}: nothing has run yet (or pass --state-dir/--db)",
-            db.display()
+            path.display()
         );
     }
     let names = match sweep {
@@ -419,7 +419,13 @@ pub fn worker(job_path: &Path) -> Result<Exit> {
 
 /// Copies the adapter a finished cell saved (`<state>/cells/<sweep>/<cell>/adapter`) to `out`,
 /// with the cell's `labels.json`.
-pub fn export(db: &Path, state_dir: &Path, sweep: &str, cell: &str, out: &Path) -> Result<Exit> {
+pub fn export(
+    db: &StoreUrl,
+    state_dir: &Path,
+    sweep: &str,
+    cell: &str,
+    out: &Path,
+) -> Result<Exit> {
     let name = sweep_name(sweep)?;
     let (row, cells) = load_sweep(db, &name)?;
     let done: Vec<_> = cells
@@ -534,7 +540,7 @@ fn current_cells(
 
 /// A sweep's row and the cells of its current grid, from the store.
 fn load_sweep(
-    db: &Path,
+    db: &StoreUrl,
     name: &str,
 ) -> Result<(etagrid_store::SweepRow, Vec<etagrid_store::CellRow>)> {
     let (row, cells) = block_on(async {

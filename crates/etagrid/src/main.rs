@@ -23,9 +23,17 @@ struct Cli {
         env = "ETAGRID_STATE_DIR"
     )]
     state_dir: PathBuf,
-    /// The SQLite results store [default: <state-dir>/etagrid.sqlite].
-    #[arg(long, global = true, env = "ETAGRID_DB")]
-    db: Option<PathBuf>,
+    /// The results store: an SQLite file (a path or sqlite://PATH), or a PostgreSQL database
+    /// (postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE) for clusters
+    /// [default: <state-dir>/etagrid.sqlite].
+    #[arg(
+        long,
+        global = true,
+        env = "ETAGRID_DB",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    db: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -152,10 +160,17 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let db = cli
-        .db
-        .clone()
-        .unwrap_or_else(|| cli.state_dir.join("etagrid.sqlite"));
+    // Parsed here rather than by clap, whose error would echo a URL's password.
+    let db = match cli.db.as_deref() {
+        Some(s) => match etagrid_store::StoreUrl::parse(s) {
+            Ok(u) => u,
+            Err(e) => {
+                eprintln!("error: --db: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        None => cli.state_dir.join("etagrid.sqlite").into(),
+    };
     let result = match cli.command {
         Command::Plan { sweep } => commands::plan(&sweep),
         Command::Run {

@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use etagrid_sched::slurm::{lease_owner, run_leased_worker, LeasedExit, SlurmOptions};
 use etagrid_spec::protocol::{JobDevice, WorkerJob};
 use etagrid_spec::SweepSpec;
+use etagrid_store::StoreUrl;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -59,17 +60,22 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 
 pub fn run(args: &RunArgs, s: &SlurmArgs) -> Result<Exit> {
     let spec = SweepSpec::load(&args.sweep)?;
-    if !s.allow_sqlite {
+    if args.db.sqlite_path().is_some() && !s.allow_sqlite {
         bail!(
-            "--backend slurm: the results store {} is a SQLite file, which is safe with one writer, \
-             but every SLURM task writes its own cell's results. Use a PostgreSQL store \
-             (`--db postgres://…`, where supported), or pass --allow-sqlite if every task runs on \
-             this machine and the store is on a local disk (never on a network filesystem)",
-            args.db.display()
+            "--backend slurm: the results store {} is a SQLite file, which is safe with one \
+             writer only, and every SLURM task writes its own cell's results: use a PostgreSQL \
+             store, `--db postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`, that the nodes can \
+             reach (or, if every task runs on this one machine and the store is on a local disk, \
+             pass --allow-sqlite)",
+            args.db
         );
     }
     check_inputs(args, &spec)?;
-    let (state_dir, db) = (absolute(&args.state_dir)?, absolute(&args.db)?);
+    let state_dir = absolute(&args.state_dir)?;
+    let db = match &args.db {
+        StoreUrl::Sqlite(p) => StoreUrl::Sqlite(absolute(p)?),
+        url => url.clone(),
+    };
     let secs = |v: f64, flag: &str| {
         if v.is_finite() && v > 0.0 {
             Ok(Duration::from_secs_f64(v))
@@ -78,13 +84,11 @@ pub fn run(args: &RunArgs, s: &SlurmArgs) -> Result<Exit> {
         }
     };
     let opts = SlurmOptions {
-        store: db.clone(),
+        store: db,
         program: std::env::current_exe().context("failed to find the etagrid executable")?,
         global_args: vec![
             "--state-dir".into(),
             state_dir.to_string_lossy().into_owned(),
-            "--db".into(),
-            db.to_string_lossy().into_owned(),
         ],
         state_dir,
         partition: s.partition.clone(),
@@ -110,7 +114,7 @@ pub fn run(args: &RunArgs, s: &SlurmArgs) -> Result<Exit> {
 /// it, records everything in the store itself. Exits 0 also when there was nothing to do (the
 /// cell is finished or held by another live task) and when a signal stopped it (the cell is back
 /// to pending).
-pub fn worker(db: &Path, job_path: &Path, lease: u64, max_attempts: u32) -> Result<Exit> {
+pub fn worker(db: &StoreUrl, job_path: &Path, lease: u64, max_attempts: u32) -> Result<Exit> {
     let mut job: WorkerJob = std::fs::read(job_path)
         .with_context(|| format!("failed to read job file {}", job_path.display()))
         .and_then(|b| {

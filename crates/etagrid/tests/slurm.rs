@@ -1,17 +1,22 @@
 //! `etagrid run --backend slurm` against a real single-node SLURM cluster with fake GPUs
-//! (`scripts/slurm-local.sh`, started here if `SLURM_CONF` is not set; `scripts/test.sh` installs
-//! slurm-wlm and starts it). The tasks run the real `etagrid worker` on the tiny BERT fixture; the
+//! (`scripts/slurm-local.sh`) and a PostgreSQL store (`scripts/pg-local.sh`, one database per
+//! test), both started here when not running yet; `scripts/test.sh` installs slurm-wlm and
+//! starts them. The tasks run the real `etagrid worker` on the tiny BERT fixture; the
 //! fake GPUs' `CUDA_VISIBLE_DEVICES` mean "no CUDA usable: train on the CPU".
 //!
 //! Every test uses its own sweep name: the front end finds its tasks by job name.
 
-use etagrid_store::{CellRow, CellState, SlurmTask, Store};
+use etagrid_store::{CellRow, CellState, SlurmTask, Store, StoreUrl};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// `SLURM_CONF` of the test cluster, starting it once per test binary if needed.
+fn root() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 fn slurm_conf() -> &'static str {
     static CONF: OnceLock<String> = OnceLock::new();
     CONF.get_or_init(|| {
@@ -20,9 +25,8 @@ fn slurm_conf() -> &'static str {
                 return c;
             }
         }
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let out = Command::new("bash")
-            .arg(root.join("scripts/slurm-local.sh"))
+            .arg(root().join("scripts/slurm-local.sh"))
             .arg("up")
             .output()
             .expect("run scripts/slurm-local.sh");
@@ -33,13 +37,64 @@ fn slurm_conf() -> &'static str {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        "/tmp/etagrid-slurm-local/etc/slurm.conf".to_owned()
+        let base = std::env::var("ETAGRID_SLURM_BASE")
+            .unwrap_or_else(|_| "/tmp/etagrid-slurm-local".to_owned());
+        format!("{base}/etc/slurm.conf")
     })
+}
+
+/// A fresh PostgreSQL database for one test on the local server; its URL.
+fn pg_database(name: &str) -> String {
+    static SERVER: OnceLock<String> = OnceLock::new();
+    let server = SERVER.get_or_init(|| {
+        // scripts/test.sh exports the local server's URL.
+        if let Ok(url) = std::env::var("ETAGRID_TEST_PG") {
+            if !url.is_empty() {
+                return url;
+            }
+        }
+        let script = root().join("scripts/pg-local.sh");
+        let up = Command::new("bash")
+            .arg(&script)
+            .arg("up")
+            .output()
+            .expect("pg-local.sh up");
+        assert!(
+            up.status.success(),
+            "could not start the local PostgreSQL: {}",
+            String::from_utf8_lossy(&up.stderr)
+        );
+        let url = Command::new("bash")
+            .arg(&script)
+            .arg("url")
+            .output()
+            .expect("pg-local.sh url");
+        String::from_utf8_lossy(&url.stdout).trim().to_owned()
+    });
+    let db = format!("etagrid_{}", name.replace('-', "_"));
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+        format!("CREATE DATABASE {db}"),
+    ] {
+        let out = Command::new("psql")
+            .args([server.as_str(), "-q", "-c", &sql])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (base, _) = server.rsplit_once('/').expect("a database in the URL");
+    format!("{base}/{db}")
 }
 
 struct Sandbox {
     dir: tempfile::TempDir,
     name: String,
+    /// The PostgreSQL store every command of the sandbox uses.
+    db: String,
 }
 
 impl Sandbox {
@@ -75,6 +130,7 @@ eval_every = {eval_every}
         Sandbox {
             dir,
             name: name.to_owned(),
+            db: pg_database(name),
         }
     }
 
@@ -84,6 +140,8 @@ eval_every = {eval_every}
             .env("SLURM_CONF", slurm_conf())
             .arg("--state-dir")
             .arg(self.dir.path().join("state"))
+            .arg("--db")
+            .arg(&self.db)
             .args(args);
         c
     }
@@ -95,7 +153,6 @@ eval_every = {eval_every}
             "sweep.toml",
             "--backend",
             "slurm",
-            "--allow-sqlite",
             "--no-report",
             "--poll",
             "0.3",
@@ -123,13 +180,13 @@ eval_every = {eval_every}
     }
 
     fn store<T>(&self, f: impl AsyncFnOnce(&Store) -> T) -> T {
-        let db = self.dir.path().join("state/etagrid.sqlite");
+        let db = StoreUrl::parse(&self.db).expect("store URL");
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime")
             .block_on(async {
-                let s = Store::open(&db).await.expect("open store");
+                let s = Store::open(db).await.expect("open store");
                 let r = f(&s).await;
                 s.close().await;
                 r
@@ -415,8 +472,13 @@ fn a_worker_killed_with_sigkill_gets_its_cell_retried_and_finished_once() {
 #[test]
 fn a_sqlite_store_is_refused_without_the_explicit_opt_in() {
     let sb = Sandbox::new("slurm-refuse", "lr_a = [1e-3]\nratio = [1]", 8, 4);
-    let out = sb
-        .cmd(&["run", "sweep.toml", "--backend", "slurm"])
+    let sqlite = sb.dir.path().join("state/etagrid.sqlite");
+    let out = Command::new(env!("CARGO_BIN_EXE_etagrid"))
+        .current_dir(sb.dir.path())
+        .env("SLURM_CONF", slurm_conf())
+        .arg("--db")
+        .arg(&sqlite)
+        .args(["run", "sweep.toml", "--backend", "slurm"])
         .output()
         .expect("run");
     let err = text(&out.stderr);

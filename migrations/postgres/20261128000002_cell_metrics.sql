@@ -1,0 +1,3 @@
+-- PostgreSQL dialect of ../20261128000002_cell_metrics.sql.
+ALTER TABLE cells ADD COLUMN macro_f1 DOUBLE PRECISION;
+ALTER TABLE cells ADD COLUMN mcc DOUBLE PRECISION;
