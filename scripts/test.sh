@@ -6,8 +6,14 @@ cd "$ETAGRID_ROOT"
 bash scripts/setup.sh
 # Again: on a fresh machine the venv (and so libtorch's directory) exists only now.
 source scripts/env.sh
+# The store tests also run on PostgreSQL: a throw-away local server (a no-op when it is running).
+if [ "${ETAGRID_SKIP_PG:-0}" != 1 ] && [ -z "${ETAGRID_TEST_PG:-}" ]; then
+  bash scripts/pg-local.sh up
+  ETAGRID_TEST_PG="$(bash scripts/pg-local.sh url)"
+  export ETAGRID_TEST_PG
+fi
 # The SLURM tests (crates/etagrid/tests/slurm.rs) run against a real single-node SLURM cluster
-# with fake GPUs and a local PostgreSQL (both need root here: packages, daemons, device nodes).
+# with fake GPUs (root only: packages, daemons, device nodes); a no-op when it is running.
 if [ "$(id -u)" = 0 ]; then
   if ! command -v sbatch >/dev/null || ! command -v slurmctld >/dev/null; then
     printf '\n==> apt-get install slurm-wlm (for the SLURM tests)\n' >&2
@@ -16,7 +22,6 @@ if [ "$(id -u)" = 0 ]; then
   fi
   bash scripts/slurm-local.sh up
   export SLURM_CONF="${ETAGRID_SLURM_BASE:-/tmp/etagrid-slurm-local}/etc/slurm.conf"
-  bash scripts/pg-local.sh up
 fi
 printf '\n==> cargo test (release profile: shares the build with the binary)\n' >&2
 log="$(mktemp)"

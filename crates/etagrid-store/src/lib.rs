@@ -4,6 +4,8 @@
 //! one process writes: the scheduler.
 
 mod backend;
+#[doc(hidden)]
+pub mod testing;
 
 pub use backend::{redact, Backend, StoreUrl};
 

@@ -1,13 +1,41 @@
-//! The results store through its public API, on real SQLite files in temp dirs.
+//! The results store through its public API. Every test marked `both_backends!` runs twice:
+//! `NAME::sqlite` on a real SQLite file in a temp dir, and `NAME::postgres` in a fresh database
+//! of the PostgreSQL server named by `ETAGRID_TEST_PG` (`scripts/test.sh` starts one with
+//! `scripts/pg-local.sh up`). Without it the PostgreSQL variants fail, saying how to start one,
+//! unless `ETAGRID_SKIP_PG=1`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use etagrid_spec::protocol::{CellResult, ParamGroupInfo};
 use etagrid_spec::{Cell, CellConfig, SweepSpec};
-use etagrid_store::{CellRow, CellState, EnqueueSummary, Outcome, Store, StoreError};
+use etagrid_store::testing::{test_server, TestDatabase};
+use etagrid_store::{
+    Backend, CellRow, CellState, EnqueueSummary, Outcome, Store, StoreError, StoreUrl,
+};
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{Connection, SqliteConnection};
+use sqlx::{Connection, PgConnection, Row, SqliteConnection};
 use tempfile::TempDir;
+
+/// `both_backends!(name)` next to `async fn name(b: Backend)` makes the tests `name::sqlite` and
+/// `name::postgres`, which call it with each backend.
+macro_rules! both_backends {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(Backend::Sqlite).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                if test_server().is_some() {
+                    super::$name(Backend::Postgres).await
+                }
+            }
+        }
+    };
+}
 
 /// A 2 × 2 grid; the sweep is called `demo` after the file stem.
 const SWEEP: &str = r#"
@@ -29,18 +57,39 @@ lr_b = [3.16227766e-4, 1.6e-3]
 
 const NAME: &str = "demo";
 
+/// Where a test's store lives: an SQLite file in the test's temp dir, or a PostgreSQL database
+/// of its own (dropped with this value).
+struct Db {
+    url: StoreUrl,
+    _pg: Option<TestDatabase>,
+}
+
+async fn new_db(b: Backend, dir: &Path) -> Db {
+    match b {
+        Backend::Sqlite => Db {
+            url: db_path(dir).into(),
+            _pg: None,
+        },
+        Backend::Postgres => {
+            let server = test_server().expect("the postgres variant runs only with a server");
+            let pg = TestDatabase::create(&server).await;
+            Db {
+                url: pg.store_url(),
+                _pg: Some(pg),
+            }
+        }
+    }
+}
+
 struct Fixture {
     dir: TempDir,
+    db: Db,
     store: Store,
     spec: SweepSpec,
     cells: Vec<Cell>,
 }
 
 impl Fixture {
-    fn db(&self) -> PathBuf {
-        db_path(self.dir.path())
-    }
-
     async fn rows(&self) -> Vec<CellRow> {
         self.store.cells(NAME).await.expect("read cells")
     }
@@ -63,21 +112,30 @@ fn parse_in(dir: &Path, name: &str, text: &str) -> SweepSpec {
     SweepSpec::parse(&path, text).unwrap_or_else(|e| panic!("{e}"))
 }
 
-async fn open(dir: &Path) -> Store {
-    Store::open(&db_path(dir))
+async fn open(url: &StoreUrl) -> Store {
+    Store::open(url)
         .await
         .unwrap_or_else(|e| panic!("open store: {e} ({e:?})"))
 }
 
-/// A fresh store with the 2 × 2 grid enqueued.
-async fn fixture() -> Fixture {
+/// A fresh, empty store on backend `b` (and the temp dir the sweep files are parsed in).
+async fn empty(b: Backend) -> (TempDir, Db, Store) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = open(dir.path()).await;
+    let db = new_db(b, dir.path()).await;
+    let store = open(&db.url).await;
+    assert_eq!(store.backend(), b);
+    (dir, db, store)
+}
+
+/// A fresh store with the 2 × 2 grid enqueued.
+async fn fixture(b: Backend) -> Fixture {
+    let (dir, db, store) = empty(b).await;
     let spec = parse_in(dir.path(), NAME, SWEEP);
     let cells = spec.cells();
     store.enqueue(&spec, &cells).await.expect("enqueue");
     Fixture {
         dir,
+        db,
         store,
         spec,
         cells,
@@ -100,9 +158,9 @@ fn result() -> CellResult {
 
 // ---------------------------------------------------------------- enqueue and read back
 
-#[tokio::test]
-async fn enqueued_cells_read_back_in_grid_order_as_pending() {
-    let f = fixture().await;
+both_backends!(enqueued_cells_read_back_in_grid_order_as_pending);
+async fn enqueued_cells_read_back_in_grid_order_as_pending(b: Backend) {
+    let f = fixture(b).await;
     let rows = f.rows().await;
     assert_eq!(rows.len(), f.cells.len());
     for (row, cell) in rows.iter().zip(&f.cells) {
@@ -118,9 +176,9 @@ async fn enqueued_cells_read_back_in_grid_order_as_pending() {
     }
 }
 
-#[tokio::test]
-async fn stored_config_json_deserializes_to_the_same_cell_config() {
-    let f = fixture().await;
+both_backends!(stored_config_json_deserializes_to_the_same_cell_config);
+async fn stored_config_json_deserializes_to_the_same_cell_config(b: Backend) {
+    let f = fixture(b).await;
     for (row, cell) in f.rows().await.iter().zip(&f.cells) {
         let config: CellConfig = serde_json::from_str(&row.config).expect("config JSON");
         assert_eq!(config, cell.config);
@@ -132,9 +190,9 @@ async fn stored_config_json_deserializes_to_the_same_cell_config() {
     }
 }
 
-#[tokio::test]
-async fn enqueue_records_the_sweep_with_its_source_and_metric() {
-    let f = fixture().await;
+both_backends!(enqueue_records_the_sweep_with_its_source_and_metric);
+async fn enqueue_records_the_sweep_with_its_source_and_metric(b: Backend) {
+    let f = fixture(b).await;
     let sweep = f.store.sweep(NAME).await.expect("sweep row");
     assert_eq!(sweep.name, NAME);
     assert_eq!(sweep.source_text, SWEEP);
@@ -147,9 +205,9 @@ async fn enqueue_records_the_sweep_with_its_source_and_metric() {
     );
 }
 
-#[tokio::test]
-async fn reenqueue_refreshes_the_sweep_metric() {
-    let f = fixture().await;
+both_backends!(reenqueue_refreshes_the_sweep_metric);
+async fn reenqueue_refreshes_the_sweep_metric(b: Backend) {
+    let f = fixture(b).await;
     let text = SWEEP.replace("[task]\n", "[task]\nmetric = \"eval_loss\"\n");
     let spec = parse_in(f.dir.path(), NAME, &text);
     f.store
@@ -164,9 +222,9 @@ async fn reenqueue_refreshes_the_sweep_metric() {
     assert_eq!(sweep.source_text, text);
 }
 
-#[tokio::test]
-async fn reenqueueing_the_same_cells_adds_none_and_reports_them_existing() {
-    let f = fixture().await;
+both_backends!(reenqueueing_the_same_cells_adds_none_and_reports_them_existing);
+async fn reenqueueing_the_same_cells_adds_none_and_reports_them_existing(b: Backend) {
+    let f = fixture(b).await;
     let again = f.store.enqueue(&f.spec, &f.cells).await.expect("enqueue");
     assert_eq!(
         again,
@@ -178,10 +236,9 @@ async fn reenqueueing_the_same_cells_adds_none_and_reports_them_existing() {
     assert_eq!(f.rows().await.len(), 4);
 }
 
-#[tokio::test]
-async fn first_enqueue_reports_every_cell_added() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = open(dir.path()).await;
+both_backends!(first_enqueue_reports_every_cell_added);
+async fn first_enqueue_reports_every_cell_added(b: Backend) {
+    let (dir, _db, store) = empty(b).await;
     let spec = parse_in(dir.path(), NAME, SWEEP);
     let summary = store.enqueue(&spec, &spec.cells()).await.expect("enqueue");
     assert_eq!(
@@ -193,10 +250,9 @@ async fn first_enqueue_reports_every_cell_added() {
     );
 }
 
-#[tokio::test]
-async fn enqueueing_a_grid_with_one_extra_point_adds_exactly_one() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = open(dir.path()).await;
+both_backends!(enqueueing_a_grid_with_one_extra_point_adds_exactly_one);
+async fn enqueueing_a_grid_with_one_extra_point_adds_exactly_one(b: Backend) {
+    let (dir, _db, store) = empty(b).await;
     let two = SWEEP.replace("lr_a = [1e-4, 1e-3]", "lr_a = [1e-4]");
     let three = two.replace("1.6e-3]", "1.6e-3, 1e-2]");
     let spec = parse_in(dir.path(), NAME, &two);
@@ -226,9 +282,9 @@ async fn enqueueing_a_grid_with_one_extra_point_adds_exactly_one() {
     );
 }
 
-#[tokio::test]
-async fn reenqueue_keeps_the_state_of_existing_cells() {
-    let f = fixture().await;
+both_backends!(reenqueue_keeps_the_state_of_existing_cells);
+async fn reenqueue_keeps_the_state_of_existing_cells(b: Backend) {
+    let f = fixture(b).await;
     f.store
         .start_cell(NAME, f.id(0), "cpu")
         .await
@@ -244,9 +300,9 @@ async fn reenqueue_keeps_the_state_of_existing_cells() {
     assert_eq!(row.metric, Some(0.8125));
 }
 
-#[tokio::test]
-async fn two_sweeps_with_the_same_cells_are_kept_apart() {
-    let f = fixture().await;
+both_backends!(two_sweeps_with_the_same_cells_are_kept_apart);
+async fn two_sweeps_with_the_same_cells_are_kept_apart(b: Backend) {
+    let f = fixture(b).await;
     let other = parse_in(f.dir.path(), "other", SWEEP);
     let summary = f
         .store
@@ -275,9 +331,9 @@ async fn two_sweeps_with_the_same_cells_are_kept_apart() {
 
 // ---------------------------------------------------------------- state transitions
 
-#[tokio::test]
-async fn start_cell_marks_it_running_with_one_attempt_on_the_device() {
-    let f = fixture().await;
+both_backends!(start_cell_marks_it_running_with_one_attempt_on_the_device);
+async fn start_cell_marks_it_running_with_one_attempt_on_the_device(b: Backend) {
+    let f = fixture(b).await;
     f.store
         .start_cell(NAME, f.id(1), "cuda:1")
         .await
@@ -294,9 +350,9 @@ async fn start_cell_marks_it_running_with_one_attempt_on_the_device() {
     );
 }
 
-#[tokio::test]
-async fn set_groups_records_the_total_steps() {
-    let f = fixture().await;
+both_backends!(set_groups_records_the_total_steps);
+async fn set_groups_records_the_total_steps(b: Backend) {
+    let f = fixture(b).await;
     f.store
         .start_cell(NAME, f.id(0), "cpu")
         .await
@@ -315,9 +371,9 @@ async fn set_groups_records_the_total_steps() {
     assert_eq!(f.row(0).await.total_steps, Some(20));
 }
 
-#[tokio::test]
-async fn record_metrics_appends_curve_points_and_advances_the_step() {
-    let f = fixture().await;
+both_backends!(record_metrics_appends_curve_points_and_advances_the_step);
+async fn record_metrics_appends_curve_points_and_advances_the_step(b: Backend) {
+    let f = fixture(b).await;
     let id = f.id(2);
     f.store.start_cell(NAME, id, "cpu").await.expect("start");
     f.store
@@ -350,9 +406,9 @@ async fn record_metrics_appends_curve_points_and_advances_the_step() {
     assert_eq!(f.row(2).await.step, Some(15));
 }
 
-#[tokio::test]
-async fn finishing_done_stores_the_result() {
-    let f = fixture().await;
+both_backends!(finishing_done_stores_the_result);
+async fn finishing_done_stores_the_result(b: Backend) {
+    let f = fixture(b).await;
     f.store
         .start_cell(NAME, f.id(0), "cpu")
         .await
@@ -375,9 +431,9 @@ async fn finishing_done_stores_the_result() {
     assert!(row.state.is_final());
 }
 
-#[tokio::test]
-async fn finishing_diverged_sets_the_state_step_and_error() {
-    let f = fixture().await;
+both_backends!(finishing_diverged_sets_the_state_step_and_error);
+async fn finishing_diverged_sets_the_state_step_and_error(b: Backend) {
+    let f = fixture(b).await;
     for (i, loss, stored) in [(0, f64::INFINITY, Some(f64::INFINITY)), (1, f64::NAN, None)] {
         f.store
             .start_cell(NAME, f.id(i), "cpu")
@@ -400,9 +456,9 @@ async fn finishing_diverged_sets_the_state_step_and_error() {
     }
 }
 
-#[tokio::test]
-async fn finishing_failed_sets_the_state_and_keeps_the_error() {
-    let f = fixture().await;
+both_backends!(finishing_failed_sets_the_state_and_keeps_the_error);
+async fn finishing_failed_sets_the_state_and_keeps_the_error(b: Backend) {
+    let f = fixture(b).await;
     f.store
         .start_cell(NAME, f.id(3), "cuda:0")
         .await
@@ -421,9 +477,9 @@ async fn finishing_failed_sets_the_state_and_keeps_the_error() {
     );
 }
 
-#[tokio::test]
-async fn interrupted_returns_the_cell_to_pending_without_charging_the_attempt() {
-    let f = fixture().await;
+both_backends!(interrupted_returns_the_cell_to_pending_without_charging_the_attempt);
+async fn interrupted_returns_the_cell_to_pending_without_charging_the_attempt(b: Backend) {
+    let f = fixture(b).await;
     f.store
         .start_cell(NAME, f.id(0), "cuda:0")
         .await
@@ -438,9 +494,9 @@ async fn interrupted_returns_the_cell_to_pending_without_charging_the_attempt() 
     assert_eq!(row.device, None);
 }
 
-#[tokio::test]
-async fn restarting_a_cell_drops_the_previous_attempts_curve() {
-    let f = fixture().await;
+both_backends!(restarting_a_cell_drops_the_previous_attempts_curve);
+async fn restarting_a_cell_drops_the_previous_attempts_curve(b: Backend) {
+    let f = fixture(b).await;
     let id = f.id(0);
     f.store.start_cell(NAME, id, "cpu").await.expect("start");
     f.store
@@ -464,9 +520,9 @@ async fn restarting_a_cell_drops_the_previous_attempts_curve() {
     assert_eq!(row.step, Some(0));
 }
 
-#[tokio::test]
-async fn recover_running_returns_running_cells_to_pending_and_leaves_the_rest() {
-    let f = fixture().await;
+both_backends!(recover_running_returns_running_cells_to_pending_and_leaves_the_rest);
+async fn recover_running_returns_running_cells_to_pending_and_leaves_the_rest(b: Backend) {
+    let f = fixture(b).await;
     f.store
         .start_cell(NAME, f.id(0), "cpu")
         .await
@@ -503,9 +559,9 @@ async fn recover_running_returns_running_cells_to_pending_and_leaves_the_rest() 
     assert_eq!(f.store.recover_running(NAME).await.expect("recover"), 0);
 }
 
-#[tokio::test]
-async fn counts_group_the_cells_by_state() {
-    let f = fixture().await;
+both_backends!(counts_group_the_cells_by_state);
+async fn counts_group_the_cells_by_state(b: Backend) {
+    let f = fixture(b).await;
     f.store
         .start_cell(NAME, f.id(0), "cpu")
         .await
@@ -543,9 +599,9 @@ async fn counts_group_the_cells_by_state() {
 
 // ---------------------------------------------------------------- sweeps, files, reopening
 
-#[tokio::test]
-async fn unknown_sweep_is_an_error_that_says_to_run_it_first() {
-    let f = fixture().await;
+both_backends!(unknown_sweep_is_an_error_that_says_to_run_it_first);
+async fn unknown_sweep_is_an_error_that_says_to_run_it_first(b: Backend) {
+    let f = fixture(b).await;
     let err = f.store.sweep("never-ran").await.expect_err("an error");
     assert!(
         matches!(&err, StoreError::UnknownSweep(n) if n == "never-ran"),
@@ -565,9 +621,9 @@ async fn open_creates_missing_parent_directories() {
     assert!(store.sweep_names().await.expect("names").is_empty());
 }
 
-#[tokio::test]
-async fn reopening_the_store_keeps_the_data() {
-    let f = fixture().await;
+both_backends!(reopening_the_store_keeps_the_data);
+async fn reopening_the_store_keeps_the_data(b: Backend) {
+    let f = fixture(b).await;
     f.store
         .start_cell(NAME, f.id(0), "cpu")
         .await
@@ -587,15 +643,16 @@ async fn reopening_the_store_keeps_the_data() {
         .map(|r| (r.id, r.state, r.attempts))
         .collect();
     let Fixture {
-        dir,
+        db,
         store,
         spec,
         cells,
+        ..
     } = f;
     store.close().await;
 
     // The migrations run again on open and must find nothing to do.
-    let store = open(dir.path()).await;
+    let store = open(&db.url).await;
     let after: Vec<(String, CellState, i64)> = store
         .cells(NAME)
         .await
@@ -622,14 +679,14 @@ async fn reopening_the_store_keeps_the_data() {
     store.close().await;
 
     // And a third time, with the previous pool closed.
-    let store = open(dir.path()).await;
+    let store = open(&db.url).await;
     assert_eq!(store.sweep(NAME).await.expect("sweep").name, NAME);
 }
 
 #[tokio::test]
 async fn store_file_is_in_wal_mode() {
-    let f = fixture().await;
-    let db = f.db();
+    let f = fixture(Backend::Sqlite).await;
+    let db = db_path(f.dir.path());
     let wal = PathBuf::from(format!("{}-wal", db.display()));
     assert!(wal.is_file(), "no {} after a write", wal.display());
 
@@ -649,4 +706,250 @@ async fn store_file_is_in_wal_mode() {
         .expect("count");
     assert_eq!(n, 4);
     conn.close().await.expect("close");
+}
+
+// ---------------------------------------------------------------- large grids, both backends
+
+both_backends!(enqueueing_more_cells_than_one_statement_holds_adds_them_all_once);
+async fn enqueueing_more_cells_than_one_statement_holds_adds_them_all_once(b: Backend) {
+    // 50 × 50 = 2,500 cells: three multi-row statements (1,000 + 1,000 + 500 cells).
+    let list = |scale: f64| {
+        (1..=50)
+            .map(|i| format!("{:e}", scale * f64::from(i)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let text = SWEEP
+        .replace("lr_a = [1e-4, 1e-3]", &format!("lr_a = [{}]", list(1e-5)))
+        .replace(
+            "lr_b = [3.16227766e-4, 1.6e-3]",
+            &format!("lr_b = [{}]", list(1e-4)),
+        );
+    let (dir, _db, store) = empty(b).await;
+    let spec = parse_in(dir.path(), NAME, &text);
+    let cells = spec.cells();
+    assert_eq!(cells.len(), 2500);
+    let first = store.enqueue(&spec, &cells).await.expect("enqueue");
+    assert_eq!(
+        first,
+        EnqueueSummary {
+            added: 2500,
+            existing: 0
+        }
+    );
+    let again = store.enqueue(&spec, &cells).await.expect("enqueue");
+    assert_eq!(
+        again,
+        EnqueueSummary {
+            added: 0,
+            existing: 2500
+        }
+    );
+    let rows = store.cells(NAME).await.expect("cells");
+    assert_eq!(rows.len(), 2500);
+    for (row, cell) in rows.iter().zip(&cells) {
+        assert_eq!(
+            (row.id.as_str(), row.index, row.lr_a, row.lr_b),
+            (
+                cell.id.0.as_str(),
+                cell.index as i64,
+                cell.config.lr_a,
+                cell.config.lr_b
+            )
+        );
+    }
+    let counts = store.counts(NAME).await.expect("counts");
+    assert_eq!(counts.get(&CellState::Pending), Some(&2500));
+}
+
+// ---------------------------------------------------------------- the PostgreSQL schema
+
+fn migration_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|n| n.ends_with(".sql"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn migration_files_pair_up_by_name() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations");
+    let sqlite = migration_names(&root);
+    let postgres = migration_names(&root.join("postgres"));
+    assert!(!sqlite.is_empty());
+    assert_eq!(
+        sqlite, postgres,
+        "every migrations/NNN_name.sql needs its PostgreSQL twin migrations/postgres/NNN_name.sql \
+         (same name; translation rules in migrations/postgres/README.md)"
+    );
+}
+
+/// (table, column) → (type, NOT NULL), with SQLite's types named as PostgreSQL's.
+type Columns = BTreeMap<(String, String), (String, bool)>;
+/// index name → (table, indexed columns).
+type Indexes = BTreeMap<String, (String, String)>;
+
+async fn sqlite_schema(path: &Path) -> (Columns, Indexes) {
+    let opts = SqliteConnectOptions::new().filename(path).read_only(true);
+    let mut conn = SqliteConnection::connect_with(&opts)
+        .await
+        .expect("sqlite connection");
+    let rows = sqlx::query(
+        "SELECT m.name AS t, p.name AS c, p.type AS ty, p.\"notnull\" AS nn
+         FROM sqlite_master m JOIN pragma_table_info(m.name) p
+         WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' AND m.name <> '_sqlx_migrations'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("sqlite columns");
+    let mut columns = Columns::new();
+    for r in rows {
+        let ty: String = r.get("ty");
+        let ty = match ty.to_uppercase().as_str() {
+            "INTEGER" => "bigint",
+            "REAL" => "double precision",
+            "TEXT" => "text",
+            other => {
+                panic!("SQLite column type {other} has no rule in migrations/postgres/README.md")
+            }
+        };
+        columns.insert(
+            (r.get("t"), r.get("c")),
+            (ty.to_owned(), r.get::<i64, _>("nn") != 0),
+        );
+    }
+    let rows = sqlx::query(
+        "SELECT m.name AS i, m.tbl_name AS t, group_concat(p.name, ', ') AS cols
+         FROM sqlite_master m JOIN pragma_index_info(m.name) p
+         WHERE m.type = 'index' AND m.name NOT LIKE 'sqlite_autoindex%'
+         GROUP BY m.name, m.tbl_name",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("sqlite indexes");
+    let indexes = rows
+        .iter()
+        .map(|r| (r.get("i"), (r.get("t"), r.get("cols"))))
+        .collect();
+    conn.close().await.expect("close");
+    (columns, indexes)
+}
+
+async fn postgres_schema(url: &str) -> (Columns, Indexes) {
+    let mut conn = PgConnection::connect(url).await.expect("pg connection");
+    let rows = sqlx::query(
+        "SELECT table_name::text AS t, column_name::text AS c, data_type::text AS ty,
+                is_nullable::text AS nullable
+         FROM information_schema.columns
+         WHERE table_schema = current_schema() AND table_name <> '_sqlx_migrations'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("pg columns");
+    let columns = rows
+        .iter()
+        .map(|r| {
+            (
+                (r.get("t"), r.get("c")),
+                (r.get("ty"), r.get::<String, _>("nullable") == "NO"),
+            )
+        })
+        .collect();
+    let rows = sqlx::query(
+        "SELECT indexname::text AS i, tablename::text AS t, indexdef AS def FROM pg_indexes
+         WHERE schemaname = current_schema() AND indexname NOT LIKE '%_pkey'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("pg indexes");
+    let indexes = rows
+        .iter()
+        .map(|r| {
+            // "CREATE INDEX name ON public.cells USING btree (sweep, state, idx)"
+            let def: String = r.get("def");
+            let cols = def
+                .rsplit_once('(')
+                .and_then(|(_, c)| c.strip_suffix(')'))
+                .unwrap_or(&def)
+                .to_owned();
+            (r.get("i"), (r.get("t"), cols))
+        })
+        .collect();
+    conn.close().await.expect("close");
+    (columns, indexes)
+}
+
+#[tokio::test]
+async fn postgres_schema_matches_sqlite_schema() {
+    let Some(server) = test_server() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sqlite = db_path(dir.path());
+    open(&sqlite.clone().into()).await.close().await;
+    let pg = TestDatabase::create(&server).await;
+    open(&pg.store_url()).await.close().await;
+
+    let (sqlite_columns, sqlite_indexes) = sqlite_schema(&sqlite).await;
+    let (pg_columns, pg_indexes) = postgres_schema(pg.url()).await;
+    assert!(sqlite_columns.contains_key(&("cells".into(), "lr_a".into())));
+    let differ: Vec<String> = sqlite_columns
+        .keys()
+        .chain(pg_columns.keys())
+        .filter(|k| sqlite_columns.get(*k) != pg_columns.get(*k))
+        .map(|k| {
+            format!(
+                "{}.{}: SQLite {:?}, PostgreSQL {:?}",
+                k.0,
+                k.1,
+                sqlite_columns.get(k),
+                pg_columns.get(k)
+            )
+        })
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "the SQLite and PostgreSQL migrations define different columns (type, NOT NULL) — \
+         see migrations/postgres/README.md:\n{}",
+        differ.join("\n")
+    );
+    assert!(sqlite_indexes.contains_key("cells_by_state"));
+    assert_eq!(sqlite_indexes, pg_indexes, "different indexes");
+}
+
+// ---------------------------------------------------------------- PostgreSQL errors
+
+#[tokio::test]
+async fn an_unreachable_postgres_server_is_named_without_its_password_with_what_to_do() {
+    // Port 1 on loopback: nothing listens, the connection is refused at once.
+    let url = StoreUrl::parse("postgres://etagrid:s3cret@127.0.0.1:1/sweeps").expect("url");
+    let err = Store::open(&url).await.expect_err("no server there");
+    assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains("postgres://etagrid:***@127.0.0.1:1/sweeps"),
+        "{message}"
+    );
+    assert!(!message.contains("s3cret"), "password leaked: {message}");
+    assert!(message.contains("scripts/pg-local.sh up"), "{message}");
+}
+
+#[tokio::test]
+async fn a_missing_postgres_database_is_an_error_that_says_to_create_it() {
+    let Some(server) = test_server() else { return };
+    let pg = TestDatabase::create(&server).await;
+    let missing = etagrid_store::testing::with_database(pg.url(), &format!("{}_none", pg.name()));
+    let err = Store::open(&StoreUrl::parse(&missing).expect("url"))
+        .await
+        .expect_err("no such database");
+    let message = err.to_string();
+    assert!(message.contains(&missing), "{message}");
+    assert!(message.contains("does not exist"), "{message}");
+    assert!(message.contains("create it"), "{message}");
 }
