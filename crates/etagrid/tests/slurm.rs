@@ -6,6 +6,7 @@
 //!
 //! Every test uses its own sweep name: the front end finds its tasks by job name.
 
+use etagrid_store::testing::TestDatabase;
 use etagrid_store::{CellRow, CellState, SlurmTask, Store, StoreUrl};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -43,13 +44,13 @@ fn slurm_conf() -> &'static str {
     })
 }
 
-/// A fresh PostgreSQL database for one test on the local server; its URL.
-fn pg_database(name: &str) -> String {
+/// A fresh PostgreSQL database for one test (dropped with the sandbox): on the server of
+/// `ETAGRID_TEST_PG` (scripts/test.sh exports it), else on `scripts/pg-local.sh`'s, started here.
+fn pg_database() -> TestDatabase {
     static SERVER: OnceLock<String> = OnceLock::new();
     let server = SERVER.get_or_init(|| {
-        // scripts/test.sh exports the local server's URL.
         if let Ok(url) = std::env::var("ETAGRID_TEST_PG") {
-            if !url.is_empty() {
+            if !url.trim().is_empty() {
                 return url;
             }
         }
@@ -71,23 +72,11 @@ fn pg_database(name: &str) -> String {
             .expect("pg-local.sh url");
         String::from_utf8_lossy(&url.stdout).trim().to_owned()
     });
-    let db = format!("etagrid_{}", name.replace('-', "_"));
-    for sql in [
-        format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
-        format!("CREATE DATABASE {db}"),
-    ] {
-        let out = Command::new("psql")
-            .args([server.as_str(), "-q", "-c", &sql])
-            .output()
-            .expect("run psql");
-        assert!(
-            out.status.success(),
-            "{sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let (base, _) = server.rsplit_once('/').expect("a database in the URL");
-    format!("{base}/{db}")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(TestDatabase::create(server))
 }
 
 struct Sandbox {
@@ -95,6 +84,7 @@ struct Sandbox {
     name: String,
     /// The PostgreSQL store every command of the sandbox uses.
     db: String,
+    _database: TestDatabase,
 }
 
 impl Sandbox {
@@ -127,10 +117,12 @@ eval_every = {eval_every}
             eval = task.join("eval.csv").display(),
         );
         std::fs::write(dir.path().join("sweep.toml"), toml).expect("write sweep");
+        let database = pg_database();
         Sandbox {
             dir,
             name: name.to_owned(),
-            db: pg_database(name),
+            db: database.url().to_owned(),
+            _database: database,
         }
     }
 
