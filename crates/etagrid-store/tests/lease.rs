@@ -1,10 +1,33 @@
-//! Leases (SLURM mode: several workers write the store), through the public API on real SQLite
-//! files. Times are explicit unix seconds, so expiry is tested without waiting.
+//! Leases (SLURM mode: several workers write the store), through the public API. Every test runs
+//! twice, `NAME::sqlite` (a file in a temp dir) and `NAME::postgres` (a fresh database on the
+//! server of `ETAGRID_TEST_PG`, as in store.rs). Times are explicit unix seconds, so expiry is
+//! tested without waiting.
 
 use etagrid_spec::protocol::CellResult;
 use etagrid_spec::{Cell, SweepSpec};
-use etagrid_store::{CellRow, CellState, Claim, Outcome, SlurmTask, Store};
+use etagrid_store::testing::{test_server, TestDatabase};
+use etagrid_store::{Backend, CellRow, CellState, Claim, Outcome, SlurmTask, Store, StoreUrl};
 use tempfile::TempDir;
+
+/// `both_backends!(name)` next to `async fn name(b: Backend)`: tests `name::sqlite` and
+/// `name::postgres`.
+macro_rules! both_backends {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(Backend::Sqlite).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                if test_server().is_some() {
+                    super::$name(Backend::Postgres).await
+                }
+            }
+        }
+    };
+}
 
 const SWEEP: &str = r#"
 [model]
@@ -25,6 +48,7 @@ const MAX: i64 = 3;
 
 struct F {
     _dir: TempDir,
+    _pg: Option<TestDatabase>,
     store: Store,
     cells: Vec<Cell>,
 }
@@ -55,16 +79,23 @@ impl F {
     }
 }
 
-async fn fixture() -> F {
+async fn fixture(b: Backend) -> F {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Store::open(&dir.path().join("s.sqlite"))
-        .await
-        .expect("open");
+    let (url, pg) = match b {
+        Backend::Sqlite => (StoreUrl::from(dir.path().join("s.sqlite")), None),
+        Backend::Postgres => {
+            let server = test_server().expect("the postgres variant runs only with a server");
+            let pg = TestDatabase::create(&server).await;
+            (pg.store_url(), Some(pg))
+        }
+    };
+    let store = Store::open(url).await.expect("open");
     let spec = SweepSpec::parse(&dir.path().join(format!("{NAME}.toml")), SWEEP).expect("spec");
     let cells = spec.cells();
     store.enqueue(&spec, &cells).await.expect("enqueue");
     F {
         _dir: dir,
+        _pg: pg,
         store,
         cells,
     }
@@ -84,9 +115,9 @@ fn result() -> CellResult {
     }
 }
 
-#[tokio::test]
-async fn a_claim_takes_a_pending_cell_once_and_records_owner_device_and_attempt() {
-    let f = fixture().await;
+both_backends!(a_claim_takes_a_pending_cell_once_and_records_owner_device_and_attempt);
+async fn a_claim_takes_a_pending_cell_once_and_records_owner_device_and_attempt(b: Backend) {
+    let f = fixture(b).await;
     assert_eq!(f.claim(0, "7_0", T0).await, Claim::Claimed { attempt: 1 });
     let r = f.row(0).await;
     assert_eq!(r.state, CellState::Running);
@@ -108,9 +139,9 @@ async fn a_claim_takes_a_pending_cell_once_and_records_owner_device_and_attempt(
     assert_eq!(f.row(0).await.attempts, 1);
 }
 
-#[tokio::test]
-async fn a_finished_cell_is_never_claimed_again() {
-    let f = fixture().await;
+both_backends!(a_finished_cell_is_never_claimed_again);
+async fn a_finished_cell_is_never_claimed_again(b: Backend) {
+    let f = fixture(b).await;
     f.claim(0, "7_0", T0).await;
     assert!(f
         .store
@@ -135,9 +166,13 @@ async fn a_finished_cell_is_never_claimed_again() {
     assert_eq!(f.row(0).await.attempts, 1);
 }
 
-#[tokio::test]
-async fn an_expired_lease_is_claimable_with_the_attempt_counted_and_the_old_owner_is_shut_out() {
-    let f = fixture().await;
+both_backends!(
+    an_expired_lease_is_claimable_with_the_attempt_counted_and_the_old_owner_is_shut_out
+);
+async fn an_expired_lease_is_claimable_with_the_attempt_counted_and_the_old_owner_is_shut_out(
+    b: Backend,
+) {
+    let f = fixture(b).await;
     f.claim(0, "7_0", T0).await;
     assert!(f
         .store
@@ -175,9 +210,9 @@ async fn an_expired_lease_is_claimable_with_the_attempt_counted_and_the_old_owne
     assert_eq!((r.state, r.attempts), (CellState::Done, 2));
 }
 
-#[tokio::test]
-async fn a_requeued_task_takes_back_its_own_cell_at_once() {
-    let f = fixture().await;
+both_backends!(a_requeued_task_takes_back_its_own_cell_at_once);
+async fn a_requeued_task_takes_back_its_own_cell_at_once(b: Backend) {
+    let f = fixture(b).await;
     f.claim(0, "7_0", T0).await;
     // SIGKILLed before it could release; SLURM requeued it with the same id.
     assert_eq!(
@@ -186,9 +221,9 @@ async fn a_requeued_task_takes_back_its_own_cell_at_once() {
     );
 }
 
-#[tokio::test]
-async fn release_on_preemption_refunds_the_attempt_and_on_time_limit_keeps_it() {
-    let f = fixture().await;
+both_backends!(release_on_preemption_refunds_the_attempt_and_on_time_limit_keeps_it);
+async fn release_on_preemption_refunds_the_attempt_and_on_time_limit_keeps_it(b: Backend) {
+    let f = fixture(b).await;
     f.claim(0, "7_0", T0).await;
     assert!(f
         .store
@@ -215,9 +250,9 @@ async fn release_on_preemption_refunds_the_attempt_and_on_time_limit_keeps_it() 
         .expect("release"));
 }
 
-#[tokio::test]
-async fn reclaiming_a_dead_owners_cell_retries_it_until_max_attempts_then_fails_it() {
-    let f = fixture().await;
+both_backends!(reclaiming_a_dead_owners_cell_retries_it_until_max_attempts_then_fails_it);
+async fn reclaiming_a_dead_owners_cell_retries_it_until_max_attempts_then_fails_it(b: Backend) {
+    let f = fixture(b).await;
     for attempt in 1..=MAX {
         let owner = format!("{attempt}_0");
         assert_eq!(f.claim(0, &owner, T0).await, Claim::Claimed { attempt });
@@ -248,9 +283,9 @@ async fn reclaiming_a_dead_owners_cell_retries_it_until_max_attempts_then_fails_
     );
 }
 
-#[tokio::test]
-async fn pending_cells_out_of_attempts_are_not_claimable_and_fail_exhausted_marks_them() {
-    let f = fixture().await;
+both_backends!(pending_cells_out_of_attempts_are_not_claimable_and_fail_exhausted_marks_them);
+async fn pending_cells_out_of_attempts_are_not_claimable_and_fail_exhausted_marks_them(b: Backend) {
+    let f = fixture(b).await;
     for a in 1..=MAX {
         f.claim(1, "5_1", T0).await;
         f.store
@@ -268,9 +303,9 @@ async fn pending_cells_out_of_attempts_are_not_claimable_and_fail_exhausted_mark
     assert_eq!(f.row(0).await.state, CellState::Pending);
 }
 
-#[tokio::test]
-async fn submitted_tasks_read_back_with_their_slurm_ids() {
-    let f = fixture().await;
+both_backends!(submitted_tasks_read_back_with_their_slurm_ids);
+async fn submitted_tasks_read_back_with_their_slurm_ids(b: Backend) {
+    let f = fixture(b).await;
     let tasks = vec![
         SlurmTask {
             job_id: "41".into(),
