@@ -484,3 +484,24 @@ fn a_sqlite_store_is_refused_without_the_explicit_opt_in() {
         "nothing may be submitted"
     );
 }
+
+#[test]
+fn a_rerun_of_the_front_end_reattaches_to_its_running_task_instead_of_resubmitting() {
+    let sb = Sandbox::new("slurm-reattach", "lr_a = [1e-3]\nratio = [1]", 3000, 0);
+    let mut front = sb.spawn_run();
+    wait_until_training(&sb);
+    // The front end dies (kill -9: no clean-up at all); its task keeps training.
+    front.kill().expect("kill the front end");
+    front.wait().expect("reap the front end");
+    let out = sb.run();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}\n{}", sb.task_logs());
+    assert!(
+        err.contains("re-attached to 1 queued or running task(s)"),
+        "{err}"
+    );
+    assert!(!err.contains("submitted job array"), "{err}");
+    assert_eq!(sb.tasks().len(), 1);
+    let c = &sb.cells()[0];
+    assert_eq!((c.state, c.attempts), (CellState::Done, 1), "{err}");
+}
