@@ -28,6 +28,9 @@ pub enum SchedError {
     Locked { path: PathBuf },
     #[error("start the tokio runtime")]
     Runtime(#[source] std::io::Error),
+    /// A SLURM command failed for good (a bad partition, impossible resources, no controller).
+    #[error("SLURM: {0}")]
+    Slurm(String),
 }
 
 /// How to start a worker: `program args… --job FILE`.

@@ -63,15 +63,6 @@ pub fn run_slurm(spec: &SweepSpec, opts: &SlurmOptions) -> Result<RunSummary, Sc
     rt.block_on(front_end(spec, opts))
 }
 
-/// SLURM refused or could not be reached.
-fn slurm_err(what: &'static str, msg: String) -> SchedError {
-    SchedError::Io {
-        what,
-        path: PathBuf::from(msg),
-        source: std::io::Error::other("SLURM command failed"),
-    }
-}
-
 /// A task is live while SLURM may still run it (or is running it). Unknown states count as live:
 /// resubmitting a cell that a task will run anyway only costs a skipped task.
 pub fn is_live(state: &str) -> bool {
@@ -296,15 +287,19 @@ async fn submit_array(
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
-            Err(e) => return Err(slurm_err("submit the job array", e)),
+            Err(e) => {
+                return Err(SchedError::Slurm(format!(
+                    "could not submit the job array: {e}"
+                )))
+            }
         }
     };
     let job_id = out.trim().split(';').next().unwrap_or("").to_owned();
     if job_id.is_empty() || !job_id.chars().all(|c| c.is_ascii_digit()) {
-        return Err(slurm_err(
-            "read the job id from sbatch --parsable",
-            out.trim().to_owned(),
-        ));
+        return Err(SchedError::Slurm(format!(
+            "sbatch --parsable printed {:?}, not a job id",
+            out.trim()
+        )));
     }
     Ok(cells
         .iter()
@@ -326,6 +321,8 @@ async fn front_end(spec: &SweepSpec, opts: &SlurmOptions) -> Result<RunSummary, 
         store.reset_failed(&spec.name).await?;
     }
     let max = i64::from(spec.max_attempts);
+    // As in a local run, a rerun retries failed cells that have attempts left.
+    store.requeue_failed(&spec.name, max).await?;
     let job_name = format!("etagrid-{}", spec.name);
     let current: HashMap<String, String> = cells
         .iter()

@@ -276,6 +276,20 @@ impl Store {
         Ok(r.rows_affected())
     }
 
+    /// Failed cells with attempts left go back to pending (a rerun of the SLURM front end
+    /// retries them, as a local run does).
+    pub async fn requeue_failed(&self, sweep: &str, max_attempts: i64) -> Result<u64> {
+        let r = sqlx::query(
+            "UPDATE cells SET state = 'pending', lease_owner = NULL, lease_expires = NULL
+             WHERE sweep = $1 AND state = 'failed' AND attempts < $2",
+        )
+        .bind(sweep)
+        .bind(max_attempts)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
     /// Remembers which array task runs which cell.
     pub async fn record_slurm_tasks(
         &self,

@@ -326,3 +326,26 @@ async fn submitted_tasks_read_back_with_their_slurm_ids(b: Backend) {
     assert_eq!(back, tasks);
     assert_eq!(back[1].slurm_id(), "41_1");
 }
+
+both_backends!(requeue_failed_gives_back_only_failed_cells_with_attempts_left);
+async fn requeue_failed_gives_back_only_failed_cells_with_attempts_left(b: Backend) {
+    let f = fixture(b).await;
+    // Cell 0: failed by its worker on attempt 1; cell 1: failed after its last attempt.
+    f.claim(0, "1_0", T0).await;
+    f.store
+        .finish_leased(NAME, f.id(0), "1_0", &Outcome::Failed("bad batch".into()))
+        .await
+        .expect("finish");
+    for a in 1..=MAX {
+        let owner = format!("{a}_1");
+        f.claim(1, &owner, T0).await;
+        f.store
+            .reclaim(NAME, f.id(1), &owner, "node died", MAX)
+            .await
+            .expect("reclaim");
+    }
+    assert_eq!(f.store.requeue_failed(NAME, MAX).await.expect("requeue"), 1);
+    assert_eq!(f.row(0).await.state, CellState::Pending);
+    assert_eq!(f.row(1).await.state, CellState::Failed);
+    assert_eq!(f.claim(0, "9_0", T0).await, Claim::Claimed { attempt: 2 });
+}

@@ -505,3 +505,20 @@ fn a_rerun_of_the_front_end_reattaches_to_its_running_task_instead_of_resubmitti
     let c = &sb.cells()[0];
     assert_eq!((c.state, c.attempts), (CellState::Done, 1), "{err}");
 }
+
+#[test]
+fn an_impossible_submission_fails_with_slurms_own_message() {
+    let sb = Sandbox::new("slurm-badpart", "lr_a = [1e-3]\nratio = [1]", 8, 4);
+    let out = sb
+        .cmd(&Sandbox::run_args(&["--partition", "nosuchpartition"]))
+        .output()
+        .expect("run");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("SLURM: could not submit the job array")
+            && err.contains("invalid partition specified: nosuchpartition"),
+        "{err}"
+    );
+    assert!(sb.tasks().is_empty());
+}
