@@ -26,6 +26,8 @@ pub enum SchedError {
     },
     #[error("another `etagrid run` holds {} (it is using this store); wait for it or stop it first", path.display())]
     Locked { path: PathBuf },
+    #[error("another `etagrid run` is running sweep {sweep} with the store {store}; wait for it or stop it first")]
+    SweepLocked { sweep: String, store: String },
     #[error("start the tokio runtime")]
     Runtime(#[source] std::io::Error),
     /// A SLURM command failed for good (a bad partition, impossible resources, no controller).
@@ -143,6 +145,12 @@ enum Msg {
 async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, SchedError> {
     let _lock = lock(&opts.state_dir)?;
     let store = Store::open(&opts.store).await?;
+    // On PostgreSQL, schedulers on other machines share the store but not this state dir's flock.
+    let sweep_lock = store.try_lock_sweep(&spec.name).await?;
+    let _sweep_lock = sweep_lock.ok_or_else(|| SchedError::SweepLocked {
+        sweep: spec.name.clone(),
+        store: opts.store.to_string(),
+    })?;
     let cells = spec.cells();
     let enq = store.enqueue(spec, &cells).await?;
     let recovered = store.recover_running(&spec.name).await?;

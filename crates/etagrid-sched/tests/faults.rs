@@ -1,18 +1,51 @@
 //! Fault tests of the scheduler with a fake worker (tests/fake-worker.sh): crashes, hangs and
-//! worker-reported errors, and what the store says afterwards.
+//! worker-reported errors, and what the store says afterwards. Each runs twice: `NAME::sqlite`
+//! and `NAME::postgres` (the store in a fresh database of the `ETAGRID_TEST_PG` server; see
+//! `etagrid_store::testing`).
 
 use etagrid_sched::{run, RunOptions, SlotDevice, WorkerCommand};
 use etagrid_spec::SweepSpec;
-use etagrid_store::{CellState, Store};
+use etagrid_store::testing::{test_server, TestDatabase};
+use etagrid_store::{Backend, CellState, Store, StoreUrl};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// `both_backends!(name)` beside `fn name(b: Backend)` makes the tests `name::sqlite` and
+/// `name::postgres`.
+macro_rules! both_backends {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn sqlite() {
+                super::$name(Backend::Sqlite)
+            }
+            #[test]
+            fn postgres() {
+                if test_server().is_some() {
+                    super::$name(Backend::Postgres)
+                }
+            }
+        }
+    };
+}
 
 struct Setup {
     dir: tempfile::TempDir,
     spec: SweepSpec,
+    store: StoreUrl,
+    _pg: Option<TestDatabase>,
 }
 
-fn setup(mode: &str, extra_resources: &str) -> Setup {
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+fn setup(b: Backend, mode: &str, extra_resources: &str) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let toml = format!(
         "name = \"faults\"\n[model]\npath = \"m\"\n[task]\ntrain = \"t.csv\"\neval = \"e.csv\"\n\
@@ -21,13 +54,26 @@ fn setup(mode: &str, extra_resources: &str) -> Setup {
     let spec = SweepSpec::parse(&dir.path().join("faults.toml"), &toml).expect("spec");
     std::fs::create_dir_all(dir.path().join("state")).expect("state");
     std::fs::write(dir.path().join("state/fake-mode"), mode).expect("mode");
-    Setup { dir, spec }
+    let (store, pg) = match b {
+        Backend::Sqlite => (dir.path().join("state/etagrid.sqlite").into(), None),
+        Backend::Postgres => {
+            let server = test_server().expect("the postgres variant runs only with a server");
+            let pg = block_on(TestDatabase::create(&server));
+            (pg.store_url(), Some(pg))
+        }
+    };
+    Setup {
+        dir,
+        spec,
+        store,
+        _pg: pg,
+    }
 }
 
 impl Setup {
     fn opts(&self, retry_failed: bool) -> RunOptions {
         RunOptions {
-            store: self.dir.path().join("state/etagrid.sqlite").into(),
+            store: self.store.clone(),
             state_dir: self.dir.path().join("state"),
             worker: WorkerCommand {
                 program: PathBuf::from("bash"),
@@ -58,24 +104,18 @@ impl Setup {
     }
 
     fn cells(&self) -> Vec<etagrid_store::CellRow> {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(async {
-                let s = Store::open(&self.dir.path().join("state/etagrid.sqlite"))
-                    .await
-                    .expect("store");
-                let c = s.cells("faults").await.expect("cells");
-                s.close().await;
-                c
-            })
+        block_on(async {
+            let s = Store::open(&self.store).await.expect("store");
+            let c = s.cells("faults").await.expect("cells");
+            s.close().await;
+            c
+        })
     }
 }
 
-#[test]
-fn a_worker_killed_by_sigkill_is_retried_and_its_cell_finishes_once() {
-    let s = setup("crash-once", "");
+both_backends!(a_worker_killed_by_sigkill_is_retried_and_its_cell_finishes_once);
+fn a_worker_killed_by_sigkill_is_retried_and_its_cell_finishes_once(b: Backend) {
+    let s = setup(b, "crash-once", "");
     let summary = run(&s.spec, &s.opts(false)).expect("run");
     assert_eq!((summary.done, summary.retried, summary.failed), (2, 2, 0));
     for c in s.cells() {
@@ -85,9 +125,9 @@ fn a_worker_killed_by_sigkill_is_retried_and_its_cell_finishes_once() {
     }
 }
 
-#[test]
-fn a_hung_worker_times_out_and_is_retried() {
-    let s = setup("hang-once", "cell_timeout = \"1s\"");
+both_backends!(a_hung_worker_times_out_and_is_retried);
+fn a_hung_worker_times_out_and_is_retried(b: Backend) {
+    let s = setup(b, "hang-once", "cell_timeout = \"1s\"");
     let summary = run(&s.spec, &s.opts(false)).expect("run");
     assert_eq!((summary.done, summary.retried), (2, 2));
     for c in s.cells() {
@@ -95,9 +135,9 @@ fn a_hung_worker_times_out_and_is_retried() {
     }
 }
 
-#[test]
-fn a_cell_that_always_crashes_fails_after_max_attempts_and_a_rerun_skips_it() {
-    let s = setup("crash-always", "max_attempts = 2");
+both_backends!(a_cell_that_always_crashes_fails_after_max_attempts_and_a_rerun_skips_it);
+fn a_cell_that_always_crashes_fails_after_max_attempts_and_a_rerun_skips_it(b: Backend) {
+    let s = setup(b, "crash-always", "max_attempts = 2");
     let summary = run(&s.spec, &s.opts(false)).expect("run");
     assert_eq!((summary.done, summary.failed, summary.retried), (0, 2, 2));
     for c in s.cells() {
@@ -128,9 +168,9 @@ fn a_cell_that_always_crashes_fails_after_max_attempts_and_a_rerun_skips_it() {
         .all(|c| c.state == CellState::Done && c.attempts == 1));
 }
 
-#[test]
-fn an_error_the_worker_reports_is_not_retried() {
-    let s = setup("fail", "");
+both_backends!(an_error_the_worker_reports_is_not_retried);
+fn an_error_the_worker_reports_is_not_retried(b: Backend) {
+    let s = setup(b, "fail", "");
     let summary = run(&s.spec, &s.opts(false)).expect("run");
     assert_eq!((summary.failed, summary.retried), (2, 0));
     for c in s.cells() {
@@ -139,9 +179,9 @@ fn an_error_the_worker_reports_is_not_retried() {
     }
 }
 
-#[test]
-fn a_worker_that_cannot_start_fails_its_cells_and_leaves_none_queued() {
-    let s = setup("ok", "");
+both_backends!(a_worker_that_cannot_start_fails_its_cells_and_leaves_none_queued);
+fn a_worker_that_cannot_start_fails_its_cells_and_leaves_none_queued(b: Backend) {
+    let s = setup(b, "ok", "");
     let mut opts = s.opts(false);
     opts.worker = WorkerCommand {
         program: PathBuf::from("/nonexistent/etagrid-worker"),

@@ -953,3 +953,44 @@ async fn a_missing_postgres_database_is_an_error_that_says_to_create_it() {
     assert!(message.contains("does not exist"), "{message}");
     assert!(message.contains("create it"), "{message}");
 }
+
+// ---------------------------------------------------------------- one scheduler per sweep
+
+#[tokio::test]
+async fn on_postgres_a_second_scheduler_cannot_lock_a_sweep_until_the_first_releases_it() {
+    let Some(server) = test_server() else { return };
+    let pg = TestDatabase::create(&server).await;
+    // Two stores on one database: two schedulers, as on two machines.
+    let first = open(&pg.store_url()).await;
+    let second = open(&pg.store_url()).await;
+    let held = first
+        .try_lock_sweep(NAME)
+        .await
+        .expect("lock")
+        .expect("the first scheduler gets the lock");
+    assert!(
+        second.try_lock_sweep(NAME).await.expect("lock").is_none(),
+        "a second scheduler must not run the same sweep"
+    );
+    let other = second
+        .try_lock_sweep("other")
+        .await
+        .expect("lock")
+        .expect("another sweep is not locked");
+    held.release().await.expect("release");
+    let again = second
+        .try_lock_sweep(NAME)
+        .await
+        .expect("lock")
+        .expect("free once released");
+    again.release().await.expect("release");
+    other.release().await.expect("release");
+}
+
+#[tokio::test]
+async fn on_sqlite_try_lock_sweep_takes_nothing_the_flock_does() {
+    let (_dir, _db, store) = empty(Backend::Sqlite).await;
+    let a = store.try_lock_sweep(NAME).await.expect("lock");
+    let b = store.try_lock_sweep(NAME).await.expect("lock");
+    assert!(a.is_some() && b.is_some());
+}
