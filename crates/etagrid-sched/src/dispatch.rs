@@ -170,7 +170,8 @@ async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, Sc
         .iter()
         .filter(|r| wanted.contains(r.id.as_str()))
         .filter(|r| {
-            let skip = r.state.is_final();
+            // Still running after recover_running: leased by a SLURM task, which finishes it.
+            let skip = r.state.is_final() || r.state == CellState::Running;
             summary.skipped += usize::from(skip);
             let exhausted =
                 r.state == CellState::Failed && r.attempts >= i64::from(spec.max_attempts);

@@ -315,6 +315,15 @@ async fn submit_array(
 async fn front_end(spec: &SweepSpec, opts: &SlurmOptions) -> Result<RunSummary, SchedError> {
     let _lock = crate::dispatch::lock(&opts.state_dir)?;
     let store = Store::open(&opts.store).await?;
+    // One front end (or local scheduler) per sweep, also across machines on PostgreSQL.
+    let _sweep_lock =
+        store
+            .try_lock_sweep(&spec.name)
+            .await?
+            .ok_or_else(|| SchedError::SweepLocked {
+                sweep: spec.name.clone(),
+                store: opts.store.to_string(),
+            })?;
     let cells = spec.cells();
     let enq = store.enqueue(spec, &cells).await?;
     if opts.retry_failed {

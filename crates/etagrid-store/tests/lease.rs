@@ -349,3 +349,23 @@ async fn requeue_failed_gives_back_only_failed_cells_with_attempts_left(b: Backe
     assert_eq!(f.row(1).await.state, CellState::Failed);
     assert_eq!(f.claim(0, "9_0", T0).await, Claim::Claimed { attempt: 2 });
 }
+
+both_backends!(a_local_runs_recovery_leaves_cells_leased_by_slurm_tasks_alone);
+async fn a_local_runs_recovery_leaves_cells_leased_by_slurm_tasks_alone(b: Backend) {
+    let f = fixture(b).await;
+    f.claim(0, "3_0", T0).await;
+    f.store
+        .start_cell(NAME, f.id(1), "cpu")
+        .await
+        .expect("start");
+    // Cell 1 was left running by a crashed local run; cell 0 is a SLURM task's.
+    assert_eq!(f.store.recover_running(NAME).await.expect("recover"), 1);
+    assert_eq!(f.row(1).await.state, CellState::Pending);
+    let r = f.row(0).await;
+    assert_eq!((r.state, r.attempts), (CellState::Running, 1));
+    assert!(f
+        .store
+        .heartbeat(NAME, f.id(0), "3_0", T0 + 1, LEASE)
+        .await
+        .expect("beat"));
+}
