@@ -48,6 +48,8 @@ JobCompLoc=$BASE/log/jobcomp.txt
 JobAcctGatherType=jobacct_gather/linux
 $acct
 MinJobAge=300
+# Small, so that the tests see a sweep split into several arrays (indices must be < 4).
+MaxArraySize=4
 KillWait=5
 SlurmdParameters=config_overrides
 PreemptType=preempt/partition_prio

@@ -405,6 +405,7 @@ async fn front_end(spec: &SweepSpec, opts: &SlurmOptions) -> Result<RunSummary, 
                 //    counted) or fail when it was their last attempt.
                 let now = unix_now();
                 for l in store.leases(&spec.name).await? {
+                    let expired = l.expires.is_some_and(|e| e < now);
                     let cause = if !live(&l.owner) {
                         format!(
                             "SLURM task {} ended ({}) without finishing the cell",
@@ -414,17 +415,25 @@ async fn front_end(spec: &SweepSpec, opts: &SlurmOptions) -> Result<RunSummary, 
                                 .map(String::as_str)
                                 .unwrap_or("no longer listed")
                         )
-                    } else if l.expires < now {
+                    } else if expired {
                         format!(
-                            "lease of SLURM task {} expired: no heartbeat for {} s (worker or node died)",
+                            "lease of SLURM task {} expired: no heartbeat for {} s or more (worker hung or node died)",
                             l.owner,
-                            now - l.expires + opts.lease.as_secs() as i64
+                            opts.lease.as_secs()
                         )
                     } else {
                         continue;
                     };
                     if let Some(st) = store
-                        .reclaim(&spec.name, &l.cell_id, &l.owner, &cause, max)
+                        .reclaim(
+                            &spec.name,
+                            &l.cell_id,
+                            &l.owner,
+                            &cause,
+                            max,
+                            // A live task's cell is taken only if its lease is still expired.
+                            live(&l.owner).then_some(now),
+                        )
                         .await?
                     {
                         changed = true;

@@ -30,7 +30,8 @@ pub enum Claim {
 pub struct Lease {
     pub cell_id: String,
     pub owner: String,
-    pub expires: i64,
+    /// `None` while the owner writes the cell's result ([`Store::finish_leased`]): not expired.
+    pub expires: Option<i64>,
     pub attempts: i64,
 }
 
@@ -187,8 +188,8 @@ impl Store {
         owner: &str,
         outcome: &Outcome,
     ) -> Result<bool> {
-        // Clearing the expiry first keeps anyone else from claiming the cell in between (a
-        // running cell is claimable only through an expired lease).
+        // Clearing the expiry first keeps anyone else from claiming or reclaiming the cell in
+        // between (only an expiry in the past makes a running cell claimable or reclaimable).
         let r = sqlx::query(
             "UPDATE cells SET lease_expires = NULL
              WHERE sweep = $1 AND id = $2 AND state = 'running' AND lease_owner = $3",
@@ -224,17 +225,19 @@ impl Store {
                 Ok(Lease {
                     cell_id: r.try_get("id")?,
                     owner: r.try_get("lease_owner")?,
-                    expires: r.try_get::<Option<i64>, _>("lease_expires")?.unwrap_or(0),
+                    expires: r.try_get("lease_expires")?,
                     attempts: r.try_get("attempts")?,
                 })
             })
             .collect()
     }
 
-    /// Takes a cell away from `owner`, which is known to be dead (its lease expired, or its SLURM
-    /// task ended without finishing the cell): back to pending with the attempt counted, or
-    /// failed when it was the last one. Returns the new state, `None` when `owner` no longer held
-    /// the cell (it finished in the meantime).
+    /// Takes a cell away from `owner`, which is known to be dead (its SLURM task ended without
+    /// finishing the cell), or whose lease ran out before `expired_before` (checked in the same
+    /// statement, so a heartbeat that comes in between wins, and a lease whose owner is writing
+    /// its result is never taken): back to pending with the attempt counted, or failed when it
+    /// was the last one. Returns the new state, `None` when nothing was taken (the owner finished
+    /// or renewed in the meantime).
     pub async fn reclaim(
         &self,
         sweep: &str,
@@ -242,22 +245,31 @@ impl Store {
         owner: &str,
         cause: &str,
         max_attempts: i64,
+        expired_before: Option<i64>,
     ) -> Result<Option<CellState>> {
-        let row = sqlx::query(
+        let sql = format!(
             "UPDATE cells SET
                  state = CASE WHEN attempts >= $5 THEN 'failed' ELSE 'pending' END,
                  lease_owner = NULL, lease_expires = NULL, device = NULL, error = $4,
                  finished_at = CURRENT_TIMESTAMP
-             WHERE sweep = $1 AND id = $2 AND state = 'running' AND lease_owner = $3
+             WHERE sweep = $1 AND id = $2 AND state = 'running' AND lease_owner = $3 {}
              RETURNING state",
-        )
-        .bind(sweep)
-        .bind(id)
-        .bind(owner)
-        .bind(cause)
-        .bind(max_attempts)
-        .fetch_optional(&self.pool)
-        .await?;
+            if expired_before.is_some() {
+                "AND lease_expires IS NOT NULL AND lease_expires < $6"
+            } else {
+                ""
+            }
+        );
+        let mut q = sqlx::query(&sql)
+            .bind(sweep)
+            .bind(id)
+            .bind(owner)
+            .bind(cause)
+            .bind(max_attempts);
+        if let Some(t) = expired_before {
+            q = q.bind(t);
+        }
+        let row = q.fetch_optional(&self.pool).await?;
         row.map(|r| CellState::parse(r.try_get("state")?))
             .transpose()
     }

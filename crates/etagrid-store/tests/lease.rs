@@ -126,7 +126,7 @@ async fn a_claim_takes_a_pending_cell_once_and_records_owner_device_and_attempt(
     assert_eq!(leases.len(), 1);
     assert_eq!(
         (leases[0].owner.as_str(), leases[0].expires),
-        ("7_0", T0 + LEASE)
+        ("7_0", Some(T0 + LEASE))
     );
     // Another task (a duplicate submission) finds it held and leaves it alone.
     assert_eq!(
@@ -258,7 +258,7 @@ async fn reclaiming_a_dead_owners_cell_retries_it_until_max_attempts_then_fails_
         assert_eq!(f.claim(0, &owner, T0).await, Claim::Claimed { attempt });
         let st = f
             .store
-            .reclaim(NAME, f.id(0), &owner, "task ended", MAX)
+            .reclaim(NAME, f.id(0), &owner, "task ended", MAX, None)
             .await
             .expect("reclaim");
         let want = if attempt < MAX {
@@ -276,7 +276,7 @@ async fn reclaiming_a_dead_owners_cell_retries_it_until_max_attempts_then_fails_
     // Reclaiming from an owner that no longer holds the cell changes nothing.
     assert_eq!(
         f.store
-            .reclaim(NAME, f.id(0), "1_0", "late", MAX)
+            .reclaim(NAME, f.id(0), "1_0", "late", MAX, None)
             .await
             .expect("reclaim"),
         None
@@ -340,7 +340,7 @@ async fn requeue_failed_gives_back_only_failed_cells_with_attempts_left(b: Backe
         let owner = format!("{a}_1");
         f.claim(1, &owner, T0).await;
         f.store
-            .reclaim(NAME, f.id(1), &owner, "node died", MAX)
+            .reclaim(NAME, f.id(1), &owner, "node died", MAX, None)
             .await
             .expect("reclaim");
     }
@@ -368,4 +368,44 @@ async fn a_local_runs_recovery_leaves_cells_leased_by_slurm_tasks_alone(b: Backe
         .heartbeat(NAME, f.id(0), "3_0", T0 + 1, LEASE)
         .await
         .expect("beat"));
+}
+
+both_backends!(an_expiry_reclaim_loses_to_a_heartbeat_and_never_takes_a_cell_being_finished);
+async fn an_expiry_reclaim_loses_to_a_heartbeat_and_never_takes_a_cell_being_finished(b: Backend) {
+    let f = fixture(b).await;
+    f.claim(0, "7_0", T0).await;
+    // The front end saw the lease expired at T0 + 61, but the worker renewed it just before the
+    // reclaim ran: nothing is taken.
+    f.store
+        .heartbeat(NAME, f.id(0), "7_0", T0 + 60, LEASE)
+        .await
+        .expect("beat");
+    let r = f
+        .store
+        .reclaim(NAME, f.id(0), "7_0", "expired", MAX, Some(T0 + 61))
+        .await
+        .expect("reclaim");
+    assert_eq!(r, None);
+    assert_eq!(f.row(0).await.state, CellState::Running);
+    // Really expired: taken back, attempt counted.
+    let r = f
+        .store
+        .reclaim(NAME, f.id(0), "7_0", "expired", MAX, Some(T0 + 121))
+        .await
+        .expect("reclaim");
+    assert_eq!(r, Some(CellState::Pending));
+    // A lease whose owner is writing its result (expiry cleared) is not expired.
+    f.claim(1, "8_1", T0).await;
+    assert!(f
+        .store
+        .finish_leased(NAME, f.id(1), "8_1", &Outcome::Done(result()))
+        .await
+        .expect("finish"));
+    let r = f
+        .store
+        .reclaim(NAME, f.id(1), "8_1", "expired", MAX, Some(T0 + 1_000))
+        .await
+        .expect("reclaim");
+    assert_eq!(r, None);
+    assert_eq!(f.row(1).await.state, CellState::Done);
 }
