@@ -12,6 +12,17 @@ if [ "${ETAGRID_SKIP_PG:-0}" != 1 ] && [ -z "${ETAGRID_TEST_PG:-}" ]; then
   ETAGRID_TEST_PG="$(bash scripts/pg-local.sh url)"
   export ETAGRID_TEST_PG
 fi
+# The SLURM tests (crates/etagrid/tests/slurm.rs) run against a real single-node SLURM cluster
+# with fake GPUs (root only: packages, daemons, device nodes); a no-op when it is running.
+if [ "$(id -u)" = 0 ]; then
+  if ! command -v sbatch >/dev/null || ! command -v slurmctld >/dev/null; then
+    printf '\n==> apt-get install slurm-wlm (for the SLURM tests)\n' >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm >/dev/null \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm >/dev/null; }
+  fi
+  bash scripts/slurm-local.sh up
+  export SLURM_CONF="${ETAGRID_SLURM_BASE:-/tmp/etagrid-slurm-local}/etc/slurm.conf"
+fi
 printf '\n==> cargo test (release profile: shares the build with the binary)\n' >&2
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

@@ -31,6 +31,9 @@ pub enum SchedError {
     SweepLocked { sweep: String, store: String },
     #[error("start the tokio runtime")]
     Runtime(#[source] std::io::Error),
+    /// A SLURM command failed for good (a bad partition, impossible resources, no controller).
+    #[error("SLURM: {0}")]
+    Slurm(String),
 }
 
 /// How to start a worker: `program args… --job FILE`.
@@ -92,11 +95,11 @@ pub fn run(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, SchedError
 }
 
 /// An exclusive `flock` on `state_dir/run.lock`, released when the process exits (also by kill -9).
-struct RunLock {
+pub(crate) struct RunLock {
     _file: std::fs::File,
 }
 
-fn lock(state_dir: &Path) -> Result<RunLock, SchedError> {
+pub(crate) fn lock(state_dir: &Path) -> Result<RunLock, SchedError> {
     std::fs::create_dir_all(state_dir).map_err(|source| SchedError::Io {
         what: "create state directory",
         path: state_dir.to_owned(),
@@ -213,7 +216,8 @@ async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, Sc
         .iter()
         .filter(|r| wanted.contains(r.id.as_str()))
         .filter(|r| {
-            let skip = r.state.is_final();
+            // Still running after recover_running: leased by a SLURM task, which finishes it.
+            let skip = r.state.is_final() || r.state == CellState::Running;
             summary.skipped += usize::from(skip);
             let exhausted =
                 r.state == CellState::Failed && r.attempts >= i64::from(spec.max_attempts);
@@ -492,34 +496,48 @@ async fn on_event(
     slot: usize,
     progress: &Progress,
 ) -> Result<(), SchedError> {
+    record_event(store, sweep, &run.cell_id, ev).await?;
     match ev {
         WorkerEvent::Started {
             device,
             total_steps,
-            groups,
             ..
-        } => {
-            store
-                .set_groups(sweep, &run.cell_id, groups, *total_steps)
-                .await?;
-            progress.slot(
-                slot,
-                format!("{} on {device}: step 0/{total_steps}", run.label),
-            );
-        }
+        } => progress.slot(
+            slot,
+            format!("{} on {device}: step 0/{total_steps}", run.label),
+        ),
         WorkerEvent::Train {
             step,
             total_steps,
             loss,
             ..
-        } => {
+        } => progress.slot(
+            slot,
+            format!("{}: step {step}/{total_steps} loss {loss:.4}", run.label),
+        ),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Stores what a worker's non-terminal event says about its cell (groups, curves, current step).
+/// Shared by the local dispatcher and SLURM workers, which write the store themselves.
+pub async fn record_event(
+    store: &Store,
+    sweep: &str,
+    cell_id: &str,
+    ev: &WorkerEvent,
+) -> Result<(), StoreError> {
+    match ev {
+        WorkerEvent::Started {
+            total_steps,
+            groups,
+            ..
+        } => store.set_groups(sweep, cell_id, groups, *total_steps).await,
+        WorkerEvent::Train { step, loss, .. } => {
             store
-                .record_metrics(sweep, &run.cell_id, *step, &[("train_loss", *loss)])
-                .await?;
-            progress.slot(
-                slot,
-                format!("{}: step {step}/{total_steps} loss {loss:.4}", run.label),
-            );
+                .record_metrics(sweep, cell_id, *step, &[("train_loss", *loss)])
+                .await
         }
         WorkerEvent::Eval {
             step,
@@ -531,15 +549,25 @@ async fn on_event(
             let mut points = vec![("eval_loss", *loss), ("eval_accuracy", *accuracy)];
             points.extend(macro_f1.map(|v| ("eval_macro_f1", v)));
             points.extend(mcc.map(|v| ("eval_mcc", v)));
-            store
-                .record_metrics(sweep, &run.cell_id, *step, &points)
-                .await?;
+            store.record_metrics(sweep, cell_id, *step, &points).await
         }
         WorkerEvent::Finished { .. }
         | WorkerEvent::Diverged { .. }
-        | WorkerEvent::Failed { .. } => {}
+        | WorkerEvent::Failed { .. } => Ok(()),
     }
-    Ok(())
+}
+
+/// The outcome a terminal event reports (`finished`, `diverged`, `failed`); `None` for others.
+pub fn terminal_outcome(ev: &WorkerEvent) -> Option<Outcome> {
+    match ev {
+        WorkerEvent::Finished { result } => Some(Outcome::Done(result.clone())),
+        WorkerEvent::Diverged { step, loss } => Some(Outcome::Diverged {
+            step: *step,
+            loss: *loss,
+        }),
+        WorkerEvent::Failed { error } => Some(Outcome::Failed(error.clone())),
+        _ => None,
+    }
 }
 
 fn outcome_of(

@@ -6,7 +6,10 @@ mod devices;
 mod dispatch;
 mod memfit;
 mod progress;
+pub mod slurm;
 
 pub use devices::{discover_gpus, plan_slots, SlotDevice};
-pub use dispatch::{run, RunOptions, RunSummary, SchedError, WorkerCommand};
+pub use dispatch::{
+    record_event, run, terminal_outcome, RunOptions, RunSummary, SchedError, WorkerCommand,
+};
 pub use memfit::{cells_that_fit, MemoryFit};

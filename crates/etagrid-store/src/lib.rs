@@ -14,6 +14,9 @@ use etagrid_spec::{Cell, SweepSpec};
 use sqlx::{AnyConnection, AnyPool, Connection, Row};
 use std::collections::BTreeMap;
 
+mod lease;
+pub use lease::{unix_now, Claim, Lease, SlurmTask};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// `location` is the path or the URL without its password; `hint` says what to do.
@@ -300,12 +303,13 @@ impl Store {
 
     /// Cells left `running` by a run that did not end cleanly go back to `pending`, their attempt
     /// refunded (the scheduler died, not the cell). Only call this
-    /// while holding the run lock (no other scheduler can be using these cells).
+    /// while holding the run lock (no other scheduler can be using these cells). Cells leased by
+    /// SLURM workers (`lease_owner`) are left alone: their tasks may still be running them.
     pub async fn recover_running(&self, sweep: &str) -> Result<u64> {
         let r = sqlx::query(
             "UPDATE cells SET state = 'pending', device = NULL,
                  attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END
-             WHERE sweep = $1 AND state = 'running'",
+             WHERE sweep = $1 AND state = 'running' AND lease_owner IS NULL",
         )
         .bind(sweep)
         .execute(&self.pool)

@@ -89,27 +89,7 @@ pub fn run(args: &RunArgs) -> Result<Exit> {
         );
         return Ok(Exit::Ok);
     }
-    if !spec.model.dir.join("config.json").exists() {
-        bail!(
-            "{}: [model] path {:?} has no config.json (looked in {}); point it at a Hugging Face-format model directory{}",
-            args.sweep.display(),
-            spec.model.path,
-            spec.model.dir.display(),
-            if spec.model.path.contains("models/all-MiniLM-L6-v2") { " — `bash scripts/setup.sh` fetches this one" } else { "" }
-        );
-    }
-    for (field, f) in [
-        ("task.train", &spec.task.train_file),
-        ("task.eval", &spec.task.eval_file),
-    ] {
-        if !f.exists() {
-            bail!(
-                "{}: `{field}` file {} does not exist",
-                args.sweep.display(),
-                f.display()
-            );
-        }
-    }
+    check_inputs(args, &spec)?;
     let devices = match &args.devices {
         Some(d) => parse_devices(d)?,
         None => spec.devices.clone(),
@@ -162,6 +142,41 @@ pub fn run(args: &RunArgs) -> Result<Exit> {
         memory_fit,
     };
     let summary = etagrid_sched::run(&spec, &opts)?;
+    finish_run(args, &spec, &summary)
+}
+
+/// The sweep's model and data files exist (checked before anything runs).
+pub(crate) fn check_inputs(args: &RunArgs, spec: &SweepSpec) -> Result<()> {
+    if !spec.model.dir.join("config.json").exists() {
+        bail!(
+            "{}: [model] path {:?} has no config.json (looked in {}); point it at a Hugging Face-format model directory{}",
+            args.sweep.display(),
+            spec.model.path,
+            spec.model.dir.display(),
+            if spec.model.path.contains("models/all-MiniLM-L6-v2") { " — `bash scripts/setup.sh` fetches this one" } else { "" }
+        );
+    }
+    for (field, f) in [
+        ("task.train", &spec.task.train_file),
+        ("task.eval", &spec.task.eval_file),
+    ] {
+        if !f.exists() {
+            bail!(
+                "{}: `{field}` file {} does not exist",
+                args.sweep.display(),
+                f.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The report and the exit code at the end of a run (local or SLURM).
+pub(crate) fn finish_run(
+    args: &RunArgs,
+    spec: &SweepSpec,
+    summary: &etagrid_sched::RunSummary,
+) -> Result<Exit> {
     if let Some(dir) = &args.report_dir {
         if summary.done + summary.skipped > 0 {
             report(&args.db, &args.sweep.to_string_lossy(), dir)?;

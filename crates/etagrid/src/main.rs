@@ -5,6 +5,7 @@
 mod commands;
 mod common;
 mod init;
+mod slurm;
 mod status;
 
 use clap::{Parser, Subcommand};
@@ -69,6 +70,12 @@ enum Command {
         /// Reports go to <reports>/<sweep>/.
         #[arg(long, default_value = "reports")]
         reports: PathBuf,
+        /// Where the cells run: "local" (worker processes on this machine) or "slurm" (one job
+        /// array per sweep; see README "SLURM").
+        #[arg(long, default_value = "local", value_parser = ["local", "slurm"])]
+        backend: String,
+        #[command(flatten)]
+        slurm: slurm::SlurmArgs,
     },
     /// Write reports/<sweep>/heatmap.png and index.html from the store.
     Report {
@@ -145,6 +152,13 @@ enum Command {
     Worker {
         #[arg(long)]
         job: PathBuf,
+        /// SLURM mode: claim the cell in the store with a lease of this many seconds, write the
+        /// results there, release the cell on SIGTERM/SIGUSR2.
+        #[arg(long)]
+        lease: Option<u64>,
+        /// SLURM mode: the sweep's `max_attempts`.
+        #[arg(long, default_value_t = 3)]
+        max_attempts: u32,
     },
 }
 
@@ -172,6 +186,32 @@ fn main() -> ExitCode {
             no_adapters,
             enqueue_only,
             reports,
+            backend,
+            slurm,
+        } if backend == "slurm" && !enqueue_only => slurm::run(
+            &commands::RunArgs {
+                sweep,
+                db,
+                state_dir: cli.state_dir,
+                devices,
+                cells_per_device,
+                report_dir: (!no_report).then_some(reports),
+                retry_failed,
+                save_adapters: !no_adapters,
+                enqueue_only,
+            },
+            &slurm,
+        ),
+        Command::Run {
+            sweep,
+            devices,
+            cells_per_device,
+            no_report,
+            retry_failed,
+            no_adapters,
+            enqueue_only,
+            reports,
+            ..
         } => commands::run(&commands::RunArgs {
             sweep,
             db,
@@ -231,7 +271,12 @@ fn main() -> ExitCode {
                 label: label_column,
             },
         }),
-        Command::Worker { job } => commands::worker(&job),
+        Command::Worker {
+            job,
+            lease: Some(lease),
+            max_attempts,
+        } => slurm::worker(&db, &job, lease, max_attempts),
+        Command::Worker { job, .. } => commands::worker(&job),
     };
     match result {
         Ok(code) => code.into(),

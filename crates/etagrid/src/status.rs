@@ -35,6 +35,17 @@ pub fn status(db: &StoreUrl, sweep: Option<&str>) -> Result<Exit> {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+            let tasks = store.slurm_tasks(&name).await?;
+            if let Some(last) = tasks.last() {
+                let mut jobs: Vec<&str> = tasks.iter().map(|t| t.job_id.as_str()).collect();
+                jobs.dedup();
+                println!(
+                    "  slurm: {} task(s) submitted in {} job array(s), latest {} (`squeue --name=etagrid-{name}`)",
+                    tasks.len(),
+                    jobs.len(),
+                    last.job_id
+                );
+            }
             let running = store.cells_in_state(&name, CellState::Running).await?;
             for c in &running {
                 println!(

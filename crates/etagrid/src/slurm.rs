@@ -1,0 +1,165 @@
+//! `etagrid run --backend slurm` and the SLURM side of `etagrid worker` (`--lease`). The
+//! scheduling is in `etagrid_sched::slurm`; this is the command-line glue.
+
+use crate::commands::{check_inputs, finish_run, RunArgs};
+use crate::common::Exit;
+use anyhow::{bail, Context, Result};
+use etagrid_sched::slurm::{lease_owner, run_leased_worker, LeasedExit, SlurmOptions};
+use etagrid_spec::protocol::{JobDevice, WorkerJob};
+use etagrid_spec::SweepSpec;
+use etagrid_store::StoreUrl;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// `etagrid run --backend slurm` options.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "SLURM (--backend slurm)")]
+pub struct SlurmArgs {
+    /// sbatch --partition.
+    #[arg(long)]
+    pub partition: Option<String>,
+    /// sbatch --gres per task; "none" for no generic resource (CPU-only partitions).
+    #[arg(long, default_value = "gpu:1")]
+    pub gres: String,
+    /// sbatch --time per task (e.g. "2:00:00").
+    #[arg(long)]
+    pub time: Option<String>,
+    /// sbatch --cpus-per-task; also the worker's libtorch threads.
+    #[arg(long, default_value_t = 1)]
+    pub cpus_per_task: usize,
+    /// sbatch --mem per task (e.g. "16G").
+    #[arg(long)]
+    pub mem: Option<String>,
+    /// Another sbatch option, passed as it is (repeatable): --sbatch-arg=--account=lab.
+    #[arg(long = "sbatch-arg", allow_hyphen_values = true)]
+    pub sbatch_args: Vec<String>,
+    /// At most K tasks of the sweep's array at a time (--array=…%K).
+    #[arg(long)]
+    pub max_concurrent: Option<usize>,
+    /// A worker's lease on its cell, in seconds (renewed every third of it). A cell whose worker
+    /// stopped renewing it for this long is taken back and retried.
+    #[arg(long, default_value_t = 120)]
+    pub lease: u64,
+    /// The worker is told (SIGUSR2) this many seconds before the --time limit to give its cell back.
+    #[arg(long, default_value_t = 120)]
+    pub signal_before: u64,
+    /// First polling interval in seconds; it doubles while nothing changes, up to --poll-max.
+    #[arg(long, default_value_t = 10.0)]
+    pub poll: f64,
+    #[arg(long, default_value_t = 120.0)]
+    pub poll_max: f64,
+    /// Let SLURM tasks write a SQLite store. Safe only when every task runs on the machine that
+    /// holds the store file on a local disk (WAL and a busy timeout serialise a few writers);
+    /// never on a network filesystem.
+    #[arg(long)]
+    pub allow_sqlite: bool,
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    std::path::absolute(p).with_context(|| format!("failed to resolve {}", p.display()))
+}
+
+pub fn run(args: &RunArgs, s: &SlurmArgs) -> Result<Exit> {
+    let spec = SweepSpec::load(&args.sweep)?;
+    if args.db.sqlite_path().is_some() && !s.allow_sqlite {
+        bail!(
+            "--backend slurm: the results store {} is a SQLite file, which is safe with one \
+             writer only, and every SLURM task writes its own cell's results: use a PostgreSQL \
+             store, `--db postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`, that the nodes can \
+             reach (or, if every task runs on this one machine and the store is on a local disk, \
+             pass --allow-sqlite)",
+            args.db
+        );
+    }
+    check_inputs(args, &spec)?;
+    let state_dir = absolute(&args.state_dir)?;
+    let db = match &args.db {
+        StoreUrl::Sqlite(p) => StoreUrl::Sqlite(absolute(p)?),
+        url => url.clone(),
+    };
+    let secs = |v: f64, flag: &str| {
+        if v.is_finite() && v > 0.0 {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            bail!("{flag} {v}: must be a positive number of seconds")
+        }
+    };
+    let opts = SlurmOptions {
+        store: db,
+        program: std::env::current_exe().context("failed to find the etagrid executable")?,
+        global_args: vec![
+            "--state-dir".into(),
+            state_dir.to_string_lossy().into_owned(),
+        ],
+        state_dir,
+        partition: s.partition.clone(),
+        gres: (s.gres != "none" && !s.gres.is_empty()).then(|| s.gres.clone()),
+        time: s.time.clone(),
+        cpus_per_task: s.cpus_per_task.max(1),
+        mem: s.mem.clone(),
+        extra_args: s.sbatch_args.clone(),
+        max_concurrent: s.max_concurrent,
+        lease: Duration::from_secs(s.lease.max(3)),
+        signal_before: Duration::from_secs(s.signal_before),
+        poll_min: secs(s.poll, "--poll")?,
+        poll_max: secs(s.poll_max.max(s.poll), "--poll-max")?,
+        retry_failed: args.retry_failed,
+        save_adapters: args.save_adapters,
+        progress: true,
+    };
+    let summary = etagrid_sched::slurm::run_slurm(&spec, &opts)?;
+    finish_run(args, &spec, &summary)
+}
+
+/// `etagrid worker --job FILE --lease SECONDS`, as a SLURM task runs it: claims the cell, trains
+/// it, records everything in the store itself. Exits 0 also when there was nothing to do (the
+/// cell is finished or held by another live task) and when a signal stopped it (the cell is back
+/// to pending).
+pub fn worker(db: &StoreUrl, job_path: &Path, lease: u64, max_attempts: u32) -> Result<Exit> {
+    let mut job: WorkerJob = std::fs::read(job_path)
+        .with_context(|| format!("failed to read job file {}", job_path.display()))
+        .and_then(|b| {
+            serde_json::from_slice(&b)
+                .with_context(|| format!("failed to parse job file {}", job_path.display()))
+        })?;
+    let cvd = std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default();
+    // A GPU SLURM gave us that libtorch cannot use (no CUDA build, or a test cluster's fake GPU
+    // device) means: train on the CPU, and say so.
+    if job.device == JobDevice::Cuda && !etagrid_train::device::init_cuda() {
+        eprintln!(
+            "etagrid worker: CUDA_VISIBLE_DEVICES={cvd:?} but libtorch sees no CUDA device: training on the CPU"
+        );
+        job.device = JobDevice::Cpu;
+    }
+    let owner = lease_owner();
+    let host = std::env::var("SLURMD_NODENAME").unwrap_or_else(|_| "?".into());
+    let restarts = std::env::var("SLURM_RESTART_COUNT").unwrap_or_else(|_| "0".into());
+    let device = format!(
+        "{} (task {owner} on {host}, CUDA_VISIBLE_DEVICES={cvd}, restart {restarts})",
+        match job.device {
+            JobDevice::Cuda => "cuda",
+            JobDevice::Cpu => "cpu",
+        }
+    );
+    let train_job = job.clone();
+    let exit = run_leased_worker(
+        db,
+        &job,
+        &owner,
+        &device,
+        Duration::from_secs(lease),
+        max_attempts,
+        Box::new(move |emit| {
+            etagrid_train::run_job(&train_job, emit)
+                .map(|_| ())
+                .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+        }),
+    )?;
+    match exit {
+        // The training thread may still be running: end without exit handlers.
+        LeasedExit::Released(_) => etagrid_sched::slurm::exit_now(0),
+        LeasedExit::LeaseLost => etagrid_sched::slurm::exit_now(1),
+        LeasedExit::Finished(etagrid_store::CellState::Failed) => Ok(Exit::WorkerFailed),
+        _ => Ok(Exit::Ok),
+    }
+}

@@ -1,0 +1,19 @@
+-- SLURM backend (issue 5): several workers write the store, each holding a lease on its cell.
+-- Portable SQL (SQLite and PostgreSQL): times are unix seconds written by etagrid, not SQL
+-- functions.
+-- `lease_owner`: the SLURM task ("<array job id>_<task index>") running the cell;
+-- `lease_expires`: unix seconds after which another task may take the cell (attempt counted).
+ALTER TABLE cells ADD COLUMN lease_owner TEXT;
+ALTER TABLE cells ADD COLUMN lease_expires INTEGER;
+
+-- Which array task runs which cell, so that a rerun of `etagrid run --backend slurm` re-attaches
+-- to queued/running tasks instead of submitting their cells again.
+CREATE TABLE slurm_tasks (
+    sweep        TEXT NOT NULL,
+    job_id       TEXT NOT NULL,
+    array_index  INTEGER NOT NULL,
+    cell_id      TEXT NOT NULL,
+    submitted_at INTEGER NOT NULL,
+    PRIMARY KEY (sweep, job_id, array_index)
+);
+CREATE INDEX slurm_tasks_by_cell ON slurm_tasks (sweep, cell_id);
