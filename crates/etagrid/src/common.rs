@@ -47,3 +47,14 @@ pub fn sweep_name(sweep: &str) -> Result<String> {
         Ok(sweep.to_owned())
     }
 }
+
+/// `etagrid status | head` must end quietly, as other Unix tools do, not panic on a closed pipe:
+/// Rust ignores SIGPIPE by default, which turns a closed stdout into a panic in `println!`.
+/// (Children still start with the default disposition: std resets it before `exec`.)
+pub fn default_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_DFL at start-up, before any other thread.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

@@ -41,6 +41,7 @@ enum FrontCommand {
 }
 
 fn main() -> ExitCode {
+    common::default_sigpipe();
     // Anything but a plain `status` (another command, --help, a typo) is etagrid-torch's to parse.
     let Ok(cli) = Front::try_parse() else {
         return exec_torch();

@@ -163,6 +163,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    common::default_sigpipe();
     let cli = Cli::parse();
     // Parsed here rather than by clap, whose error would echo a URL's password.
     let db = match cli.db.as_deref() {

@@ -552,3 +552,29 @@ fn the_front_binary_does_not_link_libtorch_and_hands_other_commands_on() {
     );
     assert!(text(&bad.stderr).contains("no-such-command"));
 }
+
+/// `etagrid plan … | head -1` closes the pipe early: etagrid must end like other Unix tools
+/// (killed by SIGPIPE, nothing on stderr), not panic with "failed printing to stdout".
+#[test]
+fn a_closed_stdout_pipe_ends_the_command_quietly() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::ExitStatusExt;
+    let sb = Sandbox::new("lr_a = { log2 = [-12, -10] }\nratio = [1, 16]", 4);
+    let mut fds = [0; 2];
+    // SAFETY: pipe() fills two new descriptors that we then own.
+    #[allow(unsafe_code)]
+    let (read, write) = unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
+    };
+    drop(read); // the reader is gone before etagrid writes anything
+    let out = sb
+        .cmd(&["plan", "tiny.toml"])
+        .stdout(std::process::Stdio::from(write))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run etagrid");
+    let err = text(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?} {err}", out.status);
+}
