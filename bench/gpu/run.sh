@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine through the device tool, over a copy of the working tree with
-# .gpu/ (stripped etagrid binary + fp16 MiniLM) and data/mr carried. Writes results under $OUT.
+# .gpu/ (stripped etagrid + etagrid-torch binaries, fp16 MiniLM) and data/mr carried. Writes results under $OUT.
 set -uo pipefail
 export LD_LIBRARY_PATH="$(python3 -c 'import os, torch; print(os.path.dirname(torch.__file__))')/lib"
 B=./.gpu/etagrid

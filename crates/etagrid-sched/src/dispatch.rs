@@ -300,10 +300,20 @@ async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, Sc
                 while slot.is_none() {
                     let Some(row) = queue.pop_front() else { break };
                     let device = opts.slots[i];
-                    store
-                        .start_cell(&spec.name, &row.id, &device.to_string())
-                        .await?;
                     let label = format!("{} η_A={:.2e} η_B={:.2e}", row.id, row.lr_a, row.lr_b);
+                    // A SLURM task of the same sweep may have claimed the cell since the queue
+                    // was read: then it is that task's, not ours.
+                    if !store
+                        .start_cell(&spec.name, &row.id, &device.to_string())
+                        .await?
+                    {
+                        progress.line(&format!(
+                            "cell {label}: taken by another worker (a SLURM task) meanwhile; skipped"
+                        ));
+                        summary.skipped += 1;
+                        progress.cell_finished();
+                        continue;
+                    }
                     // The current spec's configuration (same id, so the same training settings), not
                     // the stored JSON: its resolved paths are those of the run that first stored it.
                     let config = current
@@ -406,7 +416,9 @@ async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, Sc
                             Outcome::Retry(e) => (format!("{e}; retrying (attempt {} of {} used)", run.attempt, spec.max_attempts), &mut summary.retried),
                         };
                         *counter += 1;
-                        if let (SlotDevice::Gpu(g), Some(fit), Outcome::Done(_) | Outcome::Diverged { .. }) =
+                        // Only a cell that ran to the end gives its whole peak (a diverged one may
+                        // stop early).
+                        if let (SlotDevice::Gpu(g), Some(fit), Outcome::Done(_)) =
                             (opts.slots[i], &opts.memory_fit, &outcome)
                         {
                             if let Some(p) = probes.get(&g).filter(|p| p.samples > 0) {
@@ -674,6 +686,11 @@ fn spawn_worker(
             },
         )
         .env("ETAGRID_SLOT", slot.to_string())
+        // GPU ids are nvidia-smi's (PCI order); CUDA's default order may differ on mixed nodes.
+        .env(
+            "CUDA_DEVICE_ORDER",
+            std::env::var("CUDA_DEVICE_ORDER").unwrap_or_else(|_| "PCI_BUS_ID".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))

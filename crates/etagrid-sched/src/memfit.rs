@@ -64,14 +64,13 @@ fn parsed(out: std::io::Result<Output>) -> Option<Vec<GpuMemory>> {
     (!gpus.is_empty()).then_some(gpus)
 }
 
-/// Every GPU's memory now, or `None` when `nvidia-smi` is missing or fails.
+/// Every GPU's memory now, or `None` when `nvidia-smi` is missing, fails, or hangs (it can, when
+/// a GPU falls off the bus): the scheduler's loop must never wait on it for long.
 pub async fn gpu_memory() -> Option<Vec<GpuMemory>> {
-    parsed(
-        tokio::process::Command::new("nvidia-smi")
-            .args(QUERY)
-            .output()
-            .await,
-    )
+    let mut cmd = tokio::process::Command::new("nvidia-smi");
+    cmd.args(QUERY).kill_on_drop(true);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(5), cmd.output()).await;
+    parsed(out.ok()?)
 }
 
 #[cfg(test)]

@@ -199,10 +199,11 @@ async fn submit_array(
     let mut n = 0;
     let dir = loop {
         let d = base.join(format!("{}-{n}", unix_now()));
-        if std::fs::create_dir(&d).is_ok() {
-            break d;
+        match std::fs::create_dir(&d) {
+            Ok(()) => break d,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+            Err(e) => return Err(io("create directory", &d)(e)),
         }
-        n += 1;
     };
     for (i, (cell_id, config)) in cells.iter().enumerate() {
         let out_dir = opts.state_dir.join("cells").join(&spec.name).join(cell_id);
@@ -326,6 +327,9 @@ async fn front_end(spec: &SweepSpec, opts: &SlurmOptions) -> Result<RunSummary, 
             })?;
     let cells = spec.cells();
     let enq = store.enqueue(spec, &cells).await?;
+    // Cells a local run left `running` when it died (no lease owner): with the sweep lock held no
+    // local scheduler is using them, and no task would ever claim them, so give them back.
+    store.recover_running(&spec.name).await?;
     if opts.retry_failed {
         store.reset_failed(&spec.name).await?;
     }
@@ -448,16 +452,39 @@ async fn front_end(spec: &SweepSpec, opts: &SlurmOptions) -> Result<RunSummary, 
                 }
                 store.fail_exhausted(&spec.name, max).await?;
                 // 3. Pending cells that no live task will run: submit them.
-                let covered: HashSet<String> = store
-                    .slurm_tasks(&spec.name)
-                    .await?
-                    .into_iter()
+                let tasks = store.slurm_tasks(&spec.name).await?;
+                let covered: HashSet<String> = tasks
+                    .iter()
                     .filter(|t| live(&t.slurm_id()))
-                    .map(|t| t.cell_id)
+                    .map(|t| t.cell_id.clone())
                     .collect();
-                let pending: Vec<(String, String)> = store
-                    .cells_in_state(&spec.name, CellState::Pending)
-                    .await?
+                let mut ended: HashMap<&str, i64> = HashMap::new();
+                for t in tasks.iter().filter(|t| !live(&t.slurm_id())) {
+                    *ended.entry(t.cell_id.as_str()).or_default() += 1;
+                }
+                let mut pending_rows = Vec::new();
+                for r in store.cells_in_state(&spec.name, CellState::Pending).await? {
+                    // Tasks that ended without ever claiming the cell (the worker could not reach
+                    // the store, or read another one) count no attempt; stop resubmitting after
+                    // `max_attempts` of them instead of submitting a new array every poll.
+                    let unclaimed = ended.get(r.id.as_str()).copied().unwrap_or(0) - r.attempts;
+                    if wanted(&r.id) && !covered.contains(&r.id) && unclaimed >= max {
+                        let why = format!(
+                            "{unclaimed} SLURM task(s) ended without starting the cell (could the \
+                             worker reach the store?); see slurm-*.out under {}",
+                            opts.state_dir.join("slurm").join(&spec.name).display()
+                        );
+                        store
+                            .finish_cell(&spec.name, &r.id, &Outcome::Failed(why.clone()))
+                            .await?;
+                        progress.line(&format!("cell {}: failed: {why}", label(&r.id)));
+                        summary.failed += 1;
+                        changed = true;
+                        continue;
+                    }
+                    pending_rows.push(r);
+                }
+                let pending: Vec<(String, String)> = pending_rows
                     .into_iter()
                     .filter(|r| wanted(&r.id) && !covered.contains(&r.id) && r.attempts < max)
                     .map(|r| {
@@ -694,7 +721,13 @@ async fn leased(
                     )
                 }
                 Claim::Missing => {
-                    format!("cell {id} of sweep {sweep} is not in the store: skipped")
+                    // Not a skip: this task reads another store than its front end wrote (the
+                    // URL did not reach it, e.g. `--export=NONE`). Exit non-zero so it shows.
+                    store.close().await;
+                    return Err(SchedError::Slurm(format!(
+                        "cell {id} of sweep {sweep} is not in the store {store_path}: this task \
+                         opened another store than the front end's (was ETAGRID_DB exported to it?)"
+                    )));
                 }
                 Claim::Claimed { .. } => unreachable!(),
             };

@@ -497,8 +497,14 @@ impl Resolver<'_> {
                 }
             }
             Some(LmTaskSpec {
-                prompt_column: t.prompt_column.map(Spanned::into_inner).unwrap_or_else(|| "prompt".into()),
-                response_column: t.response_column.map(Spanned::into_inner).unwrap_or_else(|| "response".into()),
+                prompt_column: t
+                    .prompt_column
+                    .map(Spanned::into_inner)
+                    .unwrap_or_else(|| "prompt".into()),
+                response_column: t
+                    .response_column
+                    .map(Spanned::into_inner)
+                    .unwrap_or_else(|| "response".into()),
                 prompt_template: t.prompt_template.map(Spanned::into_inner),
                 mc_eval_file: t.mc_eval.as_ref().map(|m| base.join(m.get_ref())),
                 mc_eval: t.mc_eval.map(Spanned::into_inner),
@@ -565,44 +571,43 @@ impl Resolver<'_> {
             Some(d) if (0.0..1.0).contains(d.get_ref()) => *d.get_ref(),
             Some(d) => return Err(self.err(d.span(), "lora.dropout", "must be in [0, 1)")),
         };
-        let target_modules = match l.target_modules {
-            None => TargetModules::list(&["query", "value"]),
-            Some(t) => {
-                let span = t.span();
-                match t.into_inner() {
-                    TargetModules::List(l) if l.is_empty() => {
-                        return Err(self.err(
-                            span,
-                            "lora.target_modules",
-                            "is empty: name at least one module, e.g. [\"query\", \"value\"], \
+        let target_modules =
+            match l.target_modules {
+                None => TargetModules::list(&["query", "value"]),
+                Some(t) => {
+                    let span = t.span();
+                    match t.into_inner() {
+                        TargetModules::List(l) if l.is_empty() => {
+                            return Err(self.err(
+                                span,
+                                "lora.target_modules",
+                                "is empty: name at least one module, e.g. [\"query\", \"value\"], \
                              or give one regex, e.g. \".*\\\\.(query|value)\"",
-                        ))
-                    }
-                    TargetModules::Regex(r) if r.trim().is_empty() => {
-                        return Err(self.err(
+                            ))
+                        }
+                        TargetModules::Regex(r) if r.trim().is_empty() => return Err(self.err(
                             span,
                             "lora.target_modules",
                             "is an empty regex: give a pattern that matches whole module names, \
                              e.g. \".*\\\\.(query|value)\", or a list [\"query\", \"value\"]",
-                        ))
-                    }
-                    TargetModules::Regex(r) => {
-                        if let Err(e) = TargetModules::compile(&r) {
-                            return Err(self.err(
-                                span,
-                                "lora.target_modules",
-                                format!(
+                        )),
+                        TargetModules::Regex(r) => {
+                            if let Err(e) = TargetModules::compile(&r) {
+                                return Err(self.err(
+                                    span,
+                                    "lora.target_modules",
+                                    format!(
                                     "is not a valid regex (Rust `regex` syntax: no look-around or \
                                      back-references): {e}"
                                 ),
-                            ));
+                                ));
+                            }
+                            TargetModules::Regex(r)
                         }
-                        TargetModules::Regex(r)
+                        list => list,
                     }
-                    list => list,
                 }
-            }
-        };
+            };
         let embedding_lr = match l.embedding_lr {
             None => DEFAULT_EMBEDDING_LR,
             Some(e) if *e.get_ref() >= 0.0 && e.get_ref().is_finite() => *e.get_ref(),

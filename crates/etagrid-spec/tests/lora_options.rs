@@ -73,12 +73,22 @@ fn invalid_regex_is_an_error_naming_the_field_and_line() {
     assert!(message.contains(PATH), "{message}");
     assert!(message.contains("lora.target_modules"), "{message}");
     assert!(message.contains("regex"), "{message}");
-    let line = text.lines().position(|l| l.starts_with("target_modules")).expect("line") + 1;
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("target_modules"))
+        .expect("line")
+        + 1;
     assert!(message.contains(&format!("{PATH}:{line}:")), "{message}");
     let message = error(&with_lora(r#"target_modules = """#));
-    assert!(message.contains("lora.target_modules") && message.contains("empty"), "{message}");
+    assert!(
+        message.contains("lora.target_modules") && message.contains("empty"),
+        "{message}"
+    );
     let message = error(&with_lora("target_modules = []"));
-    assert!(message.contains("lora.target_modules") && message.contains("empty"), "{message}");
+    assert!(
+        message.contains("lora.target_modules") && message.contains("empty"),
+        "{message}"
+    );
     // Look-around is not in the `regex` crate's syntax: said plainly, not silently mismatched.
     let message = error(&with_lora(r#"target_modules = "(?!pooler).*dense""#));
     assert!(message.contains("look-around"), "{message}");
@@ -90,7 +100,9 @@ fn rslora_and_embedding_lr_parse_and_default() {
     assert!(!s.lora.use_rslora);
     assert_eq!(s.lora.embedding_lr, DEFAULT_EMBEDDING_LR);
     assert_eq!(s.lora.scaling(), 1.0, "α defaults to r: α/r = 1");
-    let s = parse(&with_lora("rank = 16\nalpha = 8\nuse_rslora = true\nembedding_lr = 1e-5"));
+    let s = parse(&with_lora(
+        "rank = 16\nalpha = 8\nuse_rslora = true\nembedding_lr = 1e-5",
+    ));
     assert!(s.lora.use_rslora);
     assert_eq!(s.lora.embedding_lr, 1e-5);
     assert_eq!(s.lora.scaling(), 2.0, "rsLoRA: α/√r = 8/4");
@@ -102,7 +114,10 @@ fn rslora_and_embedding_lr_parse_and_default() {
         "{message}"
     );
     let message = error(&with_lora("use_rs_lora = true"));
-    assert!(message.contains("use_rs_lora"), "unknown keys stay errors: {message}");
+    assert!(
+        message.contains("use_rs_lora"),
+        "unknown keys stay errors: {message}"
+    );
 }
 
 #[test]

@@ -441,27 +441,36 @@ impl Store {
         Ok(out)
     }
 
-    /// Marks a cell running on `device` and counts the attempt.
+    /// Marks a cell running on `device` and counts the attempt, if it may start: it must be
+    /// pending or failed and not leased by a SLURM task (a task may have claimed it since the
+    /// caller read its queue). Returns false, changing nothing, when it may not.
     /// Earlier attempts' curves are dropped so a retried cell has one curve.
-    pub async fn start_cell(&self, sweep: &str, id: &str, device: &str) -> Result<()> {
+    pub async fn start_cell(&self, sweep: &str, id: &str, device: &str) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM metrics WHERE sweep = $1 AND cell_id = $2")
-            .bind(sweep)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
+        let started = sqlx::query(
             "UPDATE cells SET state = 'running', device = $3, attempts = attempts + 1,
                  started_at = CURRENT_TIMESTAMP, finished_at = NULL, error = NULL, step = 0
-             WHERE sweep = $1 AND id = $2",
+             WHERE sweep = $1 AND id = $2 AND state IN ('pending', 'failed')
+                 AND lease_owner IS NULL",
         )
         .bind(sweep)
         .bind(id)
         .bind(device)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected()
+            == 1;
+        if !started {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM metrics WHERE sweep = $1 AND cell_id = $2")
+            .bind(sweep)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     pub async fn set_groups(

@@ -409,3 +409,46 @@ async fn an_expiry_reclaim_loses_to_a_heartbeat_and_never_takes_a_cell_being_fin
     assert_eq!(r, None);
     assert_eq!(f.row(1).await.state, CellState::Done);
 }
+
+both_backends!(a_local_run_cannot_start_a_cell_a_slurm_task_holds_or_finished);
+async fn a_local_run_cannot_start_a_cell_a_slurm_task_holds_or_finished(b: Backend) {
+    // The local scheduler read its queue before the task claimed the cell: its start must not
+    // take the cell over (a second attempt, the task's curve deleted, two trainings).
+    let f = fixture(b).await;
+    assert_eq!(f.claim(0, "7_0", T0).await, Claim::Claimed { attempt: 1 });
+    f.store
+        .record_metrics(NAME, f.id(0), 2, &[("train_loss", 0.5)])
+        .await
+        .expect("curve");
+    let started = f
+        .store
+        .start_cell(NAME, f.id(0), "cpu")
+        .await
+        .expect("start");
+    assert!(!started, "a leased cell must not start locally");
+    let row = f.row(0).await;
+    assert_eq!((row.attempts, row.device.as_deref()), (1, Some("dev-7_0")));
+    assert_eq!(
+        f.store
+            .curve(NAME, f.id(0), "train_loss")
+            .await
+            .expect("curve"),
+        vec![(2, 0.5)],
+        "the task's curve is kept"
+    );
+    // A finished cell does not start again either; a pending one does.
+    f.store
+        .finish_leased(NAME, f.id(0), "7_0", &Outcome::Done(result()))
+        .await
+        .expect("finish");
+    assert!(!f
+        .store
+        .start_cell(NAME, f.id(0), "cpu")
+        .await
+        .expect("start"));
+    assert!(f
+        .store
+        .start_cell(NAME, f.id(1), "cpu")
+        .await
+        .expect("start"));
+}

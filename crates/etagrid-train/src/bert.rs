@@ -318,7 +318,14 @@ impl BertForSequenceClassification {
             let weight = weights.get(&format!("{p}{name}.weight"), &[out_f, in_f])?;
             let bias = weights.get(&format!("{p}{name}.bias"), &[out_f])?;
             let targeted = targets.matches(&format!("{family}{name}"));
-            Ok(Linear::with_lora(targeted, weight, Some(bias), lora, k, device))
+            Ok(Linear::with_lora(
+                targeted,
+                weight,
+                Some(bias),
+                lora,
+                k,
+                device,
+            ))
         };
         let embeddings = Embeddings {
             word_embeddings: Embedding::with_lora(

@@ -1182,12 +1182,20 @@ fn read_columns(path: &Path, cols: &[(&str, &str)]) -> Result<Vec<(u64, Vec<Stri
             for rec in rdr.records() {
                 let rec = rec.map_err(|e| record_error(path, fmt, e))?;
                 let line = rec.position().map(|p| p.line()).unwrap_or(0);
-                out.push((line, idx.iter().map(|&i| rec.get(i).unwrap_or_default().to_owned()).collect()));
+                out.push((
+                    line,
+                    idx.iter()
+                        .map(|&i| rec.get(i).unwrap_or_default().to_owned())
+                        .collect(),
+                ));
             }
         }
     }
     if out.is_empty() {
-        return Err(err(None, "has no examples: add one example per line".into()));
+        return Err(err(
+            None,
+            "has no examples: add one example per line".into(),
+        ));
     }
     Ok(out)
 }
@@ -1347,7 +1355,11 @@ pub fn read_mc_examples(path: &Path) -> Result<Vec<McExample>, TrainError> {
         let choices: Vec<String> = obj
             .get("choices")
             .and_then(|v| v.as_array())
-            .and_then(|a| a.iter().map(|c| json_scalar(c).filter(|c| !c.trim().is_empty())).collect::<Option<Vec<_>>>())
+            .and_then(|a| {
+                a.iter()
+                    .map(|c| json_scalar(c).filter(|c| !c.trim().is_empty()))
+                    .collect::<Option<Vec<_>>>()
+            })
             .ok_or_else(|| e("`choices` is missing or not a list of non-empty strings"))?;
         if choices.len() < 2 || choices.len() > MC_LETTERS.len() {
             return Err(e(&format!(
@@ -1360,10 +1372,11 @@ pub fn read_mc_examples(path: &Path) -> Result<Vec<McExample>, TrainError> {
             Some(serde_json::Value::Number(n)) => n.as_u64().map(|i| i as usize),
             Some(serde_json::Value::String(s)) => {
                 let s = s.trim();
-                if s.len() == 1 {
-                    MC_LETTERS.find(&s.to_ascii_uppercase())
-                } else {
-                    s.parse::<usize>().ok()
+                // A letter ("B", "b"), else a 0-based index written as text ("1", "10").
+                match s.parse::<usize>() {
+                    Ok(i) => Some(i),
+                    Err(_) if s.len() == 1 => MC_LETTERS.find(&s.to_ascii_uppercase()),
+                    Err(_) => None,
                 }
             }
             _ => None,
@@ -1384,7 +1397,10 @@ pub fn read_mc_examples(path: &Path) -> Result<Vec<McExample>, TrainError> {
         });
     }
     if out.is_empty() {
-        return Err(err(None, "has no questions: write one JSON object per line".into()));
+        return Err(err(
+            None,
+            "has no questions: write one JSON object per line".into(),
+        ));
     }
     Ok(out)
 }
@@ -1440,11 +1456,15 @@ pub struct McEncoded {
 /// truncated: the answer comes after the last prompt token.
 pub fn encode_mc(tok: &Tokenizer, qs: &[McExample], path: &Path) -> Result<McEncoded, TrainError> {
     let mut tok = tok.clone();
-    tok.with_truncation(None).map_err(|e| TrainError::Tokenizer {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
-    let prompts: Vec<String> = qs.iter().map(|q| mc_prompt(&q.question, &q.choices)).collect();
+    tok.with_truncation(None)
+        .map_err(|e| TrainError::Tokenizer {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+    let prompts: Vec<String> = qs
+        .iter()
+        .map(|q| mc_prompt(&q.question, &q.choices))
+        .collect();
     let texts: Vec<(&str, Option<&str>)> = prompts.iter().map(|p| (p.as_str(), None)).collect();
     let (ids, type_ids) = tokenize(&tok, &texts, path)?;
     let most = qs.iter().map(|q| q.choices.len()).max().unwrap_or(0);

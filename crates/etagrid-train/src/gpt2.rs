@@ -129,7 +129,14 @@ impl Gpt2ForSequenceClassification {
                 .contiguous();
             let bias = weights.get(&format!("{p}{name}.bias"), &[out_f])?;
             let targeted = targets.matches(&format!("transformer.{name}"));
-            Ok(Linear::with_lora(targeted, weight, Some(bias), lora, k, device))
+            Ok(Linear::with_lora(
+                targeted,
+                weight,
+                Some(bias),
+                lora,
+                k,
+                device,
+            ))
         };
         let mut h = Vec::new();
         for i in 0..c.n_layer {
@@ -277,7 +284,10 @@ impl SequenceClassifier for Gpt2ForSequenceClassification {
     fn next_token_logits(&self, batch: &Batch) -> Option<Tensor> {
         let h = self.hidden(batch, false);
         let last = last_token_states(&h, &batch.attention_mask);
-        Some(last.linear::<Tensor>(&self.wte.weight, None).to_kind(Kind::Float))
+        Some(
+            last.linear::<Tensor>(&self.wte.weight, None)
+                .to_kind(Kind::Float),
+        )
     }
 
     fn lm_hidden(&self, batch: &Batch, train: bool) -> Option<(Tensor, Tensor)> {

@@ -179,11 +179,9 @@ pub struct Targets {
 impl Targets {
     pub fn new(spec: &TargetModules) -> Result<Targets, TrainError> {
         let regex = match spec {
-            TargetModules::Regex(r) => {
-                Some(TargetModules::compile(r).map_err(|e| {
-                    TrainError::LoraTargets(format!("{r:?} is not a valid regex: {e}"))
-                })?)
-            }
+            TargetModules::Regex(r) => Some(TargetModules::compile(r).map_err(|e| {
+                TrainError::LoraTargets(format!("{r:?} is not a valid regex: {e}"))
+            })?),
             TargetModules::List(_) => None,
         };
         Ok(Targets {

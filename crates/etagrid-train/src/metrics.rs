@@ -227,7 +227,9 @@ pub fn mc_predictions(letter_logits: &Tensor, n_choices: &[i64]) -> Tensor {
     let (b, l) = (s[0], s[1]);
     let dev = letter_logits.device();
     let n = Tensor::from_slice(n_choices).to_device(dev).unsqueeze(1);
-    let valid = Tensor::arange(l, (Kind::Int64, dev)).unsqueeze(0).lt_tensor(&n);
+    let valid = Tensor::arange(l, (Kind::Int64, dev))
+        .unsqueeze(0)
+        .lt_tensor(&n);
     let masked = letter_logits
         .to_kind(Kind::Float)
         .masked_fill(&valid.logical_not(), f64::NEG_INFINITY);

@@ -50,7 +50,9 @@ fn read_adapter(dir: &Path) -> Result<Adapter, TrainError> {
     };
     let targets = match field("target_modules")? {
         serde_json::Value::Array(a) => TargetModules::List(
-            a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
         ),
         serde_json::Value::String(r) => TargetModules::Regex(r.clone()),
         _ => {
@@ -67,7 +69,10 @@ fn read_adapter(dir: &Path) -> Result<Adapter, TrainError> {
         field("lora_alpha")?.as_f64().unwrap_or(rank as f64),
         targets,
     );
-    lora.use_rslora = cfg.get("use_rslora").and_then(|v| v.as_bool()).unwrap_or(false);
+    lora.use_rslora = cfg
+        .get("use_rslora")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
     let file = dir.join("adapter_model.safetensors");
     let bytes = std::fs::read(&file).map_err(|source| TrainError::Io {
         path: file.clone(),
@@ -149,7 +154,7 @@ fn apply_adapter(model: &dyn SequenceClassifier, a: &Adapter, lm: bool) -> Resul
     // Every trainable — LoRA and the head (PEFT's modules_to_save) — must come from the adapter:
     // a head left at its random initialisation would give meaningless logits.
     for p in &params {
-        let head = !matches!(p.role, crate::bert::ParamRole::LoraA | crate::bert::ParamRole::LoraB);
+        let head = matches!(p.role, crate::bert::ParamRole::Other { .. });
         if lm && head {
             continue;
         }

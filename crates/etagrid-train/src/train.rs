@@ -42,10 +42,7 @@ pub fn lm_loss_parts(hidden: &Tensor, head: &Tensor, labels: &Tensor) -> (Tensor
         .linear::<Tensor>(head, None)
         .to_kind(Kind::Float);
     let sum = logits.cross_entropy_loss::<Tensor>(&ys, None, Reduction::Sum, -100, 0.0);
-    let correct = logits
-        .argmax(-1, false)
-        .eq_tensor(&ys)
-        .sum(Kind::Int64);
+    let correct = logits.argmax(-1, false).eq_tensor(&ys).sum(Kind::Int64);
     (sum, idx.size()[0], correct)
 }
 
@@ -99,7 +96,10 @@ pub fn evaluate_lm(
             let preds = mc_predictions(&mc_letter_logits(model, mc, pad, device)?, &mc.n_choices);
             let answers = Tensor::from_slice(&mc.prompts.labels).to_device(device);
             Some(
-                preds.eq_tensor(&answers).sum(Kind::Int64).f_double_value(&[])?
+                preds
+                    .eq_tensor(&answers)
+                    .sum(Kind::Int64)
+                    .f_double_value(&[])?
                     / mc.prompts.len().max(1) as f64,
             )
         }
@@ -230,14 +230,8 @@ pub fn run_job(
     let data = match &job.cache_dir {
         Some(dir) => {
             let tokenizer_file = job.model_dir.join("tokenizer.json");
-            let (data, source) = TaskData::load_cached(
-                &cfg.task,
-                &tok,
-                &tokenizer_file,
-                tr.max_seq_len,
-                eos,
-                dir,
-            )?;
+            let (data, source) =
+                TaskData::load_cached(&cfg.task, &tok, &tokenizer_file, tr.max_seq_len, eos, dir)?;
             eprintln!(
                 "etagrid worker: tokenized data {}",
                 match source {
@@ -290,7 +284,7 @@ pub fn run_job(
     let trainable: Vec<_> = model
         .trainable()
         .into_iter()
-        .filter(|p| !causal_lm || matches!(p.role, ParamRole::LoraA | ParamRole::LoraB))
+        .filter(|p| !causal_lm || !matches!(p.role, ParamRole::Other { .. }))
         .collect();
     let trainable_params = trainable.iter().map(|p| p.tensor.numel() as u64).sum();
     let mut opt = LoraPlusAdamW::new(trainable, &[cfg.lr_a], &[cfg.lr_b], tr.weight_decay)
@@ -323,7 +317,11 @@ pub fn run_job(
         let idx = order.next_batch();
         samples += idx.len();
         let l = if causal_lm {
-            lm_loss(model.as_ref(), &collate_lm(&data.train, &idx, pad, device), true)?
+            lm_loss(
+                model.as_ref(),
+                &collate_lm(&data.train, &idx, pad, device),
+                true,
+            )?
         } else {
             let batch = collate(&data.train, &idx, pad, device);
             loss(&model.forward(&batch, true), &batch.labels)
@@ -405,7 +403,7 @@ pub fn run_job(
         let params: Vec<_> = model
             .trainable()
             .into_iter()
-            .filter(|p| !causal_lm || matches!(p.role, ParamRole::LoraA | ParamRole::LoraB))
+            .filter(|p| !causal_lm || !matches!(p.role, ParamRole::Other { .. }))
             .collect();
         save_peft_adapter(
             &params,

@@ -565,3 +565,46 @@ fn a_causal_lm_adapter_loads_in_peft_with_the_same_next_token_logits() {
         "training should move the logits, moved {moved:e}"
     );
 }
+
+#[test]
+fn a_causal_lm_cell_trains_and_saves_lora_on_the_token_embeddings() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let toml = sweep(&llama_dir(), "eval_loss").replace(
+        r#"target_modules = ["q_proj", "v_proj"]"#,
+        r#"target_modules = ["q_proj", "v_proj", "embed_tokens"]"#,
+    );
+    let j = job(d.path(), &toml);
+    let mut events = Vec::new();
+    let out = run_job(&j, &mut |e| events.push(e)).expect("run");
+    assert!(matches!(out, JobOutcome::Finished(_)), "{out:?}");
+    let groups = events
+        .iter()
+        .find_map(|e| match e {
+            WorkerEvent::Started { groups, .. } => Some(groups.clone()),
+            _ => None,
+        })
+        .expect("a started event");
+    let emb = groups
+        .iter()
+        .find(|g| g.name == "embedding")
+        .unwrap_or_else(|| panic!("no embedding group in {groups:?}"));
+    assert_eq!(emb.members, 2, "lora_embedding_A and _B: {groups:?}");
+    let saved =
+        std::fs::read(j.out_dir.join("adapter/adapter_model.safetensors")).expect("adapter");
+    let header = String::from_utf8_lossy(&saved[..saved.len().min(4096)]).to_string();
+    assert!(
+        header.contains("lora_embedding_A") && header.contains("lora_embedding_B"),
+        "the adapter lacks the embedding LoRA: {header}"
+    );
+}
+
+#[test]
+fn a_multiple_choice_answer_written_as_a_digit_is_an_index() {
+    let (_d, p) = temp(
+        "mc.jsonl",
+        "{\"question\": \"q\", \"choices\": [\"x\", \"y\", \"z\"], \"answer\": \"1\"}\n\
+         {\"question\": \"q\", \"choices\": [\"x\", \"y\", \"z\"], \"answer\": \"C\"}\n",
+    );
+    let qs = read_mc_examples(&p).expect("read");
+    assert_eq!(qs.iter().map(|q| q.answer).collect::<Vec<_>>(), vec![1, 2]);
+}

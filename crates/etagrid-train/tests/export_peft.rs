@@ -5,12 +5,12 @@
 mod common;
 
 use common::{encode_inputs, max_abs_diff, python, script, LLAMA_ALL_PROJ};
+use etagrid_spec::protocol::JobDevice;
 use etagrid_spec::{InitScheme, LoraSpec, TargetModules};
 use etagrid_train::data::{collate, load_tokenizer};
-use etagrid_spec::protocol::JobDevice;
 use etagrid_train::export::save_peft_adapter;
-use etagrid_train::predict::{predict, PredictOptions};
 use etagrid_train::model::{load_classifier, model_type};
+use etagrid_train::predict::{predict, PredictOptions};
 use etagrid_train::weights::Weights;
 use std::path::PathBuf;
 use std::process::Command;
@@ -132,7 +132,10 @@ fn round_trip_with(fixture: &str, lora: LoraSpec) -> serde_json::Value {
         .collect();
     let predicted = Tensor::from_slice(&predicted).reshape([3, 3]);
     let d = max_abs_diff(&ours, &predicted);
-    assert!(d <= 1e-5, "{fixture}: etagrid predict with the adapter differs by {d:e}");
+    assert!(
+        d <= 1e-5,
+        "{fixture}: etagrid predict with the adapter differs by {d:e}"
+    );
     let cfg = std::fs::read_to_string(adapter.join("adapter_config.json")).expect("config");
     serde_json::from_str(&cfg).expect("config json")
 }
@@ -166,11 +169,19 @@ fn regex_rslora_and_embedding_adapter_is_written_as_peft_config_and_loads_with_t
         ..LoraSpec::new(4, 8.0, TargetModules::Regex(pattern.into()))
     };
     let cfg = round_trip_with("tiny-bert", lora);
-    assert_eq!(cfg["target_modules"], serde_json::json!(pattern), "regex kept as a string");
+    assert_eq!(
+        cfg["target_modules"],
+        serde_json::json!(pattern),
+        "regex kept as a string"
+    );
     assert_eq!(cfg["use_rslora"], serde_json::json!(true));
     let cfg = round_trip_with(
         "tiny-llama-gqa",
-        LoraSpec::new(4, 8.0, TargetModules::list(&["q_proj", "v_proj", "embed_tokens"])),
+        LoraSpec::new(
+            4,
+            8.0,
+            TargetModules::list(&["q_proj", "v_proj", "embed_tokens"]),
+        ),
     );
     assert_eq!(
         cfg["target_modules"],

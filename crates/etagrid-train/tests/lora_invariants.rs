@@ -248,7 +248,10 @@ fn targets_that_match_no_module_are_an_error_naming_the_field_and_the_modules() 
             "bert.encoder.layer.*.attention.self.query",
             "bert.embeddings.word_embeddings",
         ] {
-            assert!(message.contains(needle), "{needle:?} missing from: {message}");
+            assert!(
+                message.contains(needle),
+                "{needle:?} missing from: {message}"
+            );
         }
     }
 }
@@ -291,7 +294,11 @@ fn rslora_scaling_is_alpha_over_sqrt_r_and_reaches_the_forward_pass() {
             let model = tiny_model(&spec, 3);
             tch::manual_seed(11);
             tch::no_grad(|| {
-                for p in model.trainable().iter().filter(|p| p.name.contains("lora_A")) {
+                for p in model
+                    .trainable()
+                    .iter()
+                    .filter(|p| p.name.contains("lora_A"))
+                {
                     let mut t = p.tensor.shallow_clone();
                     t.copy_(&(Tensor::rand_like(&t) * 0.1));
                 }

@@ -87,11 +87,7 @@ fn regex_targets_select_the_same_modules_as_python_re_fullmatch() {
     for (pattern, want) in PATTERNS.iter().zip(&python_says) {
         let re = TargetModules::compile(pattern).expect("compiles");
         let got: Vec<&String> = names.iter().filter(|n| re.is_match(n)).collect();
-        assert_eq!(
-            got,
-            want.iter().collect::<Vec<_>>(),
-            "pattern {pattern:?}"
-        );
+        assert_eq!(got, want.iter().collect::<Vec<_>>(), "pattern {pattern:?}");
     }
     // Only the bare `query|value` (not a whole name) selects nothing, in Python and here.
     let empty: Vec<&&str> = PATTERNS

@@ -209,9 +209,20 @@ fn three_steps_against_live_peft(fixture: &str, lora: LoraSpec, expect_embedding
             continue;
         }
         let mine = info.iter().find(|x| x.name == ours.name()).expect("group");
-        let (plr, pwd) = (g["lr"].as_f64().expect("lr"), g["weight_decay"].as_f64().expect("wd"));
-        assert!((mine.lr - plr).abs() < 1e-15, "{fixture}: lr of {}", mine.name);
-        assert!((mine.weight_decay - pwd).abs() < 1e-15, "{fixture}: wd of {}", mine.name);
+        let (plr, pwd) = (
+            g["lr"].as_f64().expect("lr"),
+            g["weight_decay"].as_f64().expect("wd"),
+        );
+        assert!(
+            (mine.lr - plr).abs() < 1e-15,
+            "{fixture}: lr of {}",
+            mine.name
+        );
+        assert!(
+            (mine.weight_decay - pwd).abs() < 1e-15,
+            "{fixture}: wd of {}",
+            mine.name
+        );
     }
     assert_eq!(
         !opt.members(Group::Embedding).is_empty(),
@@ -237,7 +248,10 @@ fn three_steps_against_live_peft(fixture: &str, lora: LoraSpec, expect_embedding
         let name = peft_name(&p.name);
         let theirs = tensor(&after[&name], Kind::Float).unsqueeze(0);
         let d = max_abs_diff(&p.tensor.detach(), &theirs);
-        assert!(d <= 1e-5, "{fixture}: {name} differs from PEFT after 3 steps by {d:e}");
+        assert!(
+            d <= 1e-5,
+            "{fixture}: {name} differs from PEFT after 3 steps by {d:e}"
+        );
         // The steps moved it by far more than the tolerance, so the comparison means something.
         let moved = max_abs_diff(&p.tensor.detach(), b);
         assert!(moved > 1e-4, "{fixture}: {name} moved only {moved:e}");
@@ -272,7 +286,11 @@ fn gpt2_rslora_with_wte_lora_matches_peft_loraplus_steps() {
     let lora = LoraSpec {
         use_rslora: true,
         embedding_lr: 5e-3,
-        ..LoraSpec::new(4, 8.0, TargetModules::list(&["c_attn", "c_proj", "c_fc", "wte"]))
+        ..LoraSpec::new(
+            4,
+            8.0,
+            TargetModules::list(&["c_attn", "c_proj", "c_fc", "wte"]),
+        )
     };
     three_steps_against_live_peft("tiny-gpt2", lora, true);
 }

@@ -576,5 +576,10 @@ fn a_closed_stdout_pipe_ends_the_command_quietly() {
         .expect("run etagrid");
     let err = text(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
-    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?} {err}", out.status);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?} {err}",
+        out.status
+    );
 }

@@ -109,7 +109,9 @@ pub fn python() -> PathBuf {
 
 /// A checked-in script under scripts/.
 pub fn script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scripts")
+        .join(name)
 }
 
 /// Token ids of `inputs` (text, optional pair) through etagrid's own tokenization, label 0 each.
