@@ -149,3 +149,25 @@ mod tests {
         );
     }
 }
+
+/// `both_backends!(name)` next to `async fn name(b: Backend)` makes the tests `name::sqlite` and
+/// `name::postgres`, which call it with each backend. The PostgreSQL variant needs a server:
+/// see [`test_server`].
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name($crate::Backend::Sqlite).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                if $crate::testing::test_server().is_some() {
+                    super::$name($crate::Backend::Postgres).await
+                }
+            }
+        }
+    };
+}

@@ -5,29 +5,10 @@
 
 use etagrid_spec::protocol::CellResult;
 use etagrid_spec::{Cell, SweepSpec};
+use etagrid_store::both_backends;
 use etagrid_store::testing::{test_server, TestDatabase};
 use etagrid_store::{Backend, CellRow, CellState, Claim, Outcome, SlurmTask, Store, StoreUrl};
 use tempfile::TempDir;
-
-/// `both_backends!(name)` next to `async fn name(b: Backend)`: tests `name::sqlite` and
-/// `name::postgres`.
-macro_rules! both_backends {
-    ($name:ident) => {
-        mod $name {
-            use super::*;
-            #[tokio::test]
-            async fn sqlite() {
-                super::$name(Backend::Sqlite).await
-            }
-            #[tokio::test]
-            async fn postgres() {
-                if test_server().is_some() {
-                    super::$name(Backend::Postgres).await
-                }
-            }
-        }
-    };
-}
 
 const SWEEP: &str = r#"
 [model]

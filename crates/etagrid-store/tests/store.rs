@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use etagrid_spec::protocol::{CellResult, ParamGroupInfo};
 use etagrid_spec::{Cell, CellConfig, SweepSpec};
+use etagrid_store::both_backends;
 use etagrid_store::testing::{test_server, TestDatabase};
 use etagrid_store::{
     Backend, CellRow, CellState, EnqueueSummary, Outcome, Store, StoreError, StoreUrl,
@@ -16,26 +17,6 @@ use etagrid_store::{
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, PgConnection, Row, SqliteConnection};
 use tempfile::TempDir;
-
-/// `both_backends!(name)` next to `async fn name(b: Backend)` makes the tests `name::sqlite` and
-/// `name::postgres`, which call it with each backend.
-macro_rules! both_backends {
-    ($name:ident) => {
-        mod $name {
-            use super::*;
-            #[tokio::test]
-            async fn sqlite() {
-                super::$name(Backend::Sqlite).await
-            }
-            #[tokio::test]
-            async fn postgres() {
-                if test_server().is_some() {
-                    super::$name(Backend::Postgres).await
-                }
-            }
-        }
-    };
-}
 
 /// A 2 × 2 grid; the sweep is called `demo` after the file stem.
 const SWEEP: &str = r#"

@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result};
 use etagrid_spec::SweepSpec;
+use etagrid_store::StoreUrl;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -56,5 +57,17 @@ pub fn default_sigpipe() {
     #[allow(unsafe_code)]
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// The store of `--db` (a path, `sqlite://…` or `postgres://…`), else `<state-dir>/etagrid.sqlite`.
+/// Parsed here rather than by clap, whose error would echo a URL's password.
+pub fn store_url(db: Option<&str>, state_dir: &Path) -> std::result::Result<StoreUrl, ExitCode> {
+    match db {
+        Some(s) => StoreUrl::parse(s).map_err(|e| {
+            eprintln!("error: --db: {e}");
+            ExitCode::from(1)
+        }),
+        None => Ok(state_dir.join("etagrid.sqlite").into()),
     }
 }

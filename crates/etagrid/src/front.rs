@@ -47,16 +47,9 @@ fn main() -> ExitCode {
         return exec_torch();
     };
     let FrontCommand::Status { sweep } = cli.command;
-    // Parsed here rather than by clap, whose error would echo a URL's password.
-    let db = match cli.db.as_deref() {
-        Some(s) => match etagrid_store::StoreUrl::parse(s) {
-            Ok(u) => u,
-            Err(e) => {
-                eprintln!("error: --db: {e}");
-                return ExitCode::from(1);
-            }
-        },
-        None => cli.state_dir.join("etagrid.sqlite").into(),
+    let db = match common::store_url(cli.db.as_deref(), &cli.state_dir) {
+        Ok(u) => u,
+        Err(code) => return code,
     };
     match status::status(&db, sweep.as_deref()) {
         Ok(code) => code.into(),

@@ -165,16 +165,9 @@ enum Command {
 fn main() -> ExitCode {
     common::default_sigpipe();
     let cli = Cli::parse();
-    // Parsed here rather than by clap, whose error would echo a URL's password.
-    let db = match cli.db.as_deref() {
-        Some(s) => match etagrid_store::StoreUrl::parse(s) {
-            Ok(u) => u,
-            Err(e) => {
-                eprintln!("error: --db: {e}");
-                return ExitCode::from(1);
-            }
-        },
-        None => cli.state_dir.join("etagrid.sqlite").into(),
+    let db = match common::store_url(cli.db.as_deref(), &cli.state_dir) {
+        Ok(u) => u,
+        Err(code) => return code,
     };
     let result = match cli.command {
         Command::Plan { sweep } => commands::plan(&sweep),
@@ -189,8 +182,8 @@ fn main() -> ExitCode {
             reports,
             backend,
             slurm,
-        } if backend == "slurm" && !enqueue_only => slurm::run(
-            &commands::RunArgs {
+        } => {
+            let args = commands::RunArgs {
                 sweep,
                 db,
                 state_dir: cli.state_dir,
@@ -200,30 +193,13 @@ fn main() -> ExitCode {
                 retry_failed,
                 save_adapters: !no_adapters,
                 enqueue_only,
-            },
-            &slurm,
-        ),
-        Command::Run {
-            sweep,
-            devices,
-            cells_per_device,
-            no_report,
-            retry_failed,
-            no_adapters,
-            enqueue_only,
-            reports,
-            ..
-        } => commands::run(&commands::RunArgs {
-            sweep,
-            db,
-            state_dir: cli.state_dir,
-            devices,
-            cells_per_device,
-            report_dir: (!no_report).then_some(reports),
-            retry_failed,
-            save_adapters: !no_adapters,
-            enqueue_only,
-        }),
+            };
+            if backend == "slurm" && !enqueue_only {
+                slurm::run(&args, &slurm)
+            } else {
+                commands::run(&args)
+            }
+        }
         Command::Export { sweep, cell, out } => {
             commands::export(&db, &cli.state_dir, &sweep, &cell, &out)
         }
