@@ -80,6 +80,8 @@ pub struct RunSummary {
     pub retried: usize,
     /// Failed cells skipped because they used up `max_attempts` (see `--retry-failed`).
     pub exhausted: usize,
+    /// Cells skipped because a SLURM task holds them (counted in `skipped` too).
+    pub leased: usize,
     pub stopped_by_signal: bool,
 }
 
@@ -217,7 +219,9 @@ async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, Sc
         .filter(|r| wanted.contains(r.id.as_str()))
         .filter(|r| {
             // Still running after recover_running: leased by a SLURM task, which finishes it.
-            let skip = r.state.is_final() || r.state == CellState::Running;
+            let leased = r.state == CellState::Running;
+            summary.leased += usize::from(leased);
+            let skip = r.state.is_final() || leased;
             summary.skipped += usize::from(skip);
             let exhausted =
                 r.state == CellState::Failed && r.attempts >= i64::from(spec.max_attempts);
@@ -253,8 +257,15 @@ async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, Sc
             summary.exhausted, spec.max_attempts, spec.name
         );
     }
+    if summary.leased > 0 {
+        eprintln!(
+            "{} cell(s) are held by SLURM tasks and are left to them: `etagrid status {}` shows \
+             them; `etagrid run --backend slurm` watches them and takes back those whose task died",
+            summary.leased, spec.name
+        );
+    }
     if queue.is_empty() {
-        if summary.exhausted == 0 {
+        if summary.exhausted == 0 && summary.leased == 0 {
             eprintln!("all {} cells are done: nothing to train", cells.len());
         }
         store.close().await;

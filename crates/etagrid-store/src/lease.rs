@@ -333,23 +333,37 @@ impl Store {
         Ok(())
     }
 
-    /// Every array task submitted for the sweep, oldest first.
+    /// Every array task submitted for the sweep, oldest first. Job ids are numbers stored as
+    /// text: sorted as numbers here (as text "100" would come before "99").
     pub async fn slurm_tasks(&self, sweep: &str) -> Result<Vec<SlurmTask>> {
         let rows = sqlx::query(
-            "SELECT job_id, array_index, cell_id FROM slurm_tasks WHERE sweep = $1
-             ORDER BY submitted_at, job_id, array_index",
+            "SELECT job_id, array_index, cell_id, submitted_at FROM slurm_tasks WHERE sweep = $1",
         )
         .bind(sweep)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
+        let mut tasks = rows
+            .iter()
             .map(|r| {
-                Ok(SlurmTask {
-                    job_id: r.try_get("job_id")?,
-                    array_index: r.try_get("array_index")?,
-                    cell_id: r.try_get("cell_id")?,
-                })
+                let submitted: i64 = r.try_get("submitted_at")?;
+                Ok((
+                    submitted,
+                    SlurmTask {
+                        job_id: r.try_get("job_id")?,
+                        array_index: r.try_get("array_index")?,
+                        cell_id: r.try_get("cell_id")?,
+                    },
+                ))
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        tasks.sort_by_key(|(at, t)| {
+            (
+                *at,
+                t.job_id.parse::<u64>().unwrap_or(u64::MAX),
+                t.job_id.clone(),
+                t.array_index,
+            )
+        });
+        Ok(tasks.into_iter().map(|(_, t)| t).collect())
     }
 }

@@ -433,3 +433,27 @@ async fn a_local_run_cannot_start_a_cell_a_slurm_task_holds_or_finished(b: Backe
         .await
         .expect("start"));
 }
+
+both_backends!(slurm_tasks_sort_job_ids_as_numbers);
+async fn slurm_tasks_sort_job_ids_as_numbers(b: Backend) {
+    // Two arrays submitted in the same second across a digit boundary: 99 is older than 100.
+    let f = fixture(b).await;
+    let task = |job: &str, i: usize| SlurmTask {
+        job_id: job.into(),
+        array_index: 0,
+        cell_id: f.id(i).into(),
+    };
+    f.store
+        .record_slurm_tasks(NAME, &[task("100", 1), task("99", 0)], T0)
+        .await
+        .expect("record");
+    let jobs: Vec<String> = f
+        .store
+        .slurm_tasks(NAME)
+        .await
+        .expect("tasks")
+        .into_iter()
+        .map(|t| t.job_id)
+        .collect();
+    assert_eq!(jobs, vec!["99", "100"]);
+}

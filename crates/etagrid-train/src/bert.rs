@@ -426,6 +426,17 @@ impl BertForSequenceClassification {
             (Some(linear("pooler.dense", h, h)?), head)
         };
         targets.check()?;
+        let heads: &[&str] = if c.is_roberta() {
+            &["classifier.dense", "classifier.out_proj"]
+        } else {
+            &["classifier"]
+        };
+        let mut fixed: Vec<String> = ["position_embeddings", "token_type_embeddings"]
+            .iter()
+            .map(|e| format!("{family}embeddings.{e}"))
+            .collect();
+        fixed.extend(heads.iter().map(|h| h.to_string()));
+        targets.refuse(&fixed)?;
         Ok(BertForSequenceClassification {
             config,
             num_labels,

@@ -160,6 +160,7 @@ impl Gpt2ForSequenceClassification {
             device,
         );
         targets.check()?;
+        targets.refuse(&["transformer.wpe", "score", "lm_head"].map(String::from))?;
         Ok(Gpt2ForSequenceClassification {
             wte,
             wpe: weights.get(&format!("{p}wpe.weight"), &[c.n_positions, n])?,

@@ -269,6 +269,7 @@ impl LlamaForSequenceClassification {
             device,
         );
         targets.check()?;
+        targets.refuse(&["score", "lm_head"].map(String::from))?;
         Ok(LlamaForSequenceClassification {
             embed_tokens,
             lm_head,

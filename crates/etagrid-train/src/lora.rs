@@ -194,13 +194,38 @@ impl Targets {
     /// Whether the module `full_name` gets LoRA: list → equal to an entry or ending in
     /// `.entry`; regex → matches the whole name (Python's `re.fullmatch`).
     pub fn matches(&self, full_name: &str) -> bool {
-        let hit = match (&self.spec, &self.regex) {
+        let hit = self.hits(full_name);
+        self.seen.borrow_mut().push((full_name.to_owned(), hit));
+        hit
+    }
+
+    fn hits(&self, full_name: &str) -> bool {
+        match (&self.spec, &self.regex) {
             (_, Some(re)) => re.is_match(full_name),
             (TargetModules::List(l), None) => is_target(full_name, l),
             (TargetModules::Regex(_), None) => false,
-        };
-        self.seen.borrow_mut().push((full_name.to_owned(), hit));
-        hit
+        }
+    }
+
+    /// An error when the targets also select one of `modules`: layers PEFT would adapt but
+    /// etagrid cannot (position and token-type embeddings, the heads, which train in full). A
+    /// silent skip would make etagrid's cell differ from the PEFT run it stands for.
+    pub fn refuse(&self, modules: &[String]) -> Result<(), TrainError> {
+        let hit: Vec<&str> = modules
+            .iter()
+            .filter(|m| self.hits(m))
+            .map(String::as_str)
+            .collect();
+        if hit.is_empty() {
+            return Ok(());
+        }
+        Err(TrainError::LoraTargets(format!(
+            "{} also selects {}: etagrid puts LoRA only on the attention/MLP linear layers and the \
+             token embeddings (PEFT would adapt these too, so the results would differ; heads are \
+             trained in full). Narrow the list or the regex",
+            self.spec,
+            hit.join(", ")
+        )))
     }
 
     /// An error when the targets are not empty but selected no module (PEFT refuses this too),

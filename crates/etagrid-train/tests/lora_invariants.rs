@@ -311,3 +311,55 @@ fn rslora_scaling_is_alpha_over_sqrt_r_and_reaches_the_forward_pass() {
         "rsLoRA did not change the output"
     );
 }
+
+/// PEFT would put LoRA on any matching Linear/Embedding, including position/type embeddings and
+/// GPT-2's `wpe`; etagrid cannot, so a target that selects one is an error rather than a cell
+/// that silently differs from the PEFT run it stands for.
+#[test]
+fn targets_that_select_layers_etagrid_cannot_adapt_are_an_error() {
+    let dirs = |name: &str| fixture_dir().parent().expect("fixtures").join(name);
+    let cases = [
+        (
+            "tiny-bert",
+            TargetModules::Regex(r"bert\.embeddings\..*".into()),
+            "bert.embeddings.position_embeddings",
+        ),
+        (
+            "tiny-bert",
+            TargetModules::list(&["query", "classifier"]),
+            "classifier",
+        ),
+        (
+            "tiny-gpt2",
+            TargetModules::Regex(r"transformer\.(wte|wpe)".into()),
+            "transformer.wpe",
+        ),
+        (
+            "tiny-llama-gqa",
+            TargetModules::list(&["q_proj", "lm_head"]),
+            "lm_head",
+        ),
+    ];
+    for (model, targets, culprit) in cases {
+        let dir = dirs(model);
+        let weights = Weights::load(&dir, Device::Cpu, Kind::Float).expect("weights");
+        let mut spec = lora_spec(4, 8.0, InitScheme::Lora);
+        spec.target_modules = targets.clone();
+        let err = etagrid_train::model::load_classifier(&dir, &weights, 3, &spec, 1, Device::Cpu)
+            .err()
+            .unwrap_or_else(|| panic!("{model} with {targets} must not load"));
+        let message = err.to_string();
+        assert!(
+            message.contains("lora.target_modules") && message.contains(culprit),
+            "{model}: {message}"
+        );
+    }
+    // The same model with only adaptable targets loads.
+    let dir = dirs("tiny-gpt2");
+    let weights = Weights::load(&dir, Device::Cpu, Kind::Float).expect("weights");
+    let mut spec = lora_spec(4, 8.0, InitScheme::Lora);
+    spec.target_modules = TargetModules::Regex(r"transformer\.wte".into());
+    assert!(
+        etagrid_train::model::load_classifier(&dir, &weights, 3, &spec, 1, Device::Cpu).is_ok()
+    );
+}
