@@ -460,20 +460,25 @@ async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, Sc
     }
     progress.finish();
     summary.stopped_by_signal = stopping > 0;
-    let counts = store.counts(&spec.name).await?;
     eprintln!(
         "sweep {}: {} in {:.1} s — {}",
         spec.name,
         if stopping > 0 { "stopped" } else { "finished" },
         started.elapsed().as_secs_f64(),
-        CellState::ALL
-            .iter()
-            .filter_map(|s| counts.get(s).map(|n| format!("{n} {}", s.as_str())))
-            .collect::<Vec<_>>()
-            .join(", ")
+        counts_line(&store, &spec.name).await?
     );
     store.close().await;
     Ok(summary)
+}
+
+/// "3 done, 1 failed": the sweep's cells by state, for the line that ends a run.
+pub(crate) async fn counts_line(store: &Store, sweep: &str) -> Result<String, SchedError> {
+    let counts = store.counts(sweep).await?;
+    Ok(CellState::ALL
+        .iter()
+        .filter_map(|s| counts.get(s).map(|n| format!("{n} {}", s.as_str())))
+        .collect::<Vec<_>>()
+        .join(", "))
 }
 
 /// First signal: SIGTERM to every worker's process group, no new cells, SIGKILL after the grace

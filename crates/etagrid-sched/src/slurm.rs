@@ -588,16 +588,11 @@ async fn front_end(spec: &SweepSpec, opts: &SlurmOptions) -> Result<RunSummary, 
         }
     }
     progress.finish();
-    let counts = store.counts(&spec.name).await?;
     eprintln!(
         "sweep {}: finished in {:.1} s — {}",
         spec.name,
         started.elapsed().as_secs_f64(),
-        CellState::ALL
-            .iter()
-            .filter_map(|s| counts.get(s).map(|n| format!("{n} {}", s.as_str())))
-            .collect::<Vec<_>>()
-            .join(", ")
+        crate::dispatch::counts_line(&store, &spec.name).await?
     );
     store.close().await;
     Ok(summary)

@@ -195,7 +195,6 @@ pub fn read_examples(path: &Path, task: &TaskSpec) -> Result<Vec<Example>, Train
         message,
     };
     let fmt = format_of(path)?;
-    let bytes = read_bytes(path)?;
     // (key in [task], column name) of each column read.
     let text_key = ("text_column", task.text_column.as_str());
     let pair_key = task
@@ -203,88 +202,25 @@ pub fn read_examples(path: &Path, task: &TaskSpec) -> Result<Vec<Example>, Train
         .as_deref()
         .map(|c| ("text_pair_column", c));
     let label_key = ("label_column", task.label_column.as_str());
-    let mut out = Vec::new();
-    match fmt {
-        Format::Jsonl => {
-            for (line, obj) in jsonl_objects(path, bytes, usize::MAX)? {
-                let field = |(key, name): (&str, &str)| -> Result<String, TrainError> {
-                    match obj.get(name) {
-                        Some(v) => json_scalar(v).ok_or_else(|| {
-                            err(
-                                Some(line),
-                                format!("field `{name}` is {v}: it must be a string or a number"),
-                            )
-                        }),
-                        None => Err(err(
-                            Some(line),
-                            format!(
-                                "field `{name}` is missing (fields: {}): add it, or set `{key}` in [task]",
-                                obj.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
-                            ),
-                        )),
-                    }
-                };
-                out.push(Example {
-                    text: field(text_key)?,
-                    text_pair: pair_key.map(field).transpose()?,
-                    label: field(label_key)?,
-                    line,
-                });
+    // Read in this order, so a missing column is reported as before: text, pair, label.
+    let cols: Vec<_> = std::iter::once(text_key)
+        .chain(pair_key)
+        .chain(std::iter::once(label_key))
+        .collect();
+    let out: Vec<Example> = read_columns(path, &cols)?
+        .into_iter()
+        .map(|(line, mut row)| {
+            let label = row.pop().unwrap_or_default();
+            let text_pair = pair_key.map(|_| row.pop().unwrap_or_default());
+            let text = row.pop().unwrap_or_default();
+            Example {
+                text,
+                text_pair,
+                label,
+                line,
             }
-        }
-        Format::Csv | Format::Tsv => {
-            let mut rdr = table_reader(&bytes, fmt);
-            let headers = match rdr.headers() {
-                Ok(h) => h.clone(),
-                Err(e) => {
-                    return Err(match e.kind() {
-                        csv::ErrorKind::Utf8 { .. } => err(Some(1), NOT_UTF8.into()),
-                        _ => err(Some(1), format!("cannot read the header line: {e}")),
-                    })
-                }
-            };
-            let col = |(key, name): (&str, &str)| -> Result<usize, TrainError> {
-                headers
-                    .iter()
-                    .position(|h| h.trim() == name)
-                    .ok_or_else(|| {
-                        err(
-                            Some(1),
-                            format!(
-                                "no column `{name}` in the header (columns: {}): set `{key}` in [task] to one of them",
-                                headers.iter().collect::<Vec<_>>().join(", ")
-                            ),
-                        )
-                    })
-            };
-            let text_col = col(text_key)?;
-            let pair_col = pair_key.map(col).transpose()?;
-            let label_col = col(label_key)?;
-            for rec in rdr.records() {
-                let rec = rec.map_err(|e| record_error(path, fmt, e))?;
-                let line = rec.position().map(|p| p.line()).unwrap_or(0);
-                let get = |i: usize| rec.get(i).unwrap_or_default().to_owned();
-                out.push(Example {
-                    text: get(text_col),
-                    text_pair: pair_col.map(get),
-                    label: get(label_col),
-                    line,
-                });
-            }
-        }
-    }
-    if out.is_empty() {
-        return Err(err(
-            None,
-            match fmt {
-                Format::Jsonl => {
-                    "has no examples: write one example per line as a JSON object".into()
-                }
-                _ => "has a header line but no examples: add one example per line after the header"
-                    .into(),
-            },
-        ));
-    }
+        })
+        .collect();
     let what = if fmt == Format::Jsonl {
         "field"
     } else {
@@ -1194,7 +1130,13 @@ fn read_columns(path: &Path, cols: &[(&str, &str)]) -> Result<Vec<(u64, Vec<Stri
     if out.is_empty() {
         return Err(err(
             None,
-            "has no examples: add one example per line".into(),
+            match fmt {
+                Format::Jsonl => {
+                    "has no examples: write one example per line as a JSON object".into()
+                }
+                _ => "has a header line but no examples: add one example per line after the header"
+                    .into(),
+            },
         ));
     }
     Ok(out)
