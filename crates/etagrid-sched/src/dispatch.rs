@@ -96,38 +96,6 @@ pub fn run(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, SchedError
     rt.block_on(run_async(spec, opts))
 }
 
-/// An exclusive `flock` on `state_dir/run.lock`, released when the process exits (also by kill -9).
-pub(crate) struct RunLock {
-    _file: std::fs::File,
-}
-
-pub(crate) fn lock(state_dir: &Path) -> Result<RunLock, SchedError> {
-    std::fs::create_dir_all(state_dir).map_err(|source| SchedError::Io {
-        what: "create state directory",
-        path: state_dir.to_owned(),
-        source,
-    })?;
-    let path = state_dir.join("run.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| SchedError::Io {
-            what: "open lock file",
-            path: path.clone(),
-            source,
-        })?;
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a file descriptor we own.
-    #[allow(unsafe_code)]
-    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r != 0 {
-        return Err(SchedError::Locked { path });
-    }
-    Ok(RunLock { _file: file })
-}
-
 struct Running {
     row: CellRow,
     cell_id: String,
@@ -191,9 +159,8 @@ enum Msg {
 }
 
 async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, SchedError> {
-    let _lock = lock(&opts.state_dir)?;
     let store = Store::open(&opts.store).await?;
-    // On PostgreSQL, schedulers on other machines share the store but not this state dir's flock.
+    // The run lock goes with the store (whatever the state dir; on PostgreSQL across machines).
     let sweep_lock = store.try_lock_sweep(&spec.name).await?;
     let _sweep_lock = sweep_lock.ok_or_else(|| SchedError::SweepLocked {
         sweep: spec.name.clone(),
@@ -423,6 +390,7 @@ async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, Sc
                             Outcome::Done(r) => (format!("done  {}={:.4}  ({:.1} s)", spec.task.metric.name(), r.metric, r.wall_s), &mut summary.done),
                             Outcome::Diverged { step, .. } => (format!("diverged at step {step}"), &mut summary.diverged),
                             Outcome::Failed(e) => (format!("failed: {e}"), &mut summary.failed),
+                            Outcome::InputError(e) => (format!("input error (no attempt used): {e}"), &mut summary.failed),
                             Outcome::Interrupted => ("interrupted: back to pending".to_string(), &mut summary.interrupted),
                             Outcome::Retry(e) => (format!("{e}; retrying (attempt {} of {} used)", run.attempt, spec.max_attempts), &mut summary.retried),
                         };
@@ -611,7 +579,15 @@ fn outcome_of(
             loss: *loss,
         },
         _ if stopping => Outcome::Interrupted,
-        // The worker's own error (bad data, a missing tensor) would recur: no retry.
+        // An input that changed after the run checked it: no attempt used, rerun after the fix.
+        Some(WorkerEvent::Failed { error })
+            if status
+                .as_ref()
+                .is_ok_and(|s| s.code() == Some(crate::WORKER_INPUT_ERROR)) =>
+        {
+            Outcome::InputError(error.clone())
+        }
+        // The worker's own error (a missing tensor) would recur: no retry.
         Some(WorkerEvent::Failed { error }) => Outcome::Failed(error.clone()),
         _ => {
             let how = match status {

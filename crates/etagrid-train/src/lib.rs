@@ -31,6 +31,7 @@ pub mod model;
 pub mod optim;
 pub mod predict;
 pub mod train;
+pub mod validate;
 pub mod weights;
 
 pub use error::TrainError;
