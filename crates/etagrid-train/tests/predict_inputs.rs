@@ -32,7 +32,10 @@ fn causal_lm_checkpoint(dir: &Path) -> PathBuf {
         .into_iter()
         .filter(|(name, _)| name != "score.weight")
         .collect();
-    assert!(kept.len() < st.len(), "the fixture had a score head to drop");
+    assert!(
+        kept.len() < st.len(),
+        "the fixture had a score head to drop"
+    );
     safetensors::serialize_to_file(kept, None, &dst.join("model.safetensors")).expect("write");
     dst
 }
@@ -72,7 +75,10 @@ fn a_causal_lm_without_a_head_is_refused_without_lm_and_gives_next_token_logits_
     predict(&o, &mut |v| rows.push(v)).expect("next-token logits");
     assert_eq!(rows.len(), 1);
     let vocab = rows[0]["logits"].as_array().map(Vec::len).unwrap_or(0);
-    assert!(vocab > 2, "next-token logits over the vocabulary, got {vocab}");
+    assert!(
+        vocab > 2,
+        "next-token logits over the vocabulary, got {vocab}"
+    );
 }
 
 #[test]
@@ -80,7 +86,10 @@ fn a_checkpoint_with_its_own_head_still_predicts_without_lm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = inputs(dir.path(), "{\"text\": \"hello there\"}\n");
     let mut rows = Vec::new();
-    predict(&options(&fixture("tiny-gpt2"), &input), &mut |v| rows.push(v)).expect("predict");
+    predict(&options(&fixture("tiny-gpt2"), &input), &mut |v| {
+        rows.push(v)
+    })
+    .expect("predict");
     assert_eq!(rows.len(), 1);
 }
 
