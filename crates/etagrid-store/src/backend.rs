@@ -203,8 +203,8 @@ async fn check_sqlite_file(path: &Path) -> Result<(), StoreError> {
     }
     if head.as_slice() != SQLITE_MAGIC {
         return Err(not_a_store(format!(
-            "it is not an SQLite database (it starts with {:?})",
-            String::from_utf8_lossy(&head)
+            "it is not an SQLite database (it starts with \"{}\")",
+            head.escape_ascii()
         )));
     }
     // Read-only, no pragmas: looking must not change the file.
@@ -300,11 +300,9 @@ pub(crate) async fn connect(url: &StoreUrl) -> Result<AnyPool, StoreError> {
     // One direct connection first: the pool retries a refused connection until its timeout and
     // then reports only "pool timed out", while this gives the real cause at once. Bounded in
     // time: sqlx has no connect timeout of its own.
-    let timed_out = || {
-        open_err(sqlx::Error::Io(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
-        )))
+    let timed_out = || StoreError::Timeout {
+        location: url.to_string(),
+        secs: CONNECT_TIMEOUT.as_secs(),
     };
     let mut probe = tokio::time::timeout(CONNECT_TIMEOUT, AnyConnection::connect_with(&options))
         .await
@@ -361,11 +359,6 @@ fn hint(url: &StoreUrl, e: &sqlx::Error) -> String {
         _ => None,
     };
     match (e, code.as_deref()) {
-        (sqlx::Error::Io(io), _) if io.kind() == std::io::ErrorKind::TimedOut => {
-            ": something accepts connections there but does not answer as a PostgreSQL server \
-             would — check the host and port (is it PostgreSQL?), or the server's health"
-                .into()
-        }
         (sqlx::Error::Io(_), _) | (sqlx::Error::PoolTimedOut, _) => {
             ": the PostgreSQL server is not reachable there — start it (for a local test server: \
              `scripts/pg-local.sh up`) or fix the host and port"

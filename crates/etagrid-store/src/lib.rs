@@ -31,6 +31,13 @@ pub enum StoreError {
     },
     #[error("`{url}` is not a results-store location: {reason}")]
     BadUrl { url: String, reason: String },
+    /// The server took a connection but did not answer within the connect timeout.
+    #[error(
+        "open the results store at {location}: no answer within {secs} s — something accepts \
+             connections there but does not answer as a PostgreSQL server would; check the host \
+             and port (is it PostgreSQL?) or the server's health"
+    )]
+    Timeout { location: String, secs: u64 },
     /// A file that is not an etagrid store: refused and left untouched.
     #[error(
         "{location} is not an etagrid results store: {reason}; etagrid left it untouched — \

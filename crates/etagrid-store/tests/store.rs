@@ -1195,6 +1195,10 @@ async fn a_silent_postgres_server_is_an_error_within_the_connect_timeout() {
     );
     let m = format!("{err:#}");
     assert!(m.contains(&format!("127.0.0.1:{port}")), "{m}");
+    assert!(
+        matches!(err, StoreError::Timeout { secs: 10, .. }),
+        "{err:?}"
+    );
     assert!(m.contains("does not answer"), "{m}");
     accepted.join().expect("listener thread");
 }

@@ -230,7 +230,8 @@ pub(crate) fn finish_run(
         Exit::Interrupted
     } else if summary.failed + summary.exhausted > 0 {
         eprintln!(
-            "{} cell(s) failed: see `etagrid status {}`; `etagrid run --retry-failed` runs them again",
+            "{} cell(s) failed: see `etagrid status {}`; a rerun runs those with attempts left \
+             (input errors use none), `etagrid run --retry-failed` also the others",
             summary.failed + summary.exhausted,
             spec.name
         );
