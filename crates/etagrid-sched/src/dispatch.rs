@@ -400,14 +400,23 @@ async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, Sc
         .collect();
     let sizes = pack_sizes(&queue, &keys, &packable, opts.cells_per_worker, &opts.slots);
     let mut limit: HashMap<String, usize> = HashMap::new();
-    if opts.cells_per_worker != PackSize::Fixed(1) {
+    {
+        let has_gpu = opts.slots.iter().any(|s| matches!(s, SlotDevice::Gpu(_)));
+        let has_cpu = opts.slots.contains(&SlotDevice::Cpu);
         let gpu_pack = sizes.values().map(|s| s.0).max().unwrap_or(1);
         let cpu_pack = sizes.values().map(|s| s.1).max().unwrap_or(1);
-        if gpu_pack > 1 || cpu_pack > 1 {
+        let mut parts = Vec::new();
+        if has_gpu && gpu_pack > 1 {
+            parts.push(format!("up to {gpu_pack} cells per worker on a GPU"));
+        }
+        if has_cpu && cpu_pack > 1 {
+            parts.push(format!("up to {cpu_pack} cells per worker on the CPU"));
+        }
+        if !parts.is_empty() {
             eprintln!(
-                "cells_per_worker = {}: up to {} cell(s) per worker on a GPU, {} on the CPU, \
-                 each pack on one frozen base",
-                opts.cells_per_worker, gpu_pack, cpu_pack
+                "cells_per_worker = {}: {}, each pack on one frozen base",
+                opts.cells_per_worker,
+                parts.join(", ")
             );
         }
     }
