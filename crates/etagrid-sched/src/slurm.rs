@@ -225,6 +225,8 @@ async fn submit_array(
             threads: opts.cpus_per_task.max(1),
             save_adapter: opts.save_adapters,
             cache_dir: Some(opts.state_dir.join("cache")),
+            // One cell per array task (SLURM packs are not built yet).
+            pack: Vec::new(),
         };
         let p = dir.join(format!("task-{i}.json"));
         let text = serde_json::to_vec_pretty(&job).map_err(std::io::Error::other);

@@ -4,7 +4,7 @@
 //! `etagrid_store::testing`).
 
 use etagrid_sched::{run, RunOptions, SlotDevice, WorkerCommand};
-use etagrid_spec::SweepSpec;
+use etagrid_spec::{PackSize, SweepSpec};
 use etagrid_store::testing::{test_server, TestDatabase};
 use etagrid_store::{Backend, CellState, Store, StoreUrl};
 use std::path::{Path, PathBuf};
@@ -89,6 +89,7 @@ impl Setup {
             grace: Duration::from_millis(200),
             save_adapters: false,
             memory_fit: None,
+            cells_per_worker: PackSize::Auto,
         }
     }
 
@@ -198,5 +199,99 @@ fn a_worker_that_cannot_start_fails_its_cells_and_leaves_none_queued(b: Backend)
             .as_deref()
             .unwrap_or("")
             .contains("could not start the worker"));
+    }
+}
+
+/// A 4-cell sweep run by the pack stand-in (tests/fake-pack-worker.sh), one CPU slot, packs of 4.
+fn pack_setup(b: Backend, mode: &str) -> (Setup, RunOptions) {
+    let mut s = setup(b, mode, "cells_per_worker = 4");
+    let toml =
+        "name = \"faults\"\n[model]\npath = \"m\"\n[task]\ntrain = \"t.csv\"\neval = \"e.csv\"\n\
+                [train]\nsteps = 1\n[grid]\nlr_a = [1e-4, 1e-3, 1e-2, 1e-1]\nlr_b = [1e-3]\n\
+                [resources]\ncells_per_worker = 4\n";
+    s.spec = SweepSpec::parse(&s.dir.path().join("faults.toml"), toml).expect("spec");
+    let mut opts = s.opts(false);
+    opts.worker.args = vec![Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fake-pack-worker.sh")
+        .display()
+        .to_string()];
+    opts.slots = vec![SlotDevice::Cpu];
+    opts.cells_per_worker = s.spec.cells_per_worker;
+    (s, opts)
+}
+
+impl Setup {
+    /// The sizes of the packs the stand-in was started with, in order.
+    fn packs(&self) -> Vec<usize> {
+        std::fs::read_to_string(self.dir.path().join("state/packs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+}
+
+both_backends!(a_pack_worker_killed_mid_pack_keeps_its_finished_cell_and_retries_the_rest_once);
+fn a_pack_worker_killed_mid_pack_keeps_its_finished_cell_and_retries_the_rest_once(b: Backend) {
+    let (s, opts) = pack_setup(b, "pack-crash-once");
+    assert_eq!(s.spec.cells_per_worker, PackSize::Fixed(4));
+    let summary = run(&s.spec, &opts).expect("run");
+    assert_eq!((summary.done, summary.retried, summary.failed), (4, 3, 0));
+    let cells = s.cells();
+    assert_eq!(cells.len(), 4);
+    // The first pack held all four cells; its three unfinished cells came back in packs of at
+    // most half its size.
+    let packs = s.packs();
+    assert_eq!(packs[0], 4, "one pack of four first: {packs:?}");
+    assert!(
+        packs[1..].iter().all(|&k| k <= 2),
+        "retries in smaller packs: {packs:?}"
+    );
+    assert_eq!(
+        packs.iter().sum::<usize>(),
+        4 + 3,
+        "every unfinished cell ran once more"
+    );
+    let (finished_first, retried): (Vec<_>, Vec<_>) =
+        cells.iter().partition(|c| s.starts(&c.id) == 1);
+    assert_eq!(
+        finished_first.len(),
+        1,
+        "the cell finished before the kill is not rerun"
+    );
+    assert_eq!(finished_first[0].attempts, 1);
+    for c in &retried {
+        assert_eq!(s.starts(&c.id), 2, "cell {} ran exactly twice", c.id);
+        assert_eq!((c.state, c.attempts), (CellState::Done, 2));
+    }
+    for c in &cells {
+        assert_eq!(c.state, CellState::Done);
+        assert!(
+            c.pack_size.is_some(),
+            "a packed cell records its pack's size"
+        );
+    }
+    // A rerun has nothing to do.
+    let again = run(&s.spec, &opts).expect("rerun");
+    assert_eq!((again.done, again.skipped), (0, 4));
+    assert_eq!(
+        s.packs().len(),
+        packs.len(),
+        "no worker started by the rerun"
+    );
+}
+
+both_backends!(packs_fill_from_pending_cells_and_every_cell_runs_once);
+fn packs_fill_from_pending_cells_and_every_cell_runs_once(b: Backend) {
+    let (s, mut opts) = pack_setup(b, "ok");
+    opts.cells_per_worker = PackSize::Fixed(3);
+    let summary = run(&s.spec, &opts).expect("run");
+    assert_eq!((summary.done, summary.retried), (4, 0));
+    assert_eq!(s.packs(), vec![3, 1], "a pack of 3, then the leftover cell");
+    for c in s.cells() {
+        assert_eq!(
+            (c.state, c.attempts, s.starts(&c.id)),
+            (CellState::Done, 1, 1)
+        );
     }
 }

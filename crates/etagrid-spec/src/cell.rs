@@ -27,6 +27,21 @@ impl CellConfig {
     pub fn ratio(&self) -> f64 {
         self.lr_b / self.lr_a
     }
+
+    /// Cells with the same key can train in one pack on one frozen base: everything but η_A,
+    /// η_B, the seed and the LoRA init scheme is the same (model, task and data, LoRA shape,
+    /// train length, batch size and schedule).
+    pub fn pack_key(&self) -> String {
+        let mut lora = self.lora.clone();
+        lora.init = crate::InitScheme::Lora;
+        let key = serde_json::json!({
+            "model": self.model,
+            "task": self.task,
+            "lora": lora,
+            "train": self.train,
+        });
+        key.to_string()
+    }
 }
 
 /// 16 hex digits of the BLAKE3 hash of the cell's canonical JSON.

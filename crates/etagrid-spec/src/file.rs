@@ -116,6 +116,8 @@ pub struct ResourcesSection {
     /// `"auto"` (every visible GPU, else the CPU), `"cpu"`, or a list of GPU ids like `[0, 1]`.
     pub devices: Option<Spanned<toml::Value>>,
     pub cells_per_device: Option<Spanned<usize>>,
+    /// Cells trained together by one worker on one frozen base: `"auto"` or a number ≥ 1.
+    pub cells_per_worker: Option<Spanned<toml::Value>>,
     /// CPU threads per worker; default: the machine's cores divided among the CPU slots.
     pub threads_per_cell: Option<Spanned<usize>>,
     /// How many times a cell may be started before it stays `failed` (default 3).

@@ -17,6 +17,6 @@ pub use cell::{Cell, CellConfig, CellId};
 pub use error::SpecError;
 pub use grid::Axis;
 pub use spec::{
-    DeviceChoice, InitScheme, LmTaskSpec, LoraSpec, ModelSpec, Schedule, SweepSpec, TargetModules,
-    TaskSpec, TrainLength, TrainSpec, DEFAULT_EMBEDDING_LR,
+    DeviceChoice, InitScheme, LmTaskSpec, LoraSpec, ModelSpec, PackSize, Schedule, SweepSpec,
+    TargetModules, TaskSpec, TrainLength, TrainSpec, DEFAULT_EMBEDDING_LR,
 };

@@ -4,6 +4,11 @@
 //! prints one [`WorkerEvent`] per line on stdout (its logs go to stderr) and exits. The last event
 //! of a worker that ran to the end is `finished`, `diverged` or `failed`; a worker that exits
 //! without one crashed. The scheduler is the only process that writes the store.
+//!
+//! A job may be a *pack*: K cells of one sweep trained in one process on one frozen base
+//! ([`WorkerJob::pack`]). Its lines then name their cell ([`CellEvent`]: `{"cell": "…",
+//! "event": …}`); a line without `cell` concerns every cell of the job (a pack that fails before
+//! training, say). Each cell of a pack ends with its own terminal event.
 
 use crate::cell::{CellConfig, CellId};
 use serde::{Deserialize, Serialize};
@@ -27,6 +32,43 @@ pub struct WorkerJob {
     /// Tokenized data shared by the cells of a sweep (read or written by the worker).
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
+    /// Further cells trained in the same process on the same frozen base, after `cell_id`
+    /// (a pack of `1 + pack.len()` cells). Their configurations differ from `config` only in
+    /// η_A, η_B, the seed and the LoRA init scheme ([`CellConfig::pack_key`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pack: Vec<PackedCell>,
+}
+
+/// One more cell of a packed [`WorkerJob`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PackedCell {
+    pub cell_id: CellId,
+    pub config: CellConfig,
+    /// Where the worker may write files for this cell.
+    pub out_dir: PathBuf,
+}
+
+impl WorkerJob {
+    /// Every cell of the job, its own first.
+    pub fn cells(&self) -> Vec<PackedCell> {
+        let mut cells = vec![PackedCell {
+            cell_id: self.cell_id.clone(),
+            config: self.config.clone(),
+            out_dir: self.out_dir.clone(),
+        }];
+        cells.extend(self.pack.iter().cloned());
+        cells
+    }
+}
+
+/// A worker's output line: an event and, for the lines of a pack, the cell it concerns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellEvent {
+    /// `None`: the line concerns every cell of the job (and a one-cell job's lines need none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cell: Option<CellId>,
+    #[serde(flatten)]
+    pub event: WorkerEvent,
 }
 
 fn yes() -> bool {
@@ -126,8 +168,20 @@ pub struct CellResult {
     /// Mean train loss over the last `log_every` steps.
     pub train_loss: f64,
     pub steps: u64,
+    /// Wall time of the worker that trained the cell, start-up and evaluation included. A cell of
+    /// a pack shares it with the other cells of the pack (see `pack_size`).
     pub wall_s: f64,
     pub train_samples_per_s: f64,
+    /// How many cells trained together in the worker (1: alone). Absent from older lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack_size: Option<u32>,
+}
+
+impl CellResult {
+    /// The device time that is this cell's share: the worker's wall time over its pack's cells.
+    pub fn device_seconds(&self) -> f64 {
+        self.wall_s / f64::from(self.pack_size.unwrap_or(1).max(1))
+    }
 }
 
 /// An `f64` that may be NaN or infinite. serde_json writes those as `null` and cannot read `null`

@@ -23,6 +23,9 @@ pub struct SweepSpec {
     pub seeds: Vec<u64>,
     pub devices: DeviceChoice,
     pub cells_per_device: Option<usize>,
+    /// How many cells one worker trains together on one frozen base (`[resources]
+    /// cells_per_worker`; default `auto`).
+    pub cells_per_worker: PackSize,
     pub threads_per_cell: Option<usize>,
     /// Starts a cell may use (crashes and timeouts included) before it stays `failed`.
     pub max_attempts: u32,
@@ -32,6 +35,53 @@ pub struct SweepSpec {
     /// set, so a changed input never matches a finished cell. `None` only for a spec that was
     /// parsed without looking at its files.
     pub inputs: Option<String>,
+}
+
+/// How many grid cells one worker trains together (a *pack*) on one copy of the frozen base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PackSize {
+    /// The scheduler decides: on a GPU, the pending cells that can share a base split over the
+    /// GPUs, one pack per GPU (at most [`PackSize::AUTO_MAX`] cells; more workers open when the
+    /// first one's measured memory allows, and a pack that crashes is retried in halves); on the
+    /// CPU one cell per worker (packing does not pay there: see README "Packed cells").
+    #[default]
+    Auto,
+    /// At most this many cells a worker (1: no packing).
+    Fixed(usize),
+}
+
+impl PackSize {
+    /// The largest pack `auto` makes.
+    pub const AUTO_MAX: usize = 64;
+
+    /// `"auto"` or a whole number ≥ 1 (a TOML value or the CLI's text).
+    pub fn parse_value(v: &toml::Value) -> Option<PackSize> {
+        match v {
+            toml::Value::String(s) => PackSize::parse(s),
+            toml::Value::Integer(n) if *n >= 1 => Some(PackSize::Fixed(*n as usize)),
+            _ => None,
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PackSize> {
+        match s.trim() {
+            "auto" => Some(PackSize::Auto),
+            n => n
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n >= 1)
+                .map(PackSize::Fixed),
+        }
+    }
+}
+
+impl std::fmt::Display for PackSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PackSize::Auto => f.write_str("auto"),
+            PackSize::Fixed(n) => write!(f, "{n}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -800,6 +850,17 @@ impl Resolver<'_> {
             c => c.map(Spanned::into_inner),
         };
 
+        let cells_per_worker = match &r.cells_per_worker {
+            None => PackSize::Auto,
+            Some(v) => PackSize::parse_value(v.get_ref()).ok_or_else(|| {
+                self.err(
+                    v.span(),
+                    "resources.cells_per_worker",
+                    "must be \"auto\" or a whole number of cells, at least 1",
+                )
+            })?,
+        };
+
         Ok(SweepSpec {
             name,
             source: self.path.to_owned(),
@@ -812,6 +873,7 @@ impl Resolver<'_> {
             seeds,
             devices,
             cells_per_device,
+            cells_per_worker,
             threads_per_cell: match r.threads_per_cell {
                 Some(t) if *t.get_ref() == 0 => {
                     return Err(self.err(

@@ -707,6 +707,7 @@ fn all_events() -> Vec<(WorkerEvent, &'static str, bool)> {
                     steps: 100,
                     wall_s: 12.5,
                     train_samples_per_s: 51.2,
+                    pack_size: None,
                 },
             },
             "finished",
@@ -1028,4 +1029,81 @@ fn a_missing_input_file_is_an_error_naming_it() {
         .expect_err("missing weights")
         .to_string();
     assert!(e.contains("model.safetensors"), "{e}");
+}
+
+// ---------------------------------------------------------------- packed cells
+
+#[test]
+fn cells_per_worker_is_auto_by_default_and_takes_a_number_or_auto() {
+    use etagrid_spec::PackSize;
+    assert_eq!(parse(BASE).cells_per_worker, PackSize::Auto);
+    let with = |v: &str| {
+        edit(
+            BASE,
+            "devices = \"cpu\"",
+            &format!("devices = \"cpu\"\ncells_per_worker = {v}"),
+        )
+    };
+    assert_eq!(parse(&with("8")).cells_per_worker, PackSize::Fixed(8));
+    assert_eq!(parse(&with("\"auto\"")).cells_per_worker, PackSize::Auto);
+    for bad in ["0", "\"many\"", "-2", "2.5"] {
+        assert_error(
+            &with(bad),
+            "cells_per_worker",
+            &["resources.cells_per_worker", "auto"],
+        );
+    }
+}
+
+#[test]
+fn cells_that_differ_only_in_rates_seed_and_init_share_a_pack_key() {
+    let spec = parse(&edit(
+        BASE,
+        "lr_b = [1e-4, 1e-3]",
+        "lr_b = [1e-4, 1e-3]\nseeds = [0, 1]",
+    ));
+    let cells = spec.cells();
+    assert_eq!(cells.len(), 8);
+    let key = cells[0].config.pack_key();
+    assert!(cells.iter().all(|c| c.config.pack_key() == key));
+    let mut other = cells[0].config.clone();
+    other.lora.init = InitScheme::Loraplus;
+    assert_eq!(other.pack_key(), key, "the init scheme is per cell");
+    other.train.batch_size += 1;
+    assert_ne!(
+        other.pack_key(),
+        key,
+        "a different batch size cannot share the pack"
+    );
+}
+
+#[test]
+fn pack_lines_name_their_cell_and_old_lines_still_parse() {
+    use etagrid_spec::protocol::CellEvent;
+    let line = r#"{"cell":"0123456789abcdef","event":"diverged","step":3,"loss":"NaN"}"#;
+    let ev: CellEvent = serde_json::from_str(line).expect("a pack line");
+    assert_eq!(
+        ev.cell.as_ref().map(|c| c.0.as_str()),
+        Some("0123456789abcdef")
+    );
+    assert!(matches!(ev.event, WorkerEvent::Diverged { step: 3, loss } if loss.is_nan()));
+    let back: CellEvent =
+        serde_json::from_str(&serde_json::to_string(&ev).expect("write")).expect("reread");
+    assert_eq!(back.cell, ev.cell);
+    assert!(matches!(back.event, WorkerEvent::Diverged { step: 3, loss } if loss.is_nan()));
+    let old =
+        r#"{"event":"train","step":10,"total_steps":20,"loss":0.5,"lr_a":0.001,"lr_b":0.016}"#;
+    let ev: CellEvent = serde_json::from_str(old).expect("a one-cell line without `cell`");
+    assert_eq!(ev.cell, None);
+    assert!(matches!(ev.event, WorkerEvent::Train { step: 10, .. }));
+    // A result with and without pack_size.
+    let done = r#"{"cell":"ab","event":"finished","result":{"metric":0.5,"eval_loss":0.7,"accuracy":0.5,"train_loss":0.7,"steps":1,"wall_s":8.0,"train_samples_per_s":100.0,"pack_size":4}}"#;
+    let ev: CellEvent = serde_json::from_str(done).expect("finished");
+    match ev.event {
+        WorkerEvent::Finished { result } => {
+            assert_eq!(result.pack_size, Some(4));
+            assert_eq!(result.device_seconds(), 2.0);
+        }
+        other => panic!("{other:?}"),
+    }
 }

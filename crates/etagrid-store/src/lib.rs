@@ -142,6 +142,8 @@ pub struct CellRow {
     pub mcc: Option<f64>,
     pub train_loss: Option<f64>,
     pub wall_s: Option<f64>,
+    /// Cells trained together with this one in one worker (`None`: alone, or an older row).
+    pub pack_size: Option<i64>,
     pub error: Option<String>,
     pub config: String,
 }
@@ -451,7 +453,8 @@ impl Store {
     async fn cells_where(&self, sweep: &str, state: Option<CellState>) -> Result<Vec<CellRow>> {
         const COLUMNS: &str =
             "SELECT id, idx, lr_a, lr_b, seed, state, attempts, device, step, total_steps,
-                    metric, eval_loss, accuracy, macro_f1, mcc, train_loss, wall_s, error, config
+                    metric, eval_loss, accuracy, macro_f1, mcc, train_loss, wall_s, pack_size, error,
+                    config
              FROM cells";
         // Two statements, not `$2 IS NULL OR state = $2`: that form cannot use the state index
         // and scans every cell (and its config) of a large sweep.
@@ -492,6 +495,7 @@ impl Store {
                     mcc: r.try_get("mcc")?,
                     train_loss: r.try_get("train_loss")?,
                     wall_s: r.try_get("wall_s")?,
+                    pack_size: r.try_get("pack_size")?,
                     error: r.try_get("error")?,
                     config: r.try_get("config")?,
                 })
@@ -610,7 +614,7 @@ impl Store {
             Outcome::Done(r) => sqlx::query(
                 "UPDATE cells SET state = 'done', finished_at = CURRENT_TIMESTAMP, metric = $3,
                      eval_loss = $4, accuracy = $5, train_loss = $6, wall_s = $7, samples_per_s = $8,
-                     step = $9, error = NULL, macro_f1 = $10, mcc = $11
+                     step = $9, error = NULL, macro_f1 = $10, mcc = $11, pack_size = $12
                  WHERE sweep = $1 AND id = $2",
             )
             .bind(sweep)
@@ -623,7 +627,8 @@ impl Store {
             .bind(r.train_samples_per_s)
             .bind(r.steps as i64)
             .bind(r.macro_f1)
-            .bind(r.mcc),
+            .bind(r.mcc)
+            .bind(r.pack_size.map(i64::from)),
             Outcome::Diverged { step, loss } => sqlx::query(
                 "UPDATE cells SET state = 'diverged', finished_at = CURRENT_TIMESTAMP, step = $3,
                      train_loss = $4, error = 'loss became NaN or infinite'

@@ -93,6 +93,7 @@ fn result() -> CellResult {
         steps: 20,
         wall_s: 3.0,
         train_samples_per_s: 10.0,
+        pack_size: None,
     }
 }
 

@@ -134,6 +134,7 @@ fn result() -> CellResult {
         steps: 20,
         wall_s: 12.5,
         train_samples_per_s: 48.0,
+        pack_size: Some(4),
     }
 }
 
@@ -407,6 +408,11 @@ async fn finishing_done_stores_the_result(b: Backend) {
     assert_eq!(row.mcc, Some(0.625));
     assert_eq!(row.train_loss, Some(0.375));
     assert_eq!(row.wall_s, Some(12.5));
+    assert_eq!(
+        row.pack_size,
+        Some(4),
+        "a packed cell records its pack size"
+    );
     assert_eq!(row.step, Some(20));
     assert_eq!(row.error, None);
     assert!(row.state.is_final());

@@ -83,7 +83,18 @@ pub fn train_throughput(o: &BenchOptions) -> Result<BenchResult, TrainError> {
     let batch = Batch {
         input_ids: ids.repeat([o.k, 1]),
         token_type_ids: Tensor::zeros([o.k * o.batch, o.seq], (Kind::Int64, device)),
-        attention_mask: Tensor::ones([o.k * o.batch, o.seq], (Kind::Int64, device)),
+        attention_mask: {
+            // ETAGRID_BENCH_PAD=1: every other row is padded after half its length, as real
+            // batches of unequal texts are (the attention mask then has zeros).
+            let m = Tensor::ones([o.k * o.batch, o.seq], (Kind::Int64, device));
+            if std::env::var("ETAGRID_BENCH_PAD").is_ok_and(|v| v == "1") {
+                let _ = m
+                    .slice(0, 0, o.k * o.batch, 2)
+                    .narrow(1, o.seq / 2, o.seq - o.seq / 2)
+                    .fill_(0);
+            }
+            m
+        },
         labels: labels.repeat([o.k]),
     };
     let mut step = || {

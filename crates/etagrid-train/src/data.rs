@@ -752,11 +752,24 @@ pub fn encode(
 
 /// Pads the examples `idx` of `data` to their longest length (pad id `pad`).
 pub fn collate(data: &Encoded, idx: &[usize], pad: i64, device: Device) -> Batch {
+    collate_to(data, idx, pad, 1, device)
+}
+
+/// Pads the examples `idx` of `data` to their longest length or `min_len`, whichever is longer:
+/// the cells of a pack share one padded length.
+pub fn collate_to(
+    data: &Encoded,
+    idx: &[usize],
+    pad: i64,
+    min_len: usize,
+    device: Device,
+) -> Batch {
     let t = idx
         .iter()
         .map(|&i| data.ids[i].len())
         .max()
         .unwrap_or(1)
+        .max(min_len)
         .max(1);
     let n = idx.len();
     let mut ids = vec![pad; n * t];
@@ -1241,7 +1254,18 @@ pub fn encode_lm(
 /// [b, T]: the token id where the token is a target (a response token or EOS), -100 on prompt
 /// and padding. The next-token shift is the loss's job ([`crate::train::lm_loss`]).
 pub fn collate_lm(data: &Encoded, idx: &[usize], pad: i64, device: Device) -> Batch {
-    let mut b = collate(data, idx, pad, device);
+    collate_lm_to(data, idx, pad, 1, device)
+}
+
+/// [`collate_lm`] padded to at least `min_len`.
+pub fn collate_lm_to(
+    data: &Encoded,
+    idx: &[usize],
+    pad: i64,
+    min_len: usize,
+    device: Device,
+) -> Batch {
+    let mut b = collate_to(data, idx, pad, min_len, device);
     let s = b.input_ids.size();
     let (n, t) = (s[0] as usize, s[1] as usize);
     let mut labels = vec![-100i64; n * t];

@@ -46,6 +46,9 @@ pub enum TrainError {
     /// The sweep's `lora.target_modules` cannot be applied to this model.
     #[error("lora.target_modules: {0}")]
     LoraTargets(String),
+    /// A pack of cells that cannot train together, or a cell of a pack that failed.
+    #[error("{0}")]
+    Pack(String),
     #[error("libtorch")]
     Torch(#[from] tch::TchError),
 }

@@ -10,7 +10,8 @@
 //! - [`data`]: CSV/TSV/JSONL reading, stratified splits, tokenization with `tokenizers`, seeded
 //!   batches.
 //! - [`metrics`]: accuracy, macro-F1 and MCC from a confusion matrix gathered on the device.
-//! - [`train`]: the train/eval loop of one job.
+//! - [`pack`]: the train/eval loop of one worker job: K cells on one frozen base (K = 1: one cell).
+//! - [`train`]: losses, evaluation and the one-cell entry point.
 
 // In tch, `a += b` is the in-place `add_`: on a tensor autograd saved for the backward pass it
 // makes training fail ("modified by an inplace operation"). Clippy's `assign_op_pattern` would
@@ -29,10 +30,12 @@ pub mod lora;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod pack;
 pub mod predict;
 pub mod train;
 pub mod validate;
 pub mod weights;
 
 pub use error::TrainError;
+pub use pack::run_pack;
 pub use train::{run_job, JobOutcome};

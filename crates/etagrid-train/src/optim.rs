@@ -156,12 +156,42 @@ impl LoraPlusAdamW {
 
     /// One AdamW step with every rate multiplied by `multiplier` (the schedule).
     pub fn step(&mut self, multiplier: f64) {
+        self.step_inner(multiplier, None);
+    }
+
+    /// [`Self::step`] for the adapters whose entry of `active` ([K] bool) is true; the others
+    /// keep their parameters as they are (their gradients, NaN or not, are ignored).
+    pub fn step_masked(&mut self, multiplier: f64, active: &Tensor) {
+        self.step_inner(multiplier, Some(active));
+    }
+
+    /// [K] bool: whether every gradient of adapter k is finite (a NaN or ±inf anywhere in one of
+    /// its tensors makes their sum non-finite). Tensors without a gradient count as finite.
+    pub fn grads_finite_per_cell(&self, k: i64) -> Tensor {
+        let device = self.lr_a.device();
+        let mut total = Tensor::zeros([k], (Kind::Float, device));
+        for s in &self.slots {
+            let g = s.param.tensor.grad();
+            if g.defined() {
+                total = total + g.reshape([k, -1]).sum_dim_intlist(1, false, Kind::Float);
+            }
+        }
+        total.isfinite()
+    }
+
+    fn step_inner(&mut self, multiplier: f64, active: Option<&Tensor>) {
         self.step += 1;
         let bc1 = 1.0 - self.beta1.powi(self.step as i32);
         let bc2_sqrt = (1.0 - self.beta2.powi(self.step as i32)).sqrt();
         let (b1, b2, eps, wd) = (self.beta1, self.beta2, self.eps, self.weight_decay);
-        let lr_a = &self.lr_a * multiplier;
-        let lr_b = &self.lr_b * multiplier;
+        let (lr_a, lr_b) = match active {
+            // A frozen adapter gets rate 0: p·(1 − 0·wd) − 0·m/√v leaves p exactly as it is.
+            Some(a) => {
+                let on = a.to_kind(Kind::Float);
+                (&self.lr_a * &on * multiplier, &self.lr_b * &on * multiplier)
+            }
+            None => (&self.lr_a * multiplier, &self.lr_b * multiplier),
+        };
         tch::no_grad(|| {
             for s in &mut self.slots {
                 let grad = s.param.tensor.grad();
@@ -171,12 +201,21 @@ impl LoraPlusAdamW {
                 let dims = s.param.tensor.dim();
                 let mut shape = vec![-1i64];
                 shape.resize(dims, 1);
+                // A frozen adapter's gradient may be NaN: zero it so its moments stay finite.
+                let grad = match active {
+                    Some(a) => grad.where_self(&a.reshape(shape.as_slice()), &grad.zeros_like()),
+                    None => grad,
+                };
                 let lr = match s.group {
                     Group::A => lr_a.reshape(shape.as_slice()),
                     Group::B | Group::BNoDecay => lr_b.reshape(shape.as_slice()),
-                    Group::Embedding => Tensor::from(self.lr_embedding * multiplier)
-                        .to_kind(Kind::Float)
-                        .to_device(lr_a.device()),
+                    Group::Embedding => match active {
+                        Some(a) => (a.to_kind(Kind::Float) * (self.lr_embedding * multiplier))
+                            .reshape(shape.as_slice()),
+                        None => Tensor::from(self.lr_embedding * multiplier)
+                            .to_kind(Kind::Float)
+                            .to_device(lr_a.device()),
+                    },
                 };
                 let p = &mut s.param.tensor;
                 let decay = if s.group == Group::BNoDecay { 0.0 } else { wd };

@@ -1,23 +1,23 @@
 //! The train/eval loop of one worker job.
 
-use crate::bert::{Batch, ParamRole};
-use crate::data::{collate, collate_lm, load_tokenizer, BatchOrder, Encoded, McEncoded, TaskData};
-use crate::export::save_peft_adapter;
+use crate::bert::Batch;
+use crate::data::{collate, collate_lm, Encoded, McEncoded, TaskData};
 use crate::metrics::{confusion_update, mc_predictions, Confusion, EvalMetrics, LmEvalMetrics};
-use crate::model::{load_classifier, model_type, SequenceClassifier};
-use crate::optim::LoraPlusAdamW;
-use crate::weights::Weights;
-use crate::{device, TrainError};
+use crate::model::SequenceClassifier;
+use crate::TrainError;
 use etagrid_spec::protocol::{CellResult, WorkerEvent, WorkerJob};
-use etagrid_spec::TrainLength;
 use std::path::Path;
-use std::time::Instant;
 use tch::{Device, Kind, Reduction, Tensor};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobOutcome {
     Finished(CellResult),
-    Diverged { step: u64, loss: f64 },
+    Diverged {
+        step: u64,
+        loss: f64,
+    },
+    /// A cell of a pack that trained but could not be saved (the others go on).
+    Failed(String),
 }
 
 /// Mean cross-entropy over a batch of logits.
@@ -179,7 +179,11 @@ pub fn evaluate(
 
 /// Writes `labels.json` into the cell's directory: the class id → label map the model was
 /// trained with (`labels[i]` is class i), and how many train and eval examples each class has.
-fn write_labels(out_dir: &Path, label_column: &str, data: &TaskData) -> Result<(), TrainError> {
+pub(crate) fn write_labels(
+    out_dir: &Path,
+    label_column: &str,
+    data: &TaskData,
+) -> Result<(), TrainError> {
     let (train_counts, eval_counts) = data.class_counts();
     // One key a line, each value on one line: a 50-class map stays readable.
     let line = |v: serde_json::Value| serde_json::to_string(&v).unwrap_or_default();
@@ -199,238 +203,34 @@ fn write_labels(out_dir: &Path, label_column: &str, data: &TaskData) -> Result<(
     std::fs::write(&path, text).map_err(io)
 }
 
-/// Runs one grid cell from start to end, reporting through `emit`.
+/// Runs one grid cell from start to end, reporting through `emit`: a pack of one
+/// ([`crate::pack::run_pack`]). A cell whose adapter cannot be written is an `Err`, as is any
+/// error before training.
 pub fn run_job(
     job: &WorkerJob,
     emit: &mut dyn FnMut(WorkerEvent),
 ) -> Result<JobOutcome, TrainError> {
-    let started = Instant::now();
-    tch::set_num_threads(job.threads.max(1) as i32);
-    let device = device::select(job.device)?;
-    let cfg = &job.config;
-    let tr = &cfg.train;
-
-    let causal_lm = cfg.task.lm.is_some();
-    let eos = if causal_lm {
-        let mt = model_type(&job.model_dir)?;
-        if !matches!(mt.as_str(), "gpt2" | "llama") {
-            return Err(TrainError::Config {
-                path: job.model_dir.join("config.json"),
-                message: format!(
-                    "[task] kind = \"causal_lm\" needs a decoder model (GPT-2 or Llama), but \
-                     model_type is {mt:?}: use a decoder, or kind = \"classification\""
-                ),
-            });
+    // The caller reports an `Err` as `failed` itself: the pack's own `failed` line is not passed on.
+    let out = crate::pack::run_pack(job, &mut |_, ev| {
+        if !matches!(ev, WorkerEvent::Failed { .. }) {
+            emit(ev)
         }
-        eos_token_id(&job.model_dir)?
-    } else {
-        None
-    };
-    let tok = load_tokenizer(&job.model_dir, tr.max_seq_len)?;
-    let data = match &job.cache_dir {
-        Some(dir) => {
-            let tokenizer_file = job.model_dir.join("tokenizer.json");
-            let (data, source) =
-                TaskData::load_cached(&cfg.task, &tok, &tokenizer_file, tr.max_seq_len, eos, dir)?;
-            eprintln!(
-                "etagrid worker: tokenized data {}",
-                match source {
-                    crate::data::TokenSource::Cache =>
-                        "loaded from the sweep's cache (no tokenization)",
-                    crate::data::TokenSource::Tokenized =>
-                        "tokenized now and written to the sweep's cache",
-                }
-            );
-            data
-        }
-        None if causal_lm => TaskData::load_lm(&cfg.task, &tok, tr.max_seq_len, eos)?,
-        None => TaskData::load(&cfg.task, &tok)?,
-    };
-    if !causal_lm {
-        write_labels(&job.out_dir, &cfg.task.label_column, &data)?;
+    })?;
+    match out.into_iter().next() {
+        Some((_, JobOutcome::Failed(error))) => Err(TrainError::Pack(error)),
+        Some((_, outcome)) => Ok(outcome),
+        None => Err(TrainError::Pack("the job has no cell".into())),
     }
-    // A causal LM trains no head: the classifier's `score` is built (one row) but never used.
-    let classes = data.labels.labels.len().max(1);
-    // On a GPU the frozen base runs in bf16 (LoRA, head and optimizer state stay fp32), as PEFT
-    // under bf16 autocast; on the CPU everything is fp32.
-    let compute = if device == Device::Cpu {
-        Kind::Float
-    } else {
-        Kind::BFloat16
-    };
-    let weights = Weights::load(&job.model_dir, device, compute)?;
-    tch::manual_seed(cfg.seed as i64);
-    let model = load_classifier(
-        &job.model_dir,
-        &weights,
-        classes as i64,
-        &cfg.lora,
-        1,
-        device,
-    )?;
-    drop(weights);
-    if tr.max_seq_len as i64 > model.max_tokens() {
-        return Err(TrainError::Config {
-            path: job.model_dir.join("config.json"),
-            message: format!(
-                "train.max_seq_len = {} is longer than the model's position table allows ({})",
-                tr.max_seq_len,
-                model.max_tokens()
-            ),
-        });
-    }
-    let pad = model.pad_token_id();
-    // causal_lm: the LoRA adapters alone (the LM head is the frozen embedding).
-    let trainable: Vec<_> = model
-        .trainable()
-        .into_iter()
-        .filter(|p| !causal_lm || !matches!(p.role, ParamRole::Other { .. }))
-        .collect();
-    let trainable_params = trainable.iter().map(|p| p.tensor.numel() as u64).sum();
-    let mut opt = LoraPlusAdamW::new(trainable, &[cfg.lr_a], &[cfg.lr_b], tr.weight_decay)
-        .with_embedding_lr(cfg.lora.embedding_lr);
-
-    let mut order = BatchOrder::new(data.train.len(), tr.batch_size, cfg.seed);
-    let total_steps = match tr.length {
-        TrainLength::Steps(s) => s,
-        TrainLength::Epochs(e) => ((e * order.per_epoch() as f64).ceil() as u64).max(1),
-    };
-    emit(WorkerEvent::Started {
-        device: device::describe(device),
-        total_steps,
-        train_examples: data.train.len(),
-        eval_examples: data.eval.len(),
-        trainable_params,
-        groups: opt.groups(cfg.lr_a, cfg.lr_b),
-        labels: data.labels.labels.clone(),
-    });
-
-    // The train loss is summed on the device and read only at log points (each read syncs a GPU);
-    // on the CPU reading is free, so divergence is caught at the step it happens.
-    let check_every_step = device == Device::Cpu;
-    let mut loss_acc = Tensor::zeros([], (Kind::Double, device));
-    let mut acc_steps = 0u64;
-    let mut last_train_loss = f64::NAN;
-    let train_started = Instant::now();
-    let mut samples = 0usize;
-    for step in 0..total_steps {
-        let idx = order.next_batch();
-        samples += idx.len();
-        let l = if causal_lm {
-            lm_loss(
-                model.as_ref(),
-                &collate_lm(&data.train, &idx, pad, device),
-                true,
-            )?
-        } else {
-            let batch = collate(&data.train, &idx, pad, device);
-            loss(&model.forward(&batch, true), &batch.labels)
-        };
-        opt.zero_grad();
-        l.backward();
-        let done = step + 1;
-        if check_every_step {
-            let v = l.double_value(&[]);
-            if !v.is_finite() {
-                emit(WorkerEvent::Diverged {
-                    step: done,
-                    loss: v,
-                });
-                return Ok(JobOutcome::Diverged {
-                    step: done,
-                    loss: v,
-                });
-            }
-        }
-        opt.step(tr.schedule.multiplier(step, tr.warmup_steps, total_steps));
-        loss_acc += l.detach().to_kind(Kind::Double);
-        acc_steps += 1;
-        if done % tr.log_every == 0 || done == total_steps {
-            let mean = loss_acc.double_value(&[]) / acc_steps as f64;
-            if !mean.is_finite() {
-                emit(WorkerEvent::Diverged {
-                    step: done,
-                    loss: mean,
-                });
-                return Ok(JobOutcome::Diverged {
-                    step: done,
-                    loss: mean,
-                });
-            }
-            let mult = tr.schedule.multiplier(step, tr.warmup_steps, total_steps);
-            emit(WorkerEvent::Train {
-                step: done,
-                total_steps,
-                loss: mean,
-                lr_a: cfg.lr_a * mult,
-                lr_b: cfg.lr_b * mult,
-            });
-            last_train_loss = mean;
-            loss_acc = Tensor::zeros([], (Kind::Double, device));
-            acc_steps = 0;
-        }
-        if tr.eval_every > 0 && done % tr.eval_every == 0 && done != total_steps {
-            let e = eval_any(model.as_ref(), &data, classes, pad, device, &job.out_dir)?;
-            emit(e.event(done));
-        }
-    }
-    let train_s = train_started.elapsed().as_secs_f64();
-    let e = eval_any(model.as_ref(), &data, classes, pad, device, &job.out_dir)?;
-    emit(e.event(total_steps));
-    if !e.loss().is_finite() {
-        emit(WorkerEvent::Diverged {
-            step: total_steps,
-            loss: e.loss(),
-        });
-        return Ok(JobOutcome::Diverged {
-            step: total_steps,
-            loss: e.loss(),
-        });
-    }
-    let result = CellResult {
-        metric: e.get(cfg.task.metric),
-        eval_loss: e.loss(),
-        accuracy: e.accuracy(),
-        macro_f1: e.macro_f1(),
-        mcc: e.mcc(),
-        train_loss: last_train_loss,
-        steps: total_steps,
-        wall_s: started.elapsed().as_secs_f64(),
-        train_samples_per_s: samples as f64 / train_s.max(1e-9),
-    };
-    if job.save_adapter {
-        // In PEFT's format, next to labels.json: `etagrid export` hands it out.
-        let params: Vec<_> = model
-            .trainable()
-            .into_iter()
-            .filter(|p| !causal_lm || !matches!(p.role, ParamRole::Other { .. }))
-            .collect();
-        save_peft_adapter(
-            &params,
-            0,
-            &cfg.lora,
-            &model_type(&job.model_dir)?,
-            &job.model_dir.display().to_string(),
-            &job.out_dir.join("adapter"),
-        )?;
-        if causal_lm {
-            mark_causal_lm_adapter(&job.out_dir.join("adapter"))?;
-        }
-    }
-    emit(WorkerEvent::Finished {
-        result: result.clone(),
-    });
-    Ok(JobOutcome::Finished(result))
 }
 
 /// One evaluation's metrics, of either task kind.
-enum AnyEval {
+pub(crate) enum AnyEval {
     Classification(EvalMetrics),
     Lm(LmEvalMetrics),
 }
 
 impl AnyEval {
-    fn loss(&self) -> f64 {
+    pub(crate) fn loss(&self) -> f64 {
         match self {
             AnyEval::Classification(e) => e.loss,
             AnyEval::Lm(e) => e.loss,
@@ -438,31 +238,31 @@ impl AnyEval {
     }
     /// Classification: accuracy. causal_lm: the multiple-choice accuracy with `mc_eval`, else the
     /// share of response tokens predicted right (the store's `accuracy` column).
-    fn accuracy(&self) -> f64 {
+    pub(crate) fn accuracy(&self) -> f64 {
         match self {
             AnyEval::Classification(e) => e.accuracy,
             AnyEval::Lm(e) => e.mc_accuracy.unwrap_or(e.token_accuracy),
         }
     }
-    fn macro_f1(&self) -> Option<f64> {
+    pub(crate) fn macro_f1(&self) -> Option<f64> {
         match self {
             AnyEval::Classification(e) => Some(e.macro_f1),
             AnyEval::Lm(_) => None,
         }
     }
-    fn mcc(&self) -> Option<f64> {
+    pub(crate) fn mcc(&self) -> Option<f64> {
         match self {
             AnyEval::Classification(e) => Some(e.mcc),
             AnyEval::Lm(_) => None,
         }
     }
-    fn get(&self, metric: etagrid_spec::spec::Metric) -> f64 {
+    pub(crate) fn get(&self, metric: etagrid_spec::spec::Metric) -> f64 {
         match self {
             AnyEval::Classification(e) => e.get(metric),
             AnyEval::Lm(e) => e.get(metric),
         }
     }
-    fn event(&self, step: u64) -> WorkerEvent {
+    pub(crate) fn event(&self, step: u64) -> WorkerEvent {
         WorkerEvent::Eval {
             step,
             loss: self.loss(),
@@ -473,22 +273,16 @@ impl AnyEval {
     }
 }
 
-/// Evaluates a cell of either kind. A causal-LM evaluation also appends its every metric
-/// (perplexity, token accuracy, mc_accuracy) as one JSON line to `lm_eval.jsonl` in the cell's
-/// directory, and logs it, since the store's columns hold only the classification set.
-fn eval_any(
+/// Evaluates a causal-LM cell, and appends its every metric (perplexity, token accuracy,
+/// mc_accuracy) as one JSON line to `lm_eval.jsonl` in the cell's directory, and logs it, since the
+/// store's columns hold only the classification set.
+pub(crate) fn eval_lm(
     model: &dyn SequenceClassifier,
     data: &TaskData,
-    classes: usize,
     pad: i64,
     device: Device,
     out_dir: &Path,
 ) -> Result<AnyEval, TrainError> {
-    if data.train.loss_from.is_empty() {
-        return Ok(AnyEval::Classification(evaluate(
-            model, &data.eval, classes, pad, device,
-        )?));
-    }
     let e = evaluate_lm(model, &data.eval, data.mc.as_ref(), pad, device)?;
     let line = serde_json::json!({
         "eval_loss": e.loss,
@@ -517,7 +311,7 @@ fn eval_any(
 /// Turns the adapter config [`save_peft_adapter`] wrote for a classifier into a causal LM's: PEFT's
 /// `task_type` "CAUSAL_LM" and no `modules_to_save` (no head was trained), so that
 /// `PeftModel.from_pretrained(AutoModelForCausalLM…, dir)` loads it as it is.
-fn mark_causal_lm_adapter(dir: &Path) -> Result<(), TrainError> {
+pub(crate) fn mark_causal_lm_adapter(dir: &Path) -> Result<(), TrainError> {
     let path = dir.join("adapter_config.json");
     let io = |source| TrainError::Io {
         path: path.clone(),

@@ -338,6 +338,7 @@ fn job(dir: &Path, toml: &str) -> WorkerJob {
         threads: 1,
         save_adapter: true,
         cache_dir: Some(dir.join("cache")),
+        pack: Vec::new(),
     }
 }
 

@@ -2,9 +2,11 @@ use crate::common::{block_on, sweep_name, Exit};
 use anyhow::{bail, Context, Result};
 use etagrid_report::{ReportCell, ReportInput};
 use etagrid_sched::{discover_gpus, plan_slots, RunOptions, SlotDevice, WorkerCommand};
-use etagrid_spec::protocol::{WorkerEvent, WorkerJob};
+use etagrid_spec::protocol::{CellEvent, WorkerEvent, WorkerJob};
+use etagrid_spec::CellId;
 use etagrid_spec::{DeviceChoice, SweepSpec};
 use etagrid_store::{CellState, Store, StoreUrl};
+use etagrid_train::JobOutcome;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -54,6 +56,7 @@ pub struct RunArgs {
     pub state_dir: PathBuf,
     pub devices: Option<String>,
     pub cells_per_device: Option<usize>,
+    pub cells_per_worker: Option<etagrid_spec::PackSize>,
     pub report_dir: Option<PathBuf>,
     pub retry_failed: bool,
     pub save_adapters: bool,
@@ -142,6 +145,7 @@ pub fn run(args: &RunArgs) -> Result<Exit> {
         grace: std::time::Duration::from_secs(10),
         save_adapters: args.save_adapters,
         memory_fit,
+        cells_per_worker: args.cells_per_worker.unwrap_or(spec.cells_per_worker),
     };
     let summary = etagrid_sched::run(&spec, &opts)?;
     finish_run(args, &spec, &summary)
@@ -310,16 +314,21 @@ fn chance_level(spec: &SweepSpec) -> Result<Option<f64>> {
     ))
 }
 
-/// The worker side of the protocol: one job in, JSON lines out.
+/// The worker side of the protocol: one job (one cell or a pack) in, JSON lines out, each naming
+/// its cell.
 pub fn worker(job_path: &Path) -> Result<Exit> {
     let mut stdout = std::io::stdout().lock();
-    let mut emit = |ev: WorkerEvent| {
-        let line = serde_json::to_string(&ev).unwrap_or_default();
+    let mut emit = |cell: Option<&CellId>, event: WorkerEvent| {
+        let line = serde_json::to_string(&CellEvent {
+            cell: cell.cloned(),
+            event,
+        });
         // The scheduler is gone if stdout is closed: nobody would record the result, so stop.
-        if writeln!(stdout, "{line}")
-            .and_then(|_| stdout.flush())
-            .is_err()
-        {
+        let written = line.map_err(std::io::Error::other).and_then(|line| {
+            writeln!(stdout, "{line}")?;
+            stdout.flush()
+        });
+        if written.is_err() {
             std::process::exit(1);
         }
     };
@@ -331,18 +340,35 @@ pub fn worker(job_path: &Path) -> Result<Exit> {
         });
     let mut input_error = false;
     let outcome = job.and_then(|job| {
-        eprintln!("etagrid worker: sweep {} cell {}", job.sweep, job.cell_id);
-        etagrid_train::run_job(&job, &mut emit).map_err(|e| {
+        eprintln!(
+            "etagrid worker: sweep {} cell {}{}",
+            job.sweep,
+            job.cell_id,
+            if job.pack.is_empty() {
+                String::new()
+            } else {
+                format!(" and {} more (a pack)", job.pack.len())
+            }
+        );
+        etagrid_train::run_pack(&job, &mut |cell, ev| emit(Some(cell), ev)).map_err(|e| {
             input_error = etagrid_train::validate::is_input_error(&e);
             anyhow::Error::from(e)
         })
     });
     match outcome {
+        Ok(cells)
+            if cells
+                .iter()
+                .any(|(_, o)| matches!(o, JobOutcome::Failed(_))) =>
+        {
+            Ok(Exit::WorkerFailed)
+        }
         Ok(_) => Ok(Exit::Ok),
         Err(e) => {
             let error = format!("{e:#}");
             eprintln!("etagrid worker: {error}");
-            emit(WorkerEvent::Failed { error });
+            // No cell named: it concerns every cell of the job.
+            emit(None, WorkerEvent::Failed { error });
             Ok(if input_error {
                 Exit::InputError
             } else {

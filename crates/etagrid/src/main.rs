@@ -55,6 +55,10 @@ enum Command {
         /// Override [resources] cells_per_device.
         #[arg(long)]
         cells_per_device: Option<usize>,
+        /// Override [resources] cells_per_worker: "auto" or how many cells one worker trains
+        /// together on one frozen base (1: no packing).
+        #[arg(long, value_parser = parse_pack_size)]
+        cells_per_worker: Option<etagrid_spec::PackSize>,
         /// Do not write the report at the end.
         #[arg(long)]
         no_report: bool,
@@ -162,6 +166,11 @@ enum Command {
     },
 }
 
+fn parse_pack_size(s: &str) -> Result<etagrid_spec::PackSize, String> {
+    etagrid_spec::PackSize::parse(s)
+        .ok_or_else(|| format!("{s:?}: use \"auto\" or a whole number of cells, at least 1"))
+}
+
 fn main() -> ExitCode {
     common::default_sigpipe();
     let cli = Cli::parse();
@@ -175,6 +184,7 @@ fn main() -> ExitCode {
             sweep,
             devices,
             cells_per_device,
+            cells_per_worker,
             no_report,
             retry_failed,
             no_adapters,
@@ -189,6 +199,7 @@ fn main() -> ExitCode {
                 state_dir: cli.state_dir,
                 devices,
                 cells_per_device,
+                cells_per_worker,
                 report_dir: (!no_report).then_some(reports),
                 retry_failed,
                 save_adapters: !no_adapters,

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# A fast stand-in for a pack worker (`etagrid worker --job FILE` with several cells): it reads the
+# job's cell ids, counts each cell's starts in STATE/cells/<sweep>/<cell>/starts, appends the pack's
+# size to STATE/packs, and names each cell in its lines. STATE/fake-mode `pack-crash-once`: the
+# first start of a pack finishes its first cell, then the worker dies by SIGKILL.
+set -u
+job="$2"
+dir="$(dirname "$job")"
+state="$(cd "$dir/../../.." && pwd)"
+mode="$(cat "$state/fake-mode" 2>/dev/null || echo ok)"
+ids=$(grep -o '"cell_id": *"[0-9a-f]*"' "$job" | sed 's/.*"\([0-9a-f]*\)"$/\1/')
+first=""
+n_first=0
+count=0
+for id in $ids; do
+  d="$dir/../$id"
+  n=$(( $(cat "$d/starts" 2>/dev/null || echo 0) + 1 ))
+  echo "$n" > "$d/starts"
+  if [ -z "$first" ]; then first="$id"; n_first=$n; fi
+  count=$((count + 1))
+done
+echo "$count" >> "$state/packs"
+for id in $ids; do
+  echo '{"cell":"'"$id"'","event":"started","device":"fake","total_steps":1,"train_examples":1,"eval_examples":1,"trainable_params":1,"groups":[]}'
+done
+finish() {
+  echo '{"cell":"'"$1"'","event":"finished","result":{"metric":0.5,"eval_loss":0.7,"accuracy":0.5,"train_loss":0.7,"steps":1,"wall_s":0.01,"train_samples_per_s":100.0,"pack_size":'"$count"'}}'
+}
+if [ "$mode" = pack-crash-once ] && [ "$n_first" -eq 1 ] && [ "$count" -gt 1 ]; then
+  finish "$first"
+  kill -9 $$
+fi
+for id in $ids; do finish "$id"; done

@@ -1,0 +1,810 @@
+//! The train/eval loop of one worker job: a *pack* of K grid cells of one sweep trained together
+//! on one copy of the frozen base (K = 1 is a cell on its own, through the same code).
+//!
+//! Each step the K cells' batches go through every layer as one [K·b, T] batch (rows k·b..(k+1)·b
+//! are cell k's; cells with the same seed share their batch order, cells with different seeds
+//! draw their own rows), the loss is one mean per cell, and [`LoraPlusAdamW`] steps every cell with
+//! its own η_A and η_B. Nothing couples the cells: their parameters are disjoint slices of the
+//! stacked tensors, each cell starts from the adapters and head it would get alone (its own seed
+//! and init scheme), and the gradient of the summed per-cell losses with respect to cell k's
+//! slice is the gradient of cell k's own loss.
+//!
+//! **Divergence is per cell**: a NaN/inf loss or gradient in cell k takes k out of the loss and out
+//! of the update (its parameters stay at their last finite values) and records the step; the
+//! other cells go on unchanged. The check runs on the device and is read at log points, so a GPU
+//! is not synchronised every step (on the CPU reading is free and is done every step).
+//!
+//! One thing is not pack-invariant: dropout masks are drawn for the whole [K·b] batch from one
+//! generator, so with dropout > 0 a cell's draws depend on its pack (its results are the same in
+//! distribution, not bit for bit). Without dropout a cell ends with the same numbers in any pack.
+
+use crate::bert::{Batch, ParamRole};
+use crate::data::{collate_lm_to, collate_to, load_tokenizer, BatchOrder, Encoded, TaskData};
+use crate::export::save_peft_adapter;
+use crate::metrics::{Confusion, EvalMetrics};
+use crate::model::{load_classifier, model_type, SequenceClassifier};
+use crate::optim::LoraPlusAdamW;
+use crate::train::{
+    eos_token_id, eval_lm, lm_loss, mark_causal_lm_adapter, write_labels, AnyEval, JobOutcome,
+};
+use crate::weights::Weights;
+use crate::{device, TrainError};
+use etagrid_spec::protocol::{CellResult, PackedCell, WorkerEvent, WorkerJob};
+use etagrid_spec::{CellId, TrainLength};
+use std::time::Instant;
+use tch::{Device, Kind, Reduction, Tensor};
+
+/// Runs every cell of `job` (one, or a pack) from start to end, reporting each cell's events
+/// through `emit`. An `Err` means the pack could not start (bad data, a missing tensor): no cell
+/// has a result. A cell that fails later (its adapter cannot be written) gets its own `failed`
+/// event and the others go on.
+pub fn run_pack(
+    job: &WorkerJob,
+    emit: &mut dyn FnMut(&CellId, WorkerEvent),
+) -> Result<Vec<(CellId, JobOutcome)>, TrainError> {
+    let started = Instant::now();
+    let cells = job.cells();
+    check_packable(job, &cells)?;
+    let k = cells.len();
+    tch::set_num_threads(job.threads.max(1) as i32);
+    let device = device::select(job.device)?;
+    let cfg = &cells[0].config;
+    let tr = &cfg.train;
+    let causal_lm = cfg.task.lm.is_some();
+    let data = load_data(job, causal_lm)?;
+    let data_s = started.elapsed().as_secs_f64();
+    if !causal_lm {
+        for c in &cells {
+            write_labels(&c.out_dir, &cfg.task.label_column, &data)?;
+        }
+    }
+    // A causal LM trains no head: the classifier's `score` is built (one row) but never used.
+    let classes = data.labels.labels.len().max(1);
+    let model = build_model(job, &cells, classes as i64, device)?;
+    let model_s = started.elapsed().as_secs_f64() - data_s;
+    if tr.max_seq_len as i64 > model.max_tokens() {
+        return Err(TrainError::Config {
+            path: job.model_dir.join("config.json"),
+            message: format!(
+                "train.max_seq_len = {} is longer than the model's position table allows ({})",
+                tr.max_seq_len,
+                model.max_tokens()
+            ),
+        });
+    }
+    let pad = model.pad_token_id();
+    let trainable = trainables(model.as_ref(), causal_lm);
+    let trainable_params: u64 = trainable.iter().map(|p| p.tensor.numel() as u64).sum();
+    let lr_a: Vec<f64> = cells.iter().map(|c| c.config.lr_a).collect();
+    let lr_b: Vec<f64> = cells.iter().map(|c| c.config.lr_b).collect();
+    let mut opt = LoraPlusAdamW::new(trainable, &lr_a, &lr_b, tr.weight_decay)
+        .with_embedding_lr(cfg.lora.embedding_lr);
+
+    // One batch order per distinct seed; cells of one seed share it.
+    let mut seeds: Vec<u64> = Vec::new();
+    for c in &cells {
+        if !seeds.contains(&c.config.seed) {
+            seeds.push(c.config.seed);
+        }
+    }
+    let group: Vec<usize> = cells
+        .iter()
+        .map(|c| seeds.iter().position(|&s| s == c.config.seed).unwrap_or(0))
+        .collect();
+    let mut orders = StepRows {
+        orders: seeds
+            .iter()
+            .map(|&s| BatchOrder::new(data.train.len(), tr.batch_size, s))
+            .collect(),
+        group,
+    };
+    let total_steps = match tr.length {
+        TrainLength::Steps(s) => s,
+        TrainLength::Epochs(e) => ((e * orders.orders[0].per_epoch() as f64).ceil() as u64).max(1),
+    };
+    // Cells own their per-parameter trainable count (the stacked tensors hold K of them).
+    let per_cell_params = trainable_params / k as u64;
+    for c in &cells {
+        emit(
+            &c.cell_id,
+            WorkerEvent::Started {
+                device: device::describe(device),
+                total_steps,
+                train_examples: data.train.len(),
+                eval_examples: data.eval.len(),
+                trainable_params: per_cell_params,
+                groups: opt.groups(c.config.lr_a, c.config.lr_b),
+                labels: data.labels.labels.clone(),
+            },
+        );
+    }
+
+    let mut state = PackState::new(k, device);
+    let ctx = Ctx {
+        model: model.as_ref(),
+        data: &data,
+        classes,
+        pad,
+        device,
+        k,
+        causal_lm,
+    };
+    let train_started = Instant::now();
+    let mut samples = 0usize;
+    // On the CPU reading a value is free: divergence is seen at the step it happens.
+    let check_every_step = device == Device::Cpu;
+    let mut prof = Profile::new(device);
+    let mut resident = (device != Device::Cpu && !causal_lm)
+        .then(|| ResidentBatches::new(&data.train, pad, device));
+    for step in 0..total_steps {
+        let (batch, rows) = match resident.as_mut() {
+            Some(r) => r.batch(&data.train, &mut orders, total_steps - step)?,
+            None => {
+                let idx = orders.next();
+                let rows: Vec<&[usize]> = idx.iter().map(Vec::as_slice).collect();
+                let b = pack_batch(&data.train, &rows, pad, device, causal_lm);
+                (b, idx[0].len())
+            }
+        };
+        samples += rows;
+        prof.mark(Phase::Batch);
+        let losses = ctx.cell_losses(&batch, true)?;
+        prof.mark(Phase::Forward);
+        opt.zero_grad();
+        losses
+            .where_self(&state.active, &losses.zeros_like())
+            .sum(Kind::Float)
+            .backward();
+        prof.mark(Phase::Backward);
+        let ok = losses
+            .detach()
+            .isfinite()
+            .logical_and(&opt.grads_finite_per_cell(k as i64));
+        state.record_step(step + 1, &losses.detach(), &ok);
+        prof.mark(Phase::Checks);
+        let mult = tr.schedule.multiplier(step, tr.warmup_steps, total_steps);
+        opt.step_masked(mult, &state.active);
+        prof.mark(Phase::Optimizer);
+        let done = step + 1;
+        let log_point = done % tr.log_every == 0 || done == total_steps;
+        if log_point || check_every_step {
+            state.report_divergence(&cells, emit)?;
+        }
+        if log_point {
+            let means = state.take_means()?;
+            for (i, c) in cells.iter().enumerate() {
+                if state.outcomes[i].is_none() {
+                    state.last_train_loss[i] = means[i];
+                    emit(
+                        &c.cell_id,
+                        WorkerEvent::Train {
+                            step: done,
+                            total_steps,
+                            loss: means[i],
+                            lr_a: c.config.lr_a * mult,
+                            lr_b: c.config.lr_b * mult,
+                        },
+                    );
+                }
+            }
+        }
+        if state.outcomes.iter().all(Option::is_some) {
+            break;
+        }
+        if tr.eval_every > 0 && done % tr.eval_every == 0 && done != total_steps {
+            let evals = ctx.evaluate(&cells)?;
+            for (i, (c, e)) in cells.iter().zip(&evals).enumerate() {
+                if state.outcomes[i].is_none() {
+                    emit(&c.cell_id, e.event(done));
+                }
+            }
+        }
+    }
+    let train_s = train_started.elapsed().as_secs_f64();
+    let live = state.outcomes.iter().any(Option::is_none);
+    let eval_started = Instant::now();
+    let evals = if live {
+        ctx.evaluate(&cells)?
+    } else {
+        Vec::new()
+    };
+    let eval_s = eval_started.elapsed().as_secs_f64();
+    prof.report();
+    let steps_run = (samples / tr.batch_size.max(1)).max(1);
+    // Where the worker's time went, for profiles (README "Packed cells").
+    eprintln!(
+        "etagrid worker: {k} cell(s): data {data_s:.2} s, weights and model {model_s:.2} s, \
+         train {train_s:.2} s ({:.2} ms/step, {:.0} cell-samples/s), final eval {eval_s:.2} s",
+        1e3 * train_s / steps_run as f64,
+        (samples * k) as f64 / train_s.max(1e-9),
+    );
+    let model_type = model_type(&job.model_dir)?;
+    let saved = trainables(model.as_ref(), causal_lm);
+    let mut out = Vec::with_capacity(k);
+    for (i, c) in cells.iter().enumerate() {
+        if let Some(o) = state.outcomes[i].take() {
+            out.push((c.cell_id.clone(), o));
+            continue;
+        }
+        let e = &evals[i];
+        emit(&c.cell_id, e.event(total_steps));
+        if !e.loss().is_finite() {
+            let o = JobOutcome::Diverged {
+                step: total_steps,
+                loss: e.loss(),
+            };
+            emit(
+                &c.cell_id,
+                WorkerEvent::Diverged {
+                    step: total_steps,
+                    loss: e.loss(),
+                },
+            );
+            out.push((c.cell_id.clone(), o));
+            continue;
+        }
+        let result = CellResult {
+            metric: e.get(c.config.task.metric),
+            eval_loss: e.loss(),
+            accuracy: e.accuracy(),
+            macro_f1: e.macro_f1(),
+            mcc: e.mcc(),
+            train_loss: state.last_train_loss[i],
+            steps: total_steps,
+            wall_s: started.elapsed().as_secs_f64(),
+            train_samples_per_s: samples as f64 / train_s.max(1e-9),
+            pack_size: (k > 1).then_some(k as u32),
+        };
+        if job.save_adapter {
+            let saved_ok = save_peft_adapter(
+                &saved,
+                i as i64,
+                &c.config.lora,
+                &model_type,
+                &job.model_dir.display().to_string(),
+                &c.out_dir.join("adapter"),
+            )
+            .and_then(|()| {
+                if causal_lm {
+                    mark_causal_lm_adapter(&c.out_dir.join("adapter"))
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(e) = saved_ok {
+                let error = format!("{:#}", anyhow_like(&e));
+                emit(&c.cell_id, WorkerEvent::Failed { error });
+                out.push((c.cell_id.clone(), JobOutcome::Failed(e.to_string())));
+                continue;
+            }
+        }
+        emit(
+            &c.cell_id,
+            WorkerEvent::Finished {
+                result: result.clone(),
+            },
+        );
+        out.push((c.cell_id.clone(), JobOutcome::Finished(result)));
+    }
+    Ok(out)
+}
+
+/// An error with its causes, one line.
+fn anyhow_like(e: &TrainError) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(c) = src {
+        s.push_str(&format!(": {c}"));
+        src = c.source();
+    }
+    s
+}
+
+/// The cells of a pack must share everything but η_A, η_B, the seed and the init scheme.
+fn check_packable(job: &WorkerJob, cells: &[PackedCell]) -> Result<(), TrainError> {
+    let key = cells[0].config.pack_key();
+    if let Some(other) = cells.iter().find(|c| c.config.pack_key() != key) {
+        return Err(TrainError::Pack(format!(
+            "cells {} and {} of job {} differ in more than η_A, η_B, seed and init: they cannot \
+             share a frozen base",
+            cells[0].cell_id, other.cell_id, job.cell_id
+        )));
+    }
+    if cells.len() > 1 && cells[0].config.task.lm.is_some() {
+        return Err(TrainError::Pack(
+            "causal_lm cells are trained one per worker (they are not packed)".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn load_data(job: &WorkerJob, causal_lm: bool) -> Result<TaskData, TrainError> {
+    let cfg = &job.config;
+    let tr = &cfg.train;
+    let eos = if causal_lm {
+        let mt = model_type(&job.model_dir)?;
+        if !matches!(mt.as_str(), "gpt2" | "llama") {
+            return Err(TrainError::Config {
+                path: job.model_dir.join("config.json"),
+                message: format!(
+                    "[task] kind = \"causal_lm\" needs a decoder model (GPT-2 or Llama), but \
+                     model_type is {mt:?}: use a decoder, or kind = \"classification\""
+                ),
+            });
+        }
+        eos_token_id(&job.model_dir)?
+    } else {
+        None
+    };
+    let tok = load_tokenizer(&job.model_dir, tr.max_seq_len)?;
+    Ok(match &job.cache_dir {
+        Some(dir) => {
+            let tokenizer_file = job.model_dir.join("tokenizer.json");
+            let (data, source) =
+                TaskData::load_cached(&cfg.task, &tok, &tokenizer_file, tr.max_seq_len, eos, dir)?;
+            eprintln!(
+                "etagrid worker: tokenized data {}",
+                match source {
+                    crate::data::TokenSource::Cache =>
+                        "loaded from the sweep's cache (no tokenization)",
+                    crate::data::TokenSource::Tokenized =>
+                        "tokenized now and written to the sweep's cache",
+                }
+            );
+            data
+        }
+        None if causal_lm => TaskData::load_lm(&cfg.task, &tok, tr.max_seq_len, eos)?,
+        None => TaskData::load(&cfg.task, &tok)?,
+    })
+}
+
+/// The frozen base with one adapter set and head per cell, each initialised exactly as the cell
+/// would be alone: seeded with its seed, drawn in the same order, with its own init scheme.
+fn build_model(
+    job: &WorkerJob,
+    cells: &[PackedCell],
+    classes: i64,
+    device: Device,
+) -> Result<Box<dyn SequenceClassifier>, TrainError> {
+    // On a GPU the frozen base runs in bf16 (LoRA, head and optimizer state stay fp32), as PEFT
+    // under bf16 autocast; on the CPU everything is fp32.
+    let compute = if device == Device::Cpu {
+        Kind::Float
+    } else {
+        Kind::BFloat16
+    };
+    let weights = Weights::load(&job.model_dir, device, compute)?;
+    let first = &cells[0].config;
+    tch::manual_seed(first.seed as i64);
+    let k = cells.len() as i64;
+    let model = load_classifier(&job.model_dir, &weights, classes, &first.lora, k, device)?;
+    if k > 1 {
+        let packed = model.trainable();
+        for (i, c) in cells.iter().enumerate() {
+            tch::manual_seed(c.config.seed as i64);
+            let one =
+                load_classifier(&job.model_dir, &weights, classes, &c.config.lora, 1, device)?;
+            for (dst, src) in packed.iter().zip(one.trainable()) {
+                tch::no_grad(|| {
+                    let mut slot = dst.tensor.get(i as i64);
+                    slot.f_copy_(&src.tensor.get(0))
+                })?;
+            }
+        }
+    }
+    Ok(model)
+}
+
+/// The tensors that train: causal_lm trains the LoRA adapters alone (its LM head is the frozen
+/// embedding).
+fn trainables(model: &dyn SequenceClassifier, causal_lm: bool) -> Vec<crate::bert::TrainParam> {
+    model
+        .trainable()
+        .into_iter()
+        .filter(|p| !causal_lm || !matches!(p.role, ParamRole::Other { .. }))
+        .collect()
+}
+
+/// One step's input for the pack: cell k's rows `rows[k]` at rows k·b..(k+1)·b, all padded to
+/// the longest example of the step. When every cell has the same rows (one seed) the batch is
+/// built once and repeated on the device.
+fn pack_batch(
+    data: &Encoded,
+    rows: &[&[usize]],
+    pad: i64,
+    device: Device,
+    causal_lm: bool,
+) -> Batch {
+    let collate = |idx: &[usize], t: usize, dev: Device| {
+        if causal_lm {
+            collate_lm_to(data, idx, pad, t, dev)
+        } else {
+            collate_to(data, idx, pad, t, dev)
+        }
+    };
+    let k = rows.len() as i64;
+    if rows.iter().all(|r| *r == rows[0]) {
+        let b = collate(rows[0], 1, device);
+        if k == 1 {
+            return b;
+        }
+        let label_reps: Vec<i64> = std::iter::once(k)
+            .chain(std::iter::repeat(1).take(b.labels.dim() - 1))
+            .collect();
+        return Batch {
+            input_ids: b.input_ids.repeat([k, 1]),
+            token_type_ids: b.token_type_ids.repeat([k, 1]),
+            attention_mask: b.attention_mask.repeat([k, 1]),
+            labels: b.labels.repeat(label_reps.as_slice()),
+        };
+    }
+    let t = rows
+        .iter()
+        .flat_map(|r| r.iter().map(|&i| data.ids[i].len()))
+        .max()
+        .unwrap_or(1);
+    let parts: Vec<Batch> = rows.iter().map(|r| collate(r, t, Device::Cpu)).collect();
+    let cat = |f: &dyn Fn(&Batch) -> &Tensor| {
+        Tensor::cat(&parts.iter().map(f).collect::<Vec<_>>(), 0).to_device(device)
+    };
+    Batch {
+        input_ids: cat(&|b| &b.input_ids),
+        token_type_ids: cat(&|b| &b.token_type_ids),
+        attention_mask: cat(&|b| &b.attention_mask),
+        labels: cat(&|b| &b.labels),
+    }
+}
+
+/// The train set on the GPU, padded to its longest example, and batches cut from it there.
+///
+/// Building a step's batch on the host and copying it over blocks the host until the GPU has
+/// finished every step queued before (a copy from pageable memory is synchronous), so the host
+/// could never run ahead of the device. Here the table is copied once; a step's batch is an
+/// `index_select` on the device, narrowed to the step's longest example — the same tensors
+/// [`collate_to`] builds. The rows of the next steps are copied [`ResidentBatches::AHEAD`] steps
+/// at a time.
+struct ResidentBatches {
+    ids: Tensor,
+    types: Tensor,
+    mask: Tensor,
+    labels: Tensor,
+    device: Device,
+    /// Rows of the steps copied ahead, and each step's (offset, rows, padded length, rows of
+    /// one cell).
+    rows: Tensor,
+    steps: std::collections::VecDeque<(i64, i64, i64, usize)>,
+}
+
+impl ResidentBatches {
+    const AHEAD: usize = 64;
+
+    fn new(data: &Encoded, pad: i64, device: Device) -> ResidentBatches {
+        let all: Vec<usize> = (0..data.len()).collect();
+        let b = collate_to(data, &all, pad, 1, device);
+        ResidentBatches {
+            ids: b.input_ids,
+            types: b.token_type_ids,
+            mask: b.attention_mask,
+            labels: b.labels,
+            device,
+            rows: Tensor::zeros([0], (Kind::Int64, device)),
+            steps: Default::default(),
+        }
+    }
+
+    /// The pack's batch of the next step from `src`, and how many rows each cell has in it.
+    /// When the steps copied ahead run out, the next `AHEAD` (at most `remaining`) are drawn
+    /// and copied in one go.
+    fn batch(
+        &mut self,
+        data: &Encoded,
+        src: &mut StepRows,
+        remaining: u64,
+    ) -> Result<(Batch, usize), TrainError> {
+        if self.steps.is_empty() {
+            let mut all: Vec<i64> = Vec::new();
+            for _ in 0..(Self::AHEAD as u64).min(remaining.max(1)) {
+                let rows = src.next();
+                let t = rows
+                    .iter()
+                    .flat_map(|r| r.iter().map(|&i| data.ids[i].len()))
+                    .max()
+                    .unwrap_or(1)
+                    .max(1);
+                let start = all.len() as i64;
+                all.extend(rows.iter().flat_map(|r| r.iter().map(|&i| i as i64)));
+                self.steps
+                    .push_back((start, all.len() as i64 - start, t as i64, rows[0].len()));
+            }
+            self.rows = Tensor::f_from_slice(&all)?.to_device(self.device);
+        }
+        let Some((off, n, t, per_cell)) = self.steps.pop_front() else {
+            return Err(TrainError::Pack("no batch left to train on".into()));
+        };
+        let idx = self.rows.narrow(0, off, n);
+        let batch = Batch {
+            input_ids: self.ids.index_select(0, &idx).narrow(1, 0, t),
+            token_type_ids: self.types.index_select(0, &idx).narrow(1, 0, t),
+            attention_mask: self.mask.index_select(0, &idx).narrow(1, 0, t),
+            labels: self.labels.index_select(0, &idx),
+        };
+        Ok((batch, per_cell))
+    }
+}
+
+/// The phases of a training step, for `ETAGRID_PROFILE=1`.
+#[derive(Clone, Copy)]
+enum Phase {
+    Batch,
+    Forward,
+    Backward,
+    Checks,
+    Optimizer,
+}
+
+/// With `ETAGRID_PROFILE=1`, the worker synchronises the device after each phase of every step
+/// and prints the mean time of each at the end (slower: the host cannot run ahead), so the log
+/// says where a step's time goes. Otherwise nothing is measured.
+struct Profile {
+    device: Device,
+    on: bool,
+    last: Instant,
+    sums: [f64; 5],
+    steps: u64,
+}
+
+impl Profile {
+    fn new(device: Device) -> Profile {
+        Profile {
+            device,
+            on: std::env::var("ETAGRID_PROFILE").is_ok_and(|v| v == "1"),
+            last: Instant::now(),
+            sums: [0.0; 5],
+            steps: 0,
+        }
+    }
+
+    fn mark(&mut self, phase: Phase) {
+        if !self.on {
+            return;
+        }
+        if let Device::Cuda(i) = self.device {
+            tch::Cuda::synchronize(i as i64);
+        }
+        let now = Instant::now();
+        self.sums[phase as usize] += (now - self.last).as_secs_f64();
+        self.last = now;
+        if matches!(phase, Phase::Optimizer) {
+            self.steps += 1;
+        }
+    }
+
+    fn report(&self) {
+        if !self.on || self.steps == 0 {
+            return;
+        }
+        let ms = |i: usize| 1e3 * self.sums[i] / self.steps as f64;
+        eprintln!(
+            "etagrid worker: profile (synchronised, ms/step over {} steps): batch {:.2}, forward \
+             {:.2}, backward {:.2}, divergence checks {:.2}, optimizer {:.2}",
+            self.steps,
+            ms(0),
+            ms(1),
+            ms(2),
+            ms(3),
+            ms(4)
+        );
+    }
+}
+
+/// Each step's rows for every cell: one batch order per distinct seed, shared by its cells.
+struct StepRows {
+    orders: Vec<BatchOrder>,
+    /// Cell k's order.
+    group: Vec<usize>,
+}
+
+impl StepRows {
+    /// The next step's rows of every cell, in cell order.
+    fn next(&mut self) -> Vec<Vec<usize>> {
+        let idx: Vec<Vec<usize>> = self.orders.iter_mut().map(BatchOrder::next_batch).collect();
+        self.group.iter().map(|&g| idx[g].clone()).collect()
+    }
+}
+
+/// What the loss and the evaluation need to know of the pack.
+struct Ctx<'a> {
+    model: &'a dyn SequenceClassifier,
+    data: &'a TaskData,
+    classes: usize,
+    pad: i64,
+    device: Device,
+    k: usize,
+    causal_lm: bool,
+}
+
+impl Ctx<'_> {
+    /// Each cell's mean loss on its rows of `batch`: [K], fp32.
+    fn cell_losses(&self, batch: &Batch, train: bool) -> Result<Tensor, TrainError> {
+        if self.causal_lm {
+            // Not packed (checked at the start): one cell.
+            return Ok(lm_loss(self.model, batch, train)?.reshape([1]));
+        }
+        let logits = self.model.forward(batch, train);
+        Ok(logits
+            .cross_entropy_loss::<Tensor>(&batch.labels, None, Reduction::None, -100, 0.0)
+            .reshape([self.k as i64, -1])
+            .mean_dim(1, false, Kind::Float))
+    }
+
+    /// Every cell's evaluation on all of the eval set, in cell order.
+    fn evaluate(&self, cells: &[PackedCell]) -> Result<Vec<AnyEval>, TrainError> {
+        if self.causal_lm {
+            let out_dir = &cells[0].out_dir;
+            return Ok(vec![eval_lm(
+                self.model,
+                self.data,
+                self.pad,
+                self.device,
+                out_dir,
+            )?]);
+        }
+        Ok(evaluate_pack(
+            self.model,
+            &self.data.eval,
+            self.classes,
+            self.pad,
+            self.device,
+            self.k,
+        )?
+        .into_iter()
+        .map(AnyEval::Classification)
+        .collect())
+    }
+}
+
+/// Evaluates the K cells of a pack on all of `data` (no dropout, no gradients), `classes` being
+/// the number of labels: each batch of examples goes through the pack once, repeated K times.
+/// Examples are batched by length to waste little on padding (padding changes no logit). Loss
+/// sums and confusion matrices stay on the device until the end: one read per evaluation.
+pub fn evaluate_pack(
+    model: &dyn SequenceClassifier,
+    data: &Encoded,
+    classes: usize,
+    pad: i64,
+    device: Device,
+    k: usize,
+) -> Result<Vec<EvalMetrics>, TrainError> {
+    let mut order: Vec<usize> = (0..data.len()).collect();
+    order.sort_by_key(|&i| data.ids[i].len());
+    let c = classes as i64;
+    let kk = k as i64;
+    let profile = std::env::var("ETAGRID_PROFILE").is_ok_and(|v| v == "1");
+    let sync = || {
+        if let (true, Device::Cuda(i)) = (profile, device) {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    let mut times = [0f64; 3];
+    let (loss_sum, cm) = tch::no_grad(|| {
+        let mut loss_sum = Tensor::zeros([kk], (Kind::Double, device));
+        let mut cm = Tensor::zeros([kk * c * c], (Kind::Int64, device));
+        for chunk in order.chunks(128) {
+            let t0 = Instant::now();
+            let rows: Vec<&[usize]> = vec![chunk; k];
+            let batch = pack_batch(data, &rows, pad, device, false);
+            sync();
+            let t1 = Instant::now();
+            let logits = model.forward(&batch, false);
+            sync();
+            let t2 = Instant::now();
+            let n = chunk.len() as i64;
+            loss_sum += logits
+                .cross_entropy_loss::<Tensor>(&batch.labels, None, Reduction::None, -100, 0.0)
+                .to_kind(Kind::Double)
+                .reshape([kk, n])
+                .sum_dim_intlist(1, false, Kind::Double);
+            let cell = Tensor::arange(kk, (Kind::Int64, device)).repeat_interleave_self_int(
+                n,
+                0,
+                None::<i64>,
+            );
+            let idx = cell * (c * c) + &batch.labels * c + logits.argmax(-1, false);
+            cm += idx.bincount::<Tensor>(None, kk * c * c);
+            sync();
+            for (t, d) in times.iter_mut().zip([t1 - t0, t2 - t1, t2.elapsed()]) {
+                *t += d.as_secs_f64();
+            }
+        }
+        (loss_sum, cm)
+    });
+    if profile {
+        eprintln!(
+            "etagrid worker: profile of an evaluation (synchronised, s): batches {:.3}, forward \
+             {:.3}, metrics {:.3}",
+            times[0], times[1], times[2]
+        );
+    }
+    let losses = Vec::<f64>::try_from(&loss_sum.to_device(Device::Cpu))?;
+    let n = data.len().max(1) as f64;
+    (0..k)
+        .map(|i| {
+            let confusion =
+                Confusion::from_tensor(&cm.narrow(0, i as i64 * c * c, c * c), classes)?;
+            Ok(EvalMetrics::from_confusion(losses[i] / n, &confusion))
+        })
+        .collect()
+}
+
+/// The per-cell state of a pack on the device, read at log points.
+struct PackState {
+    /// [K] bool: still training.
+    active: Tensor,
+    /// [K] Int64: the step a cell diverged at (0: not).
+    diverged_step: Tensor,
+    /// [K] Double: its loss there.
+    diverged_loss: Tensor,
+    /// [K] Double: summed train loss since the last log point.
+    loss_acc: Tensor,
+    acc_steps: u64,
+    /// Set once a cell's end is known (diverged); `None` while it trains.
+    outcomes: Vec<Option<JobOutcome>>,
+    last_train_loss: Vec<f64>,
+}
+
+impl PackState {
+    fn new(k: usize, device: Device) -> PackState {
+        let kk = k as i64;
+        PackState {
+            active: Tensor::ones([kk], (Kind::Bool, device)),
+            diverged_step: Tensor::zeros([kk], (Kind::Int64, device)),
+            diverged_loss: Tensor::zeros([kk], (Kind::Double, device)),
+            loss_acc: Tensor::zeros([kk], (Kind::Double, device)),
+            acc_steps: 0,
+            outcomes: (0..k).map(|_| None).collect(),
+            last_train_loss: vec![f64::NAN; k],
+        }
+    }
+
+    /// After step `step` (1-based): cells whose loss or gradient is not finite (`ok` false) stop.
+    fn record_step(&mut self, step: u64, losses: &Tensor, ok: &Tensor) {
+        let newly = self.active.logical_and(&ok.logical_not());
+        let step_t = Tensor::full_like(&self.diverged_step, step as i64);
+        self.diverged_step = step_t.where_self(&newly, &self.diverged_step);
+        let l = losses.to_kind(Kind::Double);
+        self.diverged_loss = l.where_self(&newly, &self.diverged_loss);
+        self.active = self.active.logical_and(ok);
+        self.loss_acc = &self.loss_acc + l;
+        self.acc_steps += 1;
+    }
+
+    /// Emits `diverged` for the cells that stopped since the last look.
+    fn report_divergence(
+        &mut self,
+        cells: &[PackedCell],
+        emit: &mut dyn FnMut(&CellId, WorkerEvent),
+    ) -> Result<(), TrainError> {
+        let steps = Vec::<i64>::try_from(&self.diverged_step.to_device(Device::Cpu))?;
+        if steps.iter().all(|&s| s == 0) {
+            return Ok(());
+        }
+        let losses = Vec::<f64>::try_from(&self.diverged_loss.to_device(Device::Cpu))?;
+        for (i, c) in cells.iter().enumerate() {
+            if steps[i] > 0 && self.outcomes[i].is_none() {
+                let (step, loss) = (steps[i] as u64, losses[i]);
+                emit(&c.cell_id, WorkerEvent::Diverged { step, loss });
+                self.outcomes[i] = Some(JobOutcome::Diverged { step, loss });
+            }
+        }
+        Ok(())
+    }
+
+    /// Each cell's mean train loss since the last log point; resets the sums.
+    fn take_means(&mut self) -> Result<Vec<f64>, TrainError> {
+        let sums = Vec::<f64>::try_from(&self.loss_acc.to_device(Device::Cpu))?;
+        let n = self.acc_steps.max(1) as f64;
+        self.loss_acc = self.loss_acc.zeros_like();
+        self.acc_steps = 0;
+        Ok(sums.into_iter().map(|s| s / n).collect())
+    }
+}

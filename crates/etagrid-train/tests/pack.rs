@@ -1,0 +1,247 @@
+//! Packed cells: K grid cells trained in one worker on one frozen base end with the same numbers
+//! as the same cells trained one by one (CPU, fp32), a diverging cell included.
+//!
+//! The model is the real all-MiniLM-L6-v2 (set up by scripts/setup.sh) with its dropout turned
+//! off in a copy of its config.json: with dropout > 0 a cell's masks are drawn for the whole pack
+//! from one generator, so only the dropout-free computation is the same bit for bit (see
+//! `etagrid_train::pack`). The data are the first rows of the real TREC set.
+
+use etagrid_spec::protocol::{JobDevice, PackedCell, WorkerEvent, WorkerJob};
+use etagrid_spec::{CellId, SweepSpec};
+use etagrid_train::{run_job, run_pack, JobOutcome};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// MiniLM with dropout 0, and 96 train / 48 eval TREC questions.
+fn inputs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let src = root().join("models/all-MiniLM-L6-v2");
+    assert!(
+        src.join("model.safetensors").exists(),
+        "{} is missing: run scripts/setup.sh",
+        src.display()
+    );
+    let model = dir.join("minilm-no-dropout");
+    std::fs::create_dir_all(&model).expect("model dir");
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::os::unix::fs::symlink(src.join(f), model.join(f)).expect("link");
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).expect("config"))
+            .expect("json");
+    config["hidden_dropout_prob"] = 0.0.into();
+    config["attention_probs_dropout_prob"] = 0.0.into();
+    std::fs::write(model.join("config.json"), config.to_string()).expect("write config");
+    let trec = std::fs::read_to_string(root().join("data/trec/train.csv")).expect("trec");
+    let lines: Vec<&str> = trec.lines().collect();
+    let train = dir.join("train.csv");
+    let eval = dir.join("eval.csv");
+    std::fs::write(&train, lines[..97].join("\n") + "\n").expect("train");
+    std::fs::write(&eval, lines[..49].join("\n") + "\n").expect("eval");
+    (model, train, eval)
+}
+
+/// The 4 cells: two seeds, different η_A/η_B, both init schemes, and one cell whose rates make
+/// it diverge after its first steps.
+fn cells(dir: &Path) -> (SweepSpec, Vec<PackedCell>) {
+    let (model, train, eval) = inputs(dir);
+    let toml = format!(
+        r#"
+name = "pack"
+[model]
+path = "{}"
+[task]
+train = "{}"
+eval = "{}"
+label_column = "coarse"
+[lora]
+rank = 4
+alpha = 8
+target_modules = ["query", "value"]
+[train]
+steps = 9
+batch_size = 8
+max_seq_len = 32
+warmup_steps = 2
+weight_decay = 0.01
+log_every = 3
+eval_every = 6
+[grid]
+lr_a = [1e-3]
+lr_b = [1e-2]
+seeds = [0]
+"#,
+        model.display(),
+        train.display(),
+        eval.display()
+    );
+    let path = dir.join("pack.toml");
+    std::fs::write(&path, toml).expect("write sweep");
+    let spec = SweepSpec::load(&path).expect("spec");
+    let base = spec.cells().remove(0).config;
+    let mut out = Vec::new();
+    for (lr_a, lr_b, seed, init) in [
+        (1e-3, 1e-2, 0, etagrid_spec::InitScheme::Lora),
+        (3e-4, 5e-3, 1, etagrid_spec::InitScheme::Loraplus),
+        (1e35, 1e37, 0, etagrid_spec::InitScheme::Lora),
+        (2e-3, 2e-3, 1, etagrid_spec::InitScheme::Lora),
+    ] {
+        let mut config = base.clone();
+        config.lr_a = lr_a;
+        config.lr_b = lr_b;
+        config.seed = seed;
+        config.lora.init = init;
+        let cell_id = config.id();
+        out.push(PackedCell {
+            out_dir: dir.join("cells").join(&cell_id.0),
+            cell_id,
+            config,
+        });
+    }
+    (spec, out)
+}
+
+fn job(spec: &SweepSpec, cells: &[PackedCell], tag: &str) -> WorkerJob {
+    let relocate = |c: &PackedCell| PackedCell {
+        out_dir: c.out_dir.with_file_name(format!("{}-{tag}", c.cell_id)),
+        ..c.clone()
+    };
+    let first = relocate(&cells[0]);
+    WorkerJob {
+        sweep: spec.name.clone(),
+        cell_id: first.cell_id,
+        config: first.config,
+        model_dir: spec.model.dir.clone(),
+        out_dir: first.out_dir,
+        device: JobDevice::Cpu,
+        threads: 2,
+        save_adapter: true,
+        cache_dir: None,
+        pack: cells[1..].iter().map(relocate).collect(),
+    }
+}
+
+/// Every tensor of a saved adapter.
+fn adapter(dir: &Path) -> BTreeMap<String, Tensor> {
+    Tensor::read_safetensors(dir.join("adapter/adapter_model.safetensors"))
+        .expect("adapter")
+        .into_iter()
+        .collect()
+}
+
+fn rel(a: f64, b: f64) -> f64 {
+    (a - b).abs() / a.abs().max(b.abs()).max(1e-12)
+}
+
+#[test]
+fn packed_cells_end_with_the_numbers_they_get_alone() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let (spec, cells) = cells(d.path());
+
+    let packed_job = job(&spec, &cells, "packed");
+    let mut packed_events: BTreeMap<CellId, Vec<WorkerEvent>> = BTreeMap::new();
+    let packed: BTreeMap<CellId, JobOutcome> = run_pack(&packed_job, &mut |c, e| {
+        packed_events.entry(c.clone()).or_default().push(e)
+    })
+    .expect("pack")
+    .into_iter()
+    .collect();
+    assert_eq!(packed.len(), 4);
+    let mut worst = 0f64;
+
+    for (i, c) in cells.iter().enumerate() {
+        let alone_job = job(&spec, std::slice::from_ref(c), "alone");
+        let mut alone_events = Vec::new();
+        let alone = run_job(&alone_job, &mut |e| alone_events.push(e)).expect("alone");
+        let in_pack = &packed[&c.cell_id];
+        let pack_events = &packed_events[&c.cell_id];
+        match (&alone, in_pack) {
+            (JobOutcome::Finished(a), JobOutcome::Finished(p)) => {
+                assert_eq!(p.pack_size, Some(4));
+                assert_eq!(a.pack_size, None);
+                for (what, x, y) in [
+                    ("metric", a.metric, p.metric),
+                    ("eval_loss", a.eval_loss, p.eval_loss),
+                    ("train_loss", a.train_loss, p.train_loss),
+                    ("accuracy", a.accuracy, p.accuracy),
+                ] {
+                    assert!(rel(x, y) <= 1e-5, "cell {i} {what}: alone {x}, packed {y}");
+                }
+                let (ta, tp) = (
+                    adapter(&alone_job.out_dir),
+                    adapter(&packed_job.cells()[i].out_dir),
+                );
+                assert_eq!(ta.keys().collect::<Vec<_>>(), tp.keys().collect::<Vec<_>>());
+                // Relative error of each tensor as a whole, ‖Δ‖ / ‖x‖: a pack's GEMMs have other
+                // shapes than a lone cell's, so the last bits of a few elements differ (AdamW can
+                // magnify them where a moment nearly cancels), the tensors as a whole do not.
+                for (name, x) in &ta {
+                    let y = &tp[name];
+                    let x = x.to_kind(Kind::Double);
+                    let norm = x.norm().double_value(&[]).max(1e-12);
+                    let diff = (&x - y.to_kind(Kind::Double)).norm().double_value(&[]);
+                    worst = worst.max(diff / norm);
+                    assert!(
+                        diff / norm <= 1e-5,
+                        "cell {i} {name}: ‖Δ‖ {diff} against ‖x‖ {norm}"
+                    );
+                }
+                // Curves: the same train losses and evaluations at the same steps.
+                let curve = |ev: &[WorkerEvent]| -> Vec<(u64, f64)> {
+                    ev.iter()
+                        .filter_map(|e| match e {
+                            WorkerEvent::Train { step, loss, .. } => Some((*step, *loss)),
+                            WorkerEvent::Eval { step, loss, .. } => Some((*step + 1000, *loss)),
+                            _ => None,
+                        })
+                        .collect()
+                };
+                let (ca, cp) = (curve(&alone_events), curve(pack_events));
+                assert_eq!(ca.len(), cp.len(), "cell {i}: {ca:?} vs {cp:?}");
+                assert!(ca.len() >= 4, "train and eval points: {ca:?}");
+                for ((sa, la), (sp, lp)) in ca.iter().zip(&cp) {
+                    assert_eq!(sa, sp);
+                    assert!(rel(*la, *lp) <= 1e-5, "cell {i} step {sa}: {la} vs {lp}");
+                }
+                assert!(packed_job.cells()[i].out_dir.join("labels.json").exists());
+            }
+            (JobOutcome::Diverged { step: sa, .. }, JobOutcome::Diverged { step: sp, .. }) => {
+                assert_eq!(i, 2, "only the cell with huge rates diverges");
+                assert_eq!(sa, sp, "diverged at the same step");
+                assert!(*sa > 1 && *sa < 9, "mid-run: step {sa}");
+                assert!(matches!(
+                    pack_events.last(),
+                    Some(WorkerEvent::Diverged { .. })
+                ));
+                assert!(!packed_job.cells()[i]
+                    .out_dir
+                    .join("adapter/adapter_model.safetensors")
+                    .exists());
+            }
+            other => panic!("cell {i}: alone and packed differ: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        packed[&cells[2].cell_id],
+        JobOutcome::Diverged { .. }
+    ));
+    eprintln!("largest relative difference of a saved tensor, packed vs alone: {worst:.2e}");
+}
+
+#[test]
+fn cells_that_differ_in_more_than_rates_seed_and_init_are_not_packed() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let (spec, mut cells) = cells(d.path());
+    cells[1].config.train.batch_size = 4;
+    let err = run_pack(&job(&spec, &cells[..2], "bad"), &mut |_, _| {})
+        .err()
+        .expect("an error");
+    assert!(
+        err.to_string().contains("cannot share a frozen base"),
+        "{err}"
+    );
+}
