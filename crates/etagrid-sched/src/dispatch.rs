@@ -99,38 +99,6 @@ pub fn run(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, SchedError
     rt.block_on(run_async(spec, opts))
 }
 
-/// An exclusive `flock` on `state_dir/run.lock`, released when the process exits (also by kill -9).
-pub(crate) struct RunLock {
-    _file: std::fs::File,
-}
-
-pub(crate) fn lock(state_dir: &Path) -> Result<RunLock, SchedError> {
-    std::fs::create_dir_all(state_dir).map_err(|source| SchedError::Io {
-        what: "create state directory",
-        path: state_dir.to_owned(),
-        source,
-    })?;
-    let path = state_dir.join("run.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| SchedError::Io {
-            what: "open lock file",
-            path: path.clone(),
-            source,
-        })?;
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a file descriptor we own.
-    #[allow(unsafe_code)]
-    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r != 0 {
-        return Err(SchedError::Locked { path });
-    }
-    Ok(RunLock { _file: file })
-}
-
 /// One cell of a running worker's pack.
 struct Member {
     row: CellRow,
@@ -301,9 +269,8 @@ fn take_pack(
 }
 
 async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, SchedError> {
-    let _lock = lock(&opts.state_dir)?;
     let store = Store::open(&opts.store).await?;
-    // On PostgreSQL, schedulers on other machines share the store but not this state dir's flock.
+    // The run lock goes with the store (whatever the state dir; on PostgreSQL across machines).
     let sweep_lock = store.try_lock_sweep(&spec.name).await?;
     let _sweep_lock = sweep_lock.ok_or_else(|| SchedError::SweepLocked {
         sweep: spec.name.clone(),
@@ -769,6 +736,10 @@ impl Ctx<'_> {
                 (format!("diverged at step {step}"), &mut summary.diverged)
             }
             Outcome::Failed(e) => (format!("failed: {e}"), &mut summary.failed),
+            Outcome::InputError(e) => (
+                format!("input error (no attempt used): {e}"),
+                &mut summary.failed,
+            ),
             Outcome::Interrupted => (
                 "interrupted: back to pending".to_string(),
                 &mut summary.interrupted,
@@ -804,13 +775,24 @@ impl Ctx<'_> {
     ) -> Result<bool, SchedError> {
         let n = run.members.len();
         let cause = exit_cause(&run, &status, self.spec);
+        // An input that changed after the run checked it: no attempt used, rerun after the fix.
+        let input_error = status
+            .as_ref()
+            .is_ok_and(|s| s.code() == Some(crate::WORKER_INPUT_ERROR));
         let mut any_done = false;
         for m in &run.members {
             if m.ended {
                 any_done |= m.done;
                 continue;
             }
-            let outcome = outcome_of(m, run.job_failed.as_deref(), &cause, stopping, self.spec);
+            let outcome = outcome_of(
+                m,
+                run.job_failed.as_deref(),
+                input_error,
+                &cause,
+                stopping,
+                self.spec,
+            );
             if let Outcome::Retry(_) = &outcome {
                 queue.push_back(CellRow {
                     attempts: m.attempt,
@@ -958,13 +940,16 @@ fn exit_cause(run: &Running, status: &std::io::Result<ExitStatus>, spec: &SweepS
 fn outcome_of(
     m: &Member,
     job_failed: Option<&str>,
+    input_error: bool,
     cause: &str,
     stopping: bool,
     spec: &SweepSpec,
 ) -> Outcome {
     match job_failed {
         _ if stopping => Outcome::Interrupted,
-        // The worker's own error (bad data, a missing tensor) would recur: no retry.
+        // An input that changed after the run checked it: no attempt used, rerun after the fix.
+        Some(error) if input_error => Outcome::InputError(error.to_owned()),
+        // The worker's own error (a missing tensor) would recur: no retry.
         Some(error) => Outcome::Failed(error.to_owned()),
         None if m.attempt < i64::from(spec.max_attempts) => Outcome::Retry(cause.to_owned()),
         None => Outcome::Failed(format!(

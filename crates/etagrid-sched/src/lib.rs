@@ -13,3 +13,8 @@ pub use dispatch::{
     record_event, run, terminal_outcome, RunOptions, RunSummary, SchedError, WorkerCommand,
 };
 pub use memfit::{cells_that_fit, MemoryFit};
+
+/// The exit status of a worker that found its inputs bad (a data or model file changed after
+/// `etagrid run` checked them), after its `failed` event: the cell is stored as an input error,
+/// which uses no attempt.
+pub const WORKER_INPUT_ERROR: i32 = 4;

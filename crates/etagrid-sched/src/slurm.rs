@@ -316,7 +316,6 @@ async fn submit_array(
 }
 
 async fn front_end(spec: &SweepSpec, opts: &SlurmOptions) -> Result<RunSummary, SchedError> {
-    let _lock = crate::dispatch::lock(&opts.state_dir)?;
     let store = Store::open(&opts.store).await?;
     // One front end (or local scheduler) per sweep, also across machines on PostgreSQL.
     let _sweep_lock =

@@ -17,6 +17,9 @@ pub struct CellConfig {
     pub lr_a: f64,
     pub lr_b: f64,
     pub seed: u64,
+    /// The digest of the inputs' content ([`crate::SweepSpec::inputs`]); hashed into the id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<String>,
 }
 
 impl CellConfig {
@@ -66,7 +69,7 @@ impl CellConfig {
                 lm.remove("mc_eval_file");
             }
         }
-        let canonical = serde_json::json!({
+        let mut canonical = serde_json::json!({
             "v": HASH_VERSION,
             "model": self.model,
             "task": task,
@@ -76,6 +79,10 @@ impl CellConfig {
             "lr_b": self.lr_b,
             "seed": self.seed,
         });
+        // The content of the files: a new key, so a configuration without one keeps its v1 id.
+        if let (Some(inputs), Some(c)) = (&self.inputs, canonical.as_object_mut()) {
+            c.insert("inputs".into(), inputs.clone().into());
+        }
         let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
         let hash = blake3::hash(&bytes);
         CellId(hash.to_hex()[..16].to_owned())
@@ -107,6 +114,7 @@ impl SweepSpec {
                     lr_a,
                     lr_b,
                     seed,
+                    inputs: self.inputs.clone(),
                 })
             })
             .collect();

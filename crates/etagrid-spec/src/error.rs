@@ -21,4 +21,11 @@ pub enum SpecError {
         field: String,
         message: String,
     },
+    /// An input file (data, model) could not be read to fingerprint its content.
+    #[error("cannot read {} (an input of the sweep: its content is part of every cell id)", path.display())]
+    Input {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }

@@ -72,7 +72,7 @@ pub struct SplitSection {
 #[serde(deny_unknown_fields)]
 pub struct LoraSection {
     pub rank: Option<Spanned<usize>>,
-    pub alpha: Option<f64>,
+    pub alpha: Option<Spanned<f64>>,
     pub dropout: Option<Spanned<f64>>,
     /// A list of module names, or one regex (a string) matched against whole module names.
     pub target_modules: Option<Spanned<crate::spec::TargetModules>>,
@@ -91,8 +91,8 @@ pub struct TrainSection {
     pub epochs: Option<Spanned<f64>>,
     pub batch_size: Option<Spanned<usize>>,
     pub max_seq_len: Option<Spanned<usize>>,
-    pub weight_decay: Option<f64>,
-    pub warmup_steps: Option<u64>,
+    pub weight_decay: Option<Spanned<f64>>,
+    pub warmup_steps: Option<Spanned<u64>>,
     /// `constant`, `linear` (decay to 0 after warm-up, the default) or `cosine`.
     pub schedule: Option<Spanned<String>>,
     /// Evaluate every N steps (besides the end); 0 or absent: only at the end.
@@ -119,7 +119,7 @@ pub struct ResourcesSection {
     /// Cells trained together by one worker on one frozen base: `"auto"` or a number ≥ 1.
     pub cells_per_worker: Option<Spanned<toml::Value>>,
     /// CPU threads per worker; default: the machine's cores divided among the CPU slots.
-    pub threads_per_cell: Option<usize>,
+    pub threads_per_cell: Option<Spanned<usize>>,
     /// How many times a cell may be started before it stays `failed` (default 3).
     pub max_attempts: Option<Spanned<u32>>,
     /// Kill a cell that runs longer than this (e.g. "30m", "2h"); it is retried like a crash.

@@ -9,6 +9,7 @@ pub mod cell;
 mod error;
 pub mod file;
 pub mod grid;
+mod inputs;
 pub mod protocol;
 pub mod spec;
 

@@ -30,6 +30,11 @@ pub struct SweepSpec {
     /// Starts a cell may use (crashes and timeouts included) before it stays `failed`.
     pub max_attempts: u32,
     pub cell_timeout: Option<std::time::Duration>,
+    /// The digest of the inputs' content (data files, model config, weights and tokenizer) from
+    /// [`SweepSpec::with_inputs`], or the one stored with the sweep; part of every cell id when
+    /// set, so a changed input never matches a finished cell. `None` only for a spec that was
+    /// parsed without looking at its files.
+    pub inputs: Option<String>,
 }
 
 /// How many grid cells one worker trains together (a *pack*) on one copy of the frozen base.
@@ -680,9 +685,24 @@ impl Resolver<'_> {
                 ))
             }
         };
+        let alpha = match l.alpha {
+            None => rank as f64,
+            Some(a) if *a.get_ref() > 0.0 && a.get_ref().is_finite() => *a.get_ref(),
+            Some(a) => {
+                return Err(self.err(
+                    a.span(),
+                    "lora.alpha",
+                    format!(
+                        "is {}: the LoRA scale α must be a finite number greater than 0 \
+                         (default: the rank)",
+                        a.get_ref()
+                    ),
+                ))
+            }
+        };
         let lora = LoraSpec {
             rank,
-            alpha: l.alpha.unwrap_or(rank as f64),
+            alpha,
             dropout,
             target_modules,
             init,
@@ -720,12 +740,40 @@ impl Resolver<'_> {
                 ))
             }
         };
+        let weight_decay = match tr.weight_decay {
+            None => 0.0,
+            Some(w) if *w.get_ref() >= 0.0 && w.get_ref().is_finite() => *w.get_ref(),
+            Some(w) => {
+                return Err(self.err(
+                    w.span(),
+                    "train.weight_decay",
+                    format!(
+                        "is {}: must be a finite number ≥ 0 (e.g. 0.01)",
+                        w.get_ref()
+                    ),
+                ))
+            }
+        };
+        let warmup_steps = match (&tr.warmup_steps, length) {
+            (None, _) => 0,
+            (Some(w), TrainLength::Steps(steps)) if *w.get_ref() > steps => {
+                return Err(self.err(
+                    w.span(),
+                    "train.warmup_steps",
+                    format!(
+                        "is {} but train.steps is {steps}: warm-up must end by the last step",
+                        w.get_ref()
+                    ),
+                ))
+            }
+            (Some(w), _) => *w.get_ref(),
+        };
         let train = TrainSpec {
             length,
             batch_size: self.positive(&tr.batch_size, 32, "train.batch_size")?,
             max_seq_len: self.positive(&tr.max_seq_len, 128, "train.max_seq_len")?,
-            weight_decay: tr.weight_decay.unwrap_or(0.0),
-            warmup_steps: tr.warmup_steps.unwrap_or(0),
+            weight_decay,
+            warmup_steps,
             schedule,
             eval_every: tr.eval_every.unwrap_or(0),
             log_every: self.positive(&tr.log_every, 10, "train.log_every")?,
@@ -826,7 +874,17 @@ impl Resolver<'_> {
             devices,
             cells_per_device,
             cells_per_worker,
-            threads_per_cell: r.threads_per_cell.filter(|&t| t > 0),
+            threads_per_cell: match r.threads_per_cell {
+                Some(t) if *t.get_ref() == 0 => {
+                    return Err(self.err(
+                        t.span(),
+                        "resources.threads_per_cell",
+                        "must be at least 1 (leave it out for the machine's cores divided among \
+                         the CPU slots)",
+                    ))
+                }
+                t => t.map(Spanned::into_inner),
+            },
             max_attempts: match r.max_attempts {
                 None => 3,
                 Some(m) if *m.get_ref() == 0 => {
@@ -844,6 +902,7 @@ impl Resolver<'_> {
                     )
                 })?),
             },
+            inputs: None,
         })
     }
 

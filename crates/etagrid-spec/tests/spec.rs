@@ -894,6 +894,143 @@ fn an_unknown_metric_lists_the_known_ones() {
     );
 }
 
+// ---------------------------------------------------------------- issue 12: values that parse but cannot train
+
+#[test]
+fn negative_alpha_weight_decay_long_warmup_and_zero_threads_are_errors_naming_key_and_line() {
+    let cases = [
+        (
+            edit(BASE, "[train]", "[lora]\nalpha = -8\n[train]"),
+            "alpha =",
+            "`lora.alpha`",
+        ),
+        (
+            edit(BASE, "[train]", "[lora]\nalpha = 0\n[train]"),
+            "alpha =",
+            "`lora.alpha`",
+        ),
+        (
+            edit(
+                BASE,
+                "batch_size = 8",
+                "batch_size = 8\nweight_decay = -0.01",
+            ),
+            "weight_decay =",
+            "`train.weight_decay`",
+        ),
+        (
+            edit(BASE, "batch_size = 8", "batch_size = 8\nwarmup_steps = 21"),
+            "warmup_steps =",
+            "`train.warmup_steps`",
+        ),
+        (
+            edit(
+                BASE,
+                "devices = \"cpu\"",
+                "devices = \"cpu\"\nthreads_per_cell = 0",
+            ),
+            "threads_per_cell =",
+            "`resources.threads_per_cell`",
+        ),
+    ];
+    for (text, needle, field) in &cases {
+        assert_error(text, needle, &[field]);
+    }
+    // The limits themselves are fine: warm-up over every step, no weight decay, one thread.
+    let ok = edit(
+        BASE,
+        "batch_size = 8",
+        "batch_size = 8\nwarmup_steps = 20\nweight_decay = 0.0",
+    );
+    let ok = edit(
+        &ok,
+        "devices = \"cpu\"",
+        "devices = \"cpu\"\nthreads_per_cell = 1",
+    );
+    let spec = parse(&ok);
+    assert_eq!(spec.train.warmup_steps, 20);
+    assert_eq!(spec.threads_per_cell, Some(1));
+}
+
+/// A sweep on disk with its model and data files, for the content digest.
+fn sweep_with_files(root: &Path) -> PathBuf {
+    let model = root.join("models/tiny-bert");
+    std::fs::create_dir_all(&model).expect("mkdir");
+    for (f, text) in [
+        ("config.json", "{\"model_type\": \"bert\"}"),
+        ("tokenizer.json", "{}"),
+        ("model.safetensors", "weights"),
+    ] {
+        std::fs::write(model.join(f), text).expect("write model file");
+    }
+    std::fs::create_dir_all(root.join("data")).expect("mkdir");
+    std::fs::write(root.join("data/train.csv"), "text,label\na,x\nb,y\n").expect("write");
+    std::fs::write(root.join("data/eval.csv"), "text,label\nc,x\n").expect("write");
+    let sweep = root.join("sweeps/unit.toml");
+    std::fs::create_dir_all(root.join("sweeps")).expect("mkdir");
+    std::fs::write(&sweep, BASE).expect("write sweep");
+    sweep
+}
+
+fn content_ids(sweep: &Path) -> Vec<String> {
+    SweepSpec::load(sweep)
+        .and_then(SweepSpec::with_inputs)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .cells()
+        .into_iter()
+        .map(|c| c.id.0)
+        .collect()
+}
+
+#[test]
+fn cell_ids_change_with_the_content_of_every_data_and_model_file() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let sweep = sweep_with_files(root.path());
+    let before = content_ids(&sweep);
+    // Without the digest the ids are the path-only (v1) ones, unchanged for old stores.
+    let path_only = ids(BASE);
+    assert_ne!(before, path_only);
+    assert_eq!(content_ids(&sweep), before, "same content, same ids");
+    for f in [
+        "data/train.csv",
+        "data/eval.csv",
+        "models/tiny-bert/config.json",
+        "models/tiny-bert/tokenizer.json",
+        "models/tiny-bert/model.safetensors",
+    ] {
+        let p = root.path().join(f);
+        let old = std::fs::read(&p).expect("read");
+        let mut new = old.clone();
+        // One byte changed, same length (a relabelled row, a retrained checkpoint).
+        let last = new.len() - 1;
+        new[last] ^= 1;
+        std::fs::write(&p, &new).expect("write");
+        let changed = content_ids(&sweep);
+        assert_eq!(changed.len(), before.len());
+        for (a, b) in changed.iter().zip(&before) {
+            assert_ne!(a, b, "editing {f} must change every cell id");
+        }
+        std::fs::write(&p, &old).expect("restore");
+    }
+    assert_eq!(
+        content_ids(&sweep),
+        before,
+        "restored content, same ids again"
+    );
+}
+
+#[test]
+fn a_missing_input_file_is_an_error_naming_it() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let sweep = sweep_with_files(root.path());
+    std::fs::remove_file(root.path().join("models/tiny-bert/model.safetensors")).expect("rm");
+    let e = SweepSpec::load(&sweep)
+        .and_then(SweepSpec::with_inputs)
+        .expect_err("missing weights")
+        .to_string();
+    assert!(e.contains("model.safetensors"), "{e}");
+}
+
 // ---------------------------------------------------------------- packed cells
 
 #[test]

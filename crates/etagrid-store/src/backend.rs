@@ -161,6 +161,111 @@ pub fn redact(s: &str) -> String {
     out
 }
 
+/// How long a PostgreSQL server may take to accept a connection (TCP and start-up) before the
+/// open fails: a server that accepts TCP but never answers must not hang `status` or `run`.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// PostgreSQL's `statement_timeout` for etagrid's sessions: no statement of etagrid's takes
+/// more than a fraction of this, so one that does is stuck (a lock held elsewhere, a server in
+/// trouble) and fails with a message instead of hanging.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The first 16 bytes of every SQLite database file.
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// Refuses, before anything touches it, a file that is not an SQLite database, or an SQLite
+/// database that is not an etagrid store (it has tables, none of them etagrid's). A missing or
+/// empty file is a new store.
+async fn check_sqlite_file(path: &Path) -> Result<(), StoreError> {
+    use std::io::Read;
+    let not_a_store = |reason: String| StoreError::NotAStore {
+        location: path.display().to_string(),
+        reason,
+    };
+    let mut head = Vec::with_capacity(16);
+    match std::fs::File::open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(StoreError::Open {
+                location: path.display().to_string(),
+                hint: String::new(),
+                source: sqlx::Error::Io(e),
+            })
+        }
+        Ok(f) => {
+            f.take(16)
+                .read_to_end(&mut head)
+                .map_err(|e| not_a_store(format!("it cannot be read: {e}")))?;
+        }
+    }
+    if head.is_empty() {
+        return Ok(());
+    }
+    if head.as_slice() != SQLITE_MAGIC {
+        return Err(not_a_store(format!(
+            "it is not an SQLite database (it starts with \"{}\")",
+            head.escape_ascii()
+        )));
+    }
+    // Read-only, no pragmas: looking must not change the file.
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true);
+    let mut conn = sqlx::SqliteConnection::connect_with(&opts)
+        .await
+        .map_err(|e| not_a_store(format!("SQLite cannot open it: {e}")))?;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .map_err(|e| not_a_store(format!("SQLite cannot read it: {e}")))?;
+    let _ = conn.close().await;
+    let ours = ["_sqlx_migrations", "sweeps", "cells"];
+    if !tables.is_empty() && !ours.iter().all(|t| tables.iter().any(|n| n == t)) {
+        let mut shown: Vec<&str> = tables.iter().map(String::as_str).take(8).collect();
+        if tables.len() > shown.len() {
+            shown.push("…");
+        }
+        return Err(not_a_store(format!(
+            "it is an SQLite database without etagrid's tables (it has: {})",
+            shown.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a store whose schema has migrations this etagrid does not know (written by a newer
+/// etagrid): migrating it would fail or, worse, half-apply.
+async fn check_schema_version(
+    conn: &mut AnyConnection,
+    url: &StoreUrl,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<(), StoreError> {
+    let exists = match url.backend() {
+        Backend::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        Backend::Postgres => "SELECT COUNT(*) FROM pg_catalog.pg_tables WHERE tablename = '_sqlx_migrations' AND schemaname = current_schema()",
+    };
+    let n: i64 = sqlx::query_scalar(exists).fetch_one(&mut *conn).await?;
+    if n == 0 {
+        return Ok(());
+    }
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
+        .fetch_all(&mut *conn)
+        .await?;
+    let known: std::collections::HashSet<i64> = migrator.iter().map(|m| m.version).collect();
+    let mut unknown: Vec<i64> = applied.into_iter().filter(|v| !known.contains(v)).collect();
+    unknown.sort_unstable();
+    if let Some(newest) = unknown.last() {
+        return Err(StoreError::NewerSchema {
+            location: url.to_string(),
+            found: *newest,
+            known: known.iter().copied().max().unwrap_or(0),
+        });
+    }
+    Ok(())
+}
+
 /// Connects to the store and brings its schema up to date.
 pub(crate) async fn connect(url: &StoreUrl) -> Result<AnyPool, StoreError> {
     sqlx::any::install_default_drivers();
@@ -171,6 +276,7 @@ pub(crate) async fn connect(url: &StoreUrl) -> Result<AnyPool, StoreError> {
     };
     let (options, migrator) = match url {
         StoreUrl::Sqlite(path) => {
+            check_sqlite_file(path).await?;
             if let Some(dir) = path.parent() {
                 if !dir.as_os_str().is_empty() {
                     std::fs::create_dir_all(dir).map_err(|e| open_err(sqlx::Error::Io(e)))?;
@@ -190,17 +296,34 @@ pub(crate) async fn connect(url: &StoreUrl) -> Result<AnyPool, StoreError> {
             &POSTGRES_MIGRATOR,
         ),
     };
-    // One direct connection first: the pool retries a refused connection until its timeout and
-    // then reports only "pool timed out", while this gives the real cause at once.
-    let probe = AnyConnection::connect_with(&options)
-        .await
-        .map_err(open_err)?;
-    probe.close().await.map_err(open_err)?;
     let backend = url.backend();
+    // One direct connection first: the pool retries a refused connection until its timeout and
+    // then reports only "pool timed out", while this gives the real cause at once. Bounded in
+    // time: sqlx has no connect timeout of its own.
+    let timed_out = || StoreError::Timeout {
+        location: url.to_string(),
+        secs: CONNECT_TIMEOUT.as_secs(),
+    };
+    let mut probe = tokio::time::timeout(CONNECT_TIMEOUT, AnyConnection::connect_with(&options))
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(open_err)?;
+    tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        check_schema_version(&mut probe, url, migrator),
+    )
+    .await
+    .map_err(|_| timed_out())??;
+    probe.close().await.map_err(open_err)?;
+    let statement_timeout = format!("SET statement_timeout = {}", STATEMENT_TIMEOUT.as_millis());
     let pool = AnyPoolOptions::new()
         .max_connections(4)
-        .acquire_timeout(Duration::from_secs(30))
+        .acquire_timeout(match backend {
+            Backend::Sqlite => Duration::from_secs(30),
+            Backend::Postgres => CONNECT_TIMEOUT,
+        })
         .after_connect(move |conn, _meta| {
+            let statement_timeout = statement_timeout.clone();
             Box::pin(async move {
                 match backend {
                     Backend::Sqlite => {
@@ -213,6 +336,7 @@ pub(crate) async fn connect(url: &StoreUrl) -> Result<AnyPool, StoreError> {
                     // CURRENT_TIMESTAMP is stored as text: make it UTC on every machine.
                     Backend::Postgres => {
                         conn.execute("SET TIME ZONE 'UTC'").await?;
+                        conn.execute(statement_timeout.as_str()).await?;
                     }
                 }
                 Ok(())

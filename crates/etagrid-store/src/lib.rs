@@ -4,10 +4,12 @@
 //! one process writes: the scheduler.
 
 mod backend;
+mod filelock;
 #[doc(hidden)]
 pub mod testing;
 
-pub use backend::{redact, Backend, StoreUrl};
+pub use backend::{redact, Backend, StoreUrl, CONNECT_TIMEOUT, STATEMENT_TIMEOUT};
+pub use filelock::lock_path;
 
 use etagrid_spec::protocol::{CellResult, ParamGroupInfo};
 use etagrid_spec::{Cell, SweepSpec};
@@ -29,12 +31,38 @@ pub enum StoreError {
     },
     #[error("`{url}` is not a results-store location: {reason}")]
     BadUrl { url: String, reason: String },
+    /// The server took a connection but did not answer within the connect timeout.
+    #[error(
+        "open the results store at {location}: no answer within {secs} s — something accepts \
+             connections there but does not answer as a PostgreSQL server would; check the host \
+             and port (is it PostgreSQL?) or the server's health"
+    )]
+    Timeout { location: String, secs: u64 },
+    /// A file that is not an etagrid store: refused and left untouched.
+    #[error(
+        "{location} is not an etagrid results store: {reason}; etagrid left it untouched — \
+             point --db (or ETAGRID_DB) at an etagrid store or at a new file"
+    )]
+    NotAStore { location: String, reason: String },
+    /// The store has migrations this etagrid does not know.
+    #[error(
+        "the results store at {location} was written by a newer etagrid (schema version \
+             {found}; this etagrid knows versions up to {known}): use that etagrid or a newer \
+             one; this one leaves the store untouched"
+    )]
+    NewerSchema {
+        location: String,
+        found: i64,
+        known: i64,
+    },
     #[error("apply the store's migrations")]
     Migrate(#[source] sqlx::migrate::MigrateError),
     #[error("query the results store")]
     Query(#[from] sqlx::Error),
     #[error("sweep `{0}` is not in the store: run it first (`etagrid run <sweep.toml>`)")]
     UnknownSweep(String),
+    #[error("take the run lock beside the store")]
+    Lock(#[source] std::io::Error),
     #[error("decode a stored cell configuration")]
     Decode(#[from] serde_json::Error),
 }
@@ -90,6 +118,9 @@ pub struct SweepRow {
     pub source_text: String,
     pub metric: String,
     pub higher_is_better: bool,
+    /// The digest of the inputs' content at the last enqueue ([`SweepSpec::inputs`]); `None`
+    /// for sweeps stored by an etagrid that did not record it.
+    pub inputs: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +162,8 @@ fn placeholder(backend: Backend, n: usize) -> String {
 #[derive(Debug)]
 pub struct RunLock {
     conn: Option<AnyConnection>,
+    /// On SQLite, `<db>.lock` with the sweep's byte locked (released when closed).
+    _file: Option<std::fs::File>,
 }
 
 impl RunLock {
@@ -158,6 +191,10 @@ pub enum Outcome {
         loss: f64,
     },
     Failed(String),
+    /// The worker found its inputs bad (a data or model file changed after the run checked it):
+    /// stored `failed` with the error, the attempt refunded, so the next run (without
+    /// `--retry-failed`) runs it again once the input is fixed.
+    InputError(String),
     /// Stopped by the user or a crash of the run: back to pending, no attempt charged.
     Interrupted,
     /// The worker died or timed out and the cell has attempts left: back to pending, the attempt
@@ -189,6 +226,7 @@ pub enum Outcome {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    url: StoreUrl,
 }
 
 impl Store {
@@ -200,6 +238,7 @@ impl Store {
         Ok(Store {
             pool,
             backend: url.backend(),
+            url,
         })
     }
 
@@ -208,18 +247,23 @@ impl Store {
         self.backend
     }
 
-    /// On PostgreSQL, takes the sweep's advisory lock on a connection of its own, so that no
-    /// second `etagrid run` — on any machine — recovers or runs this sweep's cells meanwhile;
-    /// `None` when another session holds it. The lock lasts until [`RunLock::release`], or until
-    /// the value is dropped or the process dies (the server ends the session). The key is
-    /// `(hashtext('etagrid run'), hashtext(sweep))`, so two sweep names whose 32-bit hashes
-    /// collide would exclude each other, never run together.
+    /// Takes the sweep's run lock, so that no second `etagrid run` recovers or runs this sweep's
+    /// cells meanwhile, whatever its state directory; `None` when another run holds it. The lock
+    /// lasts until [`RunLock::release`], or until the value is dropped or the process dies.
     ///
-    /// On SQLite this takes nothing: there the scheduler's `flock` beside its state directory
-    /// makes it the only writer.
+    /// On SQLite it is a lock on the sweep's byte of `<db>.lock`, beside the database (see
+    /// [`lock_path`]). On PostgreSQL it is an advisory lock taken on a connection of its own (so
+    /// it also excludes runs on other machines), released when the server sees the session end.
+    /// Its key is `(hashtext('etagrid run'), hashtext(sweep))`. Either way two sweep names whose
+    /// hashes collide would exclude each other, never run together.
     pub async fn try_lock_sweep(&self, sweep: &str) -> Result<Option<RunLock>> {
-        if self.backend == Backend::Sqlite {
-            return Ok(Some(RunLock { conn: None }));
+        if let StoreUrl::Sqlite(path) = &self.url {
+            return Ok(filelock::try_lock(path, sweep)
+                .map_err(StoreError::Lock)?
+                .map(|f| RunLock {
+                    conn: None,
+                    _file: Some(f),
+                }));
         }
         let mut conn = self.pool.acquire().await?.detach();
         let locked: bool = sqlx::query_scalar(
@@ -229,11 +273,34 @@ impl Store {
         .fetch_one(&mut conn)
         .await?;
         if locked {
-            Ok(Some(RunLock { conn: Some(conn) }))
+            Ok(Some(RunLock {
+                conn: Some(conn),
+                _file: None,
+            }))
         } else {
             conn.close().await?;
             Ok(None)
         }
+    }
+
+    /// Whether an `etagrid run` holds the sweep's run lock now (tested without taking it, so it
+    /// never makes a starting run refuse). With no run holding it, the sweep's `running` cells
+    /// that no SLURM task leases were left by a run that died.
+    pub async fn run_active(&self, sweep: &str) -> Result<bool> {
+        if let StoreUrl::Sqlite(path) = &self.url {
+            return filelock::is_locked(path, sweep).map_err(StoreError::Lock);
+        }
+        // The advisory lock's two int4 keys appear in pg_locks as the oids classid and objid
+        // (objsubid 2 marks the two-key form).
+        let held: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+                 AND classid = hashtext('etagrid run')::oid AND objid = hashtext($1)::oid
+                 AND objsubid = 2",
+        )
+        .bind(sweep)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(held > 0)
     }
 
     /// Records the sweep (or refreshes its text) and inserts the cells it does not have yet, in
@@ -241,11 +308,12 @@ impl Store {
     pub async fn enqueue(&self, spec: &SweepSpec, cells: &[Cell]) -> Result<EnqueueSummary> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO sweeps (name, source_path, source_text, metric, higher_is_better)
-             VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO sweeps (name, source_path, source_text, metric, higher_is_better, inputs)
+             VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (name) DO UPDATE SET source_path = excluded.source_path,
                  source_text = excluded.source_text, metric = excluded.metric,
-                 higher_is_better = excluded.higher_is_better, updated_at = CURRENT_TIMESTAMP",
+                 higher_is_better = excluded.higher_is_better, inputs = excluded.inputs,
+                 updated_at = CURRENT_TIMESTAMP",
         )
         .bind(&spec.name)
         .bind(spec.source.to_string_lossy().as_ref())
@@ -253,6 +321,7 @@ impl Store {
         .bind(spec.task.metric.name())
         // A 0/1 integer on both backends (see the `Store` docs).
         .bind(i64::from(spec.task.metric.higher_is_better()))
+        .bind(spec.inputs.as_deref())
         .execute(&mut *tx)
         .await?;
         // Multi-row inserts: one statement per 1,000 cells (7 values each: 7,000 parameters,
@@ -330,7 +399,8 @@ impl Store {
 
     pub async fn sweep(&self, name: &str) -> Result<SweepRow> {
         let row = sqlx::query(
-            "SELECT name, source_path, source_text, metric, higher_is_better FROM sweeps WHERE name = $1",
+            "SELECT name, source_path, source_text, metric, higher_is_better, inputs FROM sweeps
+             WHERE name = $1",
         )
         .bind(name)
         .fetch_optional(&self.pool)
@@ -342,6 +412,7 @@ impl Store {
             source_text: row.try_get("source_text")?,
             metric: row.try_get("metric")?,
             higher_is_better: row.try_get::<i64, _>("higher_is_better")? != 0,
+            inputs: row.try_get("inputs")?,
         })
     }
 
@@ -576,6 +647,14 @@ impl Store {
             .bind(sweep)
             .bind(id)
             .bind(error),
+            Outcome::InputError(error) => sqlx::query(
+                "UPDATE cells SET state = 'failed', finished_at = CURRENT_TIMESTAMP, error = $3,
+                     attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END
+                 WHERE sweep = $1 AND id = $2",
+            )
+            .bind(sweep)
+            .bind(id)
+            .bind(format!("input error: {error}")),
             Outcome::Retry(error) => sqlx::query(
                 "UPDATE cells SET state = 'pending', device = NULL, finished_at = CURRENT_TIMESTAMP,
                      error = $3

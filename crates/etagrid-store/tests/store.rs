@@ -464,6 +464,35 @@ async fn finishing_failed_sets_the_state_and_keeps_the_error(b: Backend) {
     );
 }
 
+both_backends!(an_input_error_is_failed_with_its_attempt_refunded);
+async fn an_input_error_is_failed_with_its_attempt_refunded(b: Backend) {
+    let f = fixture(b).await;
+    for _ in 0..3 {
+        assert!(f
+            .store
+            .start_cell(NAME, f.id(2), "cpu")
+            .await
+            .expect("start"));
+        f.store
+            .finish_cell(
+                NAME,
+                f.id(2),
+                &Outcome::InputError("data/train.csv:7: 3 fields, header has 2".into()),
+            )
+            .await
+            .expect("finish");
+    }
+    let row = f.row(2).await;
+    assert_eq!(row.state, CellState::Failed);
+    assert_eq!(
+        row.error.as_deref(),
+        Some("input error: data/train.csv:7: 3 fields, header has 2")
+    );
+    // However often the input was bad, no attempt is used up: a run after the fix runs it
+    // without --retry-failed.
+    assert_eq!(row.attempts, 0);
+}
+
 both_backends!(interrupted_returns_the_cell_to_pending_without_charging_the_attempt);
 async fn interrupted_returns_the_cell_to_pending_without_charging_the_attempt(b: Backend) {
     let f = fixture(b).await;
@@ -975,9 +1004,207 @@ async fn on_postgres_a_second_scheduler_cannot_lock_a_sweep_until_the_first_rele
 }
 
 #[tokio::test]
-async fn on_sqlite_try_lock_sweep_takes_nothing_the_flock_does() {
-    let (_dir, _db, store) = empty(Backend::Sqlite).await;
-    let a = store.try_lock_sweep(NAME).await.expect("lock");
-    let b = store.try_lock_sweep(NAME).await.expect("lock");
-    assert!(a.is_some() && b.is_some());
+async fn on_sqlite_the_lock_goes_with_the_database_file_not_the_state_dir() {
+    let (_dir, db, first) = empty(Backend::Sqlite).await;
+    // A second `etagrid run` on the same file (from any state dir) opens its own store.
+    let second = open(&db.url).await;
+    let held = first
+        .try_lock_sweep(NAME)
+        .await
+        .expect("lock")
+        .expect("the first run gets the lock");
+    let path = db.url.sqlite_path().expect("sqlite");
+    assert!(
+        etagrid_store::lock_path(path).is_file(),
+        "the lock lives beside the database"
+    );
+    assert!(
+        second.try_lock_sweep(NAME).await.expect("lock").is_none(),
+        "a second run must not run the same sweep on the same store"
+    );
+    let other = second
+        .try_lock_sweep("other")
+        .await
+        .expect("lock")
+        .expect("another sweep is not locked");
+    held.release().await.expect("release");
+    let again = second
+        .try_lock_sweep(NAME)
+        .await
+        .expect("lock")
+        .expect("free once released");
+    again.release().await.expect("release");
+    other.release().await.expect("release");
+}
+
+both_backends!(run_active_says_whether_a_run_holds_the_sweep);
+async fn run_active_says_whether_a_run_holds_the_sweep(b: Backend) {
+    let (_dir, db, store) = empty(b).await;
+    let watcher = open(&db.url).await;
+    assert!(!watcher.run_active(NAME).await.expect("test"));
+    let held = store
+        .try_lock_sweep(NAME)
+        .await
+        .expect("lock")
+        .expect("free");
+    assert!(watcher.run_active(NAME).await.expect("test"));
+    assert!(!watcher.run_active("other").await.expect("test"));
+    // Testing does not take the lock: the run still holds it, and nobody else can take it.
+    assert!(watcher.try_lock_sweep(NAME).await.expect("lock").is_none());
+    held.release().await.expect("release");
+    assert!(!watcher.run_active(NAME).await.expect("test"));
+}
+
+// ---------------------------------------------------------------- files that are not our store
+
+/// The bytes of `path`, to check that a refused file was left untouched.
+fn bytes(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_sqlite_is_refused_at_once_by_name_and_untouched() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("notes.sqlite");
+    std::fs::write(&path, "these are my notes, not a database\n".repeat(200)).expect("write");
+    let before = bytes(&path);
+    let started = std::time::Instant::now();
+    let err = Store::open(&path).await.expect_err("not a store");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    let m = err.to_string();
+    assert!(matches!(err, StoreError::NotAStore { .. }), "{err:?}");
+    assert!(m.contains(&path.display().to_string()), "{m}");
+    assert!(m.contains("not an SQLite database"), "{m}");
+    assert!(m.contains("untouched"), "{m}");
+    assert_eq!(bytes(&path), before, "the file was changed");
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "files appeared beside it: {names:?}");
+}
+
+#[tokio::test]
+async fn an_sqlite_database_without_etagrids_tables_is_refused_and_untouched() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("other.sqlite");
+    {
+        let opts = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let mut conn = SqliteConnection::connect_with(&opts).await.expect("create");
+        sqlx::query("CREATE TABLE recipes (name TEXT, minutes INTEGER)")
+            .execute(&mut conn)
+            .await
+            .expect("create table");
+        sqlx::query("INSERT INTO recipes VALUES ('soup', 30)")
+            .execute(&mut conn)
+            .await
+            .expect("insert");
+        conn.close().await.expect("close");
+    }
+    let before = bytes(&path);
+    let err = Store::open(&path).await.expect_err("not our store");
+    let m = err.to_string();
+    assert!(matches!(err, StoreError::NotAStore { .. }), "{err:?}");
+    assert!(m.contains(&path.display().to_string()), "{m}");
+    assert!(m.contains("without etagrid's tables"), "{m}");
+    assert!(m.contains("recipes"), "{m}");
+    assert_eq!(bytes(&path), before, "the file was changed");
+    // Still only the user's table.
+    let opts = SqliteConnectOptions::new().filename(&path).read_only(true);
+    let mut conn = SqliteConnection::connect_with(&opts).await.expect("open");
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .fetch_all(&mut conn)
+            .await
+            .expect("tables");
+    assert_eq!(tables, vec!["recipes".to_string()]);
+}
+
+#[tokio::test]
+async fn an_empty_file_is_a_new_store() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("new.sqlite");
+    std::fs::write(&path, b"").expect("touch");
+    let store = open(&path.clone().into()).await;
+    assert!(store.sweep_names().await.expect("names").is_empty());
+}
+
+both_backends!(a_store_written_by_a_newer_schema_says_so);
+async fn a_store_written_by_a_newer_schema_says_so(b: Backend) {
+    let (_dir, db, store) = empty(b).await;
+    // A migration this etagrid does not know, as a newer etagrid would have recorded it.
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (29991231000001, 'from the future', TRUE, $1, 0)",
+    )
+    .bind(vec![0u8; 48])
+    .execute(&pool_of(&db).await)
+    .await
+    .expect("insert a future migration");
+    store.close().await;
+    let err = Store::open(&db.url).await.expect_err("newer schema");
+    let m = err.to_string();
+    assert!(
+        matches!(
+            err,
+            StoreError::NewerSchema {
+                found: 29991231000001,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(m.contains("newer etagrid"), "{m}");
+}
+
+/// A plain sqlx pool on the test's database (to write what etagrid never would).
+async fn pool_of(db: &Db) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    let url = match &db.url {
+        StoreUrl::Sqlite(p) => format!("sqlite://{}", p.display()),
+        StoreUrl::Postgres(u) => u.clone(),
+    };
+    sqlx::AnyPool::connect(&url).await.expect("pool")
+}
+
+#[tokio::test]
+async fn a_silent_postgres_server_is_an_error_within_the_connect_timeout() {
+    // Accepts TCP connections and never says a word, like a wedged server or a wrong port.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let accepted = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming().take(1) {
+            held.push(c.expect("accept"));
+        }
+        // Keep the connection open (silent) until the client gives up.
+        for mut c in held {
+            let mut buf = [0u8; 1024];
+            while std::io::Read::read(&mut c, &mut buf).is_ok_and(|n| n > 0) {}
+        }
+    });
+    let url =
+        StoreUrl::parse(&format!("postgres://etagrid@127.0.0.1:{port}/etagrid")).expect("url");
+    let started = std::time::Instant::now();
+    let err = Store::open(&url).await.expect_err("no answer");
+    let took = started.elapsed();
+    assert!(
+        took >= etagrid_store::CONNECT_TIMEOUT - std::time::Duration::from_millis(100)
+            && took < etagrid_store::CONNECT_TIMEOUT + std::time::Duration::from_secs(3),
+        "took {took:?}"
+    );
+    let m = format!("{err:#}");
+    assert!(m.contains(&format!("127.0.0.1:{port}")), "{m}");
+    assert!(
+        matches!(err, StoreError::Timeout { secs: 10, .. }),
+        "{err:?}"
+    );
+    assert!(m.contains("does not answer"), "{m}");
+    accepted.join().expect("listener thread");
 }

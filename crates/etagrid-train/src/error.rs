@@ -31,7 +31,7 @@ pub enum TrainError {
     },
     #[error("{}: {message}", path.display())]
     Config { path: PathBuf, message: String },
-    #[error("{}: model_type {model_type:?} is not supported (supported: bert)", path.display())]
+    #[error("{}: model_type {model_type:?} is not supported (supported: bert, roberta, gpt2, llama)", path.display())]
     UnsupportedModel { path: PathBuf, model_type: String },
     #[error("load tokenizer {}: {message}", path.display())]
     Tokenizer { path: PathBuf, message: String },

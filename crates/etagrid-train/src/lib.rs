@@ -33,6 +33,7 @@ pub mod optim;
 pub mod pack;
 pub mod predict;
 pub mod train;
+pub mod validate;
 pub mod weights;
 
 pub use error::TrainError;

@@ -197,11 +197,57 @@ fn read_inputs(path: &Path) -> Result<Vec<(String, Option<String>)>, TrainError>
     Ok(out)
 }
 
+/// Without `--lm` and without an adapter, the logits come from the checkpoint's classification
+/// head. A causal-LM checkpoint (GPT-2, Llama) has none: predict would print the logits of a
+/// randomly initialised head, so it refuses and names `--lm`.
+fn refuse_invented_head(
+    o: &PredictOptions,
+    has_adapter: bool,
+    weights: &Weights,
+) -> Result<(), TrainError> {
+    if o.lm || has_adapter {
+        return Ok(());
+    }
+    let config: serde_json::Value = crate::model::read_config(&o.model_dir)?;
+    let mt = config["model_type"].as_str().unwrap_or_default();
+    let decoder = matches!(mt, "gpt2" | "llama");
+    if decoder && !weights.contains("score.weight") {
+        let arch = config["architectures"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|a| a.as_str())
+            .unwrap_or(mt);
+        return Err(TrainError::Config {
+            path: o.model_dir.join("config.json"),
+            message: format!(
+                "{arch} is a causal LM checkpoint with no classification head (`score.weight`): \
+                 pass --lm for its next-token logits, or --adapter with a trained head \
+                 (`etagrid export` of a classification cell)"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Emits one JSON object per input, in input order.
 pub fn predict(
     o: &PredictOptions,
     emit: &mut dyn FnMut(serde_json::Value),
 ) -> Result<(), TrainError> {
+    if o.max_len == 0 {
+        return Err(TrainError::Config {
+            path: o.model_dir.join("config.json"),
+            message: "--max-len 0 leaves no room for a token: give at least 1 (default 512)".into(),
+        });
+    }
+    let inputs = read_inputs(&o.input)?;
+    if inputs.is_empty() {
+        return Err(TrainError::Data {
+            path: o.input.clone(),
+            line: None,
+            message: "has no input: give one JSON object a line, {\"text\": …}".into(),
+        });
+    }
     let device = device::select(o.device)?;
     let adapter = o.adapter.as_deref().map(read_adapter).transpose()?;
     let lora = adapter
@@ -209,6 +255,7 @@ pub fn predict(
         .map(|a| a.lora.clone())
         .unwrap_or(LoraSpec::new(1, 1.0, TargetModules::none()));
     let weights = Weights::load(&o.model_dir, device, Kind::Float)?;
+    refuse_invented_head(o, adapter.is_some(), &weights)?;
     tch::manual_seed(0);
     let model = load_classifier(
         &o.model_dir,
@@ -223,7 +270,6 @@ pub fn predict(
         apply_adapter(model.as_ref(), a, o.lm)?;
     }
     let tok = load_tokenizer(&o.model_dir, o.max_len.min(model.max_tokens() as usize))?;
-    let inputs = read_inputs(&o.input)?;
     for chunk in inputs.chunks(o.batch_size.max(1)) {
         let texts: Vec<(&str, Option<&str>)> = chunk
             .iter()

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 pub fn plan(sweep: &Path) -> Result<Exit> {
     let spec = SweepSpec::load(sweep)?;
+    // No token cache: `plan` writes nothing.
+    let spec = validate(sweep, spec, None)?;
     let cells = spec.cells();
     let n_a = {
         let mut v: Vec<u64> = spec.points.iter().map(|p| p.0.to_bits()).collect();
@@ -75,6 +77,7 @@ fn parse_devices(s: &str) -> Result<DeviceChoice> {
 
 pub fn run(args: &RunArgs) -> Result<Exit> {
     let spec = SweepSpec::load(&args.sweep)?;
+    let spec = check_inputs(args, spec)?;
     if args.enqueue_only {
         let cells = spec.cells();
         let s = block_on(async {
@@ -92,7 +95,6 @@ pub fn run(args: &RunArgs) -> Result<Exit> {
         );
         return Ok(Exit::Ok);
     }
-    check_inputs(args, &spec)?;
     let devices = match &args.devices {
         Some(d) => parse_devices(d)?,
         None => spec.devices.clone(),
@@ -149,30 +151,72 @@ pub fn run(args: &RunArgs) -> Result<Exit> {
     finish_run(args, &spec, &summary)
 }
 
-/// The sweep's model and data files exist (checked before anything runs).
-pub(crate) fn check_inputs(args: &RunArgs, spec: &SweepSpec) -> Result<()> {
+/// Everything a cell would load, checked before the sweep is written to the store (see
+/// [`validate`]), with the workers' token cache (`<state-dir>/cache`) filled on the way.
+pub(crate) fn check_inputs(args: &RunArgs, spec: SweepSpec) -> Result<SweepSpec> {
+    let cache = args.state_dir.join("cache");
+    validate(&args.sweep, spec, Some(&cache))
+}
+
+/// Checks the sweep's inputs as a cell would load them — the model directory and its files, the
+/// data files read and tokenized, the labels, `target_modules` against the model's modules,
+/// `max_seq_len` against its positions — and returns the spec with the digest of the inputs'
+/// content ([`SweepSpec::inputs`], part of every cell id). Nothing is written to the store
+/// before this succeeds, so a bad input costs no sweep row, no cell and no attempt.
+pub(crate) fn validate(
+    sweep: &Path,
+    spec: SweepSpec,
+    cache_dir: Option<&Path>,
+) -> Result<SweepSpec> {
     if !spec.model.dir.join("config.json").exists() {
         bail!(
             "{}: [model] path {:?} has no config.json (looked in {}); point it at a Hugging Face-format model directory{}",
-            args.sweep.display(),
+            sweep.display(),
             spec.model.path,
             spec.model.dir.display(),
             if spec.model.path.contains("models/all-MiniLM-L6-v2") { " — `bash scripts/setup.sh` fetches this one" } else { "" }
         );
     }
+    let mc = spec.task.lm.as_ref().and_then(|l| l.mc_eval_file.as_ref());
     for (field, f) in [
-        ("task.train", &spec.task.train_file),
-        ("task.eval", &spec.task.eval_file),
+        ("task.train", Some(&spec.task.train_file)),
+        ("task.eval", Some(&spec.task.eval_file)),
+        ("task.mc_eval", mc),
     ] {
-        if !f.exists() {
+        if let Some(f) = f.filter(|f| !f.exists()) {
             bail!(
                 "{}: `{field}` file {} does not exist",
-                args.sweep.display(),
+                sweep.display(),
                 f.display()
             );
         }
     }
-    Ok(())
+    let started = std::time::Instant::now();
+    let spec = spec
+        .with_inputs()
+        .with_context(|| format!("{}: inputs refused, nothing stored", sweep.display()))?;
+    let digest_s = started.elapsed().as_secs_f64();
+    let cells = spec.cells();
+    let first = cells
+        .first()
+        .with_context(|| format!("{}: the grid has no cell", sweep.display()))?;
+    let c = etagrid_train::validate::check_cell(&first.config, &spec.model.dir, cache_dir)
+        .with_context(|| format!("{}: inputs refused, nothing stored", sweep.display()))?;
+    eprintln!(
+        "inputs checked in {:.1} s (content digest {:.1} s): {} model (up to {} tokens), {} train and {} eval examples{}",
+        started.elapsed().as_secs_f64(),
+        digest_s,
+        c.model_type,
+        c.max_tokens,
+        c.train_examples,
+        c.eval_examples,
+        if c.labels > 0 {
+            format!(", {} labels", c.labels)
+        } else {
+            String::new()
+        }
+    );
+    Ok(spec)
 }
 
 /// The report and the exit code at the end of a run (local or SLURM).
@@ -190,7 +234,8 @@ pub(crate) fn finish_run(
         Exit::Interrupted
     } else if summary.failed + summary.exhausted > 0 {
         eprintln!(
-            "{} cell(s) failed: see `etagrid status {}`; `etagrid run --retry-failed` runs them again",
+            "{} cell(s) failed: see `etagrid status {}`; a rerun runs those with attempts left \
+             (input errors use none), `etagrid run --retry-failed` also the others",
             summary.failed + summary.exhausted,
             spec.name
         );
@@ -293,6 +338,7 @@ pub fn worker(job_path: &Path) -> Result<Exit> {
             serde_json::from_slice(&b)
                 .with_context(|| format!("failed to parse job file {}", job_path.display()))
         });
+    let mut input_error = false;
     let outcome = job.and_then(|job| {
         eprintln!(
             "etagrid worker: sweep {} cell {}{}",
@@ -304,8 +350,10 @@ pub fn worker(job_path: &Path) -> Result<Exit> {
                 format!(" and {} more (a pack)", job.pack.len())
             }
         );
-        etagrid_train::run_pack(&job, &mut |cell, ev| emit(Some(cell), ev))
-            .map_err(anyhow::Error::from)
+        etagrid_train::run_pack(&job, &mut |cell, ev| emit(Some(cell), ev)).map_err(|e| {
+            input_error = etagrid_train::validate::is_input_error(&e);
+            anyhow::Error::from(e)
+        })
     });
     match outcome {
         Ok(cells)
@@ -321,7 +369,11 @@ pub fn worker(job_path: &Path) -> Result<Exit> {
             eprintln!("etagrid worker: {error}");
             // No cell named: it concerns every cell of the job.
             emit(None, WorkerEvent::Failed { error });
-            Ok(Exit::WorkerFailed)
+            Ok(if input_error {
+                Exit::InputError
+            } else {
+                Exit::WorkerFailed
+            })
         }
     }
 }
@@ -429,7 +481,9 @@ fn current_cells(
     cells: Vec<etagrid_store::CellRow>,
 ) -> Vec<etagrid_store::CellRow> {
     match SweepSpec::parse(Path::new(&row.source_path), &row.source_text) {
-        Ok(spec) => {
+        Ok(mut spec) => {
+            // The inputs' digest of the last run: ids cover the content it saw.
+            spec.inputs = row.inputs.clone();
             let ids: std::collections::HashSet<String> =
                 spec.cells().into_iter().map(|c| c.id.0).collect();
             cells.into_iter().filter(|c| ids.contains(&c.id)).collect()

@@ -18,6 +18,8 @@ pub enum Exit {
     Interrupted,
     /// A worker could not run its cell.
     WorkerFailed,
+    /// A worker found its inputs bad (changed after the run checked them): no attempt used.
+    InputError,
 }
 
 impl From<Exit> for ExitCode {
@@ -25,6 +27,7 @@ impl From<Exit> for ExitCode {
         ExitCode::from(match e {
             Exit::Ok => 0,
             Exit::WorkerFailed => 1,
+            Exit::InputError => etagrid_sched::WORKER_INPUT_ERROR as u8,
             Exit::CellsFailed => 3,
             Exit::Interrupted => 130,
         })

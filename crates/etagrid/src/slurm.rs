@@ -71,7 +71,7 @@ pub fn run(args: &RunArgs, s: &SlurmArgs) -> Result<Exit> {
             args.db
         );
     }
-    check_inputs(args, &spec)?;
+    let spec = check_inputs(args, spec)?;
     let state_dir = absolute(&args.state_dir)?;
     let db = match &args.db {
         StoreUrl::Sqlite(p) => StoreUrl::Sqlite(absolute(p)?),

@@ -21,6 +21,10 @@ pub fn status(db: &StoreUrl, sweep: Option<&str>) -> Result<Exit> {
         let names = if names.is_empty() {
             store.sweep_names().await?
         } else {
+            // A named sweep must be in the store: "0 cells" would read as a sweep with nothing in it.
+            for n in &names {
+                store.sweep(n).await?;
+            }
             names
         };
         for name in names {
@@ -47,9 +51,24 @@ pub fn status(db: &StoreUrl, sweep: Option<&str>) -> Result<Exit> {
                 );
             }
             let running = store.cells_in_state(&name, CellState::Running).await?;
+            // Cells leased by SLURM tasks are theirs; the others belong to the `etagrid run`
+            // holding the sweep's lock. With no run holding it, they were left by one that died.
+            let leased: std::collections::HashSet<String> = store
+                .leases(&name)
+                .await?
+                .into_iter()
+                .map(|l| l.cell_id)
+                .collect();
+            let live_run = store.run_active(&name).await?;
+            let stale = running
+                .iter()
+                .filter(|c| !live_run && !leased.contains(&c.id))
+                .count();
             for c in &running {
+                let dead = !live_run && !leased.contains(&c.id);
                 println!(
-                    "  running {} η_A={:.2e} η_B={:.2e} on {} step {}/{}",
+                    "  {} {} η_A={:.2e} η_B={:.2e} on {} step {}/{}",
+                    if dead { "stale  " } else { "running" },
                     c.id,
                     c.lr_a,
                     c.lr_b,
@@ -73,15 +92,24 @@ pub fn status(db: &StoreUrl, sweep: Option<&str>) -> Result<Exit> {
                     c.error.as_deref().unwrap_or("")
                 );
             }
+            if stale > 0 {
+                println!(
+                    "  {stale} cell(s) marked running, but no `etagrid run` holds sweep {name}: \
+                     the run that started them died; the next `etagrid run` returns them to pending"
+                );
+            }
             let left = n(CellState::Pending) + n(CellState::Running);
-            if let (Some(mean), true) = (store.mean_wall_s(&name).await?, left > 0) {
+            let active = running.len() - stale;
+            if active == 0 && stale > 0 {
+                // No ETA: nothing is running.
+            } else if let (Some(mean), true) = (store.mean_wall_s(&name).await?, left > 0) {
                 // As many cells at a time as are running now (at least one).
-                let eta = mean * left as f64 / running.len().max(1) as f64;
+                let eta = mean * left as f64 / active.max(1) as f64;
                 println!(
                     "  eta ≈ {} ({left} cells left, {:.1} s per cell so far, {} at a time)",
                     human_duration(eta),
                     mean,
-                    running.len().max(1)
+                    active.max(1)
                 );
             }
         }

@@ -162,6 +162,8 @@ fn a_sweep_written_by_init_runs_and_stores_accuracy_macro_f1_and_mcc() {
         .lines()
         .map(|l| match l.split('=').next().map(str::trim) {
             Some("steps") => "steps = 4".to_string(),
+            // Warm-up may not outlast the steps (`plan` and `run` refuse that).
+            Some("warmup_steps") => "warmup_steps = 1".to_string(),
             Some("lr_a") => "lr_a = [1e-2]".to_string(),
             Some("ratio") => "ratio = [1]".to_string(),
             Some("devices") => "devices = \"cpu\"\nthreads_per_cell = 1".to_string(),
