@@ -775,7 +775,7 @@ impl Ctx<'_> {
     ) -> Result<bool, SchedError> {
         let n = run.members.len();
         let cause = exit_cause(&run, &status, self.spec);
-        // The worker's exit status says its `failed` line was about its inputs.
+        // An input that changed after the run checked it: no attempt used, rerun after the fix.
         let input_error = status
             .as_ref()
             .is_ok_and(|s| s.code() == Some(crate::WORKER_INPUT_ERROR));

@@ -138,11 +138,11 @@ pub fn run_pack(
         .then(|| ResidentBatches::new(&data.train, pad, device));
     for step in 0..total_steps {
         let (batch, rows) = match resident.as_mut() {
-            Some(r) => r.batch(&data.train, &mut orders, total_steps - step)?,
+            Some(r) => r.batch(&mut orders, total_steps - step)?,
             None => {
                 let idx = orders.next();
                 let rows: Vec<&[usize]> = idx.iter().map(Vec::as_slice).collect();
-                let b = pack_batch(&data.train, &rows, pad, device, causal_lm);
+                let b = pack_batch(&data.train, &rows, pad, 1, device, causal_lm);
                 (b, idx[0].len())
             }
         };
@@ -412,10 +412,12 @@ fn pack_batch(
     data: &Encoded,
     rows: &[&[usize]],
     pad: i64,
+    min_len: usize,
     device: Device,
     causal_lm: bool,
 ) -> Batch {
     let collate = |idx: &[usize], t: usize, dev: Device| {
+        let t = t.max(min_len);
         if causal_lm {
             collate_lm_to(data, idx, pad, t, dev)
         } else {
@@ -460,19 +462,17 @@ fn pack_batch(
 /// Building a step's batch on the host and copying it over blocks the host until the GPU has
 /// finished every step queued before (a copy from pageable memory is synchronous), so the host
 /// could never run ahead of the device. Here the table is copied once; a step's batch is an
-/// `index_select` on the device, narrowed to the step's longest example — the same tensors
-/// [`collate_to`] builds. The rows of the next steps are copied [`ResidentBatches::AHEAD`] steps
-/// at a time.
+/// `index_select` on the device — the tensors [`collate_to`] builds, padded to the set's longest
+/// example. The rows of the next steps are copied [`ResidentBatches::AHEAD`] steps at a time.
 struct ResidentBatches {
     ids: Tensor,
     types: Tensor,
     mask: Tensor,
     labels: Tensor,
     device: Device,
-    /// Rows of the steps copied ahead, and each step's (offset, rows, padded length, rows of
-    /// one cell).
+    /// Rows of the steps copied ahead, and each step's (offset, rows, rows of one cell).
     rows: Tensor,
-    steps: std::collections::VecDeque<(i64, i64, i64, usize)>,
+    steps: std::collections::VecDeque<(i64, i64, usize)>,
 }
 
 impl ResidentBatches {
@@ -495,37 +495,32 @@ impl ResidentBatches {
     /// The pack's batch of the next step from `src`, and how many rows each cell has in it.
     /// When the steps copied ahead run out, the next `AHEAD` (at most `remaining`) are drawn
     /// and copied in one go.
-    fn batch(
-        &mut self,
-        data: &Encoded,
-        src: &mut StepRows,
-        remaining: u64,
-    ) -> Result<(Batch, usize), TrainError> {
+    fn batch(&mut self, src: &mut StepRows, remaining: u64) -> Result<(Batch, usize), TrainError> {
         if self.steps.is_empty() {
             let mut all: Vec<i64> = Vec::new();
             for _ in 0..(Self::AHEAD as u64).min(remaining.max(1)) {
                 let rows = src.next();
-                let t = rows
-                    .iter()
-                    .flat_map(|r| r.iter().map(|&i| data.ids[i].len()))
-                    .max()
-                    .unwrap_or(1)
-                    .max(1);
                 let start = all.len() as i64;
                 all.extend(rows.iter().flat_map(|r| r.iter().map(|&i| i as i64)));
                 self.steps
-                    .push_back((start, all.len() as i64 - start, t as i64, rows[0].len()));
+                    .push_back((start, all.len() as i64 - start, rows[0].len()));
             }
             self.rows = Tensor::f_from_slice(&all)?.to_device(self.device);
         }
-        let Some((off, n, t, per_cell)) = self.steps.pop_front() else {
+        let Some((off, n, per_cell)) = self.steps.pop_front() else {
             return Err(TrainError::Pack("no batch left to train on".into()));
         };
         let idx = self.rows.narrow(0, off, n);
+        // Every step is padded to the longest example of the set, not of the step: a GPU runs
+        // steps whose shapes change every step far slower (41 against 27 ms a step for the
+        // 36-cell TREC-50 pack on an H200, though the fixed shape has more tokens;
+        // bench/RESULTS.md).
+        let t = self.ids.size()[1];
+        let cut = |table: &Tensor| table.narrow(1, 0, t).index_select(0, &idx);
         let batch = Batch {
-            input_ids: self.ids.index_select(0, &idx).narrow(1, 0, t),
-            token_type_ids: self.types.index_select(0, &idx).narrow(1, 0, t),
-            attention_mask: self.mask.index_select(0, &idx).narrow(1, 0, t),
+            input_ids: cut(&self.ids),
+            token_type_ids: cut(&self.types),
+            attention_mask: cut(&self.mask),
             labels: self.labels.index_select(0, &idx),
         };
         Ok((batch, per_cell))
@@ -689,10 +684,17 @@ pub fn evaluate_pack(
     let (loss_sum, cm) = tch::no_grad(|| {
         let mut loss_sum = Tensor::zeros([kk], (Kind::Double, device));
         let mut cm = Tensor::zeros([kk * c * c], (Kind::Int64, device));
+        // On a GPU every chunk is padded to the set's longest example (one shape: see
+        // `ResidentBatches`); on the CPU to its own longest (padding costs compute there).
+        let fixed = if device == Device::Cpu {
+            1
+        } else {
+            data.ids.iter().map(Vec::len).max().unwrap_or(1)
+        };
         for chunk in order.chunks(128) {
             let t0 = Instant::now();
             let rows: Vec<&[usize]> = vec![chunk; k];
-            let batch = pack_batch(data, &rows, pad, device, false);
+            let batch = pack_batch(data, &rows, pad, fixed, device, false);
             sync();
             let t1 = Instant::now();
             let logits = model.forward(&batch, false);
