@@ -6,13 +6,13 @@
 //! - `<out>/lambda-irregular/` η_A × λ grid whose η_B values interleave;
 //! - `<out>/single/`          a single η_A value;
 //! - `<out>/loss/`            a lower-is-better metric;
-//! - `<out>/pending/`         nothing finished yet.
+//! - `<out>/pending/`         nothing finished yet: an error, nothing written.
 //!
 //! `cargo run -p etagrid-report --example demo [-- <out>]` (default /tmp/report-demo).
 
 use std::path::{Path, PathBuf};
 
-use etagrid_report::{write_report, ReportCell, ReportInput};
+use etagrid_report::{write_report, CellCurves, ReportCell, ReportInput};
 
 /// Deterministic noise in [-1, 1] (no RNG dependency needed for a demo).
 fn noise(a: f64, b: f64, seed: u64) -> f64 {
@@ -65,7 +65,39 @@ fn cell(lr_a: f64, lr_b: f64, seed: u64, state: &str, metric: Option<f64>) -> Re
         } else {
             Some(format!("cuda:{}", seed % 2))
         },
+        ..Default::default()
     }
+}
+
+/// Synthetic curves for every done cell: larger λ learns faster (as LoRA+ reports).
+fn with_curves(mut inp: ReportInput) -> ReportInput {
+    for c in &inp.cells {
+        let Some(fin) = c.metric else { continue };
+        let rate = 1.0 + (c.lr_b / c.lr_a).log2().clamp(0.0, 4.0) / 2.0;
+        let steps: Vec<i64> = (1..=10).map(|k| k * 200).collect();
+        let curves = CellCurves {
+            train_loss: steps
+                .iter()
+                .map(|&s| {
+                    (
+                        s,
+                        0.1 + (1.0 - fin) + 0.6 * (-(s as f64) * rate / 500.0).exp(),
+                    )
+                })
+                .collect(),
+            eval_metric: steps
+                .iter()
+                .map(|&s| {
+                    (
+                        s,
+                        0.5 + (fin - 0.5) * (1.0 - (-(s as f64) * rate / 350.0).exp()),
+                    )
+                })
+                .collect(),
+        };
+        inp.curves.insert(c.cell_id.clone(), curves);
+    }
+    inp
 }
 
 fn input(sweep: &str, cells: Vec<ReportCell>, spec: &str) -> ReportInput {
@@ -76,6 +108,8 @@ fn input(sweep: &str, cells: Vec<ReportCell>, spec: &str) -> ReportInput {
         cells,
         spec_toml: spec.to_string(),
         chance_level: Some(0.509),
+        n_eval: Some(872),
+        ..Default::default()
     }
 }
 
@@ -105,7 +139,7 @@ fn lambda_grid(xs: &[f64], lambdas: &[f64], seeds: u64) -> Vec<ReportCell> {
 }
 
 fn write(inp: &ReportInput, dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
-    let summary = write_report(inp, dir)?;
+    let summary = write_report(&with_curves(inp.clone()), dir)?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
 }
@@ -182,6 +216,10 @@ lr_b = [5e-5, 2e-4, 8e-4, 3.2e-3]
         .iter()
         .map(|c| cell(c.lr_a, c.lr_b, c.seed, "pending", None))
         .collect();
-    write(&input("gpt2-sst2-r8", pending, spec), &out.join("pending"))?;
+    // Nothing finished: a clear error, no files.
+    match write(&input("gpt2-sst2-r8", pending, spec), &out.join("pending")) {
+        Err(e) => println!("pending: {e}"),
+        Ok(()) => return Err("a sweep with no finished cell must not be reported".into()),
+    }
     Ok(())
 }
