@@ -249,9 +249,9 @@ fn headline(h: &mut String, input: &ReportInput, m: &ReportModel, metric: &str) 
     }
     let _ = writeln!(
         h,
-        "<tr><th>GPU-seconds</th><td>{} in total ({} over the done cells)</td></tr>",
+        "<tr><th>GPU-seconds</th><td>{} in total (cells that report a wall time; per cell in \
+         the table)</td></tr>",
         format::wall(m.gpu_seconds_total),
-        m.cells_done()
     );
     h.push_str("</table>\n");
 }

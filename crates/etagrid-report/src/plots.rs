@@ -226,7 +226,7 @@ impl Figure for TopKFigure<'_> {
         let mut chart = ChartBuilder::on(&area)
             .caption(
                 format!(
-                    "{}: λ among the top {} of {} finished points",
+                    "{}: λ among the top {} of {} finished points (red: the best's λ)",
                     m.sweep,
                     t.points.len(),
                     m.points.iter().filter(|p| p.mean.is_some()).count()
@@ -241,6 +241,7 @@ impl Figure for TopKFigure<'_> {
             .x_labels(0)
             .disable_x_mesh()
             .y_labels(t.k + 1)
+            .light_line_style(WHITE)
             .y_label_formatter(&|v| format!("{v:.0}"))
             .y_desc("points in the top k")
             .x_desc("λ = η_B / η_A")

@@ -10,9 +10,12 @@ use etagrid_store::{Store, StoreUrl};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// Turns a stored curve value into the sweep's metric.
+type ToMetric = fn(f64) -> f64;
+
 /// The eval curve that holds the sweep's metric during training, and how to turn its values
 /// into the metric; `None` when the metric is not evaluated during training.
-fn eval_curve(metric: &str) -> Option<(&'static str, fn(f64) -> f64)> {
+fn eval_curve(metric: &str) -> Option<(&'static str, ToMetric)> {
     match metric {
         "accuracy" => Some(("eval_accuracy", |v| v)),
         "macro_f1" => Some(("eval_macro_f1", |v| v)),
