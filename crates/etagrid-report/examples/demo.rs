@@ -3,6 +3,7 @@
 //! - `<out>/`                 4×4 η_A × η_B grid, 3 seeds, accuracy peaking
 //!   above the diagonal, one diverged point, one failed seed;
 //! - `<out>/lambda/`          η_A × λ grid (η_B = λ·η_A, aligned diagonals);
+//! - `<out>/compare/`         the first two side by side;
 //! - `<out>/lambda-irregular/` η_A × λ grid whose η_B values interleave;
 //! - `<out>/single/`          a single η_A value;
 //! - `<out>/loss/`            a lower-is-better metric;
@@ -12,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use etagrid_report::{write_report, CellCurves, ReportCell, ReportInput};
+use etagrid_report::{write_compare, write_report, CellCurves, ReportCell, ReportInput};
 
 /// Deterministic noise in [-1, 1] (no RNG dependency needed for a demo).
 fn noise(a: f64, b: f64, seed: u64) -> f64 {
@@ -174,14 +175,17 @@ lr_b = [5e-5, 2e-4, 8e-4, 3.2e-3]
     write(&input("gpt2-sst2-r8", cells.clone(), spec), &out)?;
 
     let lam = lambda_grid(&[5e-5, 1e-4, 2e-4, 4e-4], &[1.0, 2.0, 4.0, 8.0, 16.0], 2);
-    write(
-        &input(
-            "gpt2-sst2-lambda",
-            lam,
-            "[grid]\nlr_a = [5e-5, 1e-4, 2e-4, 4e-4]\nlambda = [1, 2, 4, 8, 16]\n",
-        ),
-        &out.join("lambda"),
+    let lam = input(
+        "gpt2-sst2-lambda",
+        lam,
+        "[grid]\nlr_a = [5e-5, 1e-4, 2e-4, 4e-4]\nlambda = [1, 2, 4, 8, 16]\n",
+    );
+    write(&lam, &out.join("lambda"))?;
+    let cmp = write_compare(
+        &[input("gpt2-sst2-r8", cells.clone(), spec), lam],
+        &out.join("compare"),
     )?;
+    println!("{}", serde_json::to_string_pretty(&cmp)?);
 
     let irr = lambda_grid(&[1e-4, 3e-4, 1e-3], &[1.0, 4.0, 16.0], 1);
     write(

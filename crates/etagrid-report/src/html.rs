@@ -116,8 +116,8 @@ fn figure_caption(kind: FigureKind, m: &ReportModel) -> String {
             "How often each λ appears among the top {} points (the LoRA+ paper's Fig. 6).",
             m.top_k.k
         ),
-        FigureKind::Curves => "Train loss and eval metric against step for the best and the \
-             best λ = 1 points (means over their seeds)."
+        FigureKind::Curves => "Train loss and eval metric against step for the best point, the \
+             best λ = 1 point and, when λ = 1 wins, the best λ > 1 point (means over their seeds)."
             .to_string(),
     }
 }

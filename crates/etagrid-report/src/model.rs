@@ -132,7 +132,10 @@ pub struct Curves {
     pub best: CurveSet,
     /// The best λ = 1 point, when it is not the best point itself.
     pub lambda1: Option<CurveSet>,
-    /// Steps the λ = 1 point needs / steps the best needs to reach the target.
+    /// When the best point has λ = 1: the best λ > 1 point, the LoRA+ side of the speed-up.
+    pub best_lambda_gt1: Option<CurveSet>,
+    /// Steps the best λ = 1 point needs / steps the LoRA+ point (the best, or the best λ > 1
+    /// when λ = 1 wins) needs to reach the target; below 1 when λ = 1 is faster.
     pub speed_up: Option<f64>,
     /// What the speed-up means, or why there is none.
     pub note: String,
@@ -284,7 +287,8 @@ impl ReportModel {
             })
             .collect();
         let top_k = top_k(&points, &lambdas.values, input.higher_is_better);
-        let curves = best.map(|b| curves(input, &grid, &points, b, best_l1));
+        let best_gt1 = best_of(&points, &|p| p.lambda > 1.0 && !same_value(p.lambda, 1.0));
+        let curves = best.map(|b| curves(input, &grid, &points, b, best_l1, best_gt1));
         let gpu_seconds_total = points.iter().map(|p| p.gpu_seconds).sum();
         let max_seeds = points.iter().map(|p| p.seeds_done).max().unwrap_or(0);
         let ties = tie_rule(&points, input, accuracy_like);
@@ -539,6 +543,7 @@ fn curves(
     points: &[PointStats],
     best: usize,
     best_l1: Option<usize>,
+    best_gt1: Option<usize>,
 ) -> Curves {
     let bm = points[best].mean.unwrap_or(f64::NAN);
     let (target, target_rule) = if input.higher_is_better {
@@ -554,54 +559,95 @@ fn curves(
     };
     let hib = input.higher_is_better;
     let reached = move |v: f64| if hib { v >= target } else { v <= target };
-    let best_set = curve_set("best", input, grid, points, best, &reached);
-    let l1 = best_l1
-        .filter(|&d| d != best)
-        .map(|d| curve_set("best λ = 1", input, grid, points, d, &reached));
-    let measured = |c: &CurveSet| c.eval_metric.len() >= 2;
-    let (speed_up, note) = match &l1 {
-        None if best_l1 == Some(best) => (
-            None,
-            "the best point has λ = 1: no LoRA+ speed-up to measure".to_string(),
-        ),
-        None => (
-            None,
-            "no λ = 1 point has finished: no speed-up to measure".to_string(),
-        ),
-        Some(l) if !measured(&best_set) || !measured(l) => (
-            None,
-            "not measured: the metric was only evaluated at the end of training \
-             (set [train] eval_every to evaluate during training)"
-                .to_string(),
-        ),
-        Some(l) => match (best_set.steps_to_target, l.steps_to_target) {
-            (Some(sb), Some(sl)) if sb > 0 => (
-                Some(sl as f64 / sb as f64),
-                format!(
-                    "steps to reach {target_rule}: {sb} for the best point, {sl} for the best \
-                     λ = 1 point: {:.2}× LoRA+ speed-up",
-                    sl as f64 / sb as f64
-                ),
-            ),
-            (Some(sb), None) => (
-                None,
-                format!(
-                    "the best λ = 1 point never reaches {target_rule} (the best does at step {sb})"
-                ),
-            ),
-            _ => (
-                None,
-                format!("the best point's mean curve does not reach {target_rule}"),
-            ),
-        },
+    let set = |label: &str, i: usize| curve_set(label, input, grid, points, i, &reached);
+    let best_set = set("best", best);
+    let l1 = best_l1.filter(|&d| d != best).map(|d| set("best λ = 1", d));
+    // When λ = 1 wins, the LoRA+ side of the comparison is the best λ > 1 point.
+    let l1_wins = best_l1 == Some(best);
+    let gt1 = best_gt1.filter(|_| l1_wins).map(|g| set("best λ > 1", g));
+    let (plus, one) = if l1_wins {
+        (gt1.as_ref(), Some(&best_set))
+    } else {
+        (Some(&best_set), l1.as_ref())
     };
+    let (speed_up, note) = speed_up(plus, one, &target_rule, l1_wins);
     Curves {
         target,
         target_rule,
         best: best_set,
         lambda1: l1,
+        best_lambda_gt1: gt1,
         speed_up,
         note,
+    }
+}
+
+/// Steps the λ = 1 point needs over the steps the LoRA+ point needs to reach the target.
+fn speed_up(
+    plus: Option<&CurveSet>,
+    one: Option<&CurveSet>,
+    target_rule: &str,
+    l1_wins: bool,
+) -> (Option<f64>, String) {
+    let measured = |c: &CurveSet| c.eval_metric.len() >= 2;
+    let who = if l1_wins {
+        "the best λ > 1 point"
+    } else {
+        "the best point"
+    };
+    match (plus, one) {
+        (_, None) => (
+            None,
+            "no λ = 1 point has finished: no speed-up to measure".to_string(),
+        ),
+        (None, Some(_)) => (
+            None,
+            "the best point has λ = 1 and no λ > 1 point has finished: no speed-up to measure"
+                .to_string(),
+        ),
+        (Some(p), Some(o)) if !measured(p) || !measured(o) => (
+            None,
+            "not measured: the metric was only evaluated at the end of training \
+             (set [train] eval_every to evaluate during training)"
+                .to_string(),
+        ),
+        (Some(p), Some(o)) => {
+            let prefix = if l1_wins {
+                "the best point has λ = 1; "
+            } else {
+                ""
+            };
+            match (p.steps_to_target, o.steps_to_target) {
+                (Some(sp), Some(so)) if sp > 0 => {
+                    let x = so as f64 / sp as f64;
+                    (
+                        Some(x),
+                        format!(
+                            "{prefix}steps to reach {target_rule}: {sp} for {who}, {so} for the \
+                             best λ = 1 point: {x:.2}× LoRA+ speed-up"
+                        ),
+                    )
+                }
+                (Some(sp), None) => (
+                    None,
+                    format!(
+                        "{prefix}the best λ = 1 point never reaches {target_rule} ({who} does at \
+                         step {sp})"
+                    ),
+                ),
+                (None, Some(so)) => (
+                    None,
+                    format!(
+                        "{prefix}{who} never reaches {target_rule} (the best λ = 1 point does at \
+                         step {so})"
+                    ),
+                ),
+                _ => (
+                    None,
+                    format!("{prefix}neither point's mean curve reaches {target_rule}"),
+                ),
+            }
+        }
     }
 }
 
@@ -657,7 +703,7 @@ fn missing(m: &ReportModel) -> Vec<String> {
         out.push("no λ = 1 (η_B = η_A) point has finished: no gain over standard LoRA".to_string());
     }
     if let Some(c) = &m.curves {
-        if c.speed_up.is_none() && c.lambda1.is_some() {
+        if c.speed_up.is_none() && (c.lambda1.is_some() || c.best_lambda_gt1.is_some()) {
             out.push(format!("LoRA+ speed-up: {}", c.note));
         }
         if c.best.train_loss.is_empty() {

@@ -153,7 +153,10 @@ impl Figure for LambdaProfile<'_> {
         let (rx0, rx1) = padded_range(m.eta_a.iter().map(|a| a.log10()));
         let (ry0, ry1) = padded_range(m.lambdas.iter().map(|l| l.log2()));
         let mut chart = ChartBuilder::on(&right)
-            .caption("ridge: best λ for each η_A", font(15.0))
+            .caption(
+                format!("ridge: best λ for each η_A (labels: {})", m.metric),
+                font(15.0),
+            )
             .x_label_area_size(50)
             .y_label_area_size(60)
             .build_cartesian_2d(rx0..rx1, ry0..ry1)?;
@@ -199,9 +202,9 @@ impl Figure for LambdaProfile<'_> {
         chart.draw_series(ridge.iter().map(|(a, b)| {
             EmptyElement::at((a.log10(), b.lambda.log2()))
                 + Text::new(
-                    format!("{} = {}", m.metric, format::metric(b.mean)),
-                    (8, -8),
-                    font(12.0).pos(Pos::new(HPos::Left, VPos::Bottom)),
+                    format::metric(b.mean),
+                    (0, -10),
+                    font(12.0).pos(Pos::new(HPos::Center, VPos::Bottom)),
                 )
         }))?;
         Ok(())
@@ -304,6 +307,7 @@ impl Figure for CurvesFigure<'_> {
         c.caption(&cv.note, 600, 40, 1170)?;
         let sets: Vec<(&CurveSet, RGBColor)> = std::iter::once((&cv.best, BEST))
             .chain(cv.lambda1.as_ref().map(|l| (l, BEST_L1)))
+            .chain(cv.best_lambda_gt1.as_ref().map(|l| (l, LINE)))
             .collect();
         let label = |s: &CurveSet| {
             format!(

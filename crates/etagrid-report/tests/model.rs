@@ -379,3 +379,40 @@ fn compare_report_draws_several_sweeps_and_needs_a_finished_cell_in_each() {
         "{err:?}"
     );
 }
+
+#[test]
+fn when_lambda_one_wins_the_speed_up_compares_it_with_the_best_lambda_above_one() {
+    let mut one = cell(0, 0, 0, "done", Some(0.80));
+    one.steps = Some(30);
+    let mut four = cell(0, 1, 0, "done", Some(0.78));
+    four.steps = Some(30);
+    let mut curves = BTreeMap::new();
+    let c = |evals: &[(i64, f64)]| CellCurves {
+        train_loss: vec![(10, 0.5)],
+        eval_metric: evals.to_vec(),
+    };
+    curves.insert(one.cell_id.clone(), c(&[(10, 0.70), (20, 0.79)]));
+    curves.insert(four.cell_id.clone(), c(&[(10, 0.77), (20, 0.78)]));
+    let input = ReportInput {
+        cells: vec![one, four],
+        curves,
+        ..fixture()
+    };
+    let m = model(&input);
+    let cv = m.curves.as_ref().expect("curves");
+    assert!(close(cv.best.point.lambda, 1.0));
+    assert!(cv.lambda1.is_none(), "the best is the λ = 1 point");
+    let gt1 = cv.best_lambda_gt1.as_ref().expect("best λ > 1 curves");
+    assert!(close(gt1.point.lambda, 4.0));
+    // Target 0.95 · 0.80 = 0.76: λ = 4 at step 10, λ = 1 at step 20.
+    assert_eq!(
+        (gt1.steps_to_target, cv.best.steps_to_target),
+        (Some(10), Some(20))
+    );
+    assert!(close(cv.speed_up.expect("speed-up"), 2.0));
+    assert!(
+        cv.note.starts_with("the best point has λ = 1; "),
+        "{}",
+        cv.note
+    );
+}
