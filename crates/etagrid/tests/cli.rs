@@ -627,6 +627,12 @@ fn report_best_and_compare_read_the_store_and_an_unstarted_sweep_is_a_clear_erro
         .is_none_or(Vec::is_empty));
     let csv = std::fs::read_to_string(dir.join("cells.csv")).expect("csv");
     assert_eq!(csv.lines().count(), 3, "header + one row per cell:\n{csv}");
+    // Provenance: the store's start and finish times (UTC text from the store).
+    let html = std::fs::read_to_string(dir.join("index.html")).expect("index");
+    for th in ["first cell started", "last cell finished"] {
+        let at = html.find(&format!("<th>{th}</th><td>")).expect(th) + th.len() + 13;
+        assert!(html[at..].starts_with("20"), "{th}: {}", &html[at..at + 30]);
+    }
 
     // `best --json` names a cell with the highest metric (ties go to the first in grid order).
     let best = sb.run(&["best", "tiny", "--json"]);
