@@ -258,17 +258,25 @@ impl FigureKind {
     }
 }
 
-/// The cells whose curves the report draws (the best and the best λ = 1 points' seeds): the
-/// caller loads these into [`ReportInput::curves`].
+/// The cells whose curves the report draws (the seeds of the best point, the best λ = 1 point
+/// and, when λ = 1 wins, the best λ > 1 point): the caller loads these into
+/// [`ReportInput::curves`].
 pub fn curve_cells(input: &ReportInput) -> Vec<String> {
     let Ok(model) = ReportModel::build(input) else {
         return Vec::new();
     };
-    [model.best.as_ref(), model.best_lambda1.as_ref()]
-        .into_iter()
-        .flatten()
-        .flat_map(|p| model.points[p.index].cell_ids.clone())
-        .collect()
+    let Some(c) = &model.curves else {
+        return Vec::new();
+    };
+    [
+        Some(&c.best),
+        c.lambda1.as_ref(),
+        c.best_lambda_gt1.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .flat_map(|set| model.points[set.point.index].cell_ids.clone())
+    .collect()
 }
 
 /// Writes the report into `out_dir` (created if needed): every figure as PNG and SVG

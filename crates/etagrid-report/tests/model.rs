@@ -416,3 +416,23 @@ fn when_lambda_one_wins_the_speed_up_compares_it_with_the_best_lambda_above_one(
         cv.note
     );
 }
+
+#[test]
+fn curve_cells_are_the_seeds_of_the_points_the_curves_figure_draws() {
+    let mut ids = etagrid_report::curve_cells(&fixture());
+    ids.sort();
+    // Best (2^-10, λ 16) and best λ = 1 (2^-8, λ 1), both seeds each.
+    assert_eq!(ids, ["c12s0", "c12s1", "c20s0", "c20s1"]);
+    // λ = 1 wins: its cells and the best λ > 1 point's.
+    let input = ReportInput {
+        cells: vec![
+            cell(0, 0, 0, "done", Some(0.80)),
+            cell(0, 1, 0, "done", Some(0.78)),
+            cell(0, 2, 0, "done", Some(0.70)),
+        ],
+        ..fixture()
+    };
+    let mut ids = etagrid_report::curve_cells(&input);
+    ids.sort();
+    assert_eq!(ids, ["c00s0", "c01s0"]);
+}
