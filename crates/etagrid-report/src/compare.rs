@@ -84,6 +84,8 @@ impl Figure for ProfileOverlay<'_> {
                 .iter()
                 .filter_map(|r| r.best.as_ref().map(|b| b.mean))
         }));
+        // Headroom at the top for the legend, one row per sweep.
+        let y1 = y1 + (y1 - y0) * 0.07 * (self.models.len() as f64 + 1.0);
         let mut metrics: Vec<&str> = self.models.iter().map(|m| m.metric.as_str()).collect();
         metrics.dedup();
         let area = root.margin(10, 10, 20, 20);
@@ -141,7 +143,7 @@ impl Figure for ProfileOverlay<'_> {
             .background_style(WHITE.mix(0.85))
             .border_style(INK)
             .label_font(font(13.0).pos(Pos::new(HPos::Left, VPos::Center)))
-            .position(SeriesLabelPosition::LowerRight)
+            .position(SeriesLabelPosition::UpperRight)
             .draw()?;
         Ok(())
     }
