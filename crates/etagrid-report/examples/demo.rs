@@ -3,16 +3,17 @@
 //! - `<out>/`                 4×4 η_A × η_B grid, 3 seeds, accuracy peaking
 //!   above the diagonal, one diverged point, one failed seed;
 //! - `<out>/lambda/`          η_A × λ grid (η_B = λ·η_A, aligned diagonals);
+//! - `<out>/compare/`         the first two side by side;
 //! - `<out>/lambda-irregular/` η_A × λ grid whose η_B values interleave;
 //! - `<out>/single/`          a single η_A value;
 //! - `<out>/loss/`            a lower-is-better metric;
-//! - `<out>/pending/`         nothing finished yet.
+//! - `<out>/pending/`         nothing finished yet: an error, nothing written.
 //!
 //! `cargo run -p etagrid-report --example demo [-- <out>]` (default /tmp/report-demo).
 
 use std::path::{Path, PathBuf};
 
-use etagrid_report::{write_report, ReportCell, ReportInput};
+use etagrid_report::{write_compare, write_report, CellCurves, ReportCell, ReportInput};
 
 /// Deterministic noise in [-1, 1] (no RNG dependency needed for a demo).
 fn noise(a: f64, b: f64, seed: u64) -> f64 {
@@ -65,7 +66,39 @@ fn cell(lr_a: f64, lr_b: f64, seed: u64, state: &str, metric: Option<f64>) -> Re
         } else {
             Some(format!("cuda:{}", seed % 2))
         },
+        ..Default::default()
     }
+}
+
+/// Synthetic curves for every done cell: larger λ learns faster (as LoRA+ reports).
+fn with_curves(mut inp: ReportInput) -> ReportInput {
+    for c in &inp.cells {
+        let Some(fin) = c.metric else { continue };
+        let rate = 1.0 + (c.lr_b / c.lr_a).log2().clamp(0.0, 4.0) / 2.0;
+        let steps: Vec<i64> = (1..=10).map(|k| k * 200).collect();
+        let curves = CellCurves {
+            train_loss: steps
+                .iter()
+                .map(|&s| {
+                    (
+                        s,
+                        0.1 + (1.0 - fin) + 0.6 * (-(s as f64) * rate / 500.0).exp(),
+                    )
+                })
+                .collect(),
+            eval_metric: steps
+                .iter()
+                .map(|&s| {
+                    (
+                        s,
+                        0.5 + (fin - 0.5) * (1.0 - (-(s as f64) * rate / 350.0).exp()),
+                    )
+                })
+                .collect(),
+        };
+        inp.curves.insert(c.cell_id.clone(), curves);
+    }
+    inp
 }
 
 fn input(sweep: &str, cells: Vec<ReportCell>, spec: &str) -> ReportInput {
@@ -76,6 +109,8 @@ fn input(sweep: &str, cells: Vec<ReportCell>, spec: &str) -> ReportInput {
         cells,
         spec_toml: spec.to_string(),
         chance_level: Some(0.509),
+        n_eval: Some(872),
+        ..Default::default()
     }
 }
 
@@ -105,7 +140,7 @@ fn lambda_grid(xs: &[f64], lambdas: &[f64], seeds: u64) -> Vec<ReportCell> {
 }
 
 fn write(inp: &ReportInput, dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
-    let summary = write_report(inp, dir)?;
+    let summary = write_report(&with_curves(inp.clone()), dir)?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
 }
@@ -140,14 +175,17 @@ lr_b = [5e-5, 2e-4, 8e-4, 3.2e-3]
     write(&input("gpt2-sst2-r8", cells.clone(), spec), &out)?;
 
     let lam = lambda_grid(&[5e-5, 1e-4, 2e-4, 4e-4], &[1.0, 2.0, 4.0, 8.0, 16.0], 2);
-    write(
-        &input(
-            "gpt2-sst2-lambda",
-            lam,
-            "[grid]\nlr_a = [5e-5, 1e-4, 2e-4, 4e-4]\nlambda = [1, 2, 4, 8, 16]\n",
-        ),
-        &out.join("lambda"),
+    let lam = input(
+        "gpt2-sst2-lambda",
+        lam,
+        "[grid]\nlr_a = [5e-5, 1e-4, 2e-4, 4e-4]\nlambda = [1, 2, 4, 8, 16]\n",
+    );
+    write(&lam, &out.join("lambda"))?;
+    let cmp = write_compare(
+        &[input("gpt2-sst2-r8", cells.clone(), spec), lam],
+        &out.join("compare"),
     )?;
+    println!("{}", serde_json::to_string_pretty(&cmp)?);
 
     let irr = lambda_grid(&[1e-4, 3e-4, 1e-3], &[1.0, 4.0, 16.0], 1);
     write(
@@ -182,6 +220,10 @@ lr_b = [5e-5, 2e-4, 8e-4, 3.2e-3]
         .iter()
         .map(|c| cell(c.lr_a, c.lr_b, c.seed, "pending", None))
         .collect();
-    write(&input("gpt2-sst2-r8", pending, spec), &out.join("pending"))?;
+    // Nothing finished: a clear error, no files.
+    match write(&input("gpt2-sst2-r8", pending, spec), &out.join("pending")) {
+        Err(e) => println!("pending: {e}"),
+        Ok(()) => return Err("a sweep with no finished cell must not be reported".into()),
+    }
     Ok(())
 }

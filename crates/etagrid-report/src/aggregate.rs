@@ -1,6 +1,6 @@
 //! Grouping cells into (η_A, η_B) points and picking the best ones.
 
-use crate::{BestCell, ReportCell, ReportError};
+use crate::{ReportCell, ReportError};
 
 /// Relative tolerance under which two learning rates count as the same value
 /// (η_B = λ·η_A computed two ways rarely agrees to the last bit).
@@ -17,13 +17,13 @@ pub(crate) struct Axis {
 }
 
 impl Axis {
-    fn from_values(mut values: Vec<f64>) -> Self {
+    pub(crate) fn from_values(mut values: Vec<f64>) -> Self {
         values.sort_by(f64::total_cmp);
         values.dedup_by(|later, earlier| same_value(*later, *earlier));
         Axis { values }
     }
 
-    fn index_of(&self, v: f64) -> Option<usize> {
+    pub(crate) fn index_of(&self, v: f64) -> Option<usize> {
         self.values.iter().position(|&x| same_value(x, v))
     }
 
@@ -74,6 +74,11 @@ pub(crate) struct Point {
     pub iy: usize,
     /// Mean over the seeds with a (finite) metric.
     pub mean: Option<f64>,
+    /// Sample standard deviation (n − 1) over those seeds; `None` with fewer than 2.
+    pub std: Option<f64>,
+    /// Lowest and highest seed's metric.
+    pub min: Option<f64>,
+    pub max: Option<f64>,
     /// How many seeds have a metric.
     pub seeds: usize,
     /// Indices (into the input cells) of all cells at this point.
@@ -83,22 +88,8 @@ pub(crate) struct Point {
 }
 
 impl Point {
-    pub fn on_diagonal(&self) -> bool {
-        same_value(self.lr_a, self.lr_b)
-    }
-
     pub fn ratio(&self) -> f64 {
         self.lr_b / self.lr_a
-    }
-
-    pub fn to_best_cell(&self) -> BestCell {
-        BestCell {
-            lr_a: self.lr_a,
-            lr_b: self.lr_b,
-            ratio: self.ratio(),
-            metric: self.mean.unwrap_or(f64::NAN),
-            seeds: self.seeds,
-        }
     }
 }
 
@@ -109,7 +100,6 @@ pub(crate) struct Grid {
     pub ys: Axis,
     /// Sorted by (η_A, η_B).
     pub points: Vec<Point>,
-    pub cells_done: usize,
 }
 
 /// The metric of a cell if it is usable for aggregation.
@@ -146,6 +136,9 @@ impl Grid {
                     ix,
                     iy,
                     mean: None,
+                    std: None,
+                    min: None,
+                    max: None,
                     seeds: 0,
                     cells: vec![i],
                     status: "…",
@@ -160,7 +153,15 @@ impl Grid {
                 .collect();
             p.seeds = metrics.len();
             if !metrics.is_empty() {
-                p.mean = Some(metrics.iter().sum::<f64>() / metrics.len() as f64);
+                let n = metrics.len() as f64;
+                let mean = metrics.iter().sum::<f64>() / n;
+                p.mean = Some(mean);
+                if metrics.len() > 1 {
+                    let ss: f64 = metrics.iter().map(|m| (m - mean) * (m - mean)).sum();
+                    p.std = Some((ss / (n - 1.0)).sqrt());
+                }
+                p.min = metrics.iter().copied().reduce(f64::min);
+                p.max = metrics.iter().copied().reduce(f64::max);
             }
             let has = |state: &str| p.cells.iter().any(|&i| cells[i].state == state);
             p.status = if has("diverged") {
@@ -176,45 +177,7 @@ impl Grid {
             };
         }
         points.sort_by_key(|p| (p.ix, p.iy));
-        let cells_done = cells.iter().filter(|c| c.state == "done").count();
-        Ok(Grid {
-            xs,
-            ys,
-            points,
-            cells_done,
-        })
-    }
-
-    /// Index of the point with the best mean metric among those accepted by
-    /// `filter`; ties go to the first in (η_A, η_B) order.
-    pub fn best_point(
-        &self,
-        higher_is_better: bool,
-        filter: impl Fn(&Point) -> bool,
-    ) -> Option<usize> {
-        let mut best: Option<(usize, f64)> = None;
-        for (i, p) in self.points.iter().enumerate() {
-            let Some(m) = p.mean else { continue };
-            if !filter(p) {
-                continue;
-            }
-            let better = match best {
-                None => true,
-                Some((_, b)) if higher_is_better => m > b,
-                Some((_, b)) => m < b,
-            };
-            if better {
-                best = Some((i, m));
-            }
-        }
-        best.map(|(i, _)| i)
-    }
-
-    /// (min, max) of the points' mean metrics, if any point has one.
-    pub fn metric_range(&self) -> Option<(f64, f64)> {
-        let mut it = self.points.iter().filter_map(|p| p.mean);
-        let first = it.next()?;
-        Some(it.fold((first, first), |(lo, hi), m| (lo.min(m), hi.max(m))))
+        Ok(Grid { xs, ys, points })
     }
 }
 
@@ -230,11 +193,7 @@ mod tests {
             seed,
             state: state.to_string(),
             metric,
-            eval_loss: None,
-            train_loss: None,
-            steps: None,
-            wall_s: None,
-            device: None,
+            ..Default::default()
         }
     }
 

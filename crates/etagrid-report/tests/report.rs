@@ -20,6 +20,7 @@ fn cell(lr_a: f64, lr_b: f64, seed: u64, state: &str, metric: Option<f64>) -> Re
         steps: metric.map(|_| 1000),
         wall_s: metric.map(|_| 123.4),
         device: Some("cuda:0".to_string()),
+        ..Default::default()
     }
 }
 
@@ -34,7 +35,7 @@ fn input(cells: Vec<ReportCell>, higher_is_better: bool) -> ReportInput {
         higher_is_better,
         cells,
         spec_toml: "name = \"test-sweep\"\n".to_string(),
-        chance_level: None,
+        ..Default::default()
     }
 }
 
@@ -169,9 +170,9 @@ fn write_report_writes_a_valid_png_of_the_expected_size_and_no_tmp_files() {
     assert_eq!(s.heatmap, out.join("heatmap.png"));
     assert_eq!(s.index, out.join("index.html"));
     let bytes = std::fs::read(&s.heatmap).expect("read heatmap");
-    assert_eq!(png_size(&bytes), (900, 750));
+    assert_eq!(png_size(&bytes), (900, 800));
     let img = decode(&s.heatmap);
-    assert_eq!(img.dimensions(), (900, 750));
+    assert_eq!(img.dimensions(), (900, 800));
     assert!(
         count_pixels(&img, BEST_RED) > 200,
         "the best point has a red border"
@@ -181,7 +182,28 @@ fn write_report_writes_a_valid_png_of_the_expected_size_and_no_tmp_files() {
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["heatmap.png", "index.html"]);
+    // No learning curves were given, so no curves figure.
+    assert_eq!(
+        names,
+        [
+            "cells.csv",
+            "cells.json",
+            "heatmap.png",
+            "heatmap.svg",
+            "index.html",
+            "lambda-profile.png",
+            "lambda-profile.svg",
+            "model.json",
+            "top-k.png",
+            "top-k.svg"
+        ]
+    );
+    let svg = std::fs::read_to_string(out.join("heatmap.svg")).expect("read svg");
+    assert!(
+        svg.starts_with("<svg") && svg.contains("viewBox=\"0 0 900 800\""),
+        "{}",
+        &svg[..200.min(svg.len())]
+    );
 }
 
 #[test]
@@ -209,7 +231,7 @@ fn index_html_lists_every_cell_and_escapes_strings() {
             c.cell_id
         );
     }
-    assert!(!html.contains("<script>"), "spec must be escaped");
+    assert!(!html.contains("<script>alert"), "spec must be escaped");
     assert!(html.contains("&lt;script&gt;alert(&#39;hi&#39;)&lt;/script&gt;"));
     assert!(!html.contains("<b>bold</b>"), "sweep name must be escaped");
     assert!(html.contains("sweep &lt;b&gt;bold&lt;/b&gt;"));
@@ -218,6 +240,7 @@ fn index_html_lists_every_cell_and_escapes_strings() {
         "device must be escaped"
     );
     assert!(html.contains("<img src=\"heatmap.png\""));
+    assert!(html.contains("<a href=\"heatmap.svg\">SVG</a>"));
     assert!(html.contains("chance level"));
     assert!(html.contains("0.500"));
     // Sorted best first, cells without a metric last.
@@ -252,11 +275,11 @@ fn eta_a_times_lambda_grid_uses_the_union_of_eta_b_values() {
     let d = s.best_on_diagonal.as_ref().expect("a diagonal best");
     assert!(close(d.lr_a, 1e-3) && close(d.ratio, 1.0), "diag = {d:?}");
     let img = decode(&s.heatmap);
-    assert_eq!(img.dimensions(), (900, 750));
+    assert_eq!(img.dimensions(), (900, 800));
     assert!(count_pixels(&img, BEST_RED) > 100);
     let html = std::fs::read_to_string(&s.index).expect("read index.html");
     assert_eq!(html.matches("<tr class=\"state-").count(), cells.len());
-    assert!(html.contains("<td>16</td>"), "λ column shows 16");
+    assert!(html.contains(">16</td>"), "λ column shows 16");
 }
 
 #[test]
@@ -269,7 +292,7 @@ fn a_single_value_on_an_axis_still_renders() {
     ];
     let s = report(&input(cells, true), dir.path());
     assert!(close(best(&s).lr_b, 1e-3));
-    assert_eq!(decode(&s.heatmap).dimensions(), (900, 750));
+    assert_eq!(decode(&s.heatmap).dimensions(), (900, 800));
 
     // A single point: both axes have one value.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -277,12 +300,13 @@ fn a_single_value_on_an_axis_still_renders() {
     let b = best(&s);
     assert!(close(b.metric, 0.5));
     assert!(s.best_on_diagonal.is_some());
-    assert_eq!(decode(&s.heatmap).dimensions(), (900, 750));
+    assert_eq!(decode(&s.heatmap).dimensions(), (900, 800));
 }
 
 #[test]
-fn an_all_pending_sweep_writes_a_report_saying_nothing_is_done() {
+fn a_sweep_without_a_finished_cell_is_a_clear_error_and_writes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("r");
     let mut cells = Vec::new();
     for &a in &[1e-4, 1e-3] {
         for &b in &[1e-4, 1e-3] {
@@ -290,27 +314,24 @@ fn an_all_pending_sweep_writes_a_report_saying_nothing_is_done() {
         }
     }
     cells[0].state = "running".to_string();
-    let s = report(&input(cells.clone(), true), dir.path());
-    assert!(s.best.is_none());
-    assert!(s.best_on_diagonal.is_none());
-    assert_eq!((s.cells_done, s.cells_total), (0, 4));
-    let img = decode(&s.heatmap);
-    assert_eq!(img.dimensions(), (900, 750));
-    assert_eq!(count_pixels(&img, BEST_RED), 0, "no best point to mark");
-    let html = std::fs::read_to_string(&s.index).expect("read index.html");
-    assert!(html.contains("Nothing is done yet"), "says nothing is done");
-    assert!(html.contains("0 / 4"));
-    assert!(html.contains("running 1 &middot; pending 3"));
-    assert_eq!(html.matches("<tr class=\"state-").count(), cells.len());
-}
-
-#[test]
-fn an_empty_sweep_still_writes_a_report() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let s = report(&input(Vec::new(), true), dir.path());
-    assert_eq!((s.cells_done, s.cells_total), (0, 0));
-    assert!(s.best.is_none());
-    assert_eq!(decode(&s.heatmap).dimensions(), (900, 750));
+    cells[1] = cell(1e-4, 1e-3, 0, "diverged", None);
+    match write_report(&input(cells, true), &out) {
+        Err(e @ ReportError::NothingFinished { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("test-sweep"), "{msg}");
+            assert!(msg.contains("no cell has finished"), "{msg}");
+            assert!(msg.contains("running 1 · pending 2 · diverged 1"), "{msg}");
+            assert!(msg.contains("etagrid run"), "says what to do: {msg}");
+        }
+        other => panic!("expected NothingFinished, got {other:?}"),
+    }
+    assert!(!out.exists(), "nothing is written");
+    // An empty sweep too.
+    let err = write_report(&input(Vec::new(), true), &out);
+    assert!(matches!(
+        err,
+        Err(ReportError::NothingFinished { cells: 0, .. })
+    ));
 }
 
 #[test]

@@ -18,6 +18,8 @@ use std::collections::BTreeMap;
 
 mod lease;
 pub use lease::{unix_now, Claim, Lease, SlurmTask};
+mod times;
+pub use times::CellTimes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

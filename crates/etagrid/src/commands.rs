@@ -1,6 +1,5 @@
 use crate::common::{block_on, sweep_name, Exit};
 use anyhow::{bail, Context, Result};
-use etagrid_report::{ReportCell, ReportInput};
 use etagrid_sched::{discover_gpus, plan_slots, RunOptions, SlotDevice, WorkerCommand};
 use etagrid_spec::protocol::{CellEvent, WorkerEvent, WorkerJob};
 use etagrid_spec::CellId;
@@ -227,7 +226,7 @@ pub(crate) fn finish_run(
 ) -> Result<Exit> {
     if let Some(dir) = &args.report_dir {
         if summary.done + summary.skipped > 0 {
-            report(&args.db, &args.sweep.to_string_lossy(), dir)?;
+            crate::report::report_after_run(&args.db, &args.sweep.to_string_lossy(), dir)?;
         }
     }
     Ok(if summary.stopped_by_signal {
@@ -245,73 +244,17 @@ pub(crate) fn finish_run(
     })
 }
 
-/// `sweep` is a sweep file or the name of a sweep in the store.
-pub fn report(db: &StoreUrl, sweep: &str, reports: &Path) -> Result<()> {
-    let name = sweep_name(sweep)?;
-    let (row, cells) = load_sweep(db, &name)?;
-    // Chance level = what predicting the eval set's majority class scores on the sweep's metric,
-    // when the task files are still there.
-    let chance = SweepSpec::parse(Path::new(&row.source_path), &row.source_text)
-        .ok()
-        .and_then(|spec| chance_level(&spec).ok().flatten());
-    let input = ReportInput {
-        sweep: row.name.clone(),
-        metric_name: row.metric.clone(),
-        higher_is_better: row.higher_is_better,
-        cells: cells
-            .iter()
-            .map(|c| ReportCell {
-                cell_id: c.id.clone(),
-                lr_a: c.lr_a,
-                lr_b: c.lr_b,
-                seed: c.seed as u64,
-                state: c.state.as_str().into(),
-                metric: c.metric,
-                eval_loss: c.eval_loss,
-                train_loss: c.train_loss,
-                steps: c.step,
-                wall_s: c.wall_s,
-                device: c.device.clone(),
-            })
-            .collect(),
-        spec_toml: row.source_text.clone(),
-        chance_level: chance,
-    };
-    let out = reports.join(&row.name);
-    let s = etagrid_report::write_report(&input, &out)
-        .with_context(|| format!("failed to write the report to {}", out.display()))?;
-    eprintln!(
-        "report: {} ({} of {} cells done)",
-        s.index.display(),
-        s.cells_done,
-        s.cells_total
-    );
-    if let Some(b) = &s.best {
-        eprintln!(
-            "best: η_A={:.3e} η_B={:.3e} (λ={:.3}) {}={:.4}",
-            b.lr_a, b.lr_b, b.ratio, row.metric, b.metric
-        );
-    }
-    if let Some(d) = &s.best_on_diagonal {
-        eprintln!(
-            "best with η_B = η_A: η={:.3e} {}={:.4}",
-            d.lr_a, row.metric, d.metric
-        );
-    }
-    Ok(())
-}
-
-fn chance_level(spec: &SweepSpec) -> Result<Option<f64>> {
+/// The chance level (majority class on the sweep's metric) and the eval-set size, when the
+/// task files are still there.
+pub(crate) fn eval_stats(spec: &SweepSpec) -> Result<(Option<f64>, Option<u64>)> {
     let ex = etagrid_train::data::eval_examples(&spec.task)?;
     let mut counts = std::collections::HashMap::new();
     for e in &ex {
         *counts.entry(e.label.as_str()).or_insert(0u64) += 1;
     }
     let counts: Vec<u64> = counts.into_values().collect();
-    Ok(etagrid_train::metrics::chance_level(
-        spec.task.metric,
-        &counts,
-    ))
+    let chance = etagrid_train::metrics::chance_level(spec.task.metric, &counts);
+    Ok((chance, Some(ex.len() as u64)))
 }
 
 /// The worker side of the protocol: one job (one cell or a pack) in, JSON lines out, each naming
@@ -493,7 +436,7 @@ fn current_cells(
 }
 
 /// A sweep's row and the cells of its current grid, from the store.
-fn load_sweep(
+pub(crate) fn load_sweep(
     db: &StoreUrl,
     name: &str,
 ) -> Result<(etagrid_store::SweepRow, Vec<etagrid_store::CellRow>)> {

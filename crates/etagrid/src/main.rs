@@ -5,6 +5,7 @@
 mod commands;
 mod common;
 mod init;
+mod report;
 mod slurm;
 mod status;
 
@@ -81,12 +82,29 @@ enum Command {
         #[command(flatten)]
         slurm: slurm::SlurmArgs,
     },
-    /// Write reports/<sweep>/heatmap.png and index.html from the store.
+    /// Write a sweep's report (figures as PNG and SVG, cells.csv/json, index.html) to
+    /// reports/<sweep>/; with several sweeps, a compare report to reports/compare/.
     Report {
-        /// A sweep file or the name of a sweep in the store.
-        sweep: String,
+        /// Sweep files or names of sweeps in the store.
+        #[arg(required = true)]
+        sweeps: Vec<String>,
         #[arg(long, default_value = "reports")]
         reports: PathBuf,
+        /// The report's directory [default: <reports>/<sweep>, or <reports>/compare].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Heatmap colour floor: metric values worse than this get the end colour (the
+        /// figure says so).
+        #[arg(long, value_name = "METRIC")]
+        color_floor: Option<f64>,
+    },
+    /// Print a sweep's best point, its best λ = 1 point and the points tied with the best.
+    Best {
+        /// A sweep file or the name of a sweep in the store.
+        sweep: String,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Show the state of a sweep's cells (or of every sweep); works while a run is going on.
     Status { sweep: Option<String> },
@@ -236,9 +254,13 @@ fn main() -> ExitCode {
                 etagrid_spec::protocol::JobDevice::Cpu
             },
         }),
-        Command::Report { sweep, reports } => {
-            commands::report(&db, &sweep, &reports).map(|_| common::Exit::Ok)
-        }
+        Command::Report {
+            sweeps,
+            reports,
+            out,
+            color_floor,
+        } => report::report(&db, &sweeps, &reports, out.as_deref(), color_floor),
+        Command::Best { sweep, json } => report::best(&db, &sweep, json),
         Command::Status { sweep } => status::status(&db, sweep.as_deref()),
         Command::Init {
             model,

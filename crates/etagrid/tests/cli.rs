@@ -579,3 +579,87 @@ fn a_closed_stdout_pipe_ends_the_command_quietly() {
         out.status
     );
 }
+
+#[test]
+fn report_best_and_compare_read_the_store_and_an_unstarted_sweep_is_a_clear_error() {
+    let sb = Sandbox::new("lr_a = [1e-3]\nratio = [1, 16]", 4);
+    let out = sb.run(&["run", "tiny.toml", "--enqueue-only"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Nothing finished: an error that says so and what to do, and no report directory.
+    let rep = sb.run(&["report", "tiny"]);
+    let err = text(&rep.stderr);
+    assert_eq!(rep.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no cell has finished") && err.contains("pending 2"),
+        "{err}"
+    );
+    assert!(err.contains("etagrid run"), "{err}");
+    assert!(!sb.dir.path().join("reports/tiny").exists());
+
+    let run = sb.run(&["run", "tiny.toml"]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let dir = sb.dir.path().join("reports/tiny");
+    for f in [
+        "index.html",
+        "heatmap.svg",
+        "curves.png",
+        "cells.csv",
+        "cells.json",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    // The curves come from the store (log_every = 2, eval_every = 4).
+    let model: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("model.json")).expect("model"))
+            .expect("model.json parses");
+    let best_curves = &model["curves"]["best"];
+    assert_eq!(
+        best_curves["train_loss"].as_array().map(Vec::len),
+        Some(2),
+        "{best_curves}"
+    );
+    assert!(!best_curves["eval_metric"]
+        .as_array()
+        .is_none_or(Vec::is_empty));
+    let csv = std::fs::read_to_string(dir.join("cells.csv")).expect("csv");
+    assert_eq!(csv.lines().count(), 3, "header + one row per cell:\n{csv}");
+    // Provenance: the store's start and finish times (UTC text from the store).
+    let html = std::fs::read_to_string(dir.join("index.html")).expect("index");
+    for th in ["first cell started", "last cell finished"] {
+        let at = html.find(&format!("<th>{th}</th><td>")).expect(th) + th.len() + 13;
+        assert!(html[at..].starts_with("20"), "{th}: {}", &html[at..at + 30]);
+    }
+
+    // `best --json` names a cell with the highest metric (ties go to the first in grid order).
+    let best = sb.run(&["best", "tiny", "--json"]);
+    assert!(best.status.success(), "{}", text(&best.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&best.stdout).expect("best --json parses");
+    let cells = sb.cells();
+    let top = cells
+        .iter()
+        .filter_map(|c| c.metric)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let named = v["best"]["cell_ids"][0].as_str().expect("a cell id");
+    let named = cells
+        .iter()
+        .find(|c| c.id == named)
+        .expect("a cell of the sweep");
+    assert_eq!(named.metric, Some(top), "{v}");
+    assert_eq!(v["best"]["metric"].as_f64(), Some(top), "{v}");
+    assert_eq!(v["cells_done"].as_u64(), Some(2));
+
+    // A compare report over several sweeps (here the same one twice) goes to --out.
+    let cmp = sb.run(&["report", "tiny", "tiny", "--out", "cmp"]);
+    assert!(cmp.status.success(), "{}", text(&cmp.stderr));
+    for f in [
+        "index.html",
+        "heatmaps.png",
+        "heatmaps.svg",
+        "lambda-profile.png",
+    ] {
+        assert!(
+            sb.dir.path().join("cmp").join(f).is_file(),
+            "cmp/{f} missing"
+        );
+    }
+}
