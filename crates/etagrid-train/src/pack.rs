@@ -431,7 +431,7 @@ fn pack_batch(
             return b;
         }
         let label_reps: Vec<i64> = std::iter::once(k)
-            .chain(std::iter::repeat(1).take(b.labels.dim() - 1))
+            .chain(std::iter::repeat_n(1, b.labels.dim() - 1))
             .collect();
         return Batch {
             input_ids: b.input_ids.repeat([k, 1]),
