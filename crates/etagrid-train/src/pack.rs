@@ -29,7 +29,7 @@ use crate::train::{
 };
 use crate::weights::Weights;
 use crate::{device, TrainError};
-use etagrid_spec::protocol::{CellResult, PackedCell, WorkerEvent, WorkerJob};
+use etagrid_spec::protocol::{CellResult, PackedCell, ParamGroupInfo, WorkerEvent, WorkerJob};
 use etagrid_spec::{CellId, TrainLength};
 use std::time::Instant;
 use tch::{Device, Kind, Reduction, Tensor};
@@ -113,7 +113,15 @@ pub fn run_pack(
                 train_examples: data.train.len(),
                 eval_examples: data.eval.len(),
                 trainable_params: per_cell_params,
-                groups: opt.groups(c.config.lr_a, c.config.lr_b),
+                // Per cell: the stacked tensors hold K cells' parameters.
+                groups: opt
+                    .groups(c.config.lr_a, c.config.lr_b)
+                    .into_iter()
+                    .map(|g| ParamGroupInfo {
+                        params: g.params / k as u64,
+                        ..g
+                    })
+                    .collect(),
                 labels: data.labels.labels.clone(),
             },
         );

@@ -159,6 +159,28 @@ fn packed_cells_end_with_the_numbers_they_get_alone() {
         let alone = run_job(&alone_job, &mut |e| alone_events.push(e)).expect("alone");
         let in_pack = &packed[&c.cell_id];
         let pack_events = &packed_events[&c.cell_id];
+        // A cell's own parameter counts, not the pack's.
+        let started = |ev: &[WorkerEvent]| {
+            ev.iter().find_map(|e| match e {
+                WorkerEvent::Started {
+                    trainable_params,
+                    groups,
+                    ..
+                } => Some((
+                    *trainable_params,
+                    groups
+                        .iter()
+                        .map(|g| (g.name.clone(), g.lr, g.params))
+                        .collect::<Vec<_>>(),
+                )),
+                _ => None,
+            })
+        };
+        assert_eq!(
+            started(&alone_events),
+            started(pack_events),
+            "cell {i}: started"
+        );
         match (&alone, in_pack) {
             (JobOutcome::Finished(a), JobOutcome::Finished(p)) => {
                 assert_eq!(p.pack_size, Some(4));
