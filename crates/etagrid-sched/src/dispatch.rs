@@ -474,7 +474,7 @@ async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, Sc
                     .map(|(g, _)| *g)
                     .collect();
                 for g in measured {
-                    ctx.open_fitted(g, &mut probes, &mut open, "training");
+                    ctx.open_fitted(g, &mut probes, &mut open, true);
                 }
             }
             _ = timer => {
@@ -510,7 +510,7 @@ async fn run_async(spec: &SweepSpec, opts: &RunOptions) -> Result<RunSummary, Sc
                         // may stop early).
                         if let (SlotDevice::Gpu(g), true) = (opts.slots[i], any_done) {
                             if probes.get(&g).is_some_and(|p| p.samples > 0) {
-                                ctx.open_fitted(g, &mut probes, &mut open, "a whole run");
+                                ctx.open_fitted(g, &mut probes, &mut open, false);
                             }
                         }
                         progress.slot(i, "idle".into());
@@ -809,12 +809,23 @@ impl Ctx<'_> {
     }
 
     /// Opens as many slots on GPU `g` as its probe's peak allows, and ends the probe.
-    fn open_fitted(&self, g: u32, probes: &mut HashMap<u32, Probe>, open: &mut [bool], seen: &str) {
+    fn open_fitted(
+        &self,
+        g: u32,
+        probes: &mut HashMap<u32, Probe>,
+        open: &mut [bool],
+        training_only: bool,
+    ) {
         let (Some(fit), Some(p)) = (&self.opts.memory_fit, probes.remove(&g)) else {
             return;
         };
         // A peak seen during training only: 10 % headroom for the evaluation and the end.
-        let peak = if seen == "training" {
+        let seen = if training_only {
+            "training"
+        } else {
+            "a whole run"
+        };
+        let peak = if training_only {
             p.baseline_mib + (p.peak_mib.saturating_sub(p.baseline_mib) as f64 * 1.1) as u64
         } else {
             p.peak_mib

@@ -280,7 +280,7 @@ pub fn run_pack(
                 }
             });
             if let Err(e) = saved_ok {
-                let error = format!("{:#}", anyhow_like(&e));
+                let error = error_chain(&e);
                 emit(&c.cell_id, WorkerEvent::Failed { error });
                 out.push((c.cell_id.clone(), JobOutcome::Failed(e.to_string())));
                 continue;
@@ -298,7 +298,7 @@ pub fn run_pack(
 }
 
 /// An error with its causes, one line.
-fn anyhow_like(e: &TrainError) -> String {
+fn error_chain(e: &TrainError) -> String {
     let mut s = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(c) = src {
