@@ -1,7 +1,7 @@
 //! The resolved sweep: nothing optional, every path resolved, every value checked.
 
 use crate::error::SpecError;
-use crate::file::SweepFile;
+use crate::file::{GridSection, LoraSection, SweepFile, TaskSection, TrainSection};
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -451,393 +451,15 @@ impl Resolver<'_> {
 
     fn resolve(&self, f: SweepFile) -> Result<SweepSpec, SpecError> {
         let base = self.path.parent().unwrap_or(Path::new("")).to_owned();
-        let name = match f.name {
-            Some(n) => n,
-            None => self
-                .path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "sweep".into()),
-        };
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
-            return Err(self.err(
-                0..0,
-                "name",
-                format!(
-                    "{name:?} is not a usable sweep name: use letters, digits, '-', '_' or '.'"
-                ),
-            ));
-        }
-
+        let name = self.name(f.name)?;
         let model = ModelSpec {
             dir: base.join(f.model.path.get_ref()),
             path: f.model.path.into_inner(),
         };
-
-        let t = f.task;
-        let causal_lm = match t.kind.as_ref().map(|k| k.get_ref().as_str()) {
-            None | Some("classification") => false,
-            Some("causal_lm") => true,
-            Some(other) => {
-                return Err(self.err(
-                    t.kind.as_ref().map(|k| k.span()).unwrap_or(0..0),
-                    "task.kind",
-                    format!("unknown task kind {other:?}: use \"classification\" or \"causal_lm\""),
-                ))
-            }
-        };
-        let metric = match &t.metric {
-            None if causal_lm => Metric::EvalLoss,
-            None => Metric::Accuracy,
-            Some(m) => {
-                let metric = Metric::from_name(m.get_ref()).ok_or_else(|| {
-                    self.err(
-                        m.span(),
-                        "task.metric",
-                        format!(
-                            "unknown metric {:?}: use \"accuracy\", \"macro_f1\", \"mcc\" or \"eval_loss\" \
-                             (classification), \"eval_loss\", \"perplexity\" or \"mc_accuracy\" (causal_lm)",
-                            m.get_ref()
-                        ),
-                    )
-                })?;
-                let fits = match metric {
-                    Metric::EvalLoss => true,
-                    Metric::Perplexity => causal_lm,
-                    Metric::McAccuracy => causal_lm && t.mc_eval.is_some(),
-                    _ => !causal_lm,
-                };
-                if !fits {
-                    return Err(self.err(
-                        m.span(),
-                        "task.metric",
-                        match metric {
-                            Metric::McAccuracy if causal_lm => "\"mc_accuracy\" needs a multiple-choice eval file: set `mc_eval` in [task]".to_owned(),
-                            _ if causal_lm => format!("{:?} is a classification metric: a causal_lm task has \"eval_loss\", \"perplexity\" and (with `mc_eval`) \"mc_accuracy\"", m.get_ref()),
-                            _ => format!("{:?} needs `kind = \"causal_lm\"` in [task]", m.get_ref()),
-                        },
-                    ));
-                }
-                metric
-            }
-        };
-        if !causal_lm {
-            for (key, v) in [
-                ("prompt_column", &t.prompt_column),
-                ("response_column", &t.response_column),
-                ("prompt_template", &t.prompt_template),
-                ("mc_eval", &t.mc_eval),
-            ] {
-                if let Some(v) = v {
-                    return Err(self.err(
-                        v.span(),
-                        &format!("task.{key}"),
-                        "is a causal_lm setting: add `kind = \"causal_lm\"` to [task] or remove it",
-                    ));
-                }
-            }
-        }
-        let lm = if causal_lm {
-            if let Some(tpl) = &t.prompt_template {
-                if !tpl.get_ref().contains("{prompt}") {
-                    return Err(self.err(
-                        tpl.span(),
-                        "task.prompt_template",
-                        "has no `{prompt}`: write where the prompt goes, e.g. \"<|im_start|>user\\n{prompt}<|im_end|>\\n<|im_start|>assistant\\n\"",
-                    ));
-                }
-            }
-            Some(LmTaskSpec {
-                prompt_column: t
-                    .prompt_column
-                    .map(Spanned::into_inner)
-                    .unwrap_or_else(|| "prompt".into()),
-                response_column: t
-                    .response_column
-                    .map(Spanned::into_inner)
-                    .unwrap_or_else(|| "response".into()),
-                prompt_template: t.prompt_template.map(Spanned::into_inner),
-                mc_eval_file: t.mc_eval.as_ref().map(|m| base.join(m.get_ref())),
-                mc_eval: t.mc_eval.map(Spanned::into_inner),
-            })
-        } else {
-            None
-        };
-        let (eval, split) = match (t.eval, t.split) {
-            (Some(e), None) => (e.into_inner(), None),
-            (None, Some(s)) => {
-                let f = s.get_ref().eval_fraction;
-                if !(f > 0.0 && f < 1.0) {
-                    return Err(self.err(
-                        s.span(),
-                        "task.split.eval_fraction",
-                        format!("is {f}: give the share of examples to hold out, between 0 and 1 (e.g. 0.2)"),
-                    ));
-                }
-                let split = SplitSpec {
-                    eval_fraction: f,
-                    seed: s.get_ref().seed.unwrap_or(0),
-                };
-                (t.train.get_ref().clone(), Some(split))
-            }
-            (Some(_), Some(s)) => {
-                return Err(self.err(
-                    s.span(),
-                    "task.split",
-                    "give either `eval` (a file) or `split` (hold out part of `train`), not both",
-                ))
-            }
-            (None, None) => {
-                return Err(self.section_err(
-                    "task",
-                    "task.eval",
-                    "missing: give `eval` (a file) or `split = { eval_fraction = 0.2, seed = 0 }` \
-                     (hold out part of `train`, stratified by label)",
-                ))
-            }
-        };
-        let task = TaskSpec {
-            train_file: base.join(t.train.get_ref()),
-            eval_file: base.join(&eval),
-            train: t.train.into_inner(),
-            eval,
-            split,
-            text_column: t.text_column.unwrap_or_else(|| "text".into()),
-            text_pair_column: t.text_pair_column,
-            label_column: t.label_column.unwrap_or_else(|| "label".into()),
-            max_eval_examples: match t.max_eval_examples {
-                Some(n) if *n.get_ref() == 0 => {
-                    return Err(self.err(n.span(), "task.max_eval_examples", "must be at least 1"))
-                }
-                n => n.map(Spanned::into_inner),
-            },
-            metric,
-            lm,
-        };
-
-        let l = f.lora;
-        let rank = self.positive(&l.rank, 8, "lora.rank")?;
-        let dropout = match l.dropout {
-            None => 0.0,
-            Some(d) if (0.0..1.0).contains(d.get_ref()) => *d.get_ref(),
-            Some(d) => return Err(self.err(d.span(), "lora.dropout", "must be in [0, 1)")),
-        };
-        let target_modules =
-            match l.target_modules {
-                None => TargetModules::list(&["query", "value"]),
-                Some(t) => {
-                    let span = t.span();
-                    match t.into_inner() {
-                        TargetModules::List(l) if l.is_empty() => {
-                            return Err(self.err(
-                                span,
-                                "lora.target_modules",
-                                "is empty: name at least one module, e.g. [\"query\", \"value\"], \
-                             or give one regex, e.g. \".*\\\\.(query|value)\"",
-                            ))
-                        }
-                        TargetModules::Regex(r) if r.trim().is_empty() => return Err(self.err(
-                            span,
-                            "lora.target_modules",
-                            "is an empty regex: give a pattern that matches whole module names, \
-                             e.g. \".*\\\\.(query|value)\", or a list [\"query\", \"value\"]",
-                        )),
-                        TargetModules::Regex(r) => {
-                            if let Err(e) = TargetModules::compile(&r) {
-                                return Err(self.err(
-                                    span,
-                                    "lora.target_modules",
-                                    format!(
-                                    "is not a valid regex (Rust `regex` syntax: no look-around or \
-                                     back-references): {e}"
-                                ),
-                                ));
-                            }
-                            TargetModules::Regex(r)
-                        }
-                        list => list,
-                    }
-                }
-            };
-        let embedding_lr = match l.embedding_lr {
-            None => DEFAULT_EMBEDDING_LR,
-            Some(e) if *e.get_ref() >= 0.0 && e.get_ref().is_finite() => *e.get_ref(),
-            Some(e) => {
-                return Err(self.err(
-                    e.span(),
-                    "lora.embedding_lr",
-                    "must be a finite number ≥ 0 (PEFT's default is 1e-6)",
-                ))
-            }
-        };
-        let init = match l.init.as_ref().map(|s| s.get_ref().as_str()) {
-            None | Some("lora") => InitScheme::Lora,
-            Some("loraplus") => InitScheme::Loraplus,
-            Some(other) => {
-                return Err(self.err(
-                    l.init.as_ref().map(|s| s.span()).unwrap_or(0..0),
-                    "lora.init",
-                    format!("unknown init {other:?}: use \"lora\" (A random, B zero) or \"loraplus\" (B random, A zero)"),
-                ))
-            }
-        };
-        let alpha = match l.alpha {
-            None => rank as f64,
-            Some(a) if *a.get_ref() > 0.0 && a.get_ref().is_finite() => *a.get_ref(),
-            Some(a) => {
-                return Err(self.err(
-                    a.span(),
-                    "lora.alpha",
-                    format!(
-                        "is {}: the LoRA scale α must be a finite number greater than 0 \
-                         (default: the rank)",
-                        a.get_ref()
-                    ),
-                ))
-            }
-        };
-        let lora = LoraSpec {
-            rank,
-            alpha,
-            dropout,
-            target_modules,
-            init,
-            use_rslora: l.use_rslora.unwrap_or(false),
-            embedding_lr,
-        };
-
-        let tr = f.train;
-        let length = match (&tr.steps, &tr.epochs) {
-            (Some(s), None) if *s.get_ref() > 0 => TrainLength::Steps(*s.get_ref()),
-            (None, Some(e)) if *e.get_ref() > 0.0 => TrainLength::Epochs(*e.get_ref()),
-            (Some(s), None) => return Err(self.err(s.span(), "train.steps", "must be at least 1")),
-            (None, Some(e)) => {
-                return Err(self.err(e.span(), "train.epochs", "must be greater than 0"))
-            }
-            _ => {
-                return Err(self.section_err(
-                    "train",
-                    "train.steps",
-                    "give exactly one of `steps` or `epochs`",
-                ))
-            }
-        };
-        let schedule = match tr.schedule.as_ref().map(|s| s.get_ref().as_str()) {
-            None | Some("linear") => Schedule::Linear,
-            Some("constant") => Schedule::Constant,
-            Some("cosine") => Schedule::Cosine,
-            Some(other) => {
-                return Err(self.err(
-                    tr.schedule.as_ref().map(|s| s.span()).unwrap_or(0..0),
-                    "train.schedule",
-                    format!(
-                        "unknown schedule {other:?}: use \"constant\", \"linear\" or \"cosine\""
-                    ),
-                ))
-            }
-        };
-        let weight_decay = match tr.weight_decay {
-            None => 0.0,
-            Some(w) if *w.get_ref() >= 0.0 && w.get_ref().is_finite() => *w.get_ref(),
-            Some(w) => {
-                return Err(self.err(
-                    w.span(),
-                    "train.weight_decay",
-                    format!(
-                        "is {}: must be a finite number ≥ 0 (e.g. 0.01)",
-                        w.get_ref()
-                    ),
-                ))
-            }
-        };
-        let warmup_steps = match (&tr.warmup_steps, length) {
-            (None, _) => 0,
-            (Some(w), TrainLength::Steps(steps)) if *w.get_ref() > steps => {
-                return Err(self.err(
-                    w.span(),
-                    "train.warmup_steps",
-                    format!(
-                        "is {} but train.steps is {steps}: warm-up must end by the last step",
-                        w.get_ref()
-                    ),
-                ))
-            }
-            (Some(w), _) => *w.get_ref(),
-        };
-        let train = TrainSpec {
-            length,
-            batch_size: self.positive(&tr.batch_size, 32, "train.batch_size")?,
-            max_seq_len: self.positive(&tr.max_seq_len, 128, "train.max_seq_len")?,
-            weight_decay,
-            warmup_steps,
-            schedule,
-            eval_every: tr.eval_every.unwrap_or(0),
-            log_every: self.positive(&tr.log_every, 10, "train.log_every")?,
-        };
-
-        let g = f.grid;
-        let axis = |a: &Spanned<crate::Axis>, field: &str| {
-            a.get_ref()
-                .values()
-                .map_err(|m| self.err(a.span(), field, m))
-        };
-        let lr_a = axis(&g.lr_a, "grid.lr_a")?;
-        let points: Vec<(f64, f64)> = match (&g.lr_b, &g.ratio) {
-            (Some(b), None) => {
-                let lr_b = axis(b, "grid.lr_b")?;
-                lr_a.iter()
-                    .flat_map(|&a| lr_b.iter().map(move |&b| (a, b)))
-                    .collect()
-            }
-            (None, Some(r)) => {
-                let ratio = axis(r, "grid.ratio")?;
-                lr_a.iter()
-                    .flat_map(|&a| {
-                        ratio
-                            .iter()
-                            .map(move |&l| (a, crate::grid::round_sig(a * l)))
-                    })
-                    .collect()
-            }
-            (Some(_), Some(r)) => {
-                return Err(self.err(
-                    r.span(),
-                    "grid.ratio",
-                    "give either `lr_b` (η_B values) or `ratio` (λ = η_B/η_A values), not both",
-                ))
-            }
-            (None, None) => {
-                return Err(self.section_err(
-                    "grid",
-                    "grid.lr_b",
-                    "missing: give `lr_b` (η_B values) or `ratio` (λ = η_B/η_A values)",
-                ))
-            }
-        };
-        let seeds = match g.seeds {
-            None => vec![0],
-            Some(s) if s.get_ref().is_empty() => {
-                return Err(self.err(
-                    s.span(),
-                    "grid.seeds",
-                    "is empty: give at least one seed, e.g. [0]",
-                ))
-            }
-            Some(s) => {
-                let mut v = s.get_ref().clone();
-                v.sort_unstable();
-                v.dedup();
-                if v.len() != s.get_ref().len() {
-                    return Err(self.err(s.span(), "grid.seeds", "lists a seed twice"));
-                }
-                s.into_inner()
-            }
-        };
-
+        let task = self.task(f.task, &base)?;
+        let lora = self.lora(f.lora)?;
+        let train = self.train(f.train)?;
+        let (points, seeds) = self.grid(f.grid)?;
         let r = f.resources;
         let devices = match &r.devices {
             None => DeviceChoice::Auto,
@@ -904,6 +526,424 @@ impl Resolver<'_> {
             },
             inputs: None,
         })
+    }
+
+    /// The sweep's name: `name`, or the file's stem.
+    fn name(&self, name: Option<String>) -> Result<String, SpecError> {
+        let name = match name {
+            Some(n) => n,
+            None => self
+                .path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "sweep".into()),
+        };
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(self.err(
+                0..0,
+                "name",
+                format!(
+                    "{name:?} is not a usable sweep name: use letters, digits, '-', '_' or '.'"
+                ),
+            ));
+        }
+        Ok(name)
+    }
+
+    fn task(&self, t: TaskSection, base: &Path) -> Result<TaskSpec, SpecError> {
+        let causal_lm = match t.kind.as_ref().map(|k| k.get_ref().as_str()) {
+            None | Some("classification") => false,
+            Some("causal_lm") => true,
+            Some(other) => {
+                return Err(self.err(
+                    t.kind.as_ref().map(|k| k.span()).unwrap_or(0..0),
+                    "task.kind",
+                    format!("unknown task kind {other:?}: use \"classification\" or \"causal_lm\""),
+                ))
+            }
+        };
+        let metric = self.metric(&t, causal_lm)?;
+        if !causal_lm {
+            for (key, v) in [
+                ("prompt_column", &t.prompt_column),
+                ("response_column", &t.response_column),
+                ("prompt_template", &t.prompt_template),
+                ("mc_eval", &t.mc_eval),
+            ] {
+                if let Some(v) = v {
+                    return Err(self.err(
+                        v.span(),
+                        &format!("task.{key}"),
+                        "is a causal_lm setting: add `kind = \"causal_lm\"` to [task] or remove it",
+                    ));
+                }
+            }
+        }
+        let lm = if causal_lm {
+            Some(self.lm_task(&t, base)?)
+        } else {
+            None
+        };
+        let (eval, split) = self.eval_split(&t)?;
+        Ok(TaskSpec {
+            train_file: base.join(t.train.get_ref()),
+            eval_file: base.join(&eval),
+            train: t.train.into_inner(),
+            eval,
+            split,
+            text_column: t.text_column.unwrap_or_else(|| "text".into()),
+            text_pair_column: t.text_pair_column,
+            label_column: t.label_column.unwrap_or_else(|| "label".into()),
+            max_eval_examples: match t.max_eval_examples {
+                Some(n) if *n.get_ref() == 0 => {
+                    return Err(self.err(n.span(), "task.max_eval_examples", "must be at least 1"))
+                }
+                n => n.map(Spanned::into_inner),
+            },
+            metric,
+            lm,
+        })
+    }
+
+    /// The causal-LM settings of `[task]`.
+    fn lm_task(&self, t: &TaskSection, base: &Path) -> Result<LmTaskSpec, SpecError> {
+        if let Some(tpl) = &t.prompt_template {
+            if !tpl.get_ref().contains("{prompt}") {
+                return Err(self.err(
+                    tpl.span(),
+                    "task.prompt_template",
+                    "has no `{prompt}`: write where the prompt goes, e.g. \"<|im_start|>user\\n{prompt}<|im_end|>\\n<|im_start|>assistant\\n\"",
+                ));
+            }
+        }
+        Ok(LmTaskSpec {
+            prompt_column: t
+                .prompt_column
+                .as_ref()
+                .map(|v| v.get_ref().clone())
+                .unwrap_or_else(|| "prompt".into()),
+            response_column: t
+                .response_column
+                .as_ref()
+                .map(|v| v.get_ref().clone())
+                .unwrap_or_else(|| "response".into()),
+            prompt_template: t.prompt_template.as_ref().map(|v| v.get_ref().clone()),
+            mc_eval_file: t.mc_eval.as_ref().map(|m| base.join(m.get_ref())),
+            mc_eval: t.mc_eval.as_ref().map(|m| m.get_ref().clone()),
+        })
+    }
+
+    /// `[task] metric`, checked against the task's kind.
+    fn metric(&self, t: &TaskSection, causal_lm: bool) -> Result<Metric, SpecError> {
+        Ok(match &t.metric {
+            None if causal_lm => Metric::EvalLoss,
+            None => Metric::Accuracy,
+            Some(m) => {
+                let metric = Metric::from_name(m.get_ref()).ok_or_else(|| {
+                    self.err(
+                        m.span(),
+                        "task.metric",
+                        format!(
+                            "unknown metric {:?}: use \"accuracy\", \"macro_f1\", \"mcc\" or \"eval_loss\" \
+                             (classification), \"eval_loss\", \"perplexity\" or \"mc_accuracy\" (causal_lm)",
+                            m.get_ref()
+                        ),
+                    )
+                })?;
+                let fits = match metric {
+                    Metric::EvalLoss => true,
+                    Metric::Perplexity => causal_lm,
+                    Metric::McAccuracy => causal_lm && t.mc_eval.is_some(),
+                    _ => !causal_lm,
+                };
+                if !fits {
+                    return Err(self.err(
+                        m.span(),
+                        "task.metric",
+                        match metric {
+                            Metric::McAccuracy if causal_lm => "\"mc_accuracy\" needs a multiple-choice eval file: set `mc_eval` in [task]".to_owned(),
+                            _ if causal_lm => format!("{:?} is a classification metric: a causal_lm task has \"eval_loss\", \"perplexity\" and (with `mc_eval`) \"mc_accuracy\"", m.get_ref()),
+                            _ => format!("{:?} needs `kind = \"causal_lm\"` in [task]", m.get_ref()),
+                        },
+                    ));
+                }
+                metric
+            }
+        })
+    }
+
+    /// The eval file's name and, for `split`, how to hold out part of `train`.
+    fn eval_split(&self, t: &TaskSection) -> Result<(String, Option<SplitSpec>), SpecError> {
+        Ok(match (&t.eval, &t.split) {
+            (Some(e), None) => (e.get_ref().clone(), None),
+            (None, Some(s)) => {
+                let f = s.get_ref().eval_fraction;
+                if !(f > 0.0 && f < 1.0) {
+                    return Err(self.err(
+                        s.span(),
+                        "task.split.eval_fraction",
+                        format!("is {f}: give the share of examples to hold out, between 0 and 1 (e.g. 0.2)"),
+                    ));
+                }
+                let split = SplitSpec {
+                    eval_fraction: f,
+                    seed: s.get_ref().seed.unwrap_or(0),
+                };
+                (t.train.get_ref().clone(), Some(split))
+            }
+            (Some(_), Some(s)) => {
+                return Err(self.err(
+                    s.span(),
+                    "task.split",
+                    "give either `eval` (a file) or `split` (hold out part of `train`), not both",
+                ))
+            }
+            (None, None) => {
+                return Err(self.section_err(
+                    "task",
+                    "task.eval",
+                    "missing: give `eval` (a file) or `split = { eval_fraction = 0.2, seed = 0 }` \
+                     (hold out part of `train`, stratified by label)",
+                ))
+            }
+        })
+    }
+
+    fn lora(&self, l: LoraSection) -> Result<LoraSpec, SpecError> {
+        let rank = self.positive(&l.rank, 8, "lora.rank")?;
+        let dropout = match l.dropout {
+            None => 0.0,
+            Some(d) if (0.0..1.0).contains(d.get_ref()) => *d.get_ref(),
+            Some(d) => return Err(self.err(d.span(), "lora.dropout", "must be in [0, 1)")),
+        };
+        let target_modules = self.target_modules(l.target_modules)?;
+        let embedding_lr = match l.embedding_lr {
+            None => DEFAULT_EMBEDDING_LR,
+            Some(e) if *e.get_ref() >= 0.0 && e.get_ref().is_finite() => *e.get_ref(),
+            Some(e) => {
+                return Err(self.err(
+                    e.span(),
+                    "lora.embedding_lr",
+                    "must be a finite number ≥ 0 (PEFT's default is 1e-6)",
+                ))
+            }
+        };
+        let init = match l.init.as_ref().map(|s| s.get_ref().as_str()) {
+            None | Some("lora") => InitScheme::Lora,
+            Some("loraplus") => InitScheme::Loraplus,
+            Some(other) => {
+                return Err(self.err(
+                    l.init.as_ref().map(|s| s.span()).unwrap_or(0..0),
+                    "lora.init",
+                    format!("unknown init {other:?}: use \"lora\" (A random, B zero) or \"loraplus\" (B random, A zero)"),
+                ))
+            }
+        };
+        let alpha = match l.alpha {
+            None => rank as f64,
+            Some(a) if *a.get_ref() > 0.0 && a.get_ref().is_finite() => *a.get_ref(),
+            Some(a) => {
+                return Err(self.err(
+                    a.span(),
+                    "lora.alpha",
+                    format!(
+                        "is {}: the LoRA scale α must be a finite number greater than 0 \
+                         (default: the rank)",
+                        a.get_ref()
+                    ),
+                ))
+            }
+        };
+        Ok(LoraSpec {
+            rank,
+            alpha,
+            dropout,
+            target_modules,
+            init,
+            use_rslora: l.use_rslora.unwrap_or(false),
+            embedding_lr,
+        })
+    }
+
+    fn target_modules(
+        &self,
+        target_modules: Option<Spanned<TargetModules>>,
+    ) -> Result<TargetModules, SpecError> {
+        Ok(match target_modules {
+            None => TargetModules::list(&["query", "value"]),
+            Some(t) => {
+                let span = t.span();
+                match t.into_inner() {
+                    TargetModules::List(l) if l.is_empty() => {
+                        return Err(self.err(
+                            span,
+                            "lora.target_modules",
+                            "is empty: name at least one module, e.g. [\"query\", \"value\"], \
+                             or give one regex, e.g. \".*\\\\.(query|value)\"",
+                        ))
+                    }
+                    TargetModules::Regex(r) if r.trim().is_empty() => {
+                        return Err(self.err(
+                            span,
+                            "lora.target_modules",
+                            "is an empty regex: give a pattern that matches whole module names, \
+                             e.g. \".*\\\\.(query|value)\", or a list [\"query\", \"value\"]",
+                        ))
+                    }
+                    TargetModules::Regex(r) => {
+                        if let Err(e) = TargetModules::compile(&r) {
+                            return Err(self.err(
+                                span,
+                                "lora.target_modules",
+                                format!(
+                                    "is not a valid regex (Rust `regex` syntax: no look-around or \
+                                     back-references): {e}"
+                                ),
+                            ));
+                        }
+                        TargetModules::Regex(r)
+                    }
+                    list => list,
+                }
+            }
+        })
+    }
+
+    fn train(&self, tr: TrainSection) -> Result<TrainSpec, SpecError> {
+        let length = match (&tr.steps, &tr.epochs) {
+            (Some(s), None) if *s.get_ref() > 0 => TrainLength::Steps(*s.get_ref()),
+            (None, Some(e)) if *e.get_ref() > 0.0 => TrainLength::Epochs(*e.get_ref()),
+            (Some(s), None) => return Err(self.err(s.span(), "train.steps", "must be at least 1")),
+            (None, Some(e)) => {
+                return Err(self.err(e.span(), "train.epochs", "must be greater than 0"))
+            }
+            _ => {
+                return Err(self.section_err(
+                    "train",
+                    "train.steps",
+                    "give exactly one of `steps` or `epochs`",
+                ))
+            }
+        };
+        let schedule = match tr.schedule.as_ref().map(|s| s.get_ref().as_str()) {
+            None | Some("linear") => Schedule::Linear,
+            Some("constant") => Schedule::Constant,
+            Some("cosine") => Schedule::Cosine,
+            Some(other) => {
+                return Err(self.err(
+                    tr.schedule.as_ref().map(|s| s.span()).unwrap_or(0..0),
+                    "train.schedule",
+                    format!(
+                        "unknown schedule {other:?}: use \"constant\", \"linear\" or \"cosine\""
+                    ),
+                ))
+            }
+        };
+        let weight_decay = match tr.weight_decay {
+            None => 0.0,
+            Some(w) if *w.get_ref() >= 0.0 && w.get_ref().is_finite() => *w.get_ref(),
+            Some(w) => {
+                return Err(self.err(
+                    w.span(),
+                    "train.weight_decay",
+                    format!(
+                        "is {}: must be a finite number ≥ 0 (e.g. 0.01)",
+                        w.get_ref()
+                    ),
+                ))
+            }
+        };
+        let warmup_steps = match (&tr.warmup_steps, length) {
+            (None, _) => 0,
+            (Some(w), TrainLength::Steps(steps)) if *w.get_ref() > steps => {
+                return Err(self.err(
+                    w.span(),
+                    "train.warmup_steps",
+                    format!(
+                        "is {} but train.steps is {steps}: warm-up must end by the last step",
+                        w.get_ref()
+                    ),
+                ))
+            }
+            (Some(w), _) => *w.get_ref(),
+        };
+        Ok(TrainSpec {
+            length,
+            batch_size: self.positive(&tr.batch_size, 32, "train.batch_size")?,
+            max_seq_len: self.positive(&tr.max_seq_len, 128, "train.max_seq_len")?,
+            weight_decay,
+            warmup_steps,
+            schedule,
+            eval_every: tr.eval_every.unwrap_or(0),
+            log_every: self.positive(&tr.log_every, 10, "train.log_every")?,
+        })
+    }
+
+    /// The (η_A, η_B) points in grid order and the seeds.
+    #[allow(clippy::type_complexity)]
+    fn grid(&self, g: GridSection) -> Result<(Vec<(f64, f64)>, Vec<u64>), SpecError> {
+        let axis = |a: &Spanned<crate::Axis>, field: &str| {
+            a.get_ref()
+                .values()
+                .map_err(|m| self.err(a.span(), field, m))
+        };
+        let lr_a = axis(&g.lr_a, "grid.lr_a")?;
+        let points: Vec<(f64, f64)> = match (&g.lr_b, &g.ratio) {
+            (Some(b), None) => {
+                let lr_b = axis(b, "grid.lr_b")?;
+                lr_a.iter()
+                    .flat_map(|&a| lr_b.iter().map(move |&b| (a, b)))
+                    .collect()
+            }
+            (None, Some(r)) => {
+                let ratio = axis(r, "grid.ratio")?;
+                lr_a.iter()
+                    .flat_map(|&a| {
+                        ratio
+                            .iter()
+                            .map(move |&l| (a, crate::grid::round_sig(a * l)))
+                    })
+                    .collect()
+            }
+            (Some(_), Some(r)) => {
+                return Err(self.err(
+                    r.span(),
+                    "grid.ratio",
+                    "give either `lr_b` (η_B values) or `ratio` (λ = η_B/η_A values), not both",
+                ))
+            }
+            (None, None) => {
+                return Err(self.section_err(
+                    "grid",
+                    "grid.lr_b",
+                    "missing: give `lr_b` (η_B values) or `ratio` (λ = η_B/η_A values)",
+                ))
+            }
+        };
+        let seeds = match g.seeds {
+            None => vec![0],
+            Some(s) if s.get_ref().is_empty() => {
+                return Err(self.err(
+                    s.span(),
+                    "grid.seeds",
+                    "is empty: give at least one seed, e.g. [0]",
+                ))
+            }
+            Some(s) => {
+                let mut v = s.get_ref().clone();
+                v.sort_unstable();
+                v.dedup();
+                if v.len() != s.get_ref().len() {
+                    return Err(self.err(s.span(), "grid.seeds", "lists a seed twice"));
+                }
+                s.into_inner()
+            }
+        };
+        Ok((points, seeds))
     }
 
     fn devices(&self, d: &Spanned<toml::Value>) -> Result<DeviceChoice, SpecError> {
