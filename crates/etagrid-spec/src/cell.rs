@@ -61,7 +61,7 @@ impl CellConfig {
     pub fn id(&self) -> CellId {
         // The hashed form leaves out the resolved absolute paths: moving the project folder must
         // not change identities. Field order is fixed by the struct, floats print via ryu.
-        let mut task = serde_json::to_value(&self.task).unwrap_or_default();
+        let mut task = plain_json(serde_json::to_value(&self.task));
         if let Some(t) = task.as_object_mut() {
             t.remove("train_file");
             t.remove("eval_file");
@@ -83,9 +83,19 @@ impl CellConfig {
         if let (Some(inputs), Some(c)) = (&self.inputs, canonical.as_object_mut()) {
             c.insert("inputs".into(), inputs.clone().into());
         }
-        let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
+        let bytes = plain_json(serde_json::to_vec(&canonical));
         let hash = blake3::hash(&bytes);
         CellId(hash.to_hex()[..16].to_owned())
+    }
+}
+
+/// A serialisation of plain data (structs of numbers, strings and lists, string-keyed maps), which
+/// cannot fail; if it ever did, two cells would share an id, so it stops the program instead of
+/// defaulting to an empty value.
+fn plain_json<T>(r: serde_json::Result<T>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("a cell configuration failed to serialise ({e}): please report this bug"),
     }
 }
 

@@ -62,153 +62,36 @@ pub fn run_pack(
     let classes = data.labels.labels.len().max(1);
     let model = build_model(job, &cells, classes as i64, device)?;
     let model_s = started.elapsed().as_secs_f64() - data_s;
-    if tr.max_seq_len as i64 > model.max_tokens() {
-        return Err(TrainError::Config {
-            path: job.model_dir.join("config.json"),
-            message: format!(
-                "train.max_seq_len = {} is longer than the model's position table allows ({})",
-                tr.max_seq_len,
-                model.max_tokens()
-            ),
-        });
-    }
-    let pad = model.pad_token_id();
+    check_max_len(job, model.as_ref())?;
     let trainable = trainables(model.as_ref(), causal_lm);
     let trainable_params: u64 = trainable.iter().map(|p| p.tensor.numel() as u64).sum();
     let lr_a: Vec<f64> = cells.iter().map(|c| c.config.lr_a).collect();
     let lr_b: Vec<f64> = cells.iter().map(|c| c.config.lr_b).collect();
     let mut opt = LoraPlusAdamW::new(trainable, &lr_a, &lr_b, tr.weight_decay)
         .with_embedding_lr(cfg.lora.embedding_lr);
-
-    // One batch order per distinct seed; cells of one seed share it.
-    let mut seeds: Vec<u64> = Vec::new();
-    for c in &cells {
-        if !seeds.contains(&c.config.seed) {
-            seeds.push(c.config.seed);
-        }
-    }
-    let group: Vec<usize> = cells
-        .iter()
-        .map(|c| seeds.iter().position(|&s| s == c.config.seed).unwrap_or(0))
-        .collect();
-    let mut orders = StepRows {
-        orders: seeds
-            .iter()
-            .map(|&s| BatchOrder::new(data.train.len(), tr.batch_size, s))
-            .collect(),
-        group,
-    };
+    let mut orders = StepRows::new(&cells, data.train.len(), tr.batch_size);
     let total_steps = match tr.length {
         TrainLength::Steps(s) => s,
         TrainLength::Epochs(e) => ((e * orders.orders[0].per_epoch() as f64).ceil() as u64).max(1),
     };
-    // Cells own their per-parameter trainable count (the stacked tensors hold K of them).
-    let per_cell_params = trainable_params / k as u64;
-    for c in &cells {
-        emit(
-            &c.cell_id,
-            WorkerEvent::Started {
-                device: device::describe(device),
-                total_steps,
-                train_examples: data.train.len(),
-                eval_examples: data.eval.len(),
-                trainable_params: per_cell_params,
-                // Per cell: the stacked tensors hold K cells' parameters.
-                groups: opt
-                    .groups(c.config.lr_a, c.config.lr_b)
-                    .into_iter()
-                    .map(|g| ParamGroupInfo {
-                        params: g.params / k as u64,
-                        ..g
-                    })
-                    .collect(),
-                labels: data.labels.labels.clone(),
-            },
-        );
-    }
+    let shape = StartShape {
+        device,
+        total_steps,
+        trainable_params,
+    };
+    emit_started(&cells, &opt, &data, &shape, emit);
 
     let mut state = PackState::new(k, device);
     let ctx = Ctx {
         model: model.as_ref(),
         data: &data,
         classes,
-        pad,
+        pad: model.pad_token_id(),
         device,
         k,
         causal_lm,
     };
-    let train_started = Instant::now();
-    let mut samples = 0usize;
-    // On the CPU reading a value is free: divergence is seen at the step it happens.
-    let check_every_step = device == Device::Cpu;
-    let mut prof = Profile::new(device);
-    let mut resident = (device != Device::Cpu && !causal_lm)
-        .then(|| ResidentBatches::new(&data.train, pad, device));
-    for step in 0..total_steps {
-        let (batch, rows) = match resident.as_mut() {
-            Some(r) => r.batch(&mut orders, total_steps - step)?,
-            None => {
-                let idx = orders.next();
-                let rows: Vec<&[usize]> = idx.iter().map(Vec::as_slice).collect();
-                let b = pack_batch(&data.train, &rows, pad, 1, device, causal_lm);
-                (b, idx[0].len())
-            }
-        };
-        samples += rows;
-        prof.mark(Phase::Batch);
-        let losses = ctx.cell_losses(&batch, true)?;
-        prof.mark(Phase::Forward);
-        opt.zero_grad();
-        losses
-            .where_self(&state.active, &losses.zeros_like())
-            .sum(Kind::Float)
-            .backward();
-        prof.mark(Phase::Backward);
-        let ok = losses
-            .detach()
-            .isfinite()
-            .logical_and(&opt.grads_finite_per_cell(k as i64));
-        state.record_step(step + 1, &losses.detach(), &ok);
-        prof.mark(Phase::Checks);
-        let mult = tr.schedule.multiplier(step, tr.warmup_steps, total_steps);
-        opt.step_masked(mult, &state.active);
-        prof.mark(Phase::Optimizer);
-        let done = step + 1;
-        let log_point = done % tr.log_every == 0 || done == total_steps;
-        if log_point || check_every_step {
-            state.report_divergence(&cells, emit)?;
-        }
-        if log_point {
-            let means = state.take_means()?;
-            for (i, c) in cells.iter().enumerate() {
-                if state.outcomes[i].is_none() {
-                    state.last_train_loss[i] = means[i];
-                    emit(
-                        &c.cell_id,
-                        WorkerEvent::Train {
-                            step: done,
-                            total_steps,
-                            loss: means[i],
-                            lr_a: c.config.lr_a * mult,
-                            lr_b: c.config.lr_b * mult,
-                        },
-                    );
-                }
-            }
-        }
-        if state.outcomes.iter().all(Option::is_some) {
-            break;
-        }
-        if tr.eval_every > 0 && done % tr.eval_every == 0 && done != total_steps {
-            let evals = ctx.evaluate(&cells)?;
-            for (i, (c, e)) in cells.iter().zip(&evals).enumerate() {
-                if state.outcomes[i].is_none() {
-                    emit(&c.cell_id, e.event(done));
-                }
-            }
-        }
-    }
-    let train_s = train_started.elapsed().as_secs_f64();
+    let trained = ctx.train(&cells, &mut opt, &mut orders, &mut state, total_steps, emit)?;
     let live = state.outcomes.iter().any(Option::is_none);
     let eval_started = Instant::now();
     let evals = if live {
@@ -217,39 +100,128 @@ pub fn run_pack(
         Vec::new()
     };
     let eval_s = eval_started.elapsed().as_secs_f64();
-    prof.report();
-    let steps_run = (samples / tr.batch_size.max(1)).max(1);
+    let steps_run = (trained.samples / tr.batch_size.max(1)).max(1);
     // Where the worker's time went, for profiles (README "Packed cells").
     eprintln!(
         "etagrid worker: {k} cell(s): data {data_s:.2} s, weights and model {model_s:.2} s, \
-         train {train_s:.2} s ({:.2} ms/step, {:.0} cell-samples/s), final eval {eval_s:.2} s",
-        1e3 * train_s / steps_run as f64,
-        (samples * k) as f64 / train_s.max(1e-9),
+         train {:.2} s ({:.2} ms/step, {:.0} cell-samples/s), final eval {eval_s:.2} s",
+        trained.seconds,
+        1e3 * trained.seconds / steps_run as f64,
+        (trained.samples * k) as f64 / trained.seconds.max(1e-9),
     );
-    let model_type = model_type(&job.model_dir)?;
-    let saved = trainables(model.as_ref(), causal_lm);
+    let end = PackEnd {
+        job,
+        model_type: model_type(&job.model_dir)?,
+        saved: trainables(model.as_ref(), causal_lm),
+        causal_lm,
+        total_steps,
+        k,
+        started,
+        trained,
+    };
     let mut out = Vec::with_capacity(k);
     for (i, c) in cells.iter().enumerate() {
-        if let Some(o) = state.outcomes[i].take() {
-            out.push((c.cell_id.clone(), o));
-            continue;
-        }
-        let e = &evals[i];
+        let outcome = match state.outcomes[i].take() {
+            Some(o) => o,
+            None => end.finish_cell(i, c, &evals[i], state.last_train_loss[i], emit),
+        };
+        out.push((c.cell_id.clone(), outcome));
+    }
+    Ok(out)
+}
+
+/// `train.max_seq_len` must fit the model's position table.
+fn check_max_len(job: &WorkerJob, model: &dyn SequenceClassifier) -> Result<(), TrainError> {
+    let max_seq_len = job.config.train.max_seq_len;
+    if max_seq_len as i64 > model.max_tokens() {
+        return Err(TrainError::Config {
+            path: job.model_dir.join("config.json"),
+            message: format!(
+                "train.max_seq_len = {max_seq_len} is longer than the model's position table \
+                 allows ({})",
+                model.max_tokens()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Each cell's `started` event, with its own parameter counts (the stacked tensors hold K cells').
+fn emit_started(
+    cells: &[PackedCell],
+    opt: &LoraPlusAdamW,
+    data: &TaskData,
+    shape: &StartShape,
+    emit: &mut dyn FnMut(&CellId, WorkerEvent),
+) {
+    let k = cells.len() as u64;
+    let per_cell_params = shape.trainable_params / k;
+    for c in cells {
+        emit(
+            &c.cell_id,
+            WorkerEvent::Started {
+                device: device::describe(shape.device),
+                total_steps: shape.total_steps,
+                train_examples: data.train.len(),
+                eval_examples: data.eval.len(),
+                trainable_params: per_cell_params,
+                groups: opt
+                    .groups(c.config.lr_a, c.config.lr_b)
+                    .into_iter()
+                    .map(|g| ParamGroupInfo {
+                        params: g.params / k,
+                        ..g
+                    })
+                    .collect(),
+                labels: data.labels.labels.clone(),
+            },
+        );
+    }
+}
+
+/// What every cell's `started` event says of the pack.
+struct StartShape {
+    device: Device,
+    total_steps: u64,
+    /// The stacked tensors' elements, all K cells together.
+    trainable_params: u64,
+}
+
+/// What the training loop did: samples per cell and seconds.
+struct Trained {
+    samples: usize,
+    seconds: f64,
+}
+
+/// What a cell's end needs of its pack.
+struct PackEnd<'a> {
+    job: &'a WorkerJob,
+    model_type: String,
+    saved: Vec<crate::bert::TrainParam>,
+    causal_lm: bool,
+    total_steps: u64,
+    k: usize,
+    started: Instant,
+    trained: Trained,
+}
+
+impl PackEnd<'_> {
+    /// Cell `i`'s last events after the final evaluation `e`: diverged (a non-finite eval loss),
+    /// failed (its adapter could not be written) or finished.
+    fn finish_cell(
+        &self,
+        i: usize,
+        c: &PackedCell,
+        e: &AnyEval,
+        train_loss: f64,
+        emit: &mut dyn FnMut(&CellId, WorkerEvent),
+    ) -> JobOutcome {
+        let total_steps = self.total_steps;
         emit(&c.cell_id, e.event(total_steps));
         if !e.loss().is_finite() {
-            let o = JobOutcome::Diverged {
-                step: total_steps,
-                loss: e.loss(),
-            };
-            emit(
-                &c.cell_id,
-                WorkerEvent::Diverged {
-                    step: total_steps,
-                    loss: e.loss(),
-                },
-            );
-            out.push((c.cell_id.clone(), o));
-            continue;
+            let (step, loss) = (total_steps, e.loss());
+            emit(&c.cell_id, WorkerEvent::Diverged { step, loss });
+            return JobOutcome::Diverged { step, loss };
         }
         let result = CellResult {
             metric: e.get(c.config.task.metric),
@@ -257,33 +229,17 @@ pub fn run_pack(
             accuracy: e.accuracy(),
             macro_f1: e.macro_f1(),
             mcc: e.mcc(),
-            train_loss: state.last_train_loss[i],
+            train_loss,
             steps: total_steps,
-            wall_s: started.elapsed().as_secs_f64(),
-            train_samples_per_s: samples as f64 / train_s.max(1e-9),
-            pack_size: (k > 1).then_some(k as u32),
+            wall_s: self.started.elapsed().as_secs_f64(),
+            train_samples_per_s: self.trained.samples as f64 / self.trained.seconds.max(1e-9),
+            pack_size: (self.k > 1).then_some(self.k as u32),
         };
-        if job.save_adapter {
-            let saved_ok = save_peft_adapter(
-                &saved,
-                i as i64,
-                &c.config.lora,
-                &model_type,
-                &job.model_dir.display().to_string(),
-                &c.out_dir.join("adapter"),
-            )
-            .and_then(|()| {
-                if causal_lm {
-                    mark_causal_lm_adapter(&c.out_dir.join("adapter"))
-                } else {
-                    Ok(())
-                }
-            });
-            if let Err(e) = saved_ok {
+        if self.job.save_adapter {
+            if let Err(e) = self.save_adapter(i, c) {
                 let error = error_chain(&e);
                 emit(&c.cell_id, WorkerEvent::Failed { error });
-                out.push((c.cell_id.clone(), JobOutcome::Failed(e.to_string())));
-                continue;
+                return JobOutcome::Failed(e.to_string());
             }
         }
         emit(
@@ -292,9 +248,25 @@ pub fn run_pack(
                 result: result.clone(),
             },
         );
-        out.push((c.cell_id.clone(), JobOutcome::Finished(result)));
+        JobOutcome::Finished(result)
     }
-    Ok(out)
+
+    /// Cell `i`'s adapter (PEFT format) into its `out_dir/adapter`.
+    fn save_adapter(&self, i: usize, c: &PackedCell) -> Result<(), TrainError> {
+        let dir = c.out_dir.join("adapter");
+        save_peft_adapter(
+            &self.saved,
+            i as i64,
+            &c.config.lora,
+            &self.model_type,
+            &self.job.model_dir.display().to_string(),
+            &dir,
+        )?;
+        if self.causal_lm {
+            mark_causal_lm_adapter(&dir)?;
+        }
+        Ok(())
+    }
 }
 
 /// An error with its causes, one line.
@@ -608,6 +580,27 @@ struct StepRows {
 }
 
 impl StepRows {
+    /// One batch order per distinct seed of `cells`; cells of one seed share it.
+    fn new(cells: &[PackedCell], examples: usize, batch_size: usize) -> StepRows {
+        let mut seeds: Vec<u64> = Vec::new();
+        for c in cells {
+            if !seeds.contains(&c.config.seed) {
+                seeds.push(c.config.seed);
+            }
+        }
+        let group = cells
+            .iter()
+            .map(|c| seeds.iter().position(|&s| s == c.config.seed).unwrap_or(0))
+            .collect();
+        StepRows {
+            orders: seeds
+                .iter()
+                .map(|&s| BatchOrder::new(examples, batch_size, s))
+                .collect(),
+            group,
+        }
+    }
+
     /// The next step's rows of every cell, in cell order.
     fn next(&mut self) -> Vec<Vec<usize>> {
         let idx: Vec<Vec<usize>> = self.orders.iter_mut().map(BatchOrder::next_batch).collect();
@@ -627,6 +620,80 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// The training steps, with per-cell divergence, log points and periodic evaluations.
+    fn train(
+        &self,
+        cells: &[PackedCell],
+        opt: &mut LoraPlusAdamW,
+        orders: &mut StepRows,
+        state: &mut PackState,
+        total_steps: u64,
+        emit: &mut dyn FnMut(&CellId, WorkerEvent),
+    ) -> Result<Trained, TrainError> {
+        let tr = &cells[0].config.train;
+        let (k, device) = (self.k, self.device);
+        let started = Instant::now();
+        let mut samples = 0usize;
+        // On the CPU reading a value is free: divergence is seen at the step it happens.
+        let check_every_step = device == Device::Cpu;
+        let mut prof = Profile::new(device);
+        let mut resident = (device != Device::Cpu && !self.causal_lm)
+            .then(|| ResidentBatches::new(&self.data.train, self.pad, device));
+        for step in 0..total_steps {
+            let (batch, rows) = match resident.as_mut() {
+                Some(r) => r.batch(orders, total_steps - step)?,
+                None => {
+                    let idx = orders.next();
+                    let rows: Vec<&[usize]> = idx.iter().map(Vec::as_slice).collect();
+                    let b =
+                        pack_batch(&self.data.train, &rows, self.pad, 1, device, self.causal_lm);
+                    (b, idx[0].len())
+                }
+            };
+            samples += rows;
+            prof.mark(Phase::Batch);
+            let losses = self.cell_losses(&batch, true)?;
+            prof.mark(Phase::Forward);
+            opt.zero_grad();
+            losses
+                .where_self(&state.active, &losses.zeros_like())
+                .sum(Kind::Float)
+                .backward();
+            prof.mark(Phase::Backward);
+            let ok = losses
+                .detach()
+                .isfinite()
+                .logical_and(&opt.grads_finite_per_cell(k as i64));
+            state.record_step(step + 1, &losses.detach(), &ok);
+            prof.mark(Phase::Checks);
+            let mult = tr.schedule.multiplier(step, tr.warmup_steps, total_steps);
+            opt.step_masked(mult, &state.active);
+            prof.mark(Phase::Optimizer);
+            let done = step + 1;
+            let log_point = done % tr.log_every == 0 || done == total_steps;
+            if log_point || check_every_step {
+                state.report_divergence(cells, emit)?;
+            }
+            if log_point {
+                state.report_train_loss(cells, done, total_steps, mult, emit)?;
+            }
+            if state.outcomes.iter().all(Option::is_some) {
+                break;
+            }
+            if tr.eval_every > 0 && done % tr.eval_every == 0 && done != total_steps {
+                let evals = self.evaluate(cells)?;
+                for (i, (c, e)) in cells.iter().zip(&evals).enumerate() {
+                    if state.outcomes[i].is_none() {
+                        emit(&c.cell_id, e.event(done));
+                    }
+                }
+            }
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        prof.report();
+        Ok(Trained { samples, seconds })
+    }
+
     /// Each cell's mean loss on its rows of `batch`: [K], fp32.
     fn cell_losses(&self, batch: &Batch, train: bool) -> Result<Tensor, TrainError> {
         if self.causal_lm {
@@ -804,6 +871,34 @@ impl PackState {
                 let (step, loss) = (steps[i] as u64, losses[i]);
                 emit(&c.cell_id, WorkerEvent::Diverged { step, loss });
                 self.outcomes[i] = Some(JobOutcome::Diverged { step, loss });
+            }
+        }
+        Ok(())
+    }
+
+    /// Emits `train` (the mean loss since the last log point) for the cells still training.
+    fn report_train_loss(
+        &mut self,
+        cells: &[PackedCell],
+        done: u64,
+        total_steps: u64,
+        mult: f64,
+        emit: &mut dyn FnMut(&CellId, WorkerEvent),
+    ) -> Result<(), TrainError> {
+        let means = self.take_means()?;
+        for (i, c) in cells.iter().enumerate() {
+            if self.outcomes[i].is_none() {
+                self.last_train_loss[i] = means[i];
+                emit(
+                    &c.cell_id,
+                    WorkerEvent::Train {
+                        step: done,
+                        total_steps,
+                        loss: means[i],
+                        lr_a: c.config.lr_a * mult,
+                        lr_b: c.config.lr_b * mult,
+                    },
+                );
             }
         }
         Ok(())
