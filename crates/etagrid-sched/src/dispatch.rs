@@ -899,13 +899,10 @@ pub async fn record_event(
         WorkerEvent::Eval {
             step,
             loss,
-            accuracy,
-            macro_f1,
-            mcc,
+            metrics,
         } => {
-            let mut points = vec![("eval_loss", *loss), ("eval_accuracy", *accuracy)];
-            points.extend(macro_f1.map(|v| ("eval_macro_f1", v)));
-            points.extend(mcc.map(|v| ("eval_mcc", v)));
+            let mut points = vec![("eval_loss", *loss)];
+            points.extend(metrics.iter().map(|(m, v)| (m.curve_name(), v)));
             store.record_metrics(sweep, cell_id, *step, &points).await
         }
         WorkerEvent::Finished { .. }
@@ -1001,6 +998,7 @@ fn spawn_worker(
         std::fs::create_dir_all(cell_dir(id))?;
     }
     let job = WorkerJob {
+        protocol: etagrid_spec::protocol::PROTOCOL_VERSION,
         sweep: spec.name.clone(),
         cell_id: etagrid_spec::CellId(first_id.clone()),
         config: first.clone(),

@@ -208,6 +208,7 @@ async fn submit_array(
     for (i, (cell_id, config)) in cells.iter().enumerate() {
         let out_dir = opts.state_dir.join("cells").join(&spec.name).join(cell_id);
         let job = WorkerJob {
+            protocol: etagrid_spec::protocol::PROTOCOL_VERSION,
             sweep: spec.name.clone(),
             cell_id: etagrid_spec::CellId(cell_id.clone()),
             config: serde_json::from_str(config).map_err(|e| SchedError::Io {

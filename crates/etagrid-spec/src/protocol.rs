@@ -14,8 +14,21 @@ use crate::cell::{CellConfig, CellId};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+/// The version of this protocol, written into every job file. A worker refuses a job of a newer
+/// version than its own (a scheduler and workers from different builds), by name, instead of
+/// misreading it. 2: metrics as a map of their own keys ([`Metrics`]), no `labels` in `started`.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+fn protocol_v1() -> u32 {
+    1
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerJob {
+    /// [`PROTOCOL_VERSION`] of the scheduler that wrote the job; 1 for job files from before the
+    /// field.
+    #[serde(default = "protocol_v1")]
+    pub protocol: u32,
     pub sweep: String,
     pub cell_id: CellId,
     pub config: CellConfig,
@@ -49,6 +62,18 @@ pub struct PackedCell {
 }
 
 impl WorkerJob {
+    /// An error naming both versions when the job was written by a newer scheduler.
+    pub fn check_protocol(&self) -> Result<(), String> {
+        if self.protocol > PROTOCOL_VERSION {
+            return Err(format!(
+                "the job file speaks worker protocol {}, but this worker knows only up to {}: \
+                 run the scheduler and its workers from the same etagrid build",
+                self.protocol, PROTOCOL_VERSION
+            ));
+        }
+        Ok(())
+    }
+
     /// Every cell of the job, its own first.
     pub fn cells(&self) -> Vec<PackedCell> {
         let mut cells = vec![PackedCell {
@@ -93,10 +118,6 @@ pub enum WorkerEvent {
         eval_examples: usize,
         trainable_params: u64,
         groups: Vec<ParamGroupInfo>,
-        /// The class labels in class-id order (also written to `labels.json` in the cell's
-        /// `out_dir`). Absent from older workers' lines.
-        #[serde(default)]
-        labels: Vec<String>,
     },
     /// Mean train loss over the last `log_every` steps.
     Train {
@@ -109,12 +130,9 @@ pub enum WorkerEvent {
     Eval {
         step: u64,
         loss: f64,
-        accuracy: f64,
-        /// Absent from older workers' lines.
-        #[serde(default)]
-        macro_f1: Option<f64>,
-        #[serde(default)]
-        mcc: Option<f64>,
+        /// Every other metric measured, each as its own key of the line (`"accuracy": 0.8`).
+        #[serde(flatten)]
+        metrics: Metrics,
     },
     Finished {
         result: CellResult,
@@ -158,13 +176,9 @@ pub struct CellResult {
     /// The sweep's metric (`[task] metric`) at the end.
     pub metric: f64,
     pub eval_loss: f64,
-    pub accuracy: f64,
-    /// Macro-averaged F1 at the end; `None` in lines of workers that predate it.
-    #[serde(default)]
-    pub macro_f1: Option<f64>,
-    /// Matthews correlation coefficient (multi-class form) at the end; `None` in older lines.
-    #[serde(default)]
-    pub mcc: Option<f64>,
+    /// Every other metric at the end, each as its own key (`"accuracy": 0.8, "macro_f1": …`).
+    #[serde(flatten)]
+    pub metrics: Metrics,
     /// Mean train loss over the last `log_every` steps.
     pub train_loss: f64,
     pub steps: u64,
@@ -181,6 +195,137 @@ impl CellResult {
     /// The device time that is this cell's share: the worker's wall time over its pack's cells.
     pub fn device_seconds(&self) -> f64 {
         self.wall_s / f64::from(self.pack_size.unwrap_or(1).max(1))
+    }
+}
+
+/// What an evaluation measures besides its loss, classification and causal LM alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Measure {
+    Accuracy,
+    MacroF1,
+    /// Matthews correlation coefficient (multi-class form).
+    Mcc,
+    /// exp(eval loss per response token), causal LM.
+    Perplexity,
+    /// The share of response tokens predicted right, causal LM.
+    TokenAccuracy,
+    /// Multiple-choice accuracy (`mc_eval`), causal LM.
+    McAccuracy,
+}
+
+impl Measure {
+    pub const ALL: [Measure; 6] = [
+        Measure::Accuracy,
+        Measure::MacroF1,
+        Measure::Mcc,
+        Measure::Perplexity,
+        Measure::TokenAccuracy,
+        Measure::McAccuracy,
+    ];
+
+    /// The key in a worker's line (and, prefixed with `eval_`, the name of its curve).
+    pub fn name(self) -> &'static str {
+        match self {
+            Measure::Accuracy => "accuracy",
+            Measure::MacroF1 => "macro_f1",
+            Measure::Mcc => "mcc",
+            Measure::Perplexity => "perplexity",
+            Measure::TokenAccuracy => "token_accuracy",
+            Measure::McAccuracy => "mc_accuracy",
+        }
+    }
+
+    /// The name of its curve in the store (`eval_accuracy`, …).
+    pub fn curve_name(self) -> &'static str {
+        match self {
+            Measure::Accuracy => "eval_accuracy",
+            Measure::MacroF1 => "eval_macro_f1",
+            Measure::Mcc => "eval_mcc",
+            Measure::Perplexity => "eval_perplexity",
+            Measure::TokenAccuracy => "eval_token_accuracy",
+            Measure::McAccuracy => "eval_mc_accuracy",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Measure> {
+        Measure::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
+
+/// An evaluation's metrics besides the loss: a typed map, written as plain keys of the line it
+/// is flattened into (`{"step": 10, "loss": 0.4, "accuracy": 0.8, "macro_f1": 0.7}`), so lines of
+/// workers from before the map read the same. A key that is not a [`Measure`] (a newer worker's)
+/// is skipped; `null` (older lines' absent F1) means absent; NaN and ±inf travel as strings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Metrics(std::collections::BTreeMap<Measure, f64>);
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics::default()
+    }
+    pub fn with(mut self, m: Measure, v: f64) -> Metrics {
+        self.0.insert(m, v);
+        self
+    }
+    pub fn get(&self, m: Measure) -> Option<f64> {
+        self.0.get(&m).copied()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (Measure, f64)> + '_ {
+        self.0.iter().map(|(&m, &v)| (m, v))
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for Metrics {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct Value(f64);
+        impl Serialize for Value {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                non_finite::serialize(&self.0, s)
+            }
+        }
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (m, v) in self.iter() {
+            map.serialize_entry(m.name(), &Value(v))?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Metrics {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        #[derive(Deserialize)]
+        struct Value(#[serde(with = "non_finite")] f64);
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Metrics;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("metrics: a map of metric names to numbers")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Metrics, A::Error> {
+                let mut out = Metrics::new();
+                while let Some(key) = a.next_key::<String>()? {
+                    match Measure::from_name(&key) {
+                        Some(m) => {
+                            if let Some(Value(v)) = a.next_value::<Option<Value>>()? {
+                                out.0.insert(m, v);
+                            }
+                        }
+                        None => {
+                            a.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Visitor)
     }
 }
 

@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use etagrid_spec::protocol::{CellResult, ParamGroupInfo, WorkerEvent};
+use etagrid_spec::protocol::{
+    CellResult, JobDevice, Measure, Metrics, ParamGroupInfo, WorkerEvent, WorkerJob,
+    PROTOCOL_VERSION,
+};
 use etagrid_spec::{InitScheme, Schedule, SweepSpec, TrainLength};
 
 /// Where the test sweeps pretend to live (parse never touches the file system).
@@ -668,7 +671,6 @@ fn all_events() -> Vec<(WorkerEvent, &'static str, bool)> {
                     members: 12,
                     params: 36_864,
                 }],
-                labels: vec!["neg".into(), "pos".into()],
             },
             "started",
             false,
@@ -688,9 +690,10 @@ fn all_events() -> Vec<(WorkerEvent, &'static str, bool)> {
             WorkerEvent::Eval {
                 step: 100,
                 loss: 0.41,
-                accuracy: 0.83,
-                macro_f1: Some(0.82),
-                mcc: Some(0.66),
+                metrics: Metrics::new()
+                    .with(Measure::Accuracy, 0.83)
+                    .with(Measure::MacroF1, 0.82)
+                    .with(Measure::Mcc, 0.66),
             },
             "eval",
             false,
@@ -700,9 +703,10 @@ fn all_events() -> Vec<(WorkerEvent, &'static str, bool)> {
                 result: CellResult {
                     metric: 0.83,
                     eval_loss: 0.41,
-                    accuracy: 0.83,
-                    macro_f1: Some(0.82),
-                    mcc: Some(0.66),
+                    metrics: Metrics::new()
+                        .with(Measure::Accuracy, 0.83)
+                        .with(Measure::MacroF1, 0.82)
+                        .with(Measure::Mcc, 0.66),
                     train_loss: 0.38,
                     steps: 100,
                     wall_s: 12.5,
@@ -784,6 +788,103 @@ fn diverged_event_keeps_a_nan_or_infinite_loss_through_json() {
             other => panic!("{line} read back as {other:?}"),
         }
     }
+}
+
+#[test]
+fn metrics_are_plain_keys_of_the_line_and_protocol_1_lines_read_the_same() {
+    // A line of a protocol-1 worker: named fields, `null` for an F1 it did not measure, and a
+    // `labels` list in `started` that the map era dropped.
+    let eval = r#"{"event":"eval","step":5,"loss":0.4,"accuracy":0.8,"macro_f1":null,"mcc":0.5}"#;
+    let want = WorkerEvent::Eval {
+        step: 5,
+        loss: 0.4,
+        metrics: Metrics::new()
+            .with(Measure::Accuracy, 0.8)
+            .with(Measure::Mcc, 0.5),
+    };
+    assert_eq!(
+        serde_json::from_str::<WorkerEvent>(eval).expect("eval"),
+        want
+    );
+    let line = serde_json::to_value(&want).expect("serialize");
+    assert_eq!(line["accuracy"], 0.8, "{line}");
+    assert!(line.get("metrics").is_none(), "flattened: {line}");
+    let started = r#"{"event":"started","device":"cpu","total_steps":1,"train_examples":2,
+        "eval_examples":2,"trainable_params":3,"groups":[],"labels":["a","b"]}"#;
+    assert!(serde_json::from_str::<WorkerEvent>(started).is_ok());
+    // A key this build does not know (a newer worker's) is skipped, not an error.
+    let newer = r#"{"event":"eval","step":5,"loss":0.4,"accuracy":0.8,"bleu":31.2}"#;
+    match serde_json::from_str::<WorkerEvent>(newer).expect("newer") {
+        WorkerEvent::Eval { metrics, .. } => {
+            assert_eq!(metrics, Metrics::new().with(Measure::Accuracy, 0.8))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn causal_lm_metrics_travel_in_the_map_and_an_infinite_perplexity_survives_json() {
+    let result = CellResult {
+        metric: f64::INFINITY,
+        eval_loss: 800.0,
+        metrics: Metrics::new()
+            .with(Measure::Perplexity, f64::INFINITY)
+            .with(Measure::TokenAccuracy, 0.25)
+            .with(Measure::McAccuracy, 0.5),
+        train_loss: 3.0,
+        steps: 10,
+        wall_s: 1.0,
+        train_samples_per_s: 8.0,
+        pack_size: None,
+    };
+    let line = serde_json::to_string(&WorkerEvent::Finished {
+        result: CellResult {
+            metric: 7.0,
+            ..result.clone()
+        },
+    })
+    .expect("serialize");
+    assert!(line.contains(r#""perplexity":"inf""#), "{line}");
+    match serde_json::from_str::<WorkerEvent>(&line).expect("read back") {
+        WorkerEvent::Finished { result: back } => {
+            assert_eq!(back.metrics, result.metrics);
+            assert_eq!(back.metrics.get(Measure::Accuracy), None);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_job_of_a_newer_protocol_is_refused_by_name_and_an_old_one_reads_as_version_1() {
+    let spec = parse(BASE);
+    let cell = spec.cells().remove(0);
+    let job = WorkerJob {
+        protocol: PROTOCOL_VERSION,
+        sweep: spec.name.clone(),
+        cell_id: cell.id,
+        config: cell.config,
+        model_dir: "m".into(),
+        out_dir: "o".into(),
+        device: JobDevice::Cpu,
+        threads: 1,
+        save_adapter: true,
+        cache_dir: None,
+        pack: Vec::new(),
+    };
+    assert_eq!(job.check_protocol(), Ok(()));
+    let mut v = serde_json::to_value(&job).expect("serialize");
+    v.as_object_mut().expect("object").remove("protocol");
+    let old: WorkerJob = serde_json::from_value(v.clone()).expect("a job file without a version");
+    assert_eq!(old.protocol, 1);
+    assert_eq!(old.check_protocol(), Ok(()));
+    v["protocol"] = (PROTOCOL_VERSION + 1).into();
+    let newer: WorkerJob = serde_json::from_value(v).expect("reads");
+    let err = newer.check_protocol().expect_err("newer");
+    assert!(
+        err.contains(&format!("protocol {}", PROTOCOL_VERSION + 1))
+            && err.contains("same etagrid build"),
+        "{err}"
+    );
 }
 
 #[test]

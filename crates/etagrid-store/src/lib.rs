@@ -11,7 +11,7 @@ pub mod testing;
 pub use backend::{redact, Backend, StoreUrl, CONNECT_TIMEOUT, STATEMENT_TIMEOUT};
 pub use filelock::lock_path;
 
-use etagrid_spec::protocol::{CellResult, ParamGroupInfo};
+use etagrid_spec::protocol::{CellResult, Measure, ParamGroupInfo};
 use etagrid_spec::{Cell, SweepSpec};
 use sqlx::{AnyConnection, AnyPool, Connection, Row};
 use std::collections::BTreeMap;
@@ -623,13 +623,13 @@ impl Store {
             .bind(id)
             .bind(r.metric)
             .bind(r.eval_loss)
-            .bind(r.accuracy)
+            .bind(r.metrics.get(Measure::Accuracy))
             .bind(r.train_loss)
             .bind(r.wall_s)
             .bind(r.train_samples_per_s)
             .bind(r.steps as i64)
-            .bind(r.macro_f1)
-            .bind(r.mcc)
+            .bind(r.metrics.get(Measure::MacroF1))
+            .bind(r.metrics.get(Measure::Mcc))
             .bind(r.pack_size.map(i64::from)),
             Outcome::Diverged { step, loss } => sqlx::query(
                 "UPDATE cells SET state = 'diverged', finished_at = CURRENT_TIMESTAMP, step = $3,

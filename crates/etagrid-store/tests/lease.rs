@@ -3,7 +3,7 @@
 //! server of `ETAGRID_TEST_PG`, as in store.rs). Times are explicit unix seconds, so expiry is
 //! tested without waiting.
 
-use etagrid_spec::protocol::CellResult;
+use etagrid_spec::protocol::{CellResult, Measure, Metrics};
 use etagrid_spec::{Cell, SweepSpec};
 use etagrid_store::both_backends;
 use etagrid_store::testing::{test_server, TestDatabase};
@@ -86,9 +86,7 @@ fn result() -> CellResult {
     CellResult {
         metric: 0.75,
         eval_loss: 0.5,
-        accuracy: 0.75,
-        macro_f1: None,
-        mcc: None,
+        metrics: Metrics::new().with(Measure::Accuracy, 0.75),
         train_loss: 0.25,
         steps: 20,
         wall_s: 3.0,

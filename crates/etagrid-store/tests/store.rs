@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use etagrid_spec::protocol::{CellResult, ParamGroupInfo};
+use etagrid_spec::protocol::{CellResult, Measure, Metrics, ParamGroupInfo};
 use etagrid_spec::{Cell, CellConfig, SweepSpec};
 use etagrid_store::both_backends;
 use etagrid_store::testing::{test_server, TestDatabase};
@@ -127,9 +127,10 @@ fn result() -> CellResult {
     CellResult {
         metric: 0.8125,
         eval_loss: 0.4375,
-        accuracy: 0.8125,
-        macro_f1: Some(0.8),
-        mcc: Some(0.625),
+        metrics: Metrics::new()
+            .with(Measure::Accuracy, 0.8125)
+            .with(Measure::MacroF1, 0.8)
+            .with(Measure::Mcc, 0.625),
         train_loss: 0.375,
         steps: 20,
         wall_s: 12.5,

@@ -43,6 +43,7 @@ pub fn run_pack(
     emit: &mut dyn FnMut(&CellId, WorkerEvent),
 ) -> Result<Vec<(CellId, JobOutcome)>, TrainError> {
     let started = Instant::now();
+    job.check_protocol().map_err(TrainError::Pack)?;
     let cells = job.cells();
     check_packable(job, &cells)?;
     let k = cells.len();
@@ -94,11 +95,7 @@ pub fn run_pack(
     let trained = ctx.train(&cells, &mut opt, &mut orders, &mut state, total_steps, emit)?;
     let live = state.outcomes.iter().any(Option::is_none);
     let eval_started = Instant::now();
-    let evals = if live {
-        ctx.evaluate(&cells)?
-    } else {
-        Vec::new()
-    };
+    let evals = if live { ctx.evaluate()? } else { Vec::new() };
     let eval_s = eval_started.elapsed().as_secs_f64();
     let steps_run = (trained.samples / tr.batch_size.max(1)).max(1);
     // Where the worker's time went, for profiles (README "Packed cells").
@@ -173,7 +170,6 @@ fn emit_started(
                         ..g
                     })
                     .collect(),
-                labels: data.labels.labels.clone(),
             },
         );
     }
@@ -226,9 +222,7 @@ impl PackEnd<'_> {
         let result = CellResult {
             metric: e.get(c.config.task.metric),
             eval_loss: e.loss(),
-            accuracy: e.accuracy(),
-            macro_f1: e.macro_f1(),
-            mcc: e.mcc(),
+            metrics: e.metrics(),
             train_loss,
             steps: total_steps,
             wall_s: self.started.elapsed().as_secs_f64(),
@@ -681,7 +675,7 @@ impl Ctx<'_> {
                 break;
             }
             if tr.eval_every > 0 && done % tr.eval_every == 0 && done != total_steps {
-                let evals = self.evaluate(cells)?;
+                let evals = self.evaluate()?;
                 for (i, (c, e)) in cells.iter().zip(&evals).enumerate() {
                     if state.outcomes[i].is_none() {
                         emit(&c.cell_id, e.event(done));
@@ -708,16 +702,9 @@ impl Ctx<'_> {
     }
 
     /// Every cell's evaluation on all of the eval set, in cell order.
-    fn evaluate(&self, cells: &[PackedCell]) -> Result<Vec<AnyEval>, TrainError> {
+    fn evaluate(&self) -> Result<Vec<AnyEval>, TrainError> {
         if self.causal_lm {
-            let out_dir = &cells[0].out_dir;
-            return Ok(vec![eval_lm(
-                self.model,
-                self.data,
-                self.pad,
-                self.device,
-                out_dir,
-            )?]);
+            return Ok(vec![eval_lm(self.model, self.data, self.pad, self.device)?]);
         }
         Ok(evaluate_pack(
             self.model,

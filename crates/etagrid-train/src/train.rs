@@ -5,7 +5,7 @@ use crate::data::{collate, collate_lm, Encoded, McEncoded, TaskData};
 use crate::metrics::{confusion_update, mc_predictions, Confusion, EvalMetrics, LmEvalMetrics};
 use crate::model::SequenceClassifier;
 use crate::TrainError;
-use etagrid_spec::protocol::{CellResult, WorkerEvent, WorkerJob};
+use etagrid_spec::protocol::{CellResult, Measure, Metrics, WorkerEvent, WorkerJob};
 use std::path::Path;
 use tch::{Device, Kind, Reduction, Tensor};
 
@@ -236,24 +236,22 @@ impl AnyEval {
             AnyEval::Lm(e) => e.loss,
         }
     }
-    /// Classification: accuracy. causal_lm: the multiple-choice accuracy with `mc_eval`, else the
-    /// share of response tokens predicted right (the store's `accuracy` column).
-    pub(crate) fn accuracy(&self) -> f64 {
+    /// Every metric but the loss, as the protocol's typed map.
+    pub(crate) fn metrics(&self) -> Metrics {
         match self {
-            AnyEval::Classification(e) => e.accuracy,
-            AnyEval::Lm(e) => e.mc_accuracy.unwrap_or(e.token_accuracy),
-        }
-    }
-    pub(crate) fn macro_f1(&self) -> Option<f64> {
-        match self {
-            AnyEval::Classification(e) => Some(e.macro_f1),
-            AnyEval::Lm(_) => None,
-        }
-    }
-    pub(crate) fn mcc(&self) -> Option<f64> {
-        match self {
-            AnyEval::Classification(e) => Some(e.mcc),
-            AnyEval::Lm(_) => None,
+            AnyEval::Classification(e) => Metrics::new()
+                .with(Measure::Accuracy, e.accuracy)
+                .with(Measure::MacroF1, e.macro_f1)
+                .with(Measure::Mcc, e.mcc),
+            AnyEval::Lm(e) => {
+                let m = Metrics::new()
+                    .with(Measure::Perplexity, e.perplexity())
+                    .with(Measure::TokenAccuracy, e.token_accuracy);
+                match e.mc_accuracy {
+                    Some(mc) => m.with(Measure::McAccuracy, mc),
+                    None => m,
+                }
+            }
         }
     }
     pub(crate) fn get(&self, metric: etagrid_spec::spec::Metric) -> f64 {
@@ -266,45 +264,29 @@ impl AnyEval {
         WorkerEvent::Eval {
             step,
             loss: self.loss(),
-            accuracy: self.accuracy(),
-            macro_f1: self.macro_f1(),
-            mcc: self.mcc(),
+            metrics: self.metrics(),
         }
     }
 }
 
-/// Evaluates a causal-LM cell, and appends its every metric (perplexity, token accuracy,
-/// mc_accuracy) as one JSON line to `lm_eval.jsonl` in the cell's directory, and logs it, since the
-/// store's columns hold only the classification set.
+/// Evaluates a causal-LM cell (loss, perplexity, token accuracy and, with `mc_eval`,
+/// mc_accuracy: all of them travel in its `eval` events and its result), and logs it.
 pub(crate) fn eval_lm(
     model: &dyn SequenceClassifier,
     data: &TaskData,
     pad: i64,
     device: Device,
-    out_dir: &Path,
 ) -> Result<AnyEval, TrainError> {
     let e = evaluate_lm(model, &data.eval, data.mc.as_ref(), pad, device)?;
-    let line = serde_json::json!({
-        "eval_loss": e.loss,
-        "perplexity": e.perplexity(),
-        "response_tokens": e.tokens,
-        "token_accuracy": e.token_accuracy,
-        "mc_accuracy": e.mc_accuracy,
-    });
-    eprintln!("etagrid worker: causal-LM eval {line}");
-    let path = out_dir.join("lm_eval.jsonl");
-    let io = |source| TrainError::Io {
-        path: path.clone(),
-        source,
-    };
-    std::fs::create_dir_all(out_dir).map_err(io)?;
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(io)?;
-    writeln!(f, "{line}").map_err(io)?;
+    eprintln!(
+        "etagrid worker: causal-LM eval: loss {:.4}, perplexity {:.3}, {} response tokens, token \
+         accuracy {:.4}, mc_accuracy {}",
+        e.loss,
+        e.perplexity(),
+        e.tokens,
+        e.token_accuracy,
+        e.mc_accuracy.map_or("-".to_owned(), |a| format!("{a:.4}"))
+    );
     Ok(AnyEval::Lm(e))
 }
 

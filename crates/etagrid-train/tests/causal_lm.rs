@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use etagrid_spec::protocol::{JobDevice, WorkerEvent, WorkerJob};
+use etagrid_spec::protocol::{JobDevice, Measure, WorkerEvent, WorkerJob};
 use etagrid_spec::{LmTaskSpec, LoraSpec, SweepSpec, TargetModules};
 use etagrid_train::bert::{Batch, ParamRole};
 use etagrid_train::data::{
@@ -329,6 +329,7 @@ fn job(dir: &Path, toml: &str) -> WorkerJob {
     let spec = SweepSpec::load(&path).expect("spec");
     let cell = spec.cells().remove(0);
     WorkerJob {
+        protocol: etagrid_spec::protocol::PROTOCOL_VERSION,
         sweep: spec.name.clone(),
         cell_id: cell.id,
         config: cell.config,
@@ -395,14 +396,27 @@ fn a_causal_lm_cell_runs_end_to_end_and_reports_its_metric() {
     let (params, _) = started.expect("a started event");
     // rank 8 (the default) on q and v of 2 layers: (32·8 + 8·32) per adapter, 4 adapters; no head.
     assert_eq!(params, 4 * (32 * 8 + 8 * 32));
-    let lines = std::fs::read_to_string(j.out_dir.join("lm_eval.jsonl")).expect("lm_eval.jsonl");
-    let last: Value = serde_json::from_str(lines.lines().last().expect("a line")).expect("json");
-    assert_eq!(last["eval_loss"].as_f64(), Some(res.eval_loss));
-    assert_eq!(
-        last["mc_accuracy"].as_f64(),
-        Some(res.accuracy),
-        "accuracy holds mc_accuracy"
-    );
+    // Every LM metric travels in the result (no side file), and none poses as `accuracy`.
+    let perplexity = res.metrics.get(Measure::Perplexity).expect("perplexity");
+    assert!((perplexity - res.metric).abs() <= 1e-12 * res.metric);
+    let mc = res
+        .metrics
+        .get(Measure::McAccuracy)
+        .expect("mc_accuracy (mc_eval is set)");
+    assert!((0.0..=1.0).contains(&mc), "{mc}");
+    let token = res
+        .metrics
+        .get(Measure::TokenAccuracy)
+        .expect("token_accuracy");
+    assert!((0.0..=1.0).contains(&token), "{token}");
+    assert_eq!(res.metrics.get(Measure::Accuracy), None);
+    assert!(!j.out_dir.join("lm_eval.jsonl").exists());
+    // The last `eval` event carries the same metrics as the result.
+    let last_eval = events.iter().rev().find_map(|e| match e {
+        WorkerEvent::Eval { loss, metrics, .. } => Some((*loss, metrics.clone())),
+        _ => None,
+    });
+    assert_eq!(last_eval, Some((res.eval_loss, res.metrics.clone())));
     assert!(j.out_dir.join("adapter/adapter_model.safetensors").exists());
     let cfg: Value = serde_json::from_str(
         &std::fs::read_to_string(j.out_dir.join("adapter/adapter_config.json")).expect("config"),

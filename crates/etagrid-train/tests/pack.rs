@@ -112,6 +112,7 @@ fn job(spec: &SweepSpec, cells: &[PackedCell], tag: &str) -> WorkerJob {
     };
     let first = relocate(&cells[0]);
     WorkerJob {
+        protocol: etagrid_spec::protocol::PROTOCOL_VERSION,
         sweep: spec.name.clone(),
         cell_id: first.cell_id,
         config: first.config,
@@ -185,12 +186,21 @@ fn packed_cells_end_with_the_numbers_they_get_alone() {
             (JobOutcome::Finished(a), JobOutcome::Finished(p)) => {
                 assert_eq!(p.pack_size, Some(4));
                 assert_eq!(a.pack_size, None);
-                for (what, x, y) in [
+                let mut pairs = vec![
                     ("metric", a.metric, p.metric),
                     ("eval_loss", a.eval_loss, p.eval_loss),
                     ("train_loss", a.train_loss, p.train_loss),
-                    ("accuracy", a.accuracy, p.accuracy),
-                ] {
+                ];
+                // Every other metric (accuracy, macro-F1, MCC), present in both.
+                let names = |m: &etagrid_spec::protocol::Metrics| {
+                    m.iter().map(|(k, _)| k.name()).collect::<Vec<_>>()
+                };
+                assert_eq!(names(&a.metrics), ["accuracy", "macro_f1", "mcc"]);
+                assert_eq!(names(&a.metrics), names(&p.metrics));
+                for ((m, x), (_, y)) in a.metrics.iter().zip(p.metrics.iter()) {
+                    pairs.push((m.name(), x, y));
+                }
+                for (what, x, y) in pairs {
                     assert!(rel(x, y) <= 1e-5, "cell {i} {what}: alone {x}, packed {y}");
                 }
                 let (ta, tp) = (
@@ -260,8 +270,7 @@ fn cells_that_differ_in_more_than_rates_seed_and_init_are_not_packed() {
     let (spec, mut cells) = cells(d.path());
     cells[1].config.train.batch_size = 4;
     let err = run_pack(&job(&spec, &cells[..2], "bad"), &mut |_, _| {})
-        .err()
-        .expect("an error");
+        .expect_err("an error");
     assert!(
         err.to_string().contains("cannot share a frozen base"),
         "{err}"
