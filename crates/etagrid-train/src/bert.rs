@@ -10,11 +10,14 @@
 //! - the head: BERT's classifier reads the pooler (dense + tanh on [CLS]); RoBERTa's reads [CLS]
 //!   through its own dense + tanh (`classifier.dense`) and `classifier.out_proj`, no pooler.
 
-use crate::model::{read_config, SequenceClassifier};
+use crate::model::{
+    config_error, default_dropout, default_initializer_range, read_config, LoadedClassifier,
+    SequenceClassifier,
+};
 pub use crate::model::{Batch, ParamRole, TrainParam};
 use crate::nn::{
-    attention, split_heads, Embedding, Frozen, LayerNorm, Linear, LoadContext, Module, Norm,
-    StackedLinear, VarBuilder, Visitor,
+    attention, module, split_heads, Embedding, Frozen, LayerNorm, Linear, LoadContext, Norm,
+    StackedLinear, VarBuilder,
 };
 use crate::weights::Weights;
 use crate::TrainError;
@@ -47,7 +50,7 @@ pub struct BertConfig {
     pub pad_token_id: i64,
     #[serde(default)]
     pub classifier_dropout: Option<f64>,
-    #[serde(default = "default_init_range")]
+    #[serde(default = "default_initializer_range")]
     pub initializer_range: f64,
     #[serde(default)]
     pub position_embedding_type: Option<String>,
@@ -56,17 +59,11 @@ pub struct BertConfig {
 fn default_act() -> String {
     "gelu".into()
 }
-fn default_dropout() -> f64 {
-    0.1
-}
 fn default_type_vocab() -> i64 {
     2
 }
 fn default_eps() -> f64 {
     1e-12
-}
-fn default_init_range() -> f64 {
-    0.02
 }
 
 impl BertConfig {
@@ -83,39 +80,38 @@ impl BertConfig {
     }
 
     pub fn load(dir: &Path) -> Result<BertConfig, TrainError> {
-        let path = dir.join("config.json");
         let family = crate::model::family(dir)?;
         if !matches!(family, Family::Bert | Family::Roberta) {
             return Err(TrainError::UnsupportedModel {
-                path,
+                path: dir.join("config.json"),
                 model_type: family.model_type().to_owned(),
             });
         }
         let cfg: BertConfig = read_config(dir)?;
         if cfg.hidden_act != "gelu" {
-            return Err(TrainError::Config {
-                path,
-                message: format!(
+            return Err(config_error(
+                dir,
+                format!(
                     "hidden_act {:?} is not supported (only \"gelu\")",
                     cfg.hidden_act
                 ),
-            });
+            ));
         }
         if cfg
             .position_embedding_type
             .as_deref()
             .is_some_and(|p| p != "absolute")
         {
-            return Err(TrainError::Config {
-                path,
-                message: "only position_embedding_type \"absolute\" is supported".into(),
-            });
+            return Err(config_error(
+                dir,
+                "only position_embedding_type \"absolute\" is supported",
+            ));
         }
         if cfg.hidden_size % cfg.num_attention_heads != 0 {
-            return Err(TrainError::Config {
-                path,
-                message: "hidden_size is not a multiple of num_attention_heads".into(),
-            });
+            return Err(config_error(
+                dir,
+                "hidden_size is not a multiple of num_attention_heads",
+            ));
         }
         Ok(cfg)
     }
@@ -165,14 +161,12 @@ impl BertEmbeddings {
     }
 }
 
-impl Module for BertEmbeddings {
-    fn visit(&self, f: &mut Visitor<'_>) {
-        self.word_embeddings.visit(f);
-        self.position_embeddings.visit(f);
-        self.token_type_embeddings.visit(f);
-        self.layer_norm.visit(f);
-    }
-}
+module!(BertEmbeddings {
+    word_embeddings,
+    position_embeddings,
+    token_type_embeddings,
+    layer_norm
+});
 
 /// `attention.self`: the query, key and value projections.
 struct BertSelfAttention {
@@ -205,13 +199,7 @@ impl BertSelfAttention {
     }
 }
 
-impl Module for BertSelfAttention {
-    fn visit(&self, f: &mut Visitor<'_>) {
-        self.query.visit(f);
-        self.key.visit(f);
-        self.value.visit(f);
-    }
-}
+module!(BertSelfAttention { query, key, value });
 
 /// transformers' `BertSelfOutput` (`attention.output`) and `BertOutput` (`output`), which
 /// compute the same: LayerNorm(dropout(dense(x)) + residual).
@@ -234,18 +222,15 @@ impl BertOutput {
     }
 }
 
-impl Module for BertOutput {
-    fn visit(&self, f: &mut Visitor<'_>) {
-        self.dense.visit(f);
-        self.layer_norm.visit(f);
-    }
-}
+module!(BertOutput { dense, layer_norm });
 
 /// `attention`: `self` and `output`.
 struct BertAttention {
     self_: BertSelfAttention,
     output: BertOutput,
 }
+
+module!(BertAttention { self_, output });
 
 /// `encoder.layer.N`.
 struct BertLayer {
@@ -278,14 +263,11 @@ impl BertLayer {
     }
 }
 
-impl Module for BertLayer {
-    fn visit(&self, f: &mut Visitor<'_>) {
-        self.attention.self_.visit(f);
-        self.attention.output.visit(f);
-        self.intermediate.visit(f);
-        self.output.visit(f);
-    }
-}
+module!(BertLayer {
+    attention,
+    intermediate,
+    output
+});
 
 /// The sequence-classification head: BERT's `classifier` on the pooler output, or RoBERTa's
 /// `classifier.dense` → tanh → `classifier.out_proj` on the [CLS] state.
@@ -318,11 +300,14 @@ impl ClassifierHead {
     }
 }
 
-impl Module for ClassifierHead {
-    fn visit(&self, f: &mut Visitor<'_>) {
-        self.dense.visit(f);
-        self.out.visit(f);
-    }
+module!(ClassifierHead { dense, out });
+
+/// The family registry's loader (see [`crate::model::load_classifier`]).
+pub fn load_classifier(dir: &Path, cx: &LoadContext, num_labels: i64) -> LoadedClassifier {
+    let config = BertConfig::load(dir)?;
+    Ok(Box::new(BertForSequenceClassification::load_with(
+        config, cx, num_labels,
+    )?))
 }
 
 pub struct BertForSequenceClassification {
@@ -351,8 +336,17 @@ impl BertForSequenceClassification {
         k: i64,
         device: Device,
     ) -> Result<BertForSequenceClassification, TrainError> {
-        let c = &config;
         let cx = LoadContext::new(weights, lora, k, device)?;
+        BertForSequenceClassification::load_with(config, &cx, num_labels)
+    }
+
+    /// [`BertForSequenceClassification::load`] through a load context.
+    pub fn load_with(
+        config: BertConfig,
+        cx: &LoadContext,
+        num_labels: i64,
+    ) -> Result<BertForSequenceClassification, TrainError> {
+        let c = &config;
         let base = cx
             .root()
             .base(c.family().model_type(), "embeddings.word_embeddings.weight");
@@ -377,7 +371,7 @@ impl BertForSequenceClassification {
         Ok(BertForSequenceClassification {
             config,
             num_labels,
-            k,
+            k: cx.k,
             embeddings,
             layer,
             pooler,
@@ -432,14 +426,12 @@ impl BertForSequenceClassification {
     }
 }
 
-impl Module for BertForSequenceClassification {
-    fn visit(&self, f: &mut Visitor<'_>) {
-        self.embeddings.visit(f);
-        self.layer.visit(f);
-        self.pooler.visit(f);
-        self.classifier.visit(f);
-    }
-}
+module!(BertForSequenceClassification {
+    embeddings,
+    layer,
+    pooler,
+    classifier
+});
 
 impl SequenceClassifier for BertForSequenceClassification {
     fn forward(&self, batch: &Batch, train: bool) -> Tensor {

@@ -8,6 +8,7 @@
 
 use crate::model::{last_token_states, Batch, SequenceClassifier};
 use crate::nn::{attention, Module, Norm, Rope, StackedLinear, Visitor};
+use etagrid_data::family::ModelConfig;
 use tch::{Kind, Tensor};
 
 /// What a decoder layer's parts see besides their input.
@@ -74,10 +75,6 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, p_drop: f64) -> Tens
 pub trait DecoderModel: Module {
     /// Final hidden states [K·b, T, hidden] (after the final norm).
     fn hidden(&self, batch: &Batch, train: bool) -> Tensor;
-    /// The id that pads a batch.
-    fn pad_token_id(&self) -> i64;
-    /// The longest input the position table allows.
-    fn max_tokens(&self) -> i64;
 }
 
 /// A decoder for sequence classification: `score` on each row's last real token.
@@ -86,6 +83,24 @@ pub struct DecoderForSequenceClassification<M> {
     /// The causal LM head's weight [vocab, hidden], if the checkpoint has one.
     pub lm_head: Option<Tensor>,
     pub score: StackedLinear,
+    /// The pad id and the position table's size.
+    pub facts: ModelConfig,
+}
+
+impl<M> DecoderForSequenceClassification<M> {
+    pub fn new(
+        facts: ModelConfig,
+        model: M,
+        lm_head: Option<Tensor>,
+        score: StackedLinear,
+    ) -> DecoderForSequenceClassification<M> {
+        DecoderForSequenceClassification {
+            model,
+            lm_head,
+            score,
+            facts,
+        }
+    }
 }
 
 impl<M: DecoderModel> Module for DecoderForSequenceClassification<M> {
@@ -103,11 +118,11 @@ impl<M: DecoderModel> SequenceClassifier for DecoderForSequenceClassification<M>
     }
 
     fn pad_token_id(&self) -> i64 {
-        self.model.pad_token_id()
+        self.facts.pad_token_id.unwrap_or(0)
     }
 
     fn max_tokens(&self) -> i64 {
-        self.model.max_tokens()
+        self.facts.max_tokens as i64
     }
 
     fn next_token_logits(&self, batch: &Batch) -> Option<Tensor> {

@@ -10,16 +10,17 @@ use crate::decoder::{
     causal_attention, decode, DecoderContext, DecoderForSequenceClassification, DecoderLayer,
     DecoderModel, Sublayer,
 };
-use crate::model::{read_config, Batch};
-use crate::nn::{
-    split_heads, Embedding, Frozen, LayerNorm, Linear, LoadContext, Module, VarBuilder, Visitor,
+use crate::model::{
+    config_error, default_dropout, default_initializer_range, read_config, Batch, LoadedClassifier,
 };
-use crate::weights::Weights;
+use crate::nn::{
+    module, split_heads, Embedding, Frozen, LayerNorm, Linear, LoadContext, VarBuilder,
+};
 use crate::TrainError;
-use etagrid_spec::LoraSpec;
+use etagrid_data::family::ModelConfig;
 use serde::Deserialize;
 use std::path::Path;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Gpt2Config {
@@ -28,33 +29,42 @@ pub struct Gpt2Config {
     pub n_embd: i64,
     pub n_layer: i64,
     pub n_head: i64,
+    #[serde(default)]
     pub n_inner: Option<i64>,
     #[serde(default = "gelu_new")]
     pub activation_function: String,
-    #[serde(default = "p01")]
+    #[serde(default = "default_dropout")]
     pub resid_pdrop: f64,
-    #[serde(default = "p01")]
+    #[serde(default = "default_dropout")]
     pub embd_pdrop: f64,
-    #[serde(default = "p01")]
+    #[serde(default = "default_dropout")]
     pub attn_pdrop: f64,
     #[serde(default = "eps")]
     pub layer_norm_epsilon: f64,
-    #[serde(default = "init_range")]
+    #[serde(default = "default_initializer_range")]
     pub initializer_range: f64,
+    #[serde(default)]
     pub pad_token_id: Option<i64>,
+}
+
+impl Gpt2Config {
+    /// `dir/config.json`, checked for what etagrid computes.
+    pub fn load(dir: &Path) -> Result<Gpt2Config, TrainError> {
+        let c: Gpt2Config = read_config(dir)?;
+        if c.activation_function != "gelu_new" && c.activation_function != "gelu" {
+            let act = &c.activation_function;
+            let message = format!("activation_function {act:?} is not supported");
+            return Err(config_error(dir, message));
+        }
+        Ok(c)
+    }
 }
 
 fn gelu_new() -> String {
     "gelu_new".into()
 }
-fn p01() -> f64 {
-    0.1
-}
 fn eps() -> f64 {
     1e-5
-}
-fn init_range() -> f64 {
-    0.02
 }
 
 /// `attn`: the fused query/key/value projection `c_attn` and the output projection `c_proj`.
@@ -77,12 +87,7 @@ impl Sublayer for Gpt2Attention {
     }
 }
 
-impl Module for Gpt2Attention {
-    fn visit(&self, f: &mut Visitor<'_>) {
-        self.c_attn.visit(f);
-        self.c_proj.visit(f);
-    }
-}
+module!(Gpt2Attention { c_attn, c_proj });
 
 /// `mlp`: `c_fc`, GELU (`gelu_new`: the tanh approximation), `c_proj`.
 pub struct Gpt2Mlp {
@@ -99,15 +104,13 @@ impl Sublayer for Gpt2Mlp {
     }
 }
 
-impl Module for Gpt2Mlp {
-    fn visit(&self, f: &mut Visitor<'_>) {
-        self.c_fc.visit(f);
-        self.c_proj.visit(f);
-    }
-}
+module!(Gpt2Mlp { c_fc, c_proj });
 
 /// `transformer.h.N`: `ln_1`, `attn`, `ln_2`, `mlp`.
 pub type Gpt2Block = DecoderLayer<LayerNorm, Gpt2Attention, Gpt2Mlp>;
+
+/// `GPT2ForSequenceClassification`: `transformer` and `score`.
+pub type Gpt2ForSequenceClassification = DecoderForSequenceClassification<Gpt2Model>;
 
 fn load_block(vb: VarBuilder, c: &Gpt2Config) -> Result<Gpt2Block, TrainError> {
     let n = c.n_embd;
@@ -145,6 +148,27 @@ pub struct Gpt2Model {
     ln_f: LayerNorm,
 }
 
+module!(Gpt2Model { wte, wpe, h, ln_f });
+
+impl Gpt2Model {
+    fn load(vb: VarBuilder, c: Gpt2Config) -> Result<Gpt2Model, TrainError> {
+        let n = c.n_embd;
+        // The blocks draw their adapters from the generator before `wte`, as they always have.
+        let h = (0..c.n_layer)
+            .map(|i| load_block(vb.pp("h").pp(i), &c))
+            .collect::<Result<Vec<_>, _>>()?;
+        // GPT2Model's wte has no padding_idx.
+        let wte = vb.pp("wte").embedding(c.vocab_size, n, -1)?;
+        Ok(Gpt2Model {
+            wpe: vb.pp("wpe").frozen(&[c.n_positions, n])?,
+            ln_f: vb.pp("ln_f").layer_norm(n, c.layer_norm_epsilon)?,
+            h,
+            config: c,
+            wte,
+        })
+    }
+}
+
 impl DecoderModel for Gpt2Model {
     fn hidden(&self, batch: &Batch, train: bool) -> Tensor {
         let t = batch.input_ids.size()[1];
@@ -154,71 +178,19 @@ impl DecoderModel for Gpt2Model {
         let cx = DecoderContext { train, rope: None };
         decode(&self.h, &self.ln_f, x, &cx)
     }
-
-    fn pad_token_id(&self) -> i64 {
-        self.config.pad_token_id.unwrap_or(0)
-    }
-
-    fn max_tokens(&self) -> i64 {
-        self.config.n_positions
-    }
 }
 
-impl Module for Gpt2Model {
-    fn visit(&self, f: &mut Visitor<'_>) {
-        self.wte.visit(f);
-        self.wpe.visit(f);
-        self.h.visit(f);
-        self.ln_f.visit(f);
-    }
-}
-
-pub type Gpt2ForSequenceClassification = DecoderForSequenceClassification<Gpt2Model>;
-
-impl DecoderForSequenceClassification<Gpt2Model> {
-    pub fn load(
-        dir: &Path,
-        weights: &Weights,
-        num_labels: i64,
-        lora: &LoraSpec,
-        k: i64,
-        device: Device,
-    ) -> Result<Gpt2ForSequenceClassification, TrainError> {
-        let c: Gpt2Config = read_config(dir)?;
-        if c.activation_function != "gelu_new" && c.activation_function != "gelu" {
-            return Err(TrainError::Config {
-                path: dir.join("config.json"),
-                message: format!(
-                    "activation_function {:?} is not supported",
-                    c.activation_function
-                ),
-            });
-        }
-        let n = c.n_embd;
-        let cx = LoadContext::new(weights, lora, k, device)?;
-        let base = cx.root().base("transformer", "wte.weight");
-        // The blocks draw their adapters from the generator before `wte`, as they always have.
-        let h = (0..c.n_layer)
-            .map(|i| load_block(base.pp("h").pp(i), &c))
-            .collect::<Result<Vec<_>, _>>()?;
-        // GPT2Model's wte has no padding_idx.
-        let wte = base.pp("wte").embedding(c.vocab_size, n, -1)?;
-        cx.finish(&["transformer.wpe", "score", "lm_head"].map(String::from))?;
-        let model = Gpt2Model {
-            wpe: base.pp("wpe").frozen(&[c.n_positions, n])?,
-            ln_f: base.pp("ln_f").layer_norm(n, c.layer_norm_epsilon)?,
-            h,
-            config: c,
-            wte,
-        };
-        Ok(DecoderForSequenceClassification {
-            // GPT2LMHeadModel's head is always the token embedding.
-            lm_head: Some(model.wte.weight.shallow_clone()),
-            score: cx
-                .root()
-                .pp("score")
-                .head(num_labels, n, false, model.config.initializer_range),
-            model,
-        })
-    }
+/// The family registry's loader (see [`crate::model::load_classifier`]).
+pub fn load_classifier(dir: &Path, cx: &LoadContext, num_labels: i64) -> LoadedClassifier {
+    let config = Gpt2Config::load(dir)?;
+    let model = Gpt2Model::load(cx.root().base("transformer", "wte.weight"), config)?;
+    cx.finish(&["transformer.wpe", "score", "lm_head"].map(String::from))?;
+    let c = &model.config;
+    let score = (cx.root().pp("score")).head(num_labels, c.n_embd, false, c.initializer_range);
+    // GPT2LMHeadModel's head is always the token embedding.
+    let lm_head = Some(model.wte.weight.shallow_clone());
+    let facts = ModelConfig::read(dir)?;
+    Ok(Box::new(DecoderForSequenceClassification::new(
+        facts, model, lm_head, score,
+    )))
 }

@@ -8,25 +8,27 @@ use crate::decoder::{
     causal_attention, decode, DecoderContext, DecoderForSequenceClassification, DecoderLayer,
     DecoderModel, Sublayer,
 };
-use crate::model::{read_config, Batch};
-use crate::nn::{
-    split_heads, Embedding, Linear, LoadContext, Module, RmsNorm, Rope, VarBuilder, Visitor,
-};
-use crate::weights::Weights;
+use crate::model::{config_error, default_initializer_range, read_config, Batch, LoadedClassifier};
+use crate::nn::{module, split_heads, Embedding, Linear, LoadContext, RmsNorm, Rope, VarBuilder};
 use crate::TrainError;
-use etagrid_spec::LoraSpec;
+use etagrid_data::family::ModelConfig;
 use serde::Deserialize;
 use std::path::Path;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct RopeScaling {
     #[serde(alias = "type")]
     pub rope_type: String,
+    #[serde(default)]
     pub rope_theta: Option<f64>,
+    #[serde(default)]
     pub factor: Option<f64>,
+    #[serde(default)]
     pub low_freq_factor: Option<f64>,
+    #[serde(default)]
     pub high_freq_factor: Option<f64>,
+    #[serde(default)]
     pub original_max_position_embeddings: Option<f64>,
 }
 
@@ -37,22 +39,28 @@ pub struct LlamaConfig {
     pub intermediate_size: i64,
     pub num_hidden_layers: i64,
     pub num_attention_heads: i64,
+    #[serde(default)]
     pub num_key_value_heads: Option<i64>,
+    #[serde(default)]
     pub head_dim: Option<i64>,
     pub max_position_embeddings: i64,
     #[serde(default = "rms_eps")]
     pub rms_norm_eps: f64,
+    #[serde(default)]
     pub rope_theta: Option<f64>,
     /// transformers ≤ 4: `rope_scaling`; transformers 5: `rope_parameters` (which also holds
     /// `rope_theta`).
+    #[serde(default)]
     pub rope_scaling: Option<RopeScaling>,
+    #[serde(default)]
     pub rope_parameters: Option<RopeScaling>,
     #[serde(default)]
     pub attention_bias: bool,
     #[serde(default)]
     pub mlp_bias: bool,
+    #[serde(default)]
     pub pad_token_id: Option<i64>,
-    #[serde(default = "init_range")]
+    #[serde(default = "default_initializer_range")]
     pub initializer_range: f64,
     #[serde(default = "hidden_act")]
     pub hidden_act: String,
@@ -63,14 +71,22 @@ pub struct LlamaConfig {
 fn rms_eps() -> f64 {
     1e-6
 }
-fn init_range() -> f64 {
-    0.02
-}
 fn hidden_act() -> String {
     "silu".into()
 }
 
 impl LlamaConfig {
+    /// `dir/config.json`, checked for what etagrid computes.
+    pub fn load(dir: &Path) -> Result<LlamaConfig, TrainError> {
+        let c: LlamaConfig = read_config(dir)?;
+        if c.hidden_act != "silu" {
+            let act = &c.hidden_act;
+            let message = format!("hidden_act {act:?} is not supported (only \"silu\")");
+            return Err(config_error(dir, message));
+        }
+        Ok(c)
+    }
+
     fn kv_heads(&self) -> i64 {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
@@ -158,14 +174,12 @@ impl Sublayer for LlamaAttention {
     }
 }
 
-impl Module for LlamaAttention {
-    fn visit(&self, f: &mut Visitor<'_>) {
-        self.q_proj.visit(f);
-        self.k_proj.visit(f);
-        self.v_proj.visit(f);
-        self.o_proj.visit(f);
-    }
-}
+module!(LlamaAttention {
+    q_proj,
+    k_proj,
+    v_proj,
+    o_proj
+});
 
 /// `mlp`: down(silu(gate(x)) · up(x)).
 pub struct LlamaMlp {
@@ -181,16 +195,17 @@ impl Sublayer for LlamaMlp {
     }
 }
 
-impl Module for LlamaMlp {
-    fn visit(&self, f: &mut Visitor<'_>) {
-        self.gate_proj.visit(f);
-        self.up_proj.visit(f);
-        self.down_proj.visit(f);
-    }
-}
+module!(LlamaMlp {
+    gate_proj,
+    up_proj,
+    down_proj
+});
 
 /// `model.layers.N`: `input_layernorm`, `self_attn`, `post_attention_layernorm`, `mlp`.
 pub type LlamaDecoderLayer = DecoderLayer<RmsNorm, LlamaAttention, LlamaMlp>;
+
+/// `LlamaForSequenceClassification`: `model` and `score`.
+pub type LlamaForSequenceClassification = DecoderForSequenceClassification<LlamaModel>;
 
 fn load_layer(vb: VarBuilder, c: &LlamaConfig) -> Result<LlamaDecoderLayer, TrainError> {
     let (h, hd, i) = (c.hidden_size, c.head_dim(), c.intermediate_size);
@@ -230,6 +245,35 @@ pub struct LlamaModel {
     inv_freq: Tensor,
 }
 
+module!(LlamaModel {
+    embed_tokens,
+    layers,
+    norm
+});
+
+impl LlamaModel {
+    fn load(vb: VarBuilder, c: LlamaConfig, inv_freq: &[f64]) -> Result<LlamaModel, TrainError> {
+        let h = c.hidden_size;
+        // The layers draw their adapters from the generator before `embed_tokens`.
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| load_layer(vb.pp("layers").pp(i), &c))
+            .collect::<Result<Vec<_>, _>>()?;
+        // LlamaModel's embed_tokens has padding_idx = pad_token_id.
+        let padding_idx = c.pad_token_id.unwrap_or(-1);
+        Ok(LlamaModel {
+            embed_tokens: vb
+                .pp("embed_tokens")
+                .embedding(c.vocab_size, h, padding_idx)?,
+            norm: vb.pp("norm").rms_norm(h, c.rms_norm_eps)?,
+            inv_freq: Tensor::from_slice(inv_freq)
+                .to_kind(Kind::Float)
+                .to_device(vb.context().device),
+            layers,
+            config: c,
+        })
+    }
+}
+
 impl DecoderModel for LlamaModel {
     fn hidden(&self, batch: &Batch, train: bool) -> Tensor {
         let t = batch.input_ids.size()[1];
@@ -241,88 +285,32 @@ impl DecoderModel for LlamaModel {
         };
         decode(&self.layers, &self.norm, x, &cx)
     }
-
-    fn pad_token_id(&self) -> i64 {
-        self.config.pad_token_id.unwrap_or(0)
-    }
-
-    fn max_tokens(&self) -> i64 {
-        self.config.max_position_embeddings
-    }
 }
 
-impl Module for LlamaModel {
-    fn visit(&self, f: &mut Visitor<'_>) {
-        self.embed_tokens.visit(f);
-        self.layers.visit(f);
-        self.norm.visit(f);
-    }
-}
-
-pub type LlamaForSequenceClassification = DecoderForSequenceClassification<LlamaModel>;
-
-impl DecoderForSequenceClassification<LlamaModel> {
-    pub fn load(
-        dir: &Path,
-        weights: &Weights,
-        num_labels: i64,
-        lora: &LoraSpec,
-        k: i64,
-        device: Device,
-    ) -> Result<LlamaForSequenceClassification, TrainError> {
-        let path = dir.join("config.json");
-        let c: LlamaConfig = read_config(dir)?;
-        if c.hidden_act != "silu" {
-            return Err(TrainError::Config {
-                path,
-                message: format!(
-                    "hidden_act {:?} is not supported (only \"silu\")",
-                    c.hidden_act
-                ),
-            });
-        }
-        let inv_freq = c
-            .inv_freq()
-            .map_err(|message| TrainError::Config { path, message })?;
-        let h = c.hidden_size;
-        let cx = LoadContext::new(weights, lora, k, device)?;
-        let base = cx.root().base("model", "embed_tokens.weight");
-        // The layers draw their adapters from the generator before `embed_tokens`.
-        let layers = (0..c.num_hidden_layers)
-            .map(|i| load_layer(base.pp("layers").pp(i), &c))
-            .collect::<Result<Vec<_>, _>>()?;
-        // LlamaModel's embed_tokens has padding_idx = pad_token_id.
-        let embed_tokens =
-            base.pp("embed_tokens")
-                .embedding(c.vocab_size, h, c.pad_token_id.unwrap_or(-1))?;
-        // The causal LM head: `lm_head.weight`, or the embedding when tied; None when untied and
-        // the checkpoint has none (a sequence-classification checkpoint).
-        let lm_head = match cx
-            .root()
-            .pp("lm_head")
-            .get_opt("weight", &[c.vocab_size, h])?
-        {
-            Some(w) => Some(w),
-            None if c.tie_word_embeddings => Some(embed_tokens.weight.shallow_clone()),
-            None => None,
-        };
-        cx.finish(&["score", "lm_head"].map(String::from))?;
-        let model = LlamaModel {
-            norm: base.pp("norm").rms_norm(h, c.rms_norm_eps)?,
-            inv_freq: Tensor::from_slice(&inv_freq)
-                .to_kind(Kind::Float)
-                .to_device(device),
-            embed_tokens,
-            layers,
-            config: c,
-        };
-        Ok(DecoderForSequenceClassification {
-            score: cx
-                .root()
-                .pp("score")
-                .head(num_labels, h, false, model.config.initializer_range),
-            lm_head,
-            model,
-        })
-    }
+/// The family registry's loader (see [`crate::model::load_classifier`]).
+pub fn load_classifier(dir: &Path, cx: &LoadContext, num_labels: i64) -> LoadedClassifier {
+    let config = LlamaConfig::load(dir)?;
+    let inv_freq = config
+        .inv_freq()
+        .map_err(|message| config_error(dir, message))?;
+    let model = LlamaModel::load(
+        cx.root().base("model", "embed_tokens.weight"),
+        config,
+        &inv_freq,
+    )?;
+    let c = &model.config;
+    // The causal LM head: `lm_head.weight`, or the embedding when tied; None when untied and
+    // the checkpoint has none (a sequence-classification checkpoint).
+    let shape = [c.vocab_size, c.hidden_size];
+    let lm_head = match cx.root().pp("lm_head").get_opt("weight", &shape)? {
+        Some(w) => Some(w),
+        None if c.tie_word_embeddings => Some(model.embed_tokens.weight.shallow_clone()),
+        None => None,
+    };
+    cx.finish(&["score", "lm_head"].map(String::from))?;
+    let score = (cx.root().pp("score")).head(num_labels, c.hidden_size, false, c.initializer_range);
+    let facts = ModelConfig::read(dir)?;
+    Ok(Box::new(DecoderForSequenceClassification::new(
+        facts, model, lm_head, score,
+    )))
 }

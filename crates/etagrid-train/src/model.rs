@@ -5,12 +5,10 @@
 //! (built from [`crate::nn`]; a decoder implements [`crate::decoder::DecoderModel`]), and one arm
 //! in [`load_classifier`].
 
-use crate::bert::{BertConfig, BertForSequenceClassification};
-use crate::gpt2::Gpt2ForSequenceClassification;
-use crate::llama::LlamaForSequenceClassification;
-use crate::nn::Module;
+use crate::nn::{LoadContext, Module};
 use crate::weights::Weights;
 use crate::TrainError;
+use crate::{bert, gpt2, llama};
 use etagrid_data::family::{Family, ModelConfig};
 use etagrid_spec::LoraSpec;
 use std::path::Path;
@@ -110,6 +108,24 @@ pub(crate) fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<
     })
 }
 
+/// An error in `dir/config.json`.
+pub(crate) fn config_error(dir: &Path, message: impl Into<String>) -> TrainError {
+    TrainError::Config {
+        path: dir.join("config.json"),
+        message: message.into(),
+    }
+}
+
+/// transformers' default `initializer_range` (the heads' N(0, σ) when the checkpoint has none).
+pub(crate) fn default_initializer_range() -> f64 {
+    0.02
+}
+
+/// transformers' default dropout probability of BERT's and GPT-2's layers.
+pub(crate) fn default_dropout() -> f64 {
+    0.1
+}
+
 /// The family of the model in `dir` (from its `config.json`); unsupported ones are an error.
 pub fn family(dir: &Path) -> Result<Family, TrainError> {
     Ok(ModelConfig::read(dir)?.family)
@@ -124,19 +140,36 @@ pub fn model_type(dir: &Path) -> Result<String, TrainError> {
 pub fn require_decoder(dir: &Path) -> Result<Family, TrainError> {
     let family = family(dir)?;
     if !family.is_decoder() {
-        return Err(TrainError::Config {
-            path: dir.join("config.json"),
-            message: format!(
+        return Err(config_error(
+            dir,
+            format!(
                 "[task] kind = \"causal_lm\" needs a decoder model (GPT-2 or Llama), but \
                  model_type is {:?}: use a decoder, or kind = \"classification\"",
                 family.model_type()
             ),
-        });
+        ));
     }
     Ok(family)
 }
 
-/// Loads the sequence classifier of the family `dir/config.json` names: the family registry.
+/// A family's loader: its sequence classifier for the config in `dir`, with `num_labels` classes,
+/// loaded through `cx` (weights, LoRA targets, K, device). Call `tch::manual_seed` first: adapters
+/// and heads draw from the global generator.
+pub type LoadClassifier = fn(&Path, &LoadContext, i64) -> LoadedClassifier;
+
+/// What a family's loader returns.
+pub type LoadedClassifier = Result<Box<dyn SequenceClassifier>, TrainError>;
+
+/// The family registry: each family's module tree.
+fn loader(family: Family) -> LoadClassifier {
+    match family {
+        Family::Bert | Family::Roberta => bert::load_classifier,
+        Family::Gpt2 => gpt2::load_classifier,
+        Family::Llama => llama::load_classifier,
+    }
+}
+
+/// Loads the sequence classifier of the family `dir/config.json` names, with K = `k` adapters.
 pub fn load_classifier(
     dir: &Path,
     weights: &Weights,
@@ -144,24 +177,13 @@ pub fn load_classifier(
     lora: &LoraSpec,
     k: i64,
     device: Device,
-) -> Result<Box<dyn SequenceClassifier>, TrainError> {
-    let (w, n) = (weights, num_labels);
-    Ok(match family(dir)? {
-        Family::Bert | Family::Roberta => Box::new(BertForSequenceClassification::load(
-            BertConfig::load(dir)?,
-            w,
-            n,
-            lora,
-            k,
-            device,
-        )?),
-        Family::Gpt2 => Box::new(Gpt2ForSequenceClassification::load(
-            dir, w, n, lora, k, device,
-        )?),
-        Family::Llama => Box::new(LlamaForSequenceClassification::load(
-            dir, w, n, lora, k, device,
-        )?),
-    })
+) -> LoadedClassifier {
+    let load = loader(family(dir)?);
+    load(
+        dir,
+        &LoadContext::new(weights, lora, k, device)?,
+        num_labels,
+    )
 }
 
 /// For decoder models: each row's hidden state at its last real token, [b, hidden] from

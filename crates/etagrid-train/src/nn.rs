@@ -28,6 +28,19 @@ pub trait Module {
     fn visit(&self, f: &mut Visitor<'_>);
 }
 
+/// Implements [`Module`] for a struct of modules: a walk visits `fields` in the order given
+/// (the checkpoint's).
+macro_rules! module {
+    ($ty:ty { $($field:ident),+ $(,)? }) => {
+        impl $crate::nn::Module for $ty {
+            fn visit(&self, f: &mut $crate::nn::Visitor<'_>) {
+                $($crate::nn::Module::visit(&self.$field, f);)+
+            }
+        }
+    };
+}
+pub(crate) use module;
+
 impl<M: Module> Module for Vec<M> {
     fn visit(&self, f: &mut Visitor<'_>) {
         self.iter().for_each(|m| m.visit(f));
