@@ -231,7 +231,7 @@ pub fn parse_device(device: &str) -> Result<JobDevice, TrainError> {
                 _ => "give \"cpu\" or \"cuda\"".to_owned(),
             };
             Err(TrainError::Device(format!(
-                "--device {other:?} is not supported: {hint}"
+                "device {other:?} is not supported: {hint}"
             )))
         }
     }
