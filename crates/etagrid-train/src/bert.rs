@@ -347,9 +347,10 @@ impl BertForSequenceClassification {
         num_labels: i64,
     ) -> Result<BertForSequenceClassification, TrainError> {
         let c = &config;
-        let base = cx
-            .root()
-            .base(c.family().model_type(), "embeddings.word_embeddings.weight");
+        let base = cx.root().base(
+            c.family().base_model_prefix(),
+            "embeddings.word_embeddings.weight",
+        );
         let embeddings = BertEmbeddings::load(base.pp("embeddings"), c)?;
         let layer = (0..c.num_hidden_layers)
             .map(|i| BertLayer::load(base.pp("encoder.layer").pp(i), c))
@@ -362,10 +363,11 @@ impl BertForSequenceClassification {
             let h = c.hidden_size;
             Some(base.pp("pooler.dense").linear(h, h, true)?)
         };
-        let mut refused: Vec<String> = ["position_embeddings", "token_type_embeddings"]
-            .iter()
-            .map(|e| format!("{}.embeddings.{e}", base.name()))
-            .collect();
+        // PEFT would adapt these if selected; etagrid cannot.
+        let mut refused = vec![
+            embeddings.position_embeddings.name.clone(),
+            embeddings.token_type_embeddings.name.clone(),
+        ];
         refused.extend(classifier.modules());
         cx.finish(&refused)?;
         Ok(BertForSequenceClassification {

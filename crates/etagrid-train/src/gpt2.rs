@@ -17,7 +17,7 @@ use crate::nn::{
     module, split_heads, Embedding, Frozen, LayerNorm, Linear, LoadContext, VarBuilder,
 };
 use crate::TrainError;
-use etagrid_data::family::ModelConfig;
+use etagrid_data::family::{Family, ModelConfig};
 use serde::Deserialize;
 use std::path::Path;
 use tch::{Kind, Tensor};
@@ -183,10 +183,19 @@ impl DecoderModel for Gpt2Model {
 /// The family registry's loader (see [`crate::model::load_classifier`]).
 pub fn load_classifier(dir: &Path, cx: &LoadContext, num_labels: i64) -> LoadedClassifier {
     let config = Gpt2Config::load(dir)?;
-    let model = Gpt2Model::load(cx.root().base("transformer", "wte.weight"), config)?;
-    cx.finish(&["transformer.wpe", "score", "lm_head"].map(String::from))?;
+    let base = cx
+        .root()
+        .base(Family::Gpt2.base_model_prefix(), "wte.weight");
+    let model = Gpt2Model::load(base, config)?;
     let c = &model.config;
-    let score = (cx.root().pp("score")).head(num_labels, c.n_embd, false, c.initializer_range);
+    let score = cx.root().pp(Family::Gpt2.head_module());
+    // PEFT would adapt `wpe`, the head and the (tied) LM head if selected; etagrid cannot.
+    cx.finish(&[
+        model.wpe.name.clone(),
+        score.name().into(),
+        "lm_head".into(),
+    ])?;
+    let score = score.head(num_labels, c.n_embd, false, c.initializer_range);
     // GPT2LMHeadModel's head is always the token embedding.
     let lm_head = Some(model.wte.weight.shallow_clone());
     let facts = ModelConfig::read(dir)?;

@@ -11,7 +11,7 @@ use crate::decoder::{
 use crate::model::{config_error, default_initializer_range, read_config, Batch, LoadedClassifier};
 use crate::nn::{module, split_heads, Embedding, Linear, LoadContext, RmsNorm, Rope, VarBuilder};
 use crate::TrainError;
-use etagrid_data::family::ModelConfig;
+use etagrid_data::family::{Family, ModelConfig};
 use serde::Deserialize;
 use std::path::Path;
 use tch::{Kind, Tensor};
@@ -294,7 +294,8 @@ pub fn load_classifier(dir: &Path, cx: &LoadContext, num_labels: i64) -> LoadedC
         .inv_freq()
         .map_err(|message| config_error(dir, message))?;
     let model = LlamaModel::load(
-        cx.root().base("model", "embed_tokens.weight"),
+        cx.root()
+            .base(Family::Llama.base_model_prefix(), "embed_tokens.weight"),
         config,
         &inv_freq,
     )?;
@@ -307,8 +308,9 @@ pub fn load_classifier(dir: &Path, cx: &LoadContext, num_labels: i64) -> LoadedC
         None if c.tie_word_embeddings => Some(model.embed_tokens.weight.shallow_clone()),
         None => None,
     };
-    cx.finish(&["score", "lm_head"].map(String::from))?;
-    let score = (cx.root().pp("score")).head(num_labels, c.hidden_size, false, c.initializer_range);
+    let score = cx.root().pp(Family::Llama.head_module());
+    cx.finish(&[score.name().into(), "lm_head".into()])?;
+    let score = score.head(num_labels, c.hidden_size, false, c.initializer_range);
     let facts = ModelConfig::read(dir)?;
     Ok(Box::new(DecoderForSequenceClassification::new(
         facts, model, lm_head, score,
