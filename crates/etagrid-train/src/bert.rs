@@ -310,16 +310,61 @@ pub fn load_classifier(dir: &Path, cx: &LoadContext, num_labels: i64) -> LoadedC
     )?))
 }
 
+/// `bert` / `roberta`: the base model.
+struct BertModel {
+    embeddings: BertEmbeddings,
+    encoder: BertEncoder,
+    /// BERT only (RoBERTa's classification head does not use it).
+    pooler: Option<BertPooler>,
+}
+
+module!(BertModel {
+    embeddings,
+    encoder,
+    pooler
+});
+
+/// `encoder`.
+struct BertEncoder {
+    layer: Vec<BertLayer>,
+}
+
+module!(BertEncoder { layer });
+
+/// `pooler`: tanh(dense(h_[CLS])).
+struct BertPooler {
+    dense: Linear,
+}
+
+module!(BertPooler { dense });
+
+impl BertEncoder {
+    fn load(vb: VarBuilder, c: &BertConfig) -> Result<BertEncoder, TrainError> {
+        let layer = (0..c.num_hidden_layers)
+            .map(|i| BertLayer::load(vb.pp("layer").pp(i), c))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(BertEncoder { layer })
+    }
+}
+
+impl BertPooler {
+    /// BERT's pooler; RoBERTa has none.
+    fn load(vb: VarBuilder, c: &BertConfig) -> Result<Option<BertPooler>, TrainError> {
+        if c.is_roberta() {
+            return Ok(None);
+        }
+        let h = c.hidden_size;
+        let dense = vb.pp("dense").linear(h, h, true)?;
+        Ok(Some(BertPooler { dense }))
+    }
+}
+
 pub struct BertForSequenceClassification {
     pub config: BertConfig,
     pub num_labels: i64,
     /// Number of stacked adapters (grid cells sharing this base).
     pub k: i64,
-    embeddings: BertEmbeddings,
-    /// `encoder.layer`.
-    layer: Vec<BertLayer>,
-    /// `pooler.dense`: BERT only (RoBERTa's classification head does not use it).
-    pooler: Option<Linear>,
+    bert: BertModel,
     pub classifier: ClassifierHead,
 }
 
@@ -347,26 +392,27 @@ impl BertForSequenceClassification {
         num_labels: i64,
     ) -> Result<BertForSequenceClassification, TrainError> {
         let c = &config;
+        let family = c.family();
         let base = cx.root().base(
-            c.family().base_model_prefix(),
+            family.base_model_prefix(),
             "embeddings.word_embeddings.weight",
         );
         let embeddings = BertEmbeddings::load(base.pp("embeddings"), c)?;
-        let layer = (0..c.num_hidden_layers)
-            .map(|i| BertLayer::load(base.pp("encoder.layer").pp(i), c))
-            .collect::<Result<Vec<_>, _>>()?;
+        let encoder = BertEncoder::load(base.pp("encoder"), c)?;
         // The head draws from the generator before the pooler's adapters, as it always has.
-        let classifier = ClassifierHead::load(cx.root().pp("classifier"), c, num_labels);
-        let pooler = if c.is_roberta() {
-            None
-        } else {
-            let h = c.hidden_size;
-            Some(base.pp("pooler.dense").linear(h, h, true)?)
+        let head = cx.root().pp(family.head_module());
+        let classifier = ClassifierHead::load(head, c, num_labels);
+        let pooler = BertPooler::load(base.pp("pooler"), c)?;
+        let bert = BertModel {
+            embeddings,
+            encoder,
+            pooler,
         };
         // PEFT would adapt these if selected; etagrid cannot.
+        let e = &bert.embeddings;
         let mut refused = vec![
-            embeddings.position_embeddings.name.clone(),
-            embeddings.token_type_embeddings.name.clone(),
+            e.position_embeddings.name.clone(),
+            e.token_type_embeddings.name.clone(),
         ];
         refused.extend(classifier.modules());
         cx.finish(&refused)?;
@@ -374,9 +420,7 @@ impl BertForSequenceClassification {
             config,
             num_labels,
             k: cx.k,
-            embeddings,
-            layer,
-            pooler,
+            bert,
             classifier,
         })
     }
@@ -396,10 +440,10 @@ impl BertForSequenceClassification {
         let c = &self.config;
         let s = batch.input_ids.size();
         let (n, t) = (s[0], s[1]);
-        let mut x = self.embeddings.forward(batch, c, train);
+        let mut x = self.bert.embeddings.forward(batch, c, train);
         // [n, 1, 1, t] boolean: true where a key may be attended to.
         let mask = batch.attention_mask.gt(0).reshape([n, 1, 1, t]);
-        for layer in &self.layer {
+        for layer in &self.bert.encoder.layer {
             x = layer.forward(&x, &mask, c, train);
         }
         x.select(1, 0)
@@ -408,8 +452,8 @@ impl BertForSequenceClassification {
     /// BERT's pooled output, tanh(pooler.dense(h_[CLS])); for RoBERTa the [CLS] state itself.
     pub fn pooled(&self, batch: &Batch, train: bool) -> Tensor {
         let cls = self.cls_state(batch, train);
-        match &self.pooler {
-            Some(p) => p.forward(&cls, train).tanh(),
+        match &self.bert.pooler {
+            Some(p) => p.dense.forward(&cls, train).tanh(),
             None => cls,
         }
     }
@@ -428,12 +472,7 @@ impl BertForSequenceClassification {
     }
 }
 
-module!(BertForSequenceClassification {
-    embeddings,
-    layer,
-    pooler,
-    classifier
-});
+module!(BertForSequenceClassification { bert, classifier });
 
 impl SequenceClassifier for BertForSequenceClassification {
     fn forward(&self, batch: &Batch, train: bool) -> Tensor {
