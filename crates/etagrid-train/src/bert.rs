@@ -7,8 +7,8 @@
 //! lookup. Checkpoints saved from `BertModel` (e.g. sentence-transformers' MiniLM) have no `bert.`
 //! prefix and no classifier; both layouts load. The two families differ only in
 //! - position ids: BERT counts 0, 1, …; RoBERTa counts from `pad_token_id + 1` over non-pad tokens;
-//! - the head: BERT's classifier reads the pooler (dense + tanh on [CLS]); RoBERTa's reads [CLS]
-//!   through its own dense + tanh (`classifier.dense`) and `classifier.out_proj`, no pooler.
+//! - the head: BERT's classifier reads the pooler (dense + tanh on `[CLS]`); RoBERTa's reads
+//!   `[CLS]` through its own dense + tanh (`classifier.dense`) and `classifier.out_proj`, no pooler.
 
 use crate::model::{
     config_error, default_dropout, default_initializer_range, read_config, LoadedClassifier,
@@ -270,7 +270,7 @@ module!(BertLayer {
 });
 
 /// The sequence-classification head: BERT's `classifier` on the pooler output, or RoBERTa's
-/// `classifier.dense` → tanh → `classifier.out_proj` on the [CLS] state.
+/// `classifier.dense` → tanh → `classifier.out_proj` on the `[CLS]` state.
 pub struct ClassifierHead {
     pub dense: Option<StackedLinear>,
     pub out: StackedLinear,
@@ -331,7 +331,7 @@ struct BertEncoder {
 
 module!(BertEncoder { layer });
 
-/// `pooler`: tanh(dense(h_[CLS])).
+/// `pooler`: tanh(dense(h_`[CLS]`)).
 struct BertPooler {
     dense: Linear,
 }
@@ -449,7 +449,7 @@ impl BertForSequenceClassification {
         x.select(1, 0)
     }
 
-    /// BERT's pooled output, tanh(pooler.dense(h_[CLS])); for RoBERTa the [CLS] state itself.
+    /// BERT's pooled output, tanh(pooler.dense(h_`[CLS]`)); for RoBERTa the `[CLS]` state itself.
     pub fn pooled(&self, batch: &Batch, train: bool) -> Tensor {
         let cls = self.cls_state(batch, train);
         match &self.bert.pooler {

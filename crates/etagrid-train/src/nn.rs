@@ -160,7 +160,7 @@ impl<'a> VarBuilder<'a> {
         self.cx.weights.get_opt(&join(&self.key, tensor), shape)
     }
 
-    /// A frozen `nn.Linear` (`weight` [out, in], `bias` [out] if `bias`), with adapters when
+    /// A frozen `nn.Linear` (`weight` `[out, in]`, `bias` `[out]` if `bias`), with adapters when
     /// the targets select it.
     pub fn linear(&self, out_f: i64, in_f: i64, bias: bool) -> Result<Linear, TrainError> {
         let weight = self.get("weight", &[out_f, in_f])?;
