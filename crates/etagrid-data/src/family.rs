@@ -64,6 +64,18 @@ impl Family {
         }
     }
 
+    /// transformers' `base_model_prefix`: the base model's module name inside
+    /// `…ForSequenceClassification`, which starts every module name PEFT matches
+    /// (`bert.encoder.layer.0.attention.self.query`, `transformer.h.0.attn.c_attn`).
+    pub fn base_model_prefix(self) -> &'static str {
+        match self {
+            Family::Bert => "bert",
+            Family::Roberta => "roberta",
+            Family::Gpt2 => "transformer",
+            Family::Llama => "model",
+        }
+    }
+
     /// PEFT's default LoRA `target_modules` for the family (transformers' attention names).
     pub fn default_lora_targets(self) -> &'static [&'static str] {
         match self {
@@ -200,6 +212,7 @@ mod tests {
         assert!(g.family.fan_in_fan_out() && !l.family.fan_in_fan_out());
         assert_eq!(l.family.default_lora_targets(), ["q_proj", "v_proj"]);
         assert_eq!(g.family.head_module(), "score");
+        assert_eq!(g.family.base_model_prefix(), "transformer");
     }
 
     #[test]

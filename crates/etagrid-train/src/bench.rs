@@ -7,8 +7,7 @@
 //! `k > 1` trains k adapters (grid cells) on one frozen base in one process: the batch is
 //! repeated k times (cells of one seed see the same batches), so a step processes k·batch samples.
 
-use crate::bert::Batch;
-use crate::model::{load_classifier, model_type};
+use crate::model::{family, load_classifier, Batch};
 use crate::optim::LoraPlusAdamW;
 use crate::train::loss;
 use crate::weights::Weights;
@@ -62,7 +61,7 @@ pub fn train_throughput(o: &BenchOptions) -> Result<BenchResult, TrainError> {
     let weights = Weights::load(&o.model_dir, device, kind)?;
     let lora = LoraSpec::new(8, 8.0, TargetModules::List(o.targets.clone()));
     tch::manual_seed(0);
-    let model_type = model_type(&o.model_dir)?;
+    let model_type = family(&o.model_dir)?.model_type().to_owned();
     let model = load_classifier(&o.model_dir, &weights, 3, &lora, o.k, device)?;
     let base_params = model.frozen().iter().map(|t| t.numel() as i64).sum();
     drop(weights);

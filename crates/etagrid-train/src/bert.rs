@@ -7,12 +7,21 @@
 //! lookup. Checkpoints saved from `BertModel` (e.g. sentence-transformers' MiniLM) have no `bert.`
 //! prefix and no classifier; both layouts load. The two families differ only in
 //! - position ids: BERT counts 0, 1, …; RoBERTa counts from `pad_token_id + 1` over non-pad tokens;
-//! - the head: BERT's classifier reads the pooler (dense + tanh on [CLS]); RoBERTa's reads [CLS]
-//!   through its own dense + tanh (`classifier.dense`) and `classifier.out_proj`, no pooler.
+//! - the head: BERT's classifier reads the pooler (dense + tanh on `[CLS]`); RoBERTa's reads
+//!   `[CLS]` through its own dense + tanh (`classifier.dense`) and `classifier.out_proj`, no pooler.
 
-use crate::lora::{Embedding, Linear, Targets};
+use crate::model::{
+    config_error, default_dropout, default_initializer_range, read_config, LoadedClassifier,
+    SequenceClassifier,
+};
+pub use crate::model::{Batch, ParamRole, TrainParam};
+use crate::nn::{
+    attention, module, split_heads, Embedding, Frozen, LayerNorm, Linear, LoadContext, Norm,
+    StackedLinear, VarBuilder,
+};
 use crate::weights::Weights;
 use crate::TrainError;
+use etagrid_data::family::Family;
 use etagrid_spec::LoraSpec;
 use serde::Deserialize;
 use std::path::Path;
@@ -41,7 +50,7 @@ pub struct BertConfig {
     pub pad_token_id: i64,
     #[serde(default)]
     pub classifier_dropout: Option<f64>,
-    #[serde(default = "default_init_range")]
+    #[serde(default = "default_initializer_range")]
     pub initializer_range: f64,
     #[serde(default)]
     pub position_embedding_type: Option<String>,
@@ -50,224 +59,304 @@ pub struct BertConfig {
 fn default_act() -> String {
     "gelu".into()
 }
-fn default_dropout() -> f64 {
-    0.1
-}
 fn default_type_vocab() -> i64 {
     2
 }
 fn default_eps() -> f64 {
     1e-12
 }
-fn default_init_range() -> f64 {
-    0.02
-}
 
 impl BertConfig {
+    /// The family, `bert` or `roberta` (the two this module computes).
+    pub fn family(&self) -> Family {
+        match Family::from_model_type(&self.model_type) {
+            Some(Family::Roberta) => Family::Roberta,
+            _ => Family::Bert,
+        }
+    }
+
     pub fn is_roberta(&self) -> bool {
-        self.model_type == "roberta"
+        self.family() == Family::Roberta
     }
 
     pub fn load(dir: &Path) -> Result<BertConfig, TrainError> {
-        let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let raw: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| TrainError::Config {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-        let model_type = raw["model_type"].as_str().unwrap_or_default().to_owned();
-        if !matches!(model_type.as_str(), "bert" | "roberta") {
-            return Err(TrainError::UnsupportedModel { path, model_type });
+        let family = crate::model::family(dir)?;
+        if !matches!(family, Family::Bert | Family::Roberta) {
+            return Err(TrainError::UnsupportedModel {
+                path: dir.join("config.json"),
+                model_type: family.model_type().to_owned(),
+            });
         }
-        let cfg: BertConfig = serde_json::from_value(raw).map_err(|e| TrainError::Config {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let cfg: BertConfig = read_config(dir)?;
         if cfg.hidden_act != "gelu" {
-            return Err(TrainError::Config {
-                path,
-                message: format!(
+            return Err(config_error(
+                dir,
+                format!(
                     "hidden_act {:?} is not supported (only \"gelu\")",
                     cfg.hidden_act
                 ),
-            });
+            ));
         }
         if cfg
             .position_embedding_type
             .as_deref()
             .is_some_and(|p| p != "absolute")
         {
-            return Err(TrainError::Config {
-                path,
-                message: "only position_embedding_type \"absolute\" is supported".into(),
-            });
+            return Err(config_error(
+                dir,
+                "only position_embedding_type \"absolute\" is supported",
+            ));
         }
         if cfg.hidden_size % cfg.num_attention_heads != 0 {
-            return Err(TrainError::Config {
-                path,
-                message: "hidden_size is not a multiple of num_attention_heads".into(),
-            });
+            return Err(config_error(
+                dir,
+                "hidden_size is not a multiple of num_attention_heads",
+            ));
         }
         Ok(cfg)
     }
 }
 
-/// A trainable tensor with the name PEFT would give it and its role for LoRA+ grouping.
-pub struct TrainParam {
-    pub name: String,
-    pub tensor: Tensor,
-    pub role: ParamRole,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ParamRole {
-    LoraA,
-    LoraB,
-    /// `lora_embedding_A` / `lora_embedding_B` (the LoRA+ embedding group).
-    Embedding,
-    /// Any other trainable tensor (the classification head); `dims` per adapter, excluding K.
-    Other {
-        dims: usize,
-    },
-}
-
-struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
-
-impl LayerNorm {
-    fn load(w: &Weights, prefix: &str, size: i64, eps: f64) -> Result<LayerNorm, TrainError> {
-        Ok(LayerNorm {
-            weight: w.get(&format!("{prefix}.weight"), &[size])?,
-            bias: w.get(&format!("{prefix}.bias"), &[size])?,
-            eps,
-        })
-    }
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let n = *x.size().last().unwrap_or(&0);
-        x.layer_norm([n], Some(&self.weight), Some(&self.bias), self.eps, true)
-    }
-}
-
-struct Embeddings {
+/// `embeddings`: word (with LoRA when targeted), position and token-type tables, LayerNorm.
+struct BertEmbeddings {
     word_embeddings: Embedding,
-    position_embeddings: Tensor,
-    token_type_embeddings: Tensor,
+    position_embeddings: Frozen,
+    token_type_embeddings: Frozen,
     layer_norm: LayerNorm,
 }
 
-struct SelfAttention {
+impl BertEmbeddings {
+    fn load(vb: VarBuilder, c: &BertConfig) -> Result<BertEmbeddings, TrainError> {
+        let h = c.hidden_size;
+        Ok(BertEmbeddings {
+            word_embeddings: vb
+                .pp("word_embeddings")
+                .embedding(c.vocab_size, h, c.pad_token_id)?,
+            position_embeddings: vb
+                .pp("position_embeddings")
+                .frozen(&[c.max_position_embeddings, h])?,
+            token_type_embeddings: vb
+                .pp("token_type_embeddings")
+                .frozen(&[c.type_vocab_size, h])?,
+            layer_norm: vb.pp("LayerNorm").layer_norm(h, c.layer_norm_eps)?,
+        })
+    }
+
+    fn forward(&self, batch: &Batch, c: &BertConfig, train: bool) -> Tensor {
+        let t = batch.input_ids.size()[1];
+        let positions = if c.is_roberta() {
+            // transformers' create_position_ids_from_input_ids: pad + 1, pad + 2, … over
+            // non-pad tokens, pad_token_id on padding.
+            let not_pad = batch.input_ids.ne(c.pad_token_id).to_kind(Kind::Int64);
+            not_pad.cumsum(1, Kind::Int64) * &not_pad + c.pad_token_id
+        } else {
+            Tensor::arange(t, (Kind::Int64, batch.input_ids.device()))
+        };
+        let x = self.word_embeddings.forward(&batch.input_ids)
+            + self.position_embeddings.forward(&positions)
+            + self.token_type_embeddings.forward(&batch.token_type_ids);
+        self.layer_norm
+            .forward(&x)
+            .dropout(c.hidden_dropout_prob, train)
+    }
+}
+
+module!(BertEmbeddings {
+    word_embeddings,
+    position_embeddings,
+    token_type_embeddings,
+    layer_norm
+});
+
+/// `attention.self`: the query, key and value projections.
+struct BertSelfAttention {
     query: Linear,
     key: Linear,
     value: Linear,
 }
 
-struct Layer {
-    attention_self: SelfAttention,
-    attention_output_dense: Linear,
-    attention_output_layer_norm: LayerNorm,
-    intermediate_dense: Linear,
-    output_dense: Linear,
-    output_layer_norm: LayerNorm,
-}
+impl BertSelfAttention {
+    fn load(vb: VarBuilder, h: i64) -> Result<BertSelfAttention, TrainError> {
+        Ok(BertSelfAttention {
+            query: vb.pp("query").linear(h, h, true)?,
+            key: vb.pp("key").linear(h, h, true)?,
+            value: vb.pp("value").linear(h, h, true)?,
+        })
+    }
 
-/// A linear layer per adapter: weight [K, out, in], optional bias [K, out] (trainable).
-pub struct StackedLinear {
-    pub weight: Tensor,
-    pub bias: Option<Tensor>,
-}
-
-impl StackedLinear {
-    /// From the checkpoint when it has `prefix.weight` (and `prefix.bias` if `bias`) of the right
-    /// shape — transformers' `from_pretrained` keeps a matching head — else N(0, init_range) and a
-    /// zero bias.
-    #[allow(clippy::too_many_arguments)] // one per dimension of the stacked layer
-    pub fn load(
-        weights: &Weights,
-        prefix: &str,
-        out_f: i64,
-        in_f: i64,
-        bias: bool,
-        k: i64,
-        init_range: f64,
-        device: Device,
-    ) -> StackedLinear {
-        let w = weights
-            .get_opt(&format!("{prefix}.weight"), &[out_f, in_f])
-            .ok()
-            .flatten();
-        let b = if bias {
-            weights
-                .get_opt(&format!("{prefix}.bias"), &[out_f])
-                .ok()
-                .flatten()
+    /// The attention context [n, t, hidden]; `mask` [n, 1, 1, t].
+    fn forward(&self, x: &Tensor, mask: &Tensor, c: &BertConfig, train: bool) -> Tensor {
+        let heads = c.num_attention_heads;
+        let dh = c.hidden_size / heads;
+        let split = |l: &Linear| split_heads(&l.forward(x, train), heads, dh);
+        let p_drop = if train {
+            c.attention_probs_dropout_prob
         } else {
-            None
+            0.0
         };
-        let (weight, b) = match (w, b) {
-            (Some(w), b) if b.is_some() || !bias => (
-                w.to_kind(Kind::Float).unsqueeze(0).repeat([k, 1, 1]),
-                b.map(|b| b.to_kind(Kind::Float).unsqueeze(0).repeat([k, 1])),
-            ),
-            _ => {
-                let mut w = Tensor::zeros([k, out_f, in_f], (Kind::Float, Device::Cpu));
-                tch::no_grad(|| {
-                    let _ = w.normal_(0.0, init_range);
-                });
-                (
-                    w.to_device(device),
-                    bias.then(|| Tensor::zeros([k, out_f], (Kind::Float, device))),
-                )
-            }
-        };
-        StackedLinear {
-            weight: weight.detach().set_requires_grad(true),
-            bias: b.map(|b| b.detach().set_requires_grad(true)),
-        }
-    }
-
-    /// `x`: [K·b, in] → [K·b, out], rows k·b..(k+1)·b through adapter k.
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        let k = self.weight.size()[0];
-        let n = x.size()[0];
-        let out_f = self.weight.size()[1];
-        let xk = x.reshape([k, n / k, -1]);
-        let w = self.weight.to_kind(x.kind()).transpose(1, 2);
-        let y = match &self.bias {
-            Some(b) => b.to_kind(x.kind()).unsqueeze(1).baddbmm(&xk, &w, 1.0, 1.0),
-            None => xk.bmm(&w),
-        };
-        y.reshape([n, out_f])
-    }
-
-    /// Its trainable tensors, named `{name}.weight` (2-D per adapter) and `{name}.bias` (1-D).
-    pub fn push_params(&self, name: &str, out: &mut Vec<TrainParam>) {
-        out.push(TrainParam {
-            name: format!("{name}.weight"),
-            tensor: self.weight.shallow_clone(),
-            role: ParamRole::Other { dims: 2 },
-        });
-        if let Some(b) = &self.bias {
-            out.push(TrainParam {
-                name: format!("{name}.bias"),
-                tensor: b.shallow_clone(),
-                role: ParamRole::Other { dims: 1 },
-            });
-        }
+        let (q, k, v) = (split(&self.query), split(&self.key), split(&self.value));
+        attention(&q, &k, &v, Some(mask), p_drop, false, false)
     }
 }
+
+module!(BertSelfAttention { query, key, value });
+
+/// transformers' `BertSelfOutput` (`attention.output`) and `BertOutput` (`output`), which
+/// compute the same: LayerNorm(dropout(dense(x)) + residual).
+struct BertOutput {
+    dense: Linear,
+    layer_norm: LayerNorm,
+}
+
+impl BertOutput {
+    fn load(vb: VarBuilder, out_f: i64, in_f: i64, eps: f64) -> Result<BertOutput, TrainError> {
+        Ok(BertOutput {
+            dense: vb.pp("dense").linear(out_f, in_f, true)?,
+            layer_norm: vb.pp("LayerNorm").layer_norm(out_f, eps)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, residual: &Tensor, p_drop: f64, train: bool) -> Tensor {
+        let y = self.dense.forward(x, train).dropout(p_drop, train);
+        self.layer_norm.forward(&(y + residual))
+    }
+}
+
+module!(BertOutput { dense, layer_norm });
+
+/// `attention`: `self` and `output`.
+struct BertAttention {
+    self_: BertSelfAttention,
+    output: BertOutput,
+}
+
+module!(BertAttention { self_, output });
+
+/// `encoder.layer.N`.
+struct BertLayer {
+    attention: BertAttention,
+    /// `intermediate.dense`, GELU after it.
+    intermediate: Linear,
+    output: BertOutput,
+}
+
+impl BertLayer {
+    fn load(vb: VarBuilder, c: &BertConfig) -> Result<BertLayer, TrainError> {
+        let (h, i, eps) = (c.hidden_size, c.intermediate_size, c.layer_norm_eps);
+        let attention = vb.pp("attention");
+        Ok(BertLayer {
+            attention: BertAttention {
+                self_: BertSelfAttention::load(attention.pp("self"), h)?,
+                output: BertOutput::load(attention.pp("output"), h, h, eps)?,
+            },
+            intermediate: vb.pp("intermediate").pp("dense").linear(i, h, true)?,
+            output: BertOutput::load(vb.pp("output"), h, i, eps)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: &Tensor, c: &BertConfig, train: bool) -> Tensor {
+        let p = c.hidden_dropout_prob;
+        let ctx = self.attention.self_.forward(x, mask, c, train);
+        let attn = self.attention.output.forward(&ctx, x, p, train);
+        let inter = self.intermediate.forward(&attn, train).gelu("none");
+        self.output.forward(&inter, &attn, p, train)
+    }
+}
+
+module!(BertLayer {
+    attention,
+    intermediate,
+    output
+});
 
 /// The sequence-classification head: BERT's `classifier` on the pooler output, or RoBERTa's
-/// `classifier.dense` → tanh → `classifier.out_proj` on the [CLS] state.
+/// `classifier.dense` → tanh → `classifier.out_proj` on the `[CLS]` state.
 pub struct ClassifierHead {
     pub dense: Option<StackedLinear>,
     pub out: StackedLinear,
+}
+
+impl ClassifierHead {
+    fn load(vb: VarBuilder, c: &BertConfig, num_labels: i64) -> ClassifierHead {
+        let (h, r) = (c.hidden_size, c.initializer_range);
+        if c.is_roberta() {
+            ClassifierHead {
+                dense: Some(vb.pp("dense").head(h, h, true, r)),
+                out: vb.pp("out_proj").head(num_labels, h, true, r),
+            }
+        } else {
+            ClassifierHead {
+                dense: None,
+                out: vb.head(num_labels, h, true, r),
+            }
+        }
+    }
+
+    /// The head's modules, as PEFT's `target_modules` would name them.
+    fn modules(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.dense.iter().map(|d| d.name.clone()).collect();
+        out.push(self.out.name.clone());
+        out
+    }
+}
+
+module!(ClassifierHead { dense, out });
+
+/// The family registry's loader (see [`crate::model::load_classifier`]).
+pub fn load_classifier(dir: &Path, cx: &LoadContext, num_labels: i64) -> LoadedClassifier {
+    let config = BertConfig::load(dir)?;
+    Ok(Box::new(BertForSequenceClassification::load_with(
+        config, cx, num_labels,
+    )?))
+}
+
+/// `bert` / `roberta`: the base model.
+struct BertModel {
+    embeddings: BertEmbeddings,
+    encoder: BertEncoder,
+    /// BERT only (RoBERTa's classification head does not use it).
+    pooler: Option<BertPooler>,
+}
+
+module!(BertModel {
+    embeddings,
+    encoder,
+    pooler
+});
+
+/// `encoder`.
+struct BertEncoder {
+    layer: Vec<BertLayer>,
+}
+
+module!(BertEncoder { layer });
+
+/// `pooler`: tanh(dense(h_`[CLS]`)).
+struct BertPooler {
+    dense: Linear,
+}
+
+module!(BertPooler { dense });
+
+impl BertEncoder {
+    fn load(vb: VarBuilder, c: &BertConfig) -> Result<BertEncoder, TrainError> {
+        let layer = (0..c.num_hidden_layers)
+            .map(|i| BertLayer::load(vb.pp("layer").pp(i), c))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(BertEncoder { layer })
+    }
+}
+
+impl BertPooler {
+    /// BERT's pooler; RoBERTa has none.
+    fn load(vb: VarBuilder, c: &BertConfig) -> Result<Option<BertPooler>, TrainError> {
+        if c.is_roberta() {
+            return Ok(None);
+        }
+        let h = c.hidden_size;
+        let dense = vb.pp("dense").linear(h, h, true)?;
+        Ok(Some(BertPooler { dense }))
+    }
 }
 
 pub struct BertForSequenceClassification {
@@ -275,20 +364,8 @@ pub struct BertForSequenceClassification {
     pub num_labels: i64,
     /// Number of stacked adapters (grid cells sharing this base).
     pub k: i64,
-    embeddings: Embeddings,
-    layers: Vec<Layer>,
-    /// BERT only (RoBERTa's classification head does not use it).
-    pooler: Option<Linear>,
+    bert: BertModel,
     pub classifier: ClassifierHead,
-}
-
-/// What goes into one forward pass. `input_ids`, `token_type_ids` and `attention_mask` are
-/// [K·b, T]; rows k·b..(k+1)·b are seen by adapter k.
-pub struct Batch {
-    pub input_ids: Tensor,
-    pub token_type_ids: Tensor,
-    pub attention_mask: Tensor,
-    pub labels: Tensor,
 }
 
 impl BertForSequenceClassification {
@@ -304,292 +381,79 @@ impl BertForSequenceClassification {
         k: i64,
         device: Device,
     ) -> Result<BertForSequenceClassification, TrainError> {
+        let cx = LoadContext::new(weights, lora, k, device)?;
+        BertForSequenceClassification::load_with(config, &cx, num_labels)
+    }
+
+    /// [`BertForSequenceClassification::load`] through a load context.
+    pub fn load_with(
+        config: BertConfig,
+        cx: &LoadContext,
+        num_labels: i64,
+    ) -> Result<BertForSequenceClassification, TrainError> {
         let c = &config;
-        let h = c.hidden_size;
-        let family = if c.is_roberta() { "roberta." } else { "bert." };
-        let p = if weights.contains(&format!("{family}embeddings.word_embeddings.weight")) {
-            family
-        } else {
-            ""
+        let family = c.family();
+        let base = cx.root().base(
+            family.base_model_prefix(),
+            "embeddings.word_embeddings.weight",
+        );
+        let embeddings = BertEmbeddings::load(base.pp("embeddings"), c)?;
+        let encoder = BertEncoder::load(base.pp("encoder"), c)?;
+        // The head draws from the generator before the pooler's adapters, as it always has.
+        let head = cx.root().pp(family.head_module());
+        let classifier = ClassifierHead::load(head, c, num_labels);
+        let pooler = BertPooler::load(base.pp("pooler"), c)?;
+        let bert = BertModel {
+            embeddings,
+            encoder,
+            pooler,
         };
-        // transformers' module names (always with the family prefix), as PEFT matches them.
-        let targets = Targets::new(&lora.target_modules)?;
-        let linear = |name: &str, out_f: i64, in_f: i64| -> Result<Linear, TrainError> {
-            let weight = weights.get(&format!("{p}{name}.weight"), &[out_f, in_f])?;
-            let bias = weights.get(&format!("{p}{name}.bias"), &[out_f])?;
-            let targeted = targets.matches(&format!("{family}{name}"));
-            Ok(Linear::with_lora(
-                targeted,
-                weight,
-                Some(bias),
-                lora,
-                k,
-                device,
-            ))
-        };
-        let embeddings = Embeddings {
-            word_embeddings: Embedding::with_lora(
-                targets.matches(&format!("{family}embeddings.word_embeddings")),
-                weights.get(
-                    &format!("{p}embeddings.word_embeddings.weight"),
-                    &[c.vocab_size, h],
-                )?,
-                c.pad_token_id,
-                lora,
-                k,
-                device,
-            ),
-            position_embeddings: weights.get(
-                &format!("{p}embeddings.position_embeddings.weight"),
-                &[c.max_position_embeddings, h],
-            )?,
-            token_type_embeddings: weights.get(
-                &format!("{p}embeddings.token_type_embeddings.weight"),
-                &[c.type_vocab_size, h],
-            )?,
-            layer_norm: LayerNorm::load(
-                weights,
-                &format!("{p}embeddings.LayerNorm"),
-                h,
-                c.layer_norm_eps,
-            )?,
-        };
-        let mut layers = Vec::new();
-        for i in 0..c.num_hidden_layers {
-            let l = format!("encoder.layer.{i}");
-            layers.push(Layer {
-                attention_self: SelfAttention {
-                    query: linear(&format!("{l}.attention.self.query"), h, h)?,
-                    key: linear(&format!("{l}.attention.self.key"), h, h)?,
-                    value: linear(&format!("{l}.attention.self.value"), h, h)?,
-                },
-                attention_output_dense: linear(&format!("{l}.attention.output.dense"), h, h)?,
-                attention_output_layer_norm: LayerNorm::load(
-                    weights,
-                    &format!("{p}{l}.attention.output.LayerNorm"),
-                    h,
-                    c.layer_norm_eps,
-                )?,
-                intermediate_dense: linear(
-                    &format!("{l}.intermediate.dense"),
-                    c.intermediate_size,
-                    h,
-                )?,
-                output_dense: linear(&format!("{l}.output.dense"), h, c.intermediate_size)?,
-                output_layer_norm: LayerNorm::load(
-                    weights,
-                    &format!("{p}{l}.output.LayerNorm"),
-                    h,
-                    c.layer_norm_eps,
-                )?,
-            });
-        }
-        let (pooler, classifier) = if c.is_roberta() {
-            let r = c.initializer_range;
-            let head = ClassifierHead {
-                dense: Some(StackedLinear::load(
-                    weights,
-                    "classifier.dense",
-                    h,
-                    h,
-                    true,
-                    k,
-                    r,
-                    device,
-                )),
-                out: StackedLinear::load(
-                    weights,
-                    "classifier.out_proj",
-                    num_labels,
-                    h,
-                    true,
-                    k,
-                    r,
-                    device,
-                ),
-            };
-            (None, head)
-        } else {
-            let head = ClassifierHead {
-                dense: None,
-                out: StackedLinear::load(
-                    weights,
-                    "classifier",
-                    num_labels,
-                    h,
-                    true,
-                    k,
-                    c.initializer_range,
-                    device,
-                ),
-            };
-            (Some(linear("pooler.dense", h, h)?), head)
-        };
-        targets.check()?;
-        let heads: &[&str] = if c.is_roberta() {
-            &["classifier.dense", "classifier.out_proj"]
-        } else {
-            &["classifier"]
-        };
-        let mut fixed: Vec<String> = ["position_embeddings", "token_type_embeddings"]
-            .iter()
-            .map(|e| format!("{family}embeddings.{e}"))
-            .collect();
-        fixed.extend(heads.iter().map(|h| h.to_string()));
-        targets.refuse(&fixed)?;
+        // PEFT would adapt these if selected; etagrid cannot.
+        let e = &bert.embeddings;
+        let mut refused = vec![
+            e.position_embeddings.name.clone(),
+            e.token_type_embeddings.name.clone(),
+        ];
+        refused.extend(classifier.modules());
+        cx.finish(&refused)?;
         Ok(BertForSequenceClassification {
             config,
             num_labels,
-            k,
-            embeddings,
-            layers,
-            pooler,
+            k: cx.k,
+            bert,
             classifier,
         })
     }
 
     /// Every trainable tensor, with PEFT-style names, in a fixed order.
     pub fn trainable(&self) -> Vec<TrainParam> {
-        let mut out = Vec::new();
-        let family = if self.config.is_roberta() {
-            "roberta"
-        } else {
-            "bert"
-        };
-        self.embeddings
-            .word_embeddings
-            .push_lora_params(&format!("{family}.embeddings.word_embeddings"), &mut out);
-        let mut push_lora =
-            |name: &str, l: &Linear| l.push_lora_params(&format!("{family}.{name}"), &mut out);
-        for (i, layer) in self.layers.iter().enumerate() {
-            let l = format!("encoder.layer.{i}");
-            push_lora(
-                &format!("{l}.attention.self.query"),
-                &layer.attention_self.query,
-            );
-            push_lora(
-                &format!("{l}.attention.self.key"),
-                &layer.attention_self.key,
-            );
-            push_lora(
-                &format!("{l}.attention.self.value"),
-                &layer.attention_self.value,
-            );
-            push_lora(
-                &format!("{l}.attention.output.dense"),
-                &layer.attention_output_dense,
-            );
-            push_lora(
-                &format!("{l}.intermediate.dense"),
-                &layer.intermediate_dense,
-            );
-            push_lora(&format!("{l}.output.dense"), &layer.output_dense);
-        }
-        if let Some(pooler) = &self.pooler {
-            push_lora("pooler.dense", pooler);
-        }
-        match &self.classifier.dense {
-            Some(dense) => {
-                dense.push_params("classifier.dense", &mut out);
-                self.classifier
-                    .out
-                    .push_params("classifier.out_proj", &mut out);
-            }
-            None => self.classifier.out.push_params("classifier", &mut out),
-        }
-        out
+        SequenceClassifier::trainable(self)
     }
 
     /// Every frozen tensor (for tests: they must not change in training).
     pub fn frozen(&self) -> Vec<Tensor> {
-        let mut out = vec![
-            self.embeddings.word_embeddings.weight.shallow_clone(),
-            self.embeddings.position_embeddings.shallow_clone(),
-            self.embeddings.token_type_embeddings.shallow_clone(),
-        ];
-        let mut lin = |l: &Linear| l.push_frozen(&mut out);
-        for layer in &self.layers {
-            lin(&layer.attention_self.query);
-            lin(&layer.attention_self.key);
-            lin(&layer.attention_self.value);
-            lin(&layer.attention_output_dense);
-            lin(&layer.intermediate_dense);
-            lin(&layer.output_dense);
-        }
-        if let Some(pooler) = &self.pooler {
-            lin(pooler);
-        }
-        out
+        SequenceClassifier::frozen(self)
     }
 
     /// The hidden state of the first token ([K·b, hidden]).
     pub fn cls_state(&self, batch: &Batch, train: bool) -> Tensor {
         let c = &self.config;
-        let (n, t) = {
-            let s = batch.input_ids.size();
-            (s[0], s[1])
-        };
-        let drop = |x: Tensor| x.dropout(c.hidden_dropout_prob, train);
-        let positions = if c.is_roberta() {
-            // transformers' create_position_ids_from_input_ids: pad + 1, pad + 2, … over
-            // non-pad tokens, pad_token_id on padding.
-            let not_pad = batch.input_ids.ne(c.pad_token_id).to_kind(Kind::Int64);
-            not_pad.cumsum(1, Kind::Int64) * &not_pad + c.pad_token_id
-        } else {
-            Tensor::arange(t, (Kind::Int64, batch.input_ids.device()))
-        };
-        let e = &self.embeddings;
-        let x = e.word_embeddings.forward(&batch.input_ids)
-            + Tensor::embedding(&e.position_embeddings, &positions, -1, false, false)
-            + Tensor::embedding(
-                &e.token_type_embeddings,
-                &batch.token_type_ids,
-                -1,
-                false,
-                false,
-            );
-        let mut x = drop(e.layer_norm.forward(&x));
-        let heads = c.num_attention_heads;
-        let dh = c.hidden_size / heads;
+        let s = batch.input_ids.size();
+        let (n, t) = (s[0], s[1]);
+        let mut x = self.bert.embeddings.forward(batch, c, train);
         // [n, 1, 1, t] boolean: true where a key may be attended to.
         let mask = batch.attention_mask.gt(0).reshape([n, 1, 1, t]);
-        let split = |y: Tensor| y.reshape([n, t, heads, dh]).transpose(1, 2);
-        for layer in &self.layers {
-            let a = &layer.attention_self;
-            let q = split(a.query.forward(&x, train));
-            let k = split(a.key.forward(&x, train));
-            let v = split(a.value.forward(&x, train));
-            let p_drop = if train {
-                c.attention_probs_dropout_prob
-            } else {
-                0.0
-            };
-            let ctx = Tensor::scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                Some(&mask),
-                p_drop,
-                false,
-                None,
-                false,
-            )
-            .transpose(1, 2)
-            .reshape([n, t, c.hidden_size]);
-            let attn = drop(layer.attention_output_dense.forward(&ctx, train));
-            let attn = layer.attention_output_layer_norm.forward(&(attn + &x));
-            let inter = layer.intermediate_dense.forward(&attn, train).gelu("none");
-            let out = drop(layer.output_dense.forward(&inter, train));
-            x = layer.output_layer_norm.forward(&(out + attn));
+        for layer in &self.bert.encoder.layer {
+            x = layer.forward(&x, &mask, c, train);
         }
         x.select(1, 0)
     }
 
-    /// BERT's pooled output, tanh(pooler.dense(h_[CLS])); for RoBERTa the [CLS] state itself.
+    /// BERT's pooled output, tanh(pooler.dense(h_`[CLS]`)); for RoBERTa the `[CLS]` state itself.
     pub fn pooled(&self, batch: &Batch, train: bool) -> Tensor {
         let cls = self.cls_state(batch, train);
-        match &self.pooler {
-            Some(p) => p.forward(&cls, train).tanh(),
+        match &self.bert.pooler {
+            Some(p) => p.dense.forward(&cls, train).tanh(),
             None => cls,
         }
     }
@@ -605,5 +469,24 @@ impl BertForSequenceClassification {
         };
         // The loss and metrics are computed in fp32 whatever the compute dtype.
         self.classifier.out.forward(&x).to_kind(Kind::Float)
+    }
+}
+
+module!(BertForSequenceClassification { bert, classifier });
+
+impl SequenceClassifier for BertForSequenceClassification {
+    fn forward(&self, batch: &Batch, train: bool) -> Tensor {
+        BertForSequenceClassification::forward(self, batch, train)
+    }
+    fn pad_token_id(&self) -> i64 {
+        self.config.pad_token_id
+    }
+    fn max_tokens(&self) -> i64 {
+        // RoBERTa's positions start after the pad id.
+        if self.config.is_roberta() {
+            self.config.max_position_embeddings - self.config.pad_token_id - 1
+        } else {
+            self.config.max_position_embeddings
+        }
     }
 }

@@ -1,3 +1,4 @@
+use etagrid_data::family::{Family, FamilyError};
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +32,7 @@ pub enum TrainError {
     },
     #[error("{}: {message}", path.display())]
     Config { path: PathBuf, message: String },
-    #[error("{}: model_type {model_type:?} is not supported (supported: bert, roberta, gpt2, llama)", path.display())]
+    #[error("{}: model_type {model_type:?} is not supported (supported: {})", path.display(), Family::supported())]
     UnsupportedModel { path: PathBuf, model_type: String },
     #[error("load tokenizer {}: {message}", path.display())]
     Tokenizer { path: PathBuf, message: String },
@@ -49,6 +50,25 @@ pub enum TrainError {
     /// A pack of cells that cannot train together, or a cell of a pack that failed.
     #[error("{0}")]
     Pack(String),
+    /// JSON that etagrid writes could not be serialised.
+    #[error("serialise {what}")]
+    Serialize {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("libtorch")]
     Torch(#[from] tch::TchError),
+}
+
+impl From<FamilyError> for TrainError {
+    fn from(e: FamilyError) -> TrainError {
+        match e {
+            FamilyError::Io { path, source } => TrainError::Io { path, source },
+            FamilyError::Config { path, message } => TrainError::Config { path, message },
+            FamilyError::Unsupported { path, model_type } => {
+                TrainError::UnsupportedModel { path, model_type }
+            }
+        }
+    }
 }

@@ -3,16 +3,17 @@
 //! and the trained head under `modules_to_save` as `base_model.model.classifier.weight` or
 //! `base_model.model.score.weight`).
 
-use crate::bert::TrainParam;
+use crate::model::TrainParam;
 use crate::TrainError;
+use etagrid_data::family::Family;
 use etagrid_spec::LoraSpec;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use std::path::Path;
 use tch::{Device, Kind};
 
-/// Writes adapter `k` of the stacked `params` to `out` (created; replaced atomically: a crash
-/// leaves the previous adapter or none, never half of one).
+/// Writes adapter `k` of the stacked `params` of a `model_type` model to `out` (created; replaced
+/// atomically: a crash leaves the previous adapter or none, never half of one).
 pub fn save_peft_adapter(
     params: &[TrainParam],
     k: i64,
@@ -25,6 +26,11 @@ pub fn save_peft_adapter(
         let path = path.to_owned();
         move |source| TrainError::Io { path, source }
     };
+    let family =
+        Family::from_model_type(model_type).ok_or_else(|| TrainError::UnsupportedModel {
+            path: Path::new(base_model).join("config.json"),
+            model_type: model_type.to_owned(),
+        })?;
     let tmp = out.with_extension("tmp");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
@@ -64,11 +70,6 @@ pub fn save_peft_adapter(
         }
     })?;
 
-    let head = if matches!(model_type, "gpt2" | "llama") {
-        "score"
-    } else {
-        "classifier"
-    };
     let config = serde_json::json!({
         "peft_type": "LORA",
         "task_type": "SEQ_CLS",
@@ -77,8 +78,8 @@ pub fn save_peft_adapter(
         "lora_alpha": lora.alpha,
         "lora_dropout": lora.dropout,
         "target_modules": lora.target_modules,
-        "modules_to_save": [head],
-        "fan_in_fan_out": model_type == "gpt2",
+        "modules_to_save": [family.head_module()],
+        "fan_in_fan_out": family.fan_in_fan_out(),
         "bias": "none",
         "use_rslora": lora.use_rslora,
         "use_dora": false,
@@ -86,11 +87,11 @@ pub fn save_peft_adapter(
         "inference_mode": true,
     });
     let cfg_path = tmp.join("adapter_config.json");
-    std::fs::write(
-        &cfg_path,
-        serde_json::to_vec_pretty(&config).unwrap_or_default(),
-    )
-    .map_err(io(&cfg_path))?;
+    let text = serde_json::to_vec_pretty(&config).map_err(|source| TrainError::Serialize {
+        what: cfg_path.display().to_string(),
+        source,
+    })?;
+    std::fs::write(&cfg_path, text).map_err(io(&cfg_path))?;
     if out.exists() {
         std::fs::remove_dir_all(out).map_err(io(out))?;
     }

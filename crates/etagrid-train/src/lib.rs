@@ -2,10 +2,14 @@
 //! libtorch; the scheduler talks to it through a worker process and `etagrid_spec::protocol`.
 //!
 //! - [`weights`]: tensors out of a Hugging Face `model.safetensors`.
-//! - [`bert`]: BERT for sequence classification (transformers' `BertForSequenceClassification`),
-//!   with LoRA on the linear layers selected like PEFT's `target_modules`.
-//! - [`lora`]: a LoRA linear layer holding K stacked adapters (`[K, r, in]`, `[K, out, r]`);
-//!   one grid cell is K = 1, and several cells can share one frozen base later.
+//! - [`model`]: what training needs of a model, the shared types ([`model::Batch`],
+//!   [`model::TrainParam`]) and the family registry ([`model::load_classifier`]).
+//! - [`nn`]: the layers every family is built from (linear and embedding with LoRA, layer/RMS
+//!   norm, attention, heads) and the loader that names them as the checkpoint does.
+//! - [`bert`] (BERT, RoBERTa), [`gpt2`], [`llama`]: the families' module trees; [`decoder`]: what
+//!   the decoder families share.
+//! - [`lora`]: K stacked LoRA adapters (`[K, r, in]`, `[K, out, r]`; one grid cell is K = 1) and
+//!   PEFT's `target_modules` selection.
 //! - [`optim`]: AdamW with the LoRA+ authors' parameter groups and per-adapter learning rates.
 //! - [`data`]: CSV/TSV/JSONL reading, stratified splits, tokenization with `tokenizers`, seeded
 //!   batches.
@@ -21,6 +25,7 @@
 pub mod bench;
 pub mod bert;
 pub mod data;
+pub mod decoder;
 pub mod device;
 mod error;
 pub mod export;
@@ -29,6 +34,7 @@ pub mod llama;
 pub mod lora;
 pub mod metrics;
 pub mod model;
+pub mod nn;
 pub mod optim;
 pub mod pack;
 pub mod predict;

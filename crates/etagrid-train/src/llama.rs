@@ -4,15 +4,17 @@
 //! `llama3` frequency scaling, grouped-query attention, SiLU-gated MLP, `score` on the last real
 //! token of each (right-padded) row.
 
-use crate::bert::{Batch, StackedLinear, TrainParam};
-use crate::lora::{Embedding, Linear, Targets};
-use crate::model::{last_token_states, read_config, SequenceClassifier};
-use crate::weights::Weights;
+use crate::decoder::{
+    causal_attention, decode, DecoderContext, DecoderForSequenceClassification, DecoderLayer,
+    DecoderModel, Sublayer,
+};
+use crate::model::{config_error, default_initializer_range, read_config, Batch, LoadedClassifier};
+use crate::nn::{module, split_heads, Embedding, Linear, LoadContext, RmsNorm, Rope, VarBuilder};
 use crate::TrainError;
-use etagrid_spec::LoraSpec;
+use etagrid_data::family::{Family, ModelConfig};
 use serde::Deserialize;
 use std::path::Path;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct RopeScaling {
@@ -58,7 +60,7 @@ pub struct LlamaConfig {
     pub mlp_bias: bool,
     #[serde(default)]
     pub pad_token_id: Option<i64>,
-    #[serde(default = "init_range")]
+    #[serde(default = "default_initializer_range")]
     pub initializer_range: f64,
     #[serde(default = "hidden_act")]
     pub hidden_act: String,
@@ -69,14 +71,22 @@ pub struct LlamaConfig {
 fn rms_eps() -> f64 {
     1e-6
 }
-fn init_range() -> f64 {
-    0.02
-}
 fn hidden_act() -> String {
     "silu".into()
 }
 
 impl LlamaConfig {
+    /// `dir/config.json`, checked for what etagrid computes.
+    pub fn load(dir: &Path) -> Result<LlamaConfig, TrainError> {
+        let c: LlamaConfig = read_config(dir)?;
+        if c.hidden_act != "silu" {
+            let act = &c.hidden_act;
+            let message = format!("hidden_act {act:?} is not supported (only \"silu\")");
+            return Err(config_error(dir, message));
+        }
+        Ok(c)
+    }
+
     fn kv_heads(&self) -> i64 {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
@@ -139,283 +149,170 @@ impl LlamaConfig {
     }
 }
 
-struct RmsNorm {
-    weight: Tensor,
-    eps: f64,
-}
-
-impl RmsNorm {
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let kind = x.kind();
-        let xf = x.to_kind(Kind::Float);
-        let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
-        &self.weight * (xf * (var + self.eps).rsqrt()).to_kind(kind)
-    }
-}
-
-struct Layer {
-    input_layernorm: RmsNorm,
+/// `self_attn`: grouped-query attention with rotary positions.
+pub struct LlamaAttention {
     q_proj: Linear,
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
-    post_attention_layernorm: RmsNorm,
+    heads: i64,
+    kv_heads: i64,
+    head_dim: i64,
+}
+
+impl Sublayer for LlamaAttention {
+    fn forward(&self, x: &Tensor, cx: &DecoderContext) -> Tensor {
+        let hd = self.head_dim;
+        let q = split_heads(&self.q_proj.forward(x, cx.train), self.heads, hd);
+        let k = split_heads(&self.k_proj.forward(x, cx.train), self.kv_heads, hd);
+        let v = split_heads(&self.v_proj.forward(x, cx.train), self.kv_heads, hd);
+        let ctx = match cx.rope {
+            Some(rope) => causal_attention(&rope.apply(&q), &rope.apply(&k), &v, 0.0),
+            None => causal_attention(&q, &k, &v, 0.0),
+        };
+        self.o_proj.forward(&ctx, cx.train)
+    }
+}
+
+module!(LlamaAttention {
+    q_proj,
+    k_proj,
+    v_proj,
+    o_proj
+});
+
+/// `mlp`: down(silu(gate(x)) · up(x)).
+pub struct LlamaMlp {
     gate_proj: Linear,
     up_proj: Linear,
     down_proj: Linear,
 }
 
-pub struct LlamaForSequenceClassification {
+impl Sublayer for LlamaMlp {
+    fn forward(&self, x: &Tensor, cx: &DecoderContext) -> Tensor {
+        let gated = self.gate_proj.forward(x, cx.train).silu() * self.up_proj.forward(x, cx.train);
+        self.down_proj.forward(&gated, cx.train)
+    }
+}
+
+module!(LlamaMlp {
+    gate_proj,
+    up_proj,
+    down_proj
+});
+
+/// `model.layers.N`: `input_layernorm`, `self_attn`, `post_attention_layernorm`, `mlp`.
+pub type LlamaDecoderLayer = DecoderLayer<RmsNorm, LlamaAttention, LlamaMlp>;
+
+/// `LlamaForSequenceClassification`: `model` and `score`.
+pub type LlamaForSequenceClassification = DecoderForSequenceClassification<LlamaModel>;
+
+fn load_layer(vb: VarBuilder, c: &LlamaConfig) -> Result<LlamaDecoderLayer, TrainError> {
+    let (h, hd, i) = (c.hidden_size, c.head_dim(), c.intermediate_size);
+    let (heads, kv) = (c.num_attention_heads, c.kv_heads());
+    let (ab, mb) = (c.attention_bias, c.mlp_bias);
+    let (attn, mlp) = (vb.pp("self_attn"), vb.pp("mlp"));
+    Ok(DecoderLayer {
+        norm_1: vb.pp("input_layernorm").rms_norm(h, c.rms_norm_eps)?,
+        attn: LlamaAttention {
+            q_proj: attn.pp("q_proj").linear(heads * hd, h, ab)?,
+            k_proj: attn.pp("k_proj").linear(kv * hd, h, ab)?,
+            v_proj: attn.pp("v_proj").linear(kv * hd, h, ab)?,
+            o_proj: attn.pp("o_proj").linear(h, heads * hd, ab)?,
+            heads,
+            kv_heads: kv,
+            head_dim: hd,
+        },
+        norm_2: vb
+            .pp("post_attention_layernorm")
+            .rms_norm(h, c.rms_norm_eps)?,
+        mlp: LlamaMlp {
+            gate_proj: mlp.pp("gate_proj").linear(i, h, mb)?,
+            up_proj: mlp.pp("up_proj").linear(i, h, mb)?,
+            down_proj: mlp.pp("down_proj").linear(h, i, mb)?,
+        },
+        resid_pdrop: 0.0,
+    })
+}
+
+/// `model`: `embed_tokens`, `layers`, `norm`.
+pub struct LlamaModel {
     pub config: LlamaConfig,
     embed_tokens: Embedding,
-    layers: Vec<Layer>,
+    layers: Vec<LlamaDecoderLayer>,
     norm: RmsNorm,
     /// [head_dim / 2], fp32.
     inv_freq: Tensor,
-    /// The causal LM head: `lm_head.weight`, or the embedding when tied; None when untied and
-    /// the checkpoint has none (a sequence-classification checkpoint).
-    lm_head: Option<Tensor>,
-    pub score: StackedLinear,
 }
 
-impl LlamaForSequenceClassification {
-    pub fn load(
-        dir: &Path,
-        weights: &Weights,
-        num_labels: i64,
-        lora: &LoraSpec,
-        k: i64,
-        device: Device,
-    ) -> Result<LlamaForSequenceClassification, TrainError> {
-        let path = dir.join("config.json");
-        let c: LlamaConfig = read_config(dir)?;
-        if c.hidden_act != "silu" {
-            return Err(TrainError::Config {
-                path,
-                message: format!(
-                    "hidden_act {:?} is not supported (only \"silu\")",
-                    c.hidden_act
-                ),
-            });
-        }
-        let inv_freq = c.inv_freq().map_err(|message| TrainError::Config {
-            path: path.clone(),
-            message,
-        })?;
-        let p = if weights.contains("model.embed_tokens.weight") {
-            "model."
-        } else {
-            ""
-        };
-        let (h, hd) = (c.hidden_size, c.head_dim());
-        // transformers' module names, as PEFT matches them.
-        let targets = Targets::new(&lora.target_modules)?;
-        let linear =
-            |name: &str, out_f: i64, in_f: i64, bias: bool| -> Result<Linear, TrainError> {
-                let weight = weights.get(&format!("{p}{name}.weight"), &[out_f, in_f])?;
-                let bias = if bias {
-                    Some(weights.get(&format!("{p}{name}.bias"), &[out_f])?)
-                } else {
-                    None
-                };
-                let targeted = targets.matches(&format!("model.{name}"));
-                Ok(Linear::with_lora(targeted, weight, bias, lora, k, device))
-            };
-        let norm = |name: &str| -> Result<RmsNorm, TrainError> {
-            Ok(RmsNorm {
-                weight: weights.get(&format!("{p}{name}.weight"), &[h])?,
-                eps: c.rms_norm_eps,
-            })
-        };
-        let mut layers = Vec::new();
-        for i in 0..c.num_hidden_layers {
-            let l = format!("layers.{i}");
-            let (ab, mb) = (c.attention_bias, c.mlp_bias);
-            layers.push(Layer {
-                input_layernorm: norm(&format!("{l}.input_layernorm"))?,
-                q_proj: linear(
-                    &format!("{l}.self_attn.q_proj"),
-                    c.num_attention_heads * hd,
-                    h,
-                    ab,
-                )?,
-                k_proj: linear(&format!("{l}.self_attn.k_proj"), c.kv_heads() * hd, h, ab)?,
-                v_proj: linear(&format!("{l}.self_attn.v_proj"), c.kv_heads() * hd, h, ab)?,
-                o_proj: linear(
-                    &format!("{l}.self_attn.o_proj"),
-                    h,
-                    c.num_attention_heads * hd,
-                    ab,
-                )?,
-                post_attention_layernorm: norm(&format!("{l}.post_attention_layernorm"))?,
-                gate_proj: linear(&format!("{l}.mlp.gate_proj"), c.intermediate_size, h, mb)?,
-                up_proj: linear(&format!("{l}.mlp.up_proj"), c.intermediate_size, h, mb)?,
-                down_proj: linear(&format!("{l}.mlp.down_proj"), h, c.intermediate_size, mb)?,
-            });
-        }
-        let embed_weight = weights.get(&format!("{p}embed_tokens.weight"), &[c.vocab_size, h])?;
-        let lm_head = match weights.get_opt("lm_head.weight", &[c.vocab_size, h])? {
-            Some(w) => Some(w),
-            None if c.tie_word_embeddings => Some(embed_weight.shallow_clone()),
-            None => None,
-        };
+module!(LlamaModel {
+    embed_tokens,
+    layers,
+    norm
+});
+
+impl LlamaModel {
+    fn load(vb: VarBuilder, c: LlamaConfig, inv_freq: &[f64]) -> Result<LlamaModel, TrainError> {
+        let h = c.hidden_size;
+        // The layers draw their adapters from the generator before `embed_tokens`.
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| load_layer(vb.pp("layers").pp(i), &c))
+            .collect::<Result<Vec<_>, _>>()?;
         // LlamaModel's embed_tokens has padding_idx = pad_token_id.
-        let embed_tokens = Embedding::with_lora(
-            targets.matches("model.embed_tokens"),
-            embed_weight,
-            c.pad_token_id.unwrap_or(-1),
-            lora,
-            k,
-            device,
-        );
-        targets.check()?;
-        targets.refuse(&["score", "lm_head"].map(String::from))?;
-        Ok(LlamaForSequenceClassification {
-            embed_tokens,
-            lm_head,
-            norm: norm("norm")?,
-            inv_freq: Tensor::from_slice(&inv_freq)
+        let padding_idx = c.pad_token_id.unwrap_or(-1);
+        Ok(LlamaModel {
+            embed_tokens: vb
+                .pp("embed_tokens")
+                .embedding(c.vocab_size, h, padding_idx)?,
+            norm: vb.pp("norm").rms_norm(h, c.rms_norm_eps)?,
+            inv_freq: Tensor::from_slice(inv_freq)
                 .to_kind(Kind::Float)
-                .to_device(device),
-            score: StackedLinear::load(
-                weights,
-                "score",
-                num_labels,
-                h,
-                false,
-                k,
-                c.initializer_range,
-                device,
-            ),
+                .to_device(vb.context().device),
             layers,
             config: c,
         })
     }
+}
 
-    fn linears(&self) -> impl Iterator<Item = (String, &Linear)> {
-        self.layers.iter().enumerate().flat_map(|(i, l)| {
-            [
-                (format!("model.layers.{i}.self_attn.q_proj"), &l.q_proj),
-                (format!("model.layers.{i}.self_attn.k_proj"), &l.k_proj),
-                (format!("model.layers.{i}.self_attn.v_proj"), &l.v_proj),
-                (format!("model.layers.{i}.self_attn.o_proj"), &l.o_proj),
-                (format!("model.layers.{i}.mlp.gate_proj"), &l.gate_proj),
-                (format!("model.layers.{i}.mlp.up_proj"), &l.up_proj),
-                (format!("model.layers.{i}.mlp.down_proj"), &l.down_proj),
-            ]
-        })
-    }
-
-    /// Final hidden states [K·b, T, hidden] (after `norm`).
-    pub fn hidden(&self, batch: &Batch, train: bool) -> Tensor {
-        let c = &self.config;
-        let s = batch.input_ids.size();
-        let (n, t) = (s[0], s[1]);
-        let dev = batch.input_ids.device();
-        let mut x = self.embed_tokens.forward(&batch.input_ids);
-        let kind = x.kind();
-        let hd = c.head_dim();
-        // cos/sin [1, 1, T, hd] in fp32, then in the compute dtype, as transformers does.
-        let pos = Tensor::arange(t, (Kind::Float, dev));
-        let freqs = pos.unsqueeze(1) * self.inv_freq.unsqueeze(0);
-        let emb = Tensor::cat(&[&freqs, &freqs], -1);
-        let (cos, sin) = (
-            emb.cos().to_kind(kind).reshape([1, 1, t, hd]),
-            emb.sin().to_kind(kind).reshape([1, 1, t, hd]),
-        );
-        let rotate = |y: &Tensor| {
-            let half = y.chunk(2, -1);
-            &(y * &cos) + &(Tensor::cat(&[half[1].neg(), half[0].shallow_clone()], -1) * &sin)
+impl DecoderModel for LlamaModel {
+    fn hidden(&self, batch: &Batch, train: bool) -> Tensor {
+        let t = batch.input_ids.size()[1];
+        let x = self.embed_tokens.forward(&batch.input_ids);
+        let rope = Rope::new(&self.inv_freq, t, x.kind());
+        let cx = DecoderContext {
+            train,
+            rope: Some(&rope),
         };
-        let (heads, kv) = (c.num_attention_heads, c.kv_heads());
-        for l in &self.layers {
-            let a = l.input_layernorm.forward(&x);
-            let q = l
-                .q_proj
-                .forward(&a, train)
-                .reshape([n, t, heads, hd])
-                .transpose(1, 2);
-            let k = l
-                .k_proj
-                .forward(&a, train)
-                .reshape([n, t, kv, hd])
-                .transpose(1, 2);
-            let v = l
-                .v_proj
-                .forward(&a, train)
-                .reshape([n, t, kv, hd])
-                .transpose(1, 2);
-            let ctx = Tensor::scaled_dot_product_attention::<Tensor>(
-                &rotate(&q),
-                &rotate(&k),
-                &v,
-                None,
-                0.0,
-                true,
-                None,
-                kv != heads,
-            )
-            .transpose(1, 2)
-            .reshape([n, t, heads * hd]);
-            x = x + l.o_proj.forward(&ctx, train);
-            let m = l.post_attention_layernorm.forward(&x);
-            let gated = l.gate_proj.forward(&m, train).silu() * l.up_proj.forward(&m, train);
-            x = &x + l.down_proj.forward(&gated, train);
-        }
-        self.norm.forward(&x)
+        decode(&self.layers, &self.norm, x, &cx)
     }
 }
 
-impl SequenceClassifier for LlamaForSequenceClassification {
-    fn forward(&self, batch: &Batch, train: bool) -> Tensor {
-        let h = self.hidden(batch, train);
-        let pooled = last_token_states(&h, &batch.attention_mask);
-        self.score.forward(&pooled).to_kind(Kind::Float)
-    }
-
-    fn trainable(&self) -> Vec<TrainParam> {
-        let mut out = Vec::new();
-        self.embed_tokens
-            .push_lora_params("model.embed_tokens", &mut out);
-        for (name, l) in self.linears() {
-            l.push_lora_params(&name, &mut out);
-        }
-        self.score.push_params("score", &mut out);
-        out
-    }
-
-    fn frozen(&self) -> Vec<Tensor> {
-        let mut out = vec![
-            self.embed_tokens.weight.shallow_clone(),
-            self.norm.weight.shallow_clone(),
-        ];
-        for (_, l) in self.linears() {
-            l.push_frozen(&mut out);
-        }
-        for l in &self.layers {
-            out.push(l.input_layernorm.weight.shallow_clone());
-            out.push(l.post_attention_layernorm.weight.shallow_clone());
-        }
-        out
-    }
-
-    fn pad_token_id(&self) -> i64 {
-        self.config.pad_token_id.unwrap_or(0)
-    }
-
-    fn max_tokens(&self) -> i64 {
-        self.config.max_position_embeddings
-    }
-
-    fn next_token_logits(&self, batch: &Batch) -> Option<Tensor> {
-        let head = self.lm_head.as_ref()?;
-        let h = self.hidden(batch, false);
-        let last = last_token_states(&h, &batch.attention_mask);
-        Some(last.linear::<Tensor>(head, None).to_kind(Kind::Float))
-    }
-
-    fn lm_hidden(&self, batch: &Batch, train: bool) -> Option<(Tensor, Tensor)> {
-        let head = self.lm_head.as_ref()?.shallow_clone();
-        Some((self.hidden(batch, train), head))
-    }
+/// The family registry's loader (see [`crate::model::load_classifier`]).
+pub fn load_classifier(dir: &Path, cx: &LoadContext, num_labels: i64) -> LoadedClassifier {
+    let config = LlamaConfig::load(dir)?;
+    let inv_freq = config
+        .inv_freq()
+        .map_err(|message| config_error(dir, message))?;
+    let model = LlamaModel::load(
+        cx.root()
+            .base(Family::Llama.base_model_prefix(), "embed_tokens.weight"),
+        config,
+        &inv_freq,
+    )?;
+    let c = &model.config;
+    // The causal LM head: `lm_head.weight`, or the embedding when tied; None when untied and
+    // the checkpoint has none (a sequence-classification checkpoint).
+    let shape = [c.vocab_size, c.hidden_size];
+    let lm_head = match cx.root().pp("lm_head").get_opt("weight", &shape)? {
+        Some(w) => Some(w),
+        None if c.tie_word_embeddings => Some(model.embed_tokens.weight.shallow_clone()),
+        None => None,
+    };
+    let score = cx.root().pp(Family::Llama.head_module());
+    cx.finish(&[score.name().into(), "lm_head".into()])?;
+    let score = score.head(num_labels, c.hidden_size, false, c.initializer_range);
+    let facts = ModelConfig::read(dir)?;
+    Ok(Box::new(DecoderForSequenceClassification::new(
+        facts, model, lm_head, score,
+    )))
 }

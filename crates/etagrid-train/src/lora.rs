@@ -1,22 +1,15 @@
-//! A linear layer with a frozen base weight and K stacked LoRA adapters.
+//! K stacked LoRA adapters (of a linear layer, of an embedding) and PEFT's target selection; the
+//! layers that carry them are [`crate::nn::Linear`] and [`crate::nn::Embedding`].
 //!
 //! LoRA (Hu et al. 2021): y = x Wᵀ + b + (α/r) · dropout(x) Aᵀ Bᵀ, with A: r×in and B: out×r.
 //! Holding K adapters as A: [K, r, in] and B: [K, out, r] lets K grid cells share one frozen
 //! base: the input's leading dimension is K·b (cell k owns rows k·b..(k+1)·b) and the adapter path
 //! is one batched matmul. One cell is K = 1.
 
-use crate::bert::{ParamRole, TrainParam};
 use crate::TrainError;
 use etagrid_spec::{InitScheme, LoraSpec, TargetModules};
 use std::cell::RefCell;
 use tch::{Device, Kind, Tensor};
-
-/// A frozen linear layer, optionally with adapters.
-pub struct Linear {
-    pub weight: Tensor,
-    pub bias: Option<Tensor>,
-    pub lora: Option<LoraAdapter>,
-}
 
 pub struct LoraAdapter {
     /// [K, r, in]
@@ -81,78 +74,6 @@ impl LoraAdapter {
         let last = shape.len() - 1;
         shape[last] = self.b.size()[1];
         (h * self.scaling).reshape(shape.as_slice())
-    }
-}
-
-impl Linear {
-    /// A frozen layer `weight` [out, in] (+ `bias`), with K adapters when `targeted` (see
-    /// [`Targets::matches`]).
-    pub fn with_lora(
-        targeted: bool,
-        weight: Tensor,
-        bias: Option<Tensor>,
-        lora: &LoraSpec,
-        k: i64,
-        device: Device,
-    ) -> Linear {
-        let (out_f, in_f) = (weight.size()[0], weight.size()[1]);
-        let adapter = targeted.then(|| {
-            LoraAdapter::new(
-                k,
-                lora.rank as i64,
-                in_f,
-                out_f,
-                lora.scaling(),
-                lora.dropout,
-                lora.init,
-                device,
-            )
-        });
-        Linear {
-            weight,
-            bias,
-            lora: adapter,
-        }
-    }
-
-    /// Its adapters as trainables named `{name}.lora_A.weight` / `{name}.lora_B.weight`.
-    pub fn push_lora_params(&self, name: &str, out: &mut Vec<TrainParam>) {
-        if let Some(a) = &self.lora {
-            out.push(TrainParam {
-                name: format!("{name}.lora_A.weight"),
-                tensor: a.a.shallow_clone(),
-                role: ParamRole::LoraA,
-            });
-            out.push(TrainParam {
-                name: format!("{name}.lora_B.weight"),
-                tensor: a.b.shallow_clone(),
-                role: ParamRole::LoraB,
-            });
-        }
-    }
-
-    /// Its frozen weight and bias.
-    pub fn push_frozen(&self, out: &mut Vec<Tensor>) {
-        out.push(self.weight.shallow_clone());
-        if let Some(b) = &self.bias {
-            out.push(b.shallow_clone());
-        }
-    }
-
-    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        let y = x.linear(&self.weight, self.bias.as_ref());
-        match &self.lora {
-            Some(l) => y + l.delta(x, train),
-            None => y,
-        }
-    }
-
-    pub fn out_features(&self) -> i64 {
-        self.weight.size()[0]
-    }
-
-    pub fn in_features(&self) -> i64 {
-        self.weight.size()[1]
     }
 }
 
@@ -275,80 +196,36 @@ pub struct EmbeddingAdapter {
     pub scaling: f64,
 }
 
-/// A frozen embedding table [vocab, dim], optionally with K adapters.
-pub struct Embedding {
-    pub weight: Tensor,
-    /// -1: none.
-    pub padding_idx: i64,
-    pub lora: Option<EmbeddingAdapter>,
-}
-
-impl Embedding {
-    /// A frozen table, with K adapters when `targeted`. Draws B from the global generator on the
-    /// CPU (same seed, same adapters on every device).
-    pub fn with_lora(
-        targeted: bool,
-        weight: Tensor,
-        padding_idx: i64,
-        lora: &LoraSpec,
-        k: i64,
-        device: Device,
-    ) -> Embedding {
-        let (vocab, dim) = (weight.size()[0], weight.size()[1]);
+impl EmbeddingAdapter {
+    /// K adapters for a table [vocab, dim]. Draws B from the global generator on the CPU (same
+    /// seed, same adapters on every device).
+    pub fn new(k: i64, vocab: i64, dim: i64, lora: &LoraSpec, device: Device) -> EmbeddingAdapter {
         let r = lora.rank as i64;
-        let adapter = targeted.then(|| {
-            let opts = (Kind::Float, Device::Cpu);
-            let a = Tensor::zeros([k, r, vocab], opts);
-            let b = Tensor::randn([k, dim, r], opts);
-            EmbeddingAdapter {
-                a: a.to_device(device).set_requires_grad(true),
-                b: b.to_device(device).set_requires_grad(true),
-                scaling: lora.scaling(),
-            }
-        });
-        Embedding {
-            weight,
-            padding_idx,
-            lora: adapter,
+        let opts = (Kind::Float, Device::Cpu);
+        let a = Tensor::zeros([k, r, vocab], opts);
+        let b = Tensor::randn([k, dim, r], opts);
+        EmbeddingAdapter {
+            a: a.to_device(device).set_requires_grad(true),
+            b: b.to_device(device).set_requires_grad(true),
+            scaling: lora.scaling(),
         }
     }
 
-    /// [K·b, T] ids → [K·b, T, dim]; rows k·b..(k+1)·b go through adapter k.
-    pub fn forward(&self, ids: &Tensor) -> Tensor {
-        let base = Tensor::embedding(&self.weight, ids, self.padding_idx, false, false);
-        let Some(l) = &self.lora else {
-            return base;
-        };
-        let k = l.a.size()[0];
-        let kind = base.kind();
+    /// The adapter path for [K·b, T] ids, in `kind`: [K·b, T, dim]; rows k·b..(k+1)·b go
+    /// through adapter k.
+    pub fn delta(&self, ids: &Tensor, padding_idx: i64, kind: Kind) -> Tensor {
+        let k = self.a.size()[0];
         let delta: Vec<Tensor> = ids
             .chunk(k, 0)
             .iter()
             .enumerate()
             .map(|(i, ids_k)| {
                 let i = i as i64;
-                let a_t = l.a.get(i).transpose(0, 1).to_kind(kind); // [vocab, r]
-                let b_t = l.b.get(i).transpose(0, 1).to_kind(kind); // [r, dim]
-                Tensor::embedding(&a_t, ids_k, self.padding_idx, false, false).matmul(&b_t)
+                let a_t = self.a.get(i).transpose(0, 1).to_kind(kind); // [vocab, r]
+                let b_t = self.b.get(i).transpose(0, 1).to_kind(kind); // [r, dim]
+                Tensor::embedding(&a_t, ids_k, padding_idx, false, false).matmul(&b_t)
             })
             .collect();
-        base + Tensor::cat(&delta, 0) * l.scaling
-    }
-
-    /// Its adapters as trainables named `{name}.lora_embedding_A` / `{name}.lora_embedding_B`
-    /// (PEFT's saved names).
-    pub fn push_lora_params(&self, name: &str, out: &mut Vec<TrainParam>) {
-        if let Some(a) = &self.lora {
-            out.push(TrainParam {
-                name: format!("{name}.lora_embedding_A"),
-                tensor: a.a.shallow_clone(),
-                role: ParamRole::Embedding,
-            });
-            out.push(TrainParam {
-                name: format!("{name}.lora_embedding_B"),
-                tensor: a.b.shallow_clone(),
-                role: ParamRole::Embedding,
-            });
-        }
+        Tensor::cat(&delta, 0) * self.scaling
     }
 }

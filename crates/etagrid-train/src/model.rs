@@ -1,23 +1,59 @@
-//! What the training loop needs of a model, whatever its family, and the choice of family from
-//! `config.json`'s `model_type`.
+//! What the training loop needs of a model, whatever its family, and the family registry: the
+//! one place where `config.json`'s family ([`etagrid_data::family::Family`]) picks a module tree.
+//!
+//! Adding a family: its facts in `etagrid-data`'s `family.rs`, one file here with its module tree
+//! (built from [`crate::nn`]; a decoder implements [`crate::decoder::DecoderModel`]), and one arm
+//! in [`load_classifier`].
 
-use crate::bert::{Batch, BertConfig, BertForSequenceClassification, TrainParam};
-use crate::gpt2::Gpt2ForSequenceClassification;
-use crate::llama::LlamaForSequenceClassification;
+use crate::nn::{LoadContext, Module};
 use crate::weights::Weights;
 use crate::TrainError;
+use crate::{bert, gpt2, llama};
+use etagrid_data::family::{Family, ModelConfig};
 use etagrid_spec::LoraSpec;
 use std::path::Path;
 use tch::{Device, Tensor};
 
+/// What goes into one forward pass. `input_ids`, `token_type_ids` and `attention_mask` are
+/// [K·b, T]; rows k·b..(k+1)·b are seen by adapter k.
+pub struct Batch {
+    pub input_ids: Tensor,
+    pub token_type_ids: Tensor,
+    pub attention_mask: Tensor,
+    pub labels: Tensor,
+}
+
+/// A trainable tensor with the name PEFT would give it and its role for LoRA+ grouping.
+pub struct TrainParam {
+    pub name: String,
+    pub tensor: Tensor,
+    pub role: ParamRole,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamRole {
+    LoraA,
+    LoraB,
+    /// `lora_embedding_A` / `lora_embedding_B` (the LoRA+ embedding group).
+    Embedding,
+    /// Any other trainable tensor (the classification head); `dims` per adapter, excluding K.
+    Other {
+        dims: usize,
+    },
+}
+
+/// What a tensor met in a walk over a model ([`Module::visit`]) is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Part of the frozen base.
+    Frozen,
+    Train(ParamRole),
+}
+
 /// A frozen base with K stacked LoRA adapters and K classification heads.
-pub trait SequenceClassifier {
+pub trait SequenceClassifier: Module {
     /// Logits [K·b, labels] in fp32; rows k·b..(k+1)·b of the batch go through adapter k.
     fn forward(&self, batch: &Batch, train: bool) -> Tensor;
-    /// Every trainable tensor (stacked over K), PEFT-style names, fixed order.
-    fn trainable(&self) -> Vec<TrainParam>;
-    /// Every frozen tensor.
-    fn frozen(&self) -> Vec<Tensor>;
     /// The id that pads a batch.
     fn pad_token_id(&self) -> i64;
     /// The longest input the model's position table allows.
@@ -32,6 +68,30 @@ pub trait SequenceClassifier {
     /// The caller applies the head only where a loss is needed.
     fn lm_hidden(&self, _batch: &Batch, _train: bool) -> Option<(Tensor, Tensor)> {
         None
+    }
+    /// Every trainable tensor (stacked over K), PEFT-style names, in the module tree's order.
+    fn trainable(&self) -> Vec<TrainParam> {
+        let mut out = Vec::new();
+        self.visit(&mut |name, tensor, role| {
+            if let Role::Train(role) = role {
+                out.push(TrainParam {
+                    name: name.to_owned(),
+                    tensor: tensor.shallow_clone(),
+                    role,
+                });
+            }
+        });
+        out
+    }
+    /// Every frozen tensor.
+    fn frozen(&self) -> Vec<Tensor> {
+        let mut out = Vec::new();
+        self.visit(&mut |_, tensor, role| {
+            if role == Role::Frozen {
+                out.push(tensor.shallow_clone());
+            }
+        });
+        out
     }
 }
 
@@ -48,13 +108,68 @@ pub(crate) fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<
     })
 }
 
-/// `model_type` of `dir/config.json`.
-pub fn model_type(dir: &Path) -> Result<String, TrainError> {
-    let v: serde_json::Value = read_config(dir)?;
-    Ok(v["model_type"].as_str().unwrap_or_default().to_owned())
+/// An error in `dir/config.json`.
+pub(crate) fn config_error(dir: &Path, message: impl Into<String>) -> TrainError {
+    TrainError::Config {
+        path: dir.join("config.json"),
+        message: message.into(),
+    }
 }
 
-/// Loads the sequence classifier of the family `dir/config.json` names.
+/// transformers' default `initializer_range` (the heads' N(0, σ) when the checkpoint has none).
+pub(crate) fn default_initializer_range() -> f64 {
+    0.02
+}
+
+/// transformers' default dropout probability of BERT's and GPT-2's layers.
+pub(crate) fn default_dropout() -> f64 {
+    0.1
+}
+
+/// The family of the model in `dir` (from its `config.json`); unsupported ones are an error.
+pub fn family(dir: &Path) -> Result<Family, TrainError> {
+    Ok(ModelConfig::read(dir)?.family)
+}
+
+/// `model_type` of `dir/config.json` (a supported one).
+pub fn model_type(dir: &Path) -> Result<String, TrainError> {
+    Ok(family(dir)?.model_type().to_owned())
+}
+
+/// The family of the model in `dir` when it is a decoder; `[task] kind = "causal_lm"` needs one.
+pub fn require_decoder(dir: &Path) -> Result<Family, TrainError> {
+    let family = family(dir)?;
+    if !family.is_decoder() {
+        return Err(config_error(
+            dir,
+            format!(
+                "[task] kind = \"causal_lm\" needs a decoder model (GPT-2 or Llama), but \
+                 model_type is {:?}: use a decoder, or kind = \"classification\"",
+                family.model_type()
+            ),
+        ));
+    }
+    Ok(family)
+}
+
+/// A family's loader: its sequence classifier for the config in `dir`, with `num_labels` classes,
+/// loaded through `cx` (weights, LoRA targets, K, device). Call `tch::manual_seed` first: adapters
+/// and heads draw from the global generator.
+pub type LoadClassifier = fn(&Path, &LoadContext, i64) -> LoadedClassifier;
+
+/// What a family's loader returns.
+pub type LoadedClassifier = Result<Box<dyn SequenceClassifier>, TrainError>;
+
+/// The family registry: each family's module tree.
+fn loader(family: Family) -> LoadClassifier {
+    match family {
+        Family::Bert | Family::Roberta => bert::load_classifier,
+        Family::Gpt2 => gpt2::load_classifier,
+        Family::Llama => llama::load_classifier,
+    }
+}
+
+/// Loads the sequence classifier of the family `dir/config.json` names, with K = `k` adapters.
 pub fn load_classifier(
     dir: &Path,
     weights: &Weights,
@@ -62,46 +177,13 @@ pub fn load_classifier(
     lora: &LoraSpec,
     k: i64,
     device: Device,
-) -> Result<Box<dyn SequenceClassifier>, TrainError> {
-    Ok(match model_type(dir)?.as_str() {
-        "gpt2" => Box::new(Gpt2ForSequenceClassification::load(
-            dir, weights, num_labels, lora, k, device,
-        )?),
-        "llama" => Box::new(LlamaForSequenceClassification::load(
-            dir, weights, num_labels, lora, k, device,
-        )?),
-        _ => Box::new(BertForSequenceClassification::load(
-            BertConfig::load(dir)?,
-            weights,
-            num_labels,
-            lora,
-            k,
-            device,
-        )?),
-    })
-}
-
-impl SequenceClassifier for BertForSequenceClassification {
-    fn forward(&self, batch: &Batch, train: bool) -> Tensor {
-        BertForSequenceClassification::forward(self, batch, train)
-    }
-    fn trainable(&self) -> Vec<TrainParam> {
-        BertForSequenceClassification::trainable(self)
-    }
-    fn frozen(&self) -> Vec<Tensor> {
-        BertForSequenceClassification::frozen(self)
-    }
-    fn pad_token_id(&self) -> i64 {
-        self.config.pad_token_id
-    }
-    fn max_tokens(&self) -> i64 {
-        // RoBERTa's positions start after the pad id.
-        if self.config.is_roberta() {
-            self.config.max_position_embeddings - self.config.pad_token_id - 1
-        } else {
-            self.config.max_position_embeddings
-        }
-    }
+) -> LoadedClassifier {
+    let load = loader(family(dir)?);
+    load(
+        dir,
+        &LoadContext::new(weights, lora, k, device)?,
+        num_labels,
+    )
 }
 
 /// For decoder models: each row's hidden state at its last real token, [b, hidden] from

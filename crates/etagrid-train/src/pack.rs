@@ -297,7 +297,7 @@ fn load_data(job: &WorkerJob, causal_lm: bool) -> Result<TaskData, TrainError> {
     let tr = &cfg.train;
     let eos = if causal_lm {
         let mt = model_type(&job.model_dir)?;
-        if !matches!(mt.as_str(), "gpt2" | "llama") {
+        if !etagrid_data::Family::from_model_type(&mt).is_some_and(|f| f.is_decoder()) {
             return Err(TrainError::Config {
                 path: job.model_dir.join("config.json"),
                 message: format!(

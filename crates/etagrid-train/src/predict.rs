@@ -5,7 +5,7 @@
 //! the checkpoint's), or with `--lm` the causal LM's next-token logits after the last token.
 
 use crate::data::{collate, load_tokenizer, tokenize, Encoded};
-use crate::model::{load_classifier, SequenceClassifier};
+use crate::model::{family, load_classifier, ParamRole, SequenceClassifier};
 use crate::weights::Weights;
 use crate::{device, TrainError};
 use etagrid_spec::protocol::JobDevice;
@@ -84,20 +84,7 @@ fn read_adapter(dir: &Path) -> Result<Adapter, TrainError> {
     })?;
     let mut tensors = Vec::new();
     for (name, view) in st.tensors() {
-        let kind = match view.dtype() {
-            safetensors::Dtype::F32 => Kind::Float,
-            safetensors::Dtype::F16 => Kind::Half,
-            safetensors::Dtype::BF16 => Kind::BFloat16,
-            other => {
-                return Err(TrainError::Dtype {
-                    name,
-                    file: file.clone(),
-                    dtype: format!("{other:?}"),
-                })
-            }
-        };
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        let t = Tensor::f_from_data_size(view.data(), &shape, kind)?.to_kind(Kind::Float);
+        let t = crate::weights::to_tensor(&name, &view, &file)?.to_kind(Kind::Float);
         let name = name
             .strip_prefix("base_model.model.")
             .unwrap_or(&name)
@@ -154,7 +141,7 @@ fn apply_adapter(model: &dyn SequenceClassifier, a: &Adapter, lm: bool) -> Resul
     // Every trainable — LoRA and the head (PEFT's modules_to_save) — must come from the adapter:
     // a head left at its random initialisation would give meaningless logits.
     for p in &params {
-        let head = matches!(p.role, crate::bert::ParamRole::Other { .. });
+        let head = matches!(p.role, ParamRole::Other { .. });
         if lm && head {
             continue;
         }
@@ -208,15 +195,14 @@ fn refuse_invented_head(
     if o.lm || has_adapter {
         return Ok(());
     }
-    let config: serde_json::Value = crate::model::read_config(&o.model_dir)?;
-    let mt = config["model_type"].as_str().unwrap_or_default();
-    let decoder = matches!(mt, "gpt2" | "llama");
-    if decoder && !weights.contains("score.weight") {
+    let family = family(&o.model_dir)?;
+    if family.is_decoder() && !weights.contains("score.weight") {
+        let config: serde_json::Value = crate::model::read_config(&o.model_dir)?;
         let arch = config["architectures"]
             .as_array()
             .and_then(|a| a.first())
             .and_then(|a| a.as_str())
-            .unwrap_or(mt);
+            .unwrap_or(family.model_type());
         return Err(TrainError::Config {
             path: o.model_dir.join("config.json"),
             message: format!(
@@ -227,6 +213,28 @@ fn refuse_invented_head(
         });
     }
     Ok(())
+}
+
+/// `--device`: `cpu`, or `cuda` (also `cuda:0`) for the first GPU that `CUDA_VISIBLE_DEVICES`
+/// shows. Any other GPU index or name is an error that says what to do instead: predict would
+/// otherwise run somewhere the user did not ask for.
+pub fn parse_device(device: &str) -> Result<JobDevice, TrainError> {
+    match device.trim() {
+        "cpu" => Ok(JobDevice::Cpu),
+        "cuda" | "cuda:0" => Ok(JobDevice::Cuda),
+        other => {
+            let hint = match other.strip_prefix("cuda:") {
+                Some(i) if i.parse::<u32>().is_ok() => format!(
+                    "predict uses the first visible GPU: run it with CUDA_VISIBLE_DEVICES={i} and \
+                     --device cuda"
+                ),
+                _ => "give \"cpu\" or \"cuda\"".to_owned(),
+            };
+            Err(TrainError::Device(format!(
+                "device {other:?} is not supported: {hint}"
+            )))
+        }
+    }
 }
 
 /// Emits one JSON object per input, in input order.

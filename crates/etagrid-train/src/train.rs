@@ -1,9 +1,8 @@
 //! The train/eval loop of one worker job.
 
-use crate::bert::Batch;
 use crate::data::{collate, collate_lm, Encoded, McEncoded, TaskData};
 use crate::metrics::{confusion_update, mc_predictions, Confusion, EvalMetrics, LmEvalMetrics};
-use crate::model::SequenceClassifier;
+use crate::model::{Batch, SequenceClassifier};
 use crate::TrainError;
 use etagrid_spec::protocol::{CellResult, Measure, Metrics, WorkerEvent, WorkerJob};
 use std::path::Path;
@@ -185,16 +184,21 @@ pub(crate) fn write_labels(
     data: &TaskData,
 ) -> Result<(), TrainError> {
     let (train_counts, eval_counts) = data.class_counts();
+    let path = out_dir.join("labels.json");
     // One key a line, each value on one line: a 50-class map stays readable.
-    let line = |v: serde_json::Value| serde_json::to_string(&v).unwrap_or_default();
+    let line = |v: serde_json::Value| {
+        serde_json::to_string(&v).map_err(|source| TrainError::Serialize {
+            what: path.display().to_string(),
+            source,
+        })
+    };
     let text = format!(
         "{{\n  \"label_column\": {},\n  \"labels\": {},\n  \"train_counts\": {},\n  \"eval_counts\": {}\n}}\n",
-        line(label_column.into()),
-        line(data.labels.labels.clone().into()),
-        line(train_counts.into()),
-        line(eval_counts.into()),
+        line(label_column.into())?,
+        line(data.labels.labels.clone().into())?,
+        line(train_counts.into())?,
+        line(eval_counts.into())?,
     );
-    let path = out_dir.join("labels.json");
     let io = |source| TrainError::Io {
         path: path.clone(),
         source,
@@ -308,5 +312,9 @@ pub(crate) fn mark_causal_lm_adapter(dir: &Path) -> Result<(), TrainError> {
         o.insert("task_type".into(), "CAUSAL_LM".into());
         o.insert("modules_to_save".into(), serde_json::Value::Null);
     }
-    std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap_or_default()).map_err(io)
+    let text = serde_json::to_vec_pretty(&v).map_err(|source| TrainError::Serialize {
+        what: path.display().to_string(),
+        source,
+    })?;
+    std::fs::write(&path, text).map_err(io)
 }

@@ -8,7 +8,7 @@
 //! training: keep the two in step when the worker loads something new.
 
 use crate::data::{load_tokenizer, TaskData};
-use crate::model::{load_classifier, model_type};
+use crate::model::{family, load_classifier, require_decoder};
 use crate::train::eos_token_id;
 use crate::weights::Weights;
 use crate::TrainError;
@@ -28,9 +28,6 @@ pub struct Checked {
     pub max_tokens: i64,
 }
 
-/// Decoder families that can train `kind = "causal_lm"`.
-const DECODERS: [&str; 2] = ["gpt2", "llama"];
-
 /// Loads and checks what a cell of `config` would load from `model_dir` (every cell of a sweep
 /// loads the same: only learning rates and seeds differ). `cache_dir` is the sweep's token cache
 /// (`<state-dir>/cache`), so the workers then load the tokens this check produced.
@@ -40,18 +37,10 @@ pub fn check_cell(
     cache_dir: Option<&Path>,
 ) -> Result<Checked, TrainError> {
     let tr = &config.train;
-    let mt = model_type(model_dir)?;
+    let family = family(model_dir)?;
     let causal_lm = config.task.lm.is_some();
     let eos = if causal_lm {
-        if !DECODERS.contains(&mt.as_str()) {
-            return Err(TrainError::Config {
-                path: model_dir.join("config.json"),
-                message: format!(
-                    "[task] kind = \"causal_lm\" needs a decoder model (GPT-2 or Llama), but \
-                     model_type is {mt:?}: use a decoder, or kind = \"classification\""
-                ),
-            });
-        }
+        require_decoder(model_dir)?;
         eos_token_id(model_dir)?
     } else {
         None
@@ -108,7 +97,7 @@ pub fn check_cell(
         });
     }
     Ok(Checked {
-        model_type: mt,
+        model_type: family.model_type().to_owned(),
         train_examples: data.train.len(),
         eval_examples: data.eval.len(),
         labels: data.labels.labels.len(),

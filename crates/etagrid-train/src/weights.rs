@@ -42,22 +42,11 @@ impl Weights {
                     source,
                 })?;
             for (name, view) in st.tensors() {
-                let src_kind = match view.dtype() {
-                    Dtype::F32 => Kind::Float,
-                    Dtype::F16 => Kind::Half,
-                    Dtype::BF16 => Kind::BFloat16,
-                    // Integer buffers such as BERT's `position_ids` are not weights.
-                    Dtype::I64 | Dtype::I32 => continue,
-                    other => {
-                        return Err(TrainError::Dtype {
-                            name,
-                            file: file.clone(),
-                            dtype: format!("{other:?}"),
-                        })
-                    }
-                };
-                let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-                let t = Tensor::f_from_data_size(view.data(), &shape, src_kind)?
+                // Integer buffers such as BERT's `position_ids` are not weights.
+                if matches!(view.dtype(), Dtype::I64 | Dtype::I32) {
+                    continue;
+                }
+                let t = to_tensor(&name, &view, file)?
                     .f_to_kind(kind)?
                     .f_to_device(device)?;
                 tensors.insert(name, t);
@@ -105,6 +94,29 @@ impl Weights {
             Ok(None)
         }
     }
+}
+
+/// A safetensors view as a CPU tensor of its own dtype (F32, F16 or BF16; others are an error
+/// naming `name` and `file`).
+pub(crate) fn to_tensor(
+    name: &str,
+    view: &safetensors::tensor::TensorView<'_>,
+    file: &Path,
+) -> Result<Tensor, TrainError> {
+    let kind = match view.dtype() {
+        Dtype::F32 => Kind::Float,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        other => {
+            return Err(TrainError::Dtype {
+                name: name.to_owned(),
+                file: file.to_owned(),
+                dtype: format!("{other:?}"),
+            })
+        }
+    };
+    let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+    Ok(Tensor::f_from_data_size(view.data(), &shape, kind)?)
 }
 
 fn shard_files(index: &Path) -> Result<Vec<PathBuf>, TrainError> {

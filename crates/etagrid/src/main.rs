@@ -165,9 +165,9 @@ enum Command {
         max_len: usize,
         #[arg(long, default_value_t = 32)]
         batch_size: usize,
-        /// "cpu" or "cuda".
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        /// "cpu" or "cuda" (the first GPU that CUDA_VISIBLE_DEVICES shows).
+        #[arg(long, default_value = "cpu", value_parser = etagrid_train::predict::parse_device)]
+        device: etagrid_spec::protocol::JobDevice,
     },
     /// Run one cell (started by `etagrid run`; prints JSON lines on stdout).
     #[command(hide = true)]
@@ -248,11 +248,7 @@ fn main() -> ExitCode {
             max_len,
             batch_size,
             lm,
-            device: if device == "cuda" {
-                etagrid_spec::protocol::JobDevice::Cuda
-            } else {
-                etagrid_spec::protocol::JobDevice::Cpu
-            },
+            device,
         }),
         Command::Report {
             sweeps,
