@@ -2,7 +2,7 @@
 //! (no symbol of it is referenced), so it has to be loaded by hand before the first tch call.
 
 use crate::TrainError;
-use etagrid_spec::protocol::JobDevice;
+use etagrid_spec::protocol::{JobDevice, WorkerJob};
 use std::sync::OnceLock;
 use tch::Device;
 
@@ -33,6 +33,16 @@ pub fn select(device: JobDevice) -> Result<Device, TrainError> {
             std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default()
         ))),
     }
+}
+
+/// The device of a worker's job. The job's GPU (`cuda_visible_devices`) becomes this process's
+/// `CUDA_VISIBLE_DEVICES` before CUDA starts, so the worker trains where the job says and not
+/// wherever its environment points; a job without one keeps the environment's.
+pub fn select_job(job: &WorkerJob) -> Result<Device, TrainError> {
+    if let (JobDevice::Cuda, Some(v)) = (job.device, &job.cuda_visible_devices) {
+        std::env::set_var("CUDA_VISIBLE_DEVICES", v);
+    }
+    select(job.device)
 }
 
 pub fn describe(device: Device) -> String {
