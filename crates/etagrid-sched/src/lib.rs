@@ -3,7 +3,7 @@
 //!
 //! - `prologue`: what every backend does first (open the store, lock the sweep, enqueue,
 //!   recover cells an earlier run left running) and the line that ends a run;
-//! - `events`: a worker's lines and exit → store actions, as plain data ([`events`] is tested
+//! - `events`: a worker's lines and exit → store actions, as plain data (tested
 //!   without processes); both backends record through it;
 //! - `job`, `packing`: the job file and worker start both backends share; which cells a worker
 //!   takes together;

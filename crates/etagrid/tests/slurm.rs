@@ -385,6 +385,16 @@ fn worker_pid(sb: &Sandbox) -> Option<i32> {
     })
 }
 
+/// kill -9 of the sandbox's task process (the batch script exec'd `etagrid worker --lease`), as
+/// the OOM killer would do.
+fn kill_task(sb: &Sandbox) {
+    let pid = worker_pid(sb).expect("the task's process");
+    // SAFETY: sending a signal to a process this test's sweep started.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(r, 0, "kill -9 {pid}");
+}
+
 /// The `<job>_<task>` that holds the cell, from its device column.
 fn holder(row: &CellRow) -> String {
     let d = row.device.as_deref().unwrap_or("");
@@ -437,12 +447,7 @@ fn a_worker_killed_with_sigkill_gets_its_cell_retried_and_finished_once() {
     let front = sb.spawn_run();
     let row = wait_until_training(&sb);
     let task = holder(&row);
-    // kill -9 of the worker (the batch script exec'd it), as the OOM killer would do.
-    let pid = worker_pid(&sb).expect("the worker's process");
-    // SAFETY: sending a signal to a process this test's sweep started.
-    #[allow(unsafe_code)]
-    let r = unsafe { libc::kill(pid, libc::SIGKILL) };
-    assert_eq!(r, 0, "kill -9 {pid}");
+    kill_task(&sb);
     let (status, err) = wait_output(front);
     let logs = sb.task_logs();
     assert!(status.success(), "{err}\n{logs}");
@@ -569,6 +574,12 @@ fn a_sweep_in_packs_runs_one_pack_per_task_and_every_cell_once_with_its_pack_siz
             assert_eq!(logs.matches(&line).count(), 1, "{line}: {logs}");
         }
     }
+    let status = sb.cmd(&["status", "slurm-pack"]).output().expect("status");
+    let st = text(&status.stdout);
+    assert!(
+        st.contains("4 done") && st.contains("slurm: 2 task(s) submitted in 1 job array(s)"),
+        "{st}"
+    );
 }
 
 #[test]
@@ -597,11 +608,7 @@ fn a_pack_task_killed_mid_training_gets_its_cells_retried_in_smaller_packs_and_f
         },
     );
     let task = holder(&sb.cells()[0]);
-    let pid = worker_pid(&sb).expect("the task's process");
-    // SAFETY: sending a signal to a process this test's sweep started.
-    #[allow(unsafe_code)]
-    let r = unsafe { libc::kill(pid, libc::SIGKILL) };
-    assert_eq!(r, 0, "kill -9 {pid}");
+    kill_task(&sb);
     let (status, err) = wait_output(front);
     let logs = sb.task_logs();
     assert!(status.success(), "{err}\n{logs}");
