@@ -91,3 +91,46 @@ pub fn run_slurm(spec: &SweepSpec, opts: &SlurmOptions) -> Result<RunSummary, Sc
         .map_err(SchedError::Runtime)?;
     rt.block_on(front::front_end(spec, opts))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(gres: Option<&str>, extra: &[&str], max_concurrent: Option<usize>) -> SlurmOptions {
+        SlurmOptions {
+            store: StoreUrl::Postgres("postgres://h/db".into()),
+            state_dir: PathBuf::from("/s"),
+            program: PathBuf::from("etagrid"),
+            global_args: Vec::new(),
+            partition: None,
+            gres: gres.map(str::to_owned),
+            time: None,
+            cpus_per_task: 1,
+            mem: None,
+            extra_args: extra.iter().map(|s| (*s).to_owned()).collect(),
+            max_concurrent,
+            lease: Duration::from_secs(120),
+            signal_before: Duration::from_secs(120),
+            poll_min: Duration::from_secs(10),
+            poll_max: Duration::from_secs(120),
+            retry_failed: false,
+            save_adapters: true,
+            progress: false,
+            cells_per_worker: PackSize::Auto,
+        }
+    }
+
+    #[test]
+    fn auto_packs_gpu_tasks_by_max_concurrent_and_leaves_cpu_tasks_at_one_cell() {
+        // GPU tasks, at most 4 at a time: each of the 4 gets its share of the cells.
+        assert_eq!(opts(Some("gpu:1"), &[], Some(4)).parallel_gpus(), Some(4));
+        // Every task may run at once: one cell per task.
+        assert_eq!(opts(Some("gpu:1"), &[], None).parallel_gpus(), None);
+        // CPU tasks: never packed by auto.
+        assert_eq!(opts(None, &[], Some(4)).parallel_gpus(), None);
+        // A GPU asked for with --sbatch-arg counts as a GPU task.
+        assert!(opts(None, &["--gpus=1"], None).gpu_requested());
+        assert!(opts(None, &["--gres=gpu:a100:1"], None).gpu_requested());
+        assert!(!opts(None, &["--account=lab"], None).gpu_requested());
+    }
+}
