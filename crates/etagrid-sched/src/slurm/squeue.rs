@@ -21,8 +21,8 @@ pub fn is_live(state: &str) -> bool {
     )
 }
 
-/// Expands a SLURM array id as `squeue`/`sacct` print it: `12_3` → [`12_3`], `12_[0-2,5%2]` →
-/// [`12_0`, `12_1`, `12_2`, `12_5`]. A plain job id (`12`) comes back unchanged.
+/// Expands a SLURM array id as `squeue`/`sacct` print it: `12_3` → `["12_3"]`, `12_[0-2,5%2]` →
+/// `["12_0", "12_1", "12_2", "12_5"]`. A plain job id (`12`) comes back unchanged.
 pub fn expand_array_id(id: &str) -> Vec<String> {
     let Some((job, rest)) = id.split_once('_') else {
         return vec![id.to_owned()];
