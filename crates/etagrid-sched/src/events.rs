@@ -482,4 +482,60 @@ mod tests {
         assert!(p.on_event(line(Some("c0"), finished())).is_empty());
         assert_eq!(finishes(&p.on_exit(&crash(), false, 3)).len(), 1);
     }
+
+    /// The SLURM side of the Recorder: a retry goes back to pending through the lease with the
+    /// attempt counted, and an end reported after the lease was lost writes nothing.
+    #[test]
+    fn a_leased_recorder_releases_retries_and_writes_nothing_once_the_lease_is_lost() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = Store::open(dir.path().join("s.sqlite"))
+                .await
+                .expect("store");
+            let spec = crate::testing::sweep(1);
+            store.enqueue(&spec, &spec.cells()).await.expect("enqueue");
+            let id = spec.cells()[0].id.0.clone();
+            let claim = |owner: &'static str, now: i64| {
+                let (store, id) = (&store, &id);
+                async move {
+                    store
+                        .claim("s", id, owner, "cpu", now, 60, 3)
+                        .await
+                        .expect("claim")
+                }
+            };
+            claim("7_0", 1000).await;
+            let rec = Recorder {
+                store: &store,
+                sweep: "s",
+                lease_owner: Some("7_0"),
+            };
+            let retry = Action::Finish {
+                id: id.clone(),
+                label: id.clone(),
+                attempt: 1,
+                outcome: Outcome::Retry("worker crashed".into()),
+            };
+            assert_eq!(rec.apply(&retry).await.expect("apply"), Applied::Done);
+            let row = store.cells("s").await.expect("cells").remove(0);
+            assert_eq!(row.state, etagrid_store::CellState::Pending);
+            assert_eq!(row.attempts, 1, "the crash's attempt stays counted");
+            // Another task takes the cell; the first one's late result is not written.
+            claim("8_0", 1000).await;
+            let done = Action::Finish {
+                id: id.clone(),
+                label: id.clone(),
+                attempt: 1,
+                outcome: terminal_outcome(&finished()).expect("terminal"),
+            };
+            assert_eq!(rec.apply(&done).await.expect("apply"), Applied::LeaseLost);
+            let row = store.cells("s").await.expect("cells").remove(0);
+            assert_eq!(row.state, etagrid_store::CellState::Running);
+            store.close().await;
+        });
+    }
 }

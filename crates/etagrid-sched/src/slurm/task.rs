@@ -299,10 +299,14 @@ impl TaskRun<'_> {
     }
 
     /// Renews the lease of every unfinished cell; a cell whose lease is lost is dropped (another
-    /// task has it). False when none is left.
+    /// task has it). False when that left no cell to train (a worker whose cells all ended is
+    /// left to exit on its own).
     async fn heartbeat(&mut self, lease_s: i64) -> Result<bool, SchedError> {
         let owner = self.o.owner.as_str();
         let live: Vec<String> = self.pack.live().map(|m| m.id.clone()).collect();
+        if live.is_empty() {
+            return Ok(true);
+        }
         for id in live {
             if !self
                 .store
