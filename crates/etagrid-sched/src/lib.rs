@@ -1,18 +1,41 @@
-//! The local scheduler. Like nextest's runner it is a *dispatcher* — one `tokio::select!` loop
-//! that alone sees signals and child events and alone writes the store — and one reader task per
-//! worker process. The engine owns its tokio runtime; callers use the synchronous [`run`].
+//! The scheduler: runs a sweep's cells as worker processes and records what they report.
+//! Layout (docs/scheduler.md has the map and the "add a backend" checklist):
+//!
+//! - `prologue`: what every backend does first (open the store, lock the sweep, enqueue,
+//!   recover cells an earlier run left running) and the line that ends a run;
+//! - `events`: a worker's lines and exit → store actions, as plain data (tested
+//!   without processes); both backends record through it;
+//! - `job`, `packing`: the job file and worker start both backends share; which cells a worker
+//!   takes together;
+//! - [`local`]: worker processes on this machine (a dispatcher and one reader task per worker);
+//! - [`slurm`]: one job array per batch of packs, each task running the normal worker and
+//!   recording its lines itself under a lease per cell;
+//! - `sys`: every OS call (signals, process groups, the parent-death signal, `_exit`).
 
 mod devices;
-mod dispatch;
+mod error;
+mod events;
+mod job;
+pub mod local;
 mod memfit;
+mod packing;
 mod progress;
+mod prologue;
 pub mod slurm;
+mod sys;
+#[cfg(test)]
+mod testing;
 
-pub use devices::{discover_gpus, plan_slots, SlotDevice};
-pub use dispatch::{
-    record_event, run, terminal_outcome, RunOptions, RunSummary, SchedError, WorkerCommand,
+pub use devices::{
+    cpu_fallback_warning, discover_gpus, granted_gpus, parse_visible_devices, plan_slots,
+    SlotDevice,
 };
+pub use error::SchedError;
+pub use events::{record_event, terminal_outcome};
+pub use local::{run, RunOptions, WorkerCommand};
 pub use memfit::{cells_that_fit, MemoryFit};
+pub use prologue::RunSummary;
+pub use sys::exit_now;
 
 /// The exit status of a worker that found its inputs bad (a data or model file changed after
 /// `etagrid run` checked them), after its `failed` event: the cell is stored as an input error,

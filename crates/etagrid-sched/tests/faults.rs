@@ -295,3 +295,31 @@ fn packs_fill_from_pending_cells_and_every_cell_runs_once(b: Backend) {
         );
     }
 }
+
+both_backends!(a_gpu_named_by_its_mig_id_is_passed_to_the_worker_in_its_job_as_it_is);
+fn a_gpu_named_by_its_mig_id_is_passed_to_the_worker_in_its_job_as_it_is(b: Backend) {
+    let s = setup(b, "ok", "");
+    let mig = "MIG-4a5b6c7d-8888-9999-aaaa-bbbbccccdddd";
+    let mut opts = s.opts(false);
+    opts.slots = vec![SlotDevice::Named(mig.into())];
+    opts.cells_per_worker = PackSize::Fixed(1); // a job file per cell
+    let summary = run(&s.spec, &opts).expect("run");
+    assert_eq!(summary.done, 2);
+    for c in s.cells() {
+        assert_eq!(
+            c.device.as_deref(),
+            Some(mig),
+            "the slot keeps the id as its name"
+        );
+        let job = s
+            .dir
+            .path()
+            .join("state/cells/faults")
+            .join(&c.id)
+            .join("job.json");
+        let job: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&job).expect("job file")).expect("json");
+        assert_eq!(job["device"], "cuda");
+        assert_eq!(job["cuda_visible_devices"], mig);
+    }
+}

@@ -37,6 +37,12 @@ pub struct WorkerJob {
     /// Where the worker may write files for this cell.
     pub out_dir: PathBuf,
     pub device: JobDevice,
+    /// With `device = "cuda"`: the GPU(s) the worker makes visible (`CUDA_VISIBLE_DEVICES`,
+    /// set before CUDA starts) — an index, a `GPU-…` UUID or a `MIG-…` id, passed as given.
+    /// `None`: the worker keeps the `CUDA_VISIBLE_DEVICES` it inherited (job files written
+    /// before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cuda_visible_devices: Option<String>,
     /// CPU threads for libtorch's intra-op pool.
     pub threads: usize,
     /// Save the trained adapter (PEFT format) into `out_dir/adapter` when the cell finishes.

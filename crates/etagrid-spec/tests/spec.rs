@@ -866,6 +866,7 @@ fn a_job_of_a_newer_protocol_is_refused_by_name_and_an_old_one_reads_as_version_
         model_dir: "m".into(),
         out_dir: "o".into(),
         device: JobDevice::Cpu,
+        cuda_visible_devices: None,
         threads: 1,
         save_adapter: true,
         cache_dir: None,

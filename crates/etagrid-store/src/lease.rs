@@ -35,7 +35,8 @@ pub struct Lease {
     pub attempts: i64,
 }
 
-/// One array task as submitted: `<job_id>_<array_index>` runs `cell_id`.
+/// One cell of an array task as submitted: `<job_id>_<array_index>` runs `cell_id` (a task that
+/// trains a pack has one row per cell).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlurmTask {
     pub job_id: String,

@@ -2,7 +2,7 @@
 //! (no symbol of it is referenced), so it has to be loaded by hand before the first tch call.
 
 use crate::TrainError;
-use etagrid_spec::protocol::JobDevice;
+use etagrid_spec::protocol::{JobDevice, WorkerJob};
 use std::sync::OnceLock;
 use tch::Device;
 
@@ -35,6 +35,16 @@ pub fn select(device: JobDevice) -> Result<Device, TrainError> {
     }
 }
 
+/// The device of a worker's job. The job's GPU (`cuda_visible_devices`) becomes this process's
+/// `CUDA_VISIBLE_DEVICES` before CUDA starts, so the worker trains where the job says and not
+/// wherever its environment points; a job without one keeps the environment's.
+pub fn select_job(job: &WorkerJob) -> Result<Device, TrainError> {
+    if let (JobDevice::Cuda, Some(v)) = (job.device, &job.cuda_visible_devices) {
+        std::env::set_var("CUDA_VISIBLE_DEVICES", v);
+    }
+    select(job.device)
+}
+
 pub fn describe(device: Device) -> String {
     match device {
         Device::Cuda(i) => format!(
@@ -42,5 +52,44 @@ pub fn describe(device: Device) -> String {
             std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default()
         ),
         _ => format!("cpu ({} threads)", tch::get_num_threads()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etagrid_spec::SweepSpec;
+
+    /// The worker makes the GPU its job names visible, whatever its environment says: on a
+    /// machine without CUDA the error names the job's device (a `MIG-…` id, kept as it is).
+    #[test]
+    fn the_worker_uses_the_gpu_its_job_names_not_its_environments() {
+        if init_cuda() {
+            return; // a real GPU here: the device would be found; the CPU-only case is checked
+        }
+        let toml =
+            "name = \"s\"\n[model]\npath = \"m\"\n[task]\ntrain = \"t.csv\"\neval = \"e.csv\"\n\
+                    [train]\nsteps = 1\n[grid]\nlr_a = [1e-3]\nlr_b = [1e-3]\n";
+        let spec = SweepSpec::parse(std::path::Path::new("s.toml"), toml).expect("spec");
+        let cell = spec.cells().remove(0);
+        let mut job = WorkerJob {
+            protocol: etagrid_spec::protocol::PROTOCOL_VERSION,
+            sweep: spec.name.clone(),
+            cell_id: cell.id,
+            config: cell.config,
+            model_dir: "m".into(),
+            out_dir: "o".into(),
+            device: JobDevice::Cuda,
+            cuda_visible_devices: Some("MIG-4a5b6c7d".into()),
+            threads: 1,
+            save_adapter: false,
+            cache_dir: None,
+            pack: Vec::new(),
+        };
+        std::env::set_var("CUDA_VISIBLE_DEVICES", "7");
+        let err = select_job(&job).expect_err("no CUDA here").to_string();
+        assert!(err.contains("CUDA_VISIBLE_DEVICES=MIG-4a5b6c7d"), "{err}");
+        job.device = JobDevice::Cpu;
+        assert_eq!(select_job(&job).expect("cpu"), Device::Cpu);
     }
 }

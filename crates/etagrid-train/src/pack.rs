@@ -48,7 +48,7 @@ pub fn run_pack(
     check_packable(job, &cells)?;
     let k = cells.len();
     tch::set_num_threads(job.threads.max(1) as i32);
-    let device = device::select(job.device)?;
+    let device = device::select_job(job)?;
     let cfg = &cells[0].config;
     let tr = &cfg.train;
     let causal_lm = cfg.task.lm.is_some();

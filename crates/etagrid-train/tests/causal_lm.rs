@@ -335,6 +335,7 @@ fn job(dir: &Path, toml: &str) -> WorkerJob {
         model_dir: spec.model.dir.clone(),
         out_dir: dir.join("cell"),
         device: JobDevice::Cpu,
+        cuda_visible_devices: None,
         threads: 1,
         save_adapter: true,
         cache_dir: Some(dir.join("cache")),

@@ -119,6 +119,7 @@ fn job(spec: &SweepSpec, cells: &[PackedCell], tag: &str) -> WorkerJob {
         model_dir: spec.model.dir.clone(),
         out_dir: first.out_dir,
         device: JobDevice::Cpu,
+        cuda_visible_devices: None,
         threads: 2,
         save_adapter: true,
         cache_dir: None,

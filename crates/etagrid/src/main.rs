@@ -75,10 +75,9 @@ enum Command {
         /// Reports go to <reports>/<sweep>/.
         #[arg(long, default_value = "reports")]
         reports: PathBuf,
-        /// Where the cells run: "local" (worker processes on this machine) or "slurm" (one job
-        /// array per sweep; see README "SLURM").
-        #[arg(long, default_value = "local", value_parser = ["local", "slurm"])]
-        backend: String,
+        /// Where the cells run (see README "SLURM").
+        #[arg(long, value_enum, default_value_t = Backend::Local)]
+        backend: Backend,
         #[command(flatten)]
         slurm: slurm::SlurmArgs,
     },
@@ -174,14 +173,23 @@ enum Command {
     Worker {
         #[arg(long)]
         job: PathBuf,
-        /// SLURM mode: claim the cell in the store with a lease of this many seconds, write the
-        /// results there, release the cell on SIGTERM/SIGUSR2.
+        /// SLURM mode: claim the job's cells in the store with a lease of this many seconds,
+        /// run the worker on them and record its lines there, release them on SIGTERM/SIGUSR2.
         #[arg(long)]
         lease: Option<u64>,
         /// SLURM mode: the sweep's `max_attempts`.
         #[arg(long, default_value_t = 3)]
         max_attempts: u32,
     },
+}
+
+/// A scheduler backend (`etagrid run --backend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Backend {
+    /// Worker processes on this machine.
+    Local,
+    /// Job arrays on a SLURM cluster, one pack of cells per array task.
+    Slurm,
 }
 
 fn parse_pack_size(s: &str) -> Result<etagrid_spec::PackSize, String> {
@@ -223,10 +231,9 @@ fn main() -> ExitCode {
                 save_adapters: !no_adapters,
                 enqueue_only,
             };
-            if backend == "slurm" && !enqueue_only {
-                slurm::run(&args, &slurm)
-            } else {
-                commands::run(&args)
+            match backend {
+                Backend::Slurm if !enqueue_only => slurm::run(&args, &slurm),
+                Backend::Local | Backend::Slurm => commands::run(&args),
             }
         }
         Command::Export { sweep, cell, out } => {

@@ -4,8 +4,8 @@
 use crate::commands::{check_inputs, finish_run, RunArgs};
 use crate::common::Exit;
 use anyhow::{bail, Context, Result};
-use etagrid_sched::slurm::{lease_owner, run_leased_worker, LeasedExit, SlurmOptions};
-use etagrid_spec::protocol::{JobDevice, WorkerJob};
+use etagrid_sched::slurm::{lease_owner, run_task, SlurmOptions, TaskExit, TaskOptions};
+use etagrid_sched::WorkerCommand;
 use etagrid_spec::SweepSpec;
 use etagrid_store::StoreUrl;
 use std::path::{Path, PathBuf};
@@ -106,60 +106,63 @@ pub fn run(args: &RunArgs, s: &SlurmArgs) -> Result<Exit> {
         retry_failed: args.retry_failed,
         save_adapters: args.save_adapters,
         progress: true,
+        cells_per_worker: args.cells_per_worker.unwrap_or(spec.cells_per_worker),
     };
     let summary = etagrid_sched::slurm::run_slurm(&spec, &opts)?;
     finish_run(args, &spec, &summary)
 }
 
-/// `etagrid worker --job FILE --lease SECONDS`, as a SLURM task runs it: claims the cell, trains
-/// it, records everything in the store itself. Exits 0 also when there was nothing to do (the
-/// cell is finished or held by another live task) and when a signal stopped it (the cell is back
-/// to pending).
+/// `etagrid worker --job FILE --lease SECONDS`, as a SLURM task runs it: claims the cells of its
+/// pack, runs the normal worker on them and records its lines in the store (see
+/// `etagrid_sched::slurm::run_task`). Exits 0 also when there was nothing to do (the cells are
+/// finished or held by another live task) and when a signal stopped it (the cells are back to
+/// pending).
 pub fn worker(db: &StoreUrl, job_path: &Path, lease: u64, max_attempts: u32) -> Result<Exit> {
-    let mut job: WorkerJob = std::fs::read(job_path)
-        .with_context(|| format!("failed to read job file {}", job_path.display()))
-        .and_then(|b| {
-            serde_json::from_slice(&b)
-                .with_context(|| format!("failed to parse job file {}", job_path.display()))
-        })?;
     let cvd = std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default();
-    // A GPU SLURM gave us that libtorch cannot use (no CUDA build, or a test cluster's fake GPU
-    // device) means: train on the CPU, and say so.
-    if job.device == JobDevice::Cuda && !etagrid_train::device::init_cuda() {
-        eprintln!(
-            "etagrid worker: CUDA_VISIBLE_DEVICES={cvd:?} but libtorch sees no CUDA device: training on the CPU"
-        );
-        job.device = JobDevice::Cpu;
-    }
+    // The device is what SLURM granted this task, not what the submission asked for.
+    let granted = etagrid_sched::granted_gpus(&|k| std::env::var(k).ok());
+    let gpus = match granted {
+        Some(g) => {
+            // Checked with the granted GPUs visible, as the worker will see them.
+            std::env::set_var("CUDA_VISIBLE_DEVICES", &g);
+            if etagrid_train::device::init_cuda() {
+                Some(g)
+            } else {
+                // A GPU that libtorch cannot use (no CUDA build, or a test cluster's fake GPU
+                // device) means: train on the CPU, and say so.
+                eprintln!(
+                    "etagrid worker: SLURM granted GPU(s) {g} (CUDA_VISIBLE_DEVICES={cvd:?}) but libtorch sees no CUDA device: training on the CPU"
+                );
+                None
+            }
+        }
+        None => None,
+    };
     let owner = lease_owner();
     let host = std::env::var("SLURMD_NODENAME").unwrap_or_else(|_| "?".into());
     let restarts = std::env::var("SLURM_RESTART_COUNT").unwrap_or_else(|_| "0".into());
-    let device = format!(
+    let device_label = format!(
         "{} (task {owner} on {host}, CUDA_VISIBLE_DEVICES={cvd}, restart {restarts})",
-        match job.device {
-            JobDevice::Cuda => "cuda",
-            JobDevice::Cpu => "cpu",
-        }
+        if gpus.is_some() { "cuda" } else { "cpu" }
     );
-    let train_job = job.clone();
-    let exit = run_leased_worker(
-        db,
-        &job,
-        &owner,
-        &device,
-        Duration::from_secs(lease),
+    let exit = run_task(&TaskOptions {
+        store: db.clone(),
+        job: job_path.to_owned(),
+        owner,
+        device_label,
+        gpus,
+        lease: Duration::from_secs(lease),
         max_attempts,
-        Box::new(move |emit| {
-            etagrid_train::run_job(&train_job, emit)
-                .map(|_| ())
-                .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
-        }),
-    )?;
+        worker: WorkerCommand {
+            program: std::env::current_exe().context("failed to find the etagrid executable")?,
+            args: vec!["worker".into()],
+        },
+    })?;
     match exit {
-        // The training thread may still be running: end without exit handlers.
-        LeasedExit::Released(_) => etagrid_sched::slurm::exit_now(0),
-        LeasedExit::LeaseLost => etagrid_sched::slurm::exit_now(1),
-        LeasedExit::Finished(etagrid_store::CellState::Failed) => Ok(Exit::WorkerFailed),
-        _ => Ok(Exit::Ok),
+        // The worker was killed: end without exit handlers.
+        TaskExit::Released => etagrid_sched::exit_now(0),
+        TaskExit::LeaseLost => etagrid_sched::exit_now(1),
+        TaskExit::Finished { failed: true } => Ok(Exit::WorkerFailed),
+        TaskExit::Finished { failed: false } | TaskExit::Skipped => Ok(Exit::Ok),
     }
 }

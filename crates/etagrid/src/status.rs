@@ -43,9 +43,12 @@ pub fn status(db: &StoreUrl, sweep: Option<&str>) -> Result<Exit> {
             if let Some(last) = tasks.last() {
                 let mut jobs: Vec<&str> = tasks.iter().map(|t| t.job_id.as_str()).collect();
                 jobs.dedup();
+                // One row per cell: the cells of a pack share their task.
+                let mut ids: Vec<String> = tasks.iter().map(|t| t.slurm_id()).collect();
+                ids.dedup();
                 println!(
                     "  slurm: {} task(s) submitted in {} job array(s), latest {} (`squeue --name=etagrid-{name}`)",
-                    tasks.len(),
+                    ids.len(),
                     jobs.len(),
                     last.job_id
                 );

@@ -385,6 +385,16 @@ fn worker_pid(sb: &Sandbox) -> Option<i32> {
     })
 }
 
+/// kill -9 of the sandbox's task process (the batch script exec'd `etagrid worker --lease`), as
+/// the OOM killer would do.
+fn kill_task(sb: &Sandbox) {
+    let pid = worker_pid(sb).expect("the task's process");
+    // SAFETY: sending a signal to a process this test's sweep started.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(r, 0, "kill -9 {pid}");
+}
+
 /// The `<job>_<task>` that holds the cell, from its device column.
 fn holder(row: &CellRow) -> String {
     let d = row.device.as_deref().unwrap_or("");
@@ -437,12 +447,7 @@ fn a_worker_killed_with_sigkill_gets_its_cell_retried_and_finished_once() {
     let front = sb.spawn_run();
     let row = wait_until_training(&sb);
     let task = holder(&row);
-    // kill -9 of the worker (the batch script exec'd it), as the OOM killer would do.
-    let pid = worker_pid(&sb).expect("the worker's process");
-    // SAFETY: sending a signal to a process this test's sweep started.
-    #[allow(unsafe_code)]
-    let r = unsafe { libc::kill(pid, libc::SIGKILL) };
-    assert_eq!(r, 0, "kill -9 {pid}");
+    kill_task(&sb);
     let (status, err) = wait_output(front);
     let logs = sb.task_logs();
     assert!(status.success(), "{err}\n{logs}");
@@ -527,4 +532,105 @@ fn an_impossible_submission_fails_with_slurms_own_message() {
         "{err}"
     );
     assert!(sb.tasks().is_empty());
+}
+
+#[test]
+fn a_sweep_in_packs_runs_one_pack_per_task_and_every_cell_once_with_its_pack_size() {
+    let sb = Sandbox::new("slurm-pack", "lr_a = [1e-3, 1e-2]\nratio = [1, 16]", 8, 4);
+    let out = sb
+        .cmd(&Sandbox::run_args(&["--cells-per-worker", "2"]))
+        .output()
+        .expect("run");
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}\n{}", sb.task_logs());
+    assert!(err.contains("(2 task(s), 4 cells in packs)"), "{err}");
+    assert!(!err.contains("retrying"), "{err}");
+    let tasks = sb.tasks();
+    assert_eq!(tasks.len(), 4, "one row per cell: {tasks:?}");
+    let mut ids: Vec<String> = tasks.iter().map(SlurmTask::slurm_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 2, "two tasks of two cells each: {tasks:?}");
+    let logs = sb.task_logs();
+    for c in sb.cells() {
+        assert_eq!(
+            (c.state, c.attempts),
+            (CellState::Done, 1),
+            "{} {:?}",
+            c.id,
+            c.error
+        );
+        assert_eq!(c.pack_size, Some(2), "cell {} trained in a pack of 2", c.id);
+        let task = tasks.iter().find(|t| t.cell_id == c.id).expect("task");
+        let device = c.device.as_deref().unwrap_or("");
+        assert!(
+            device.contains(&format!("task {}", task.slurm_id())),
+            "{device}"
+        );
+        for line in [
+            format!("claimed cell {}", c.id),
+            format!("cell {} done", c.id),
+        ] {
+            assert_eq!(logs.matches(&line).count(), 1, "{line}: {logs}");
+        }
+    }
+    let status = sb.cmd(&["status", "slurm-pack"]).output().expect("status");
+    let st = text(&status.stdout);
+    assert!(
+        st.contains("4 done") && st.contains("slurm: 2 task(s) submitted in 1 job array(s)"),
+        "{st}"
+    );
+}
+
+#[test]
+fn a_pack_task_killed_mid_training_gets_its_cells_retried_in_smaller_packs_and_finished_once() {
+    let sb = Sandbox::new(
+        "slurm-pack-kill",
+        "lr_a = [1e-3, 1e-2]\nratio = [1]",
+        3000,
+        0,
+    );
+    let front = sb
+        .cmd(&Sandbox::run_args(&["--cells-per-worker", "2"]))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn etagrid run");
+    wait_for(
+        "both cells of the pack to train",
+        Duration::from_secs(120),
+        || {
+            let cells = sb.cells();
+            cells.len() == 2
+                && cells
+                    .iter()
+                    .all(|c| c.state == CellState::Running && c.step.unwrap_or(0) > 0)
+        },
+    );
+    let task = holder(&sb.cells()[0]);
+    kill_task(&sb);
+    let (status, err) = wait_output(front);
+    let logs = sb.task_logs();
+    assert!(status.success(), "{err}\n{logs}");
+    assert_eq!(
+        err.matches(&format!("SLURM task {task} ended")).count(),
+        2,
+        "both cells of the pack taken back: {err}"
+    );
+    let tasks = sb.tasks();
+    let retry: Vec<&SlurmTask> = tasks.iter().filter(|t| t.slurm_id() != task).collect();
+    assert_eq!(retry.len(), 2, "{tasks:?}");
+    assert_ne!(
+        retry[0].slurm_id(),
+        retry[1].slurm_id(),
+        "retried in packs half as large (one cell each): {tasks:?}"
+    );
+    for c in sb.cells() {
+        assert_eq!((c.state, c.attempts), (CellState::Done, 2), "{err}\n{logs}");
+        assert_eq!(
+            logs.matches(&format!("cell {} done", c.id)).count(),
+            1,
+            "{logs}"
+        );
+    }
 }

@@ -1,0 +1,394 @@
+//! The SLURM front end: submits packs of pending cells as job arrays and watches the store (the
+//! truth) and `squeue` until every cell is finished.
+
+use super::squeue::{is_live, max_array_size, split_arrays, task_states};
+use super::submit::{submit_array, TaskCells};
+use super::SlurmOptions;
+use crate::packing::Packing;
+use crate::progress::Progress;
+use crate::prologue::{cell_label, Prologue};
+use crate::sys::StopSignals;
+use crate::{RunSummary, SchedError};
+use etagrid_spec::{CellConfig, SweepSpec};
+use etagrid_store::{unix_now, CellRow, CellState, Outcome, Store};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Instant;
+
+pub(super) async fn front_end(
+    spec: &SweepSpec,
+    opts: &SlurmOptions,
+) -> Result<RunSummary, SchedError> {
+    let prologue = Prologue::open(spec, &opts.store, opts.retry_failed).await?;
+    let max = i64::from(spec.max_attempts);
+    // As in a local run, a rerun retries failed cells that have attempts left.
+    prologue.store.requeue_failed(&spec.name, max).await?;
+    let job_name = format!("etagrid-{}", spec.name);
+    let current: HashMap<String, CellConfig> = prologue
+        .cells
+        .iter()
+        .map(|c| (c.id.0.clone(), c.config.clone()))
+        .collect();
+    let rows = prologue.store.cells(&spec.name).await?;
+    let mut summary = RunSummary {
+        total: prologue.cells.len(),
+        ..Default::default()
+    };
+    let mut last: HashMap<String, CellState> = HashMap::new();
+    for r in rows.iter().filter(|r| current.contains_key(&r.id)) {
+        summary.skipped += usize::from(r.state.is_final());
+        summary.exhausted += usize::from(r.state == CellState::Failed && r.attempts >= max);
+        last.insert(r.id.clone(), r.state);
+    }
+    let to_run = prologue.cells.len() - summary.skipped - summary.exhausted;
+    eprintln!(
+        "sweep {}: {} cells ({} new, {} already in the store), {} to run on SLURM as job arrays named {job_name}",
+        spec.name,
+        prologue.cells.len(),
+        prologue.enqueued.added,
+        prologue.enqueued.existing,
+        to_run
+    );
+    if prologue.say_skipped(spec, &summary, to_run) {
+        prologue.store.close().await;
+        return Ok(summary);
+    }
+    let started = Instant::now();
+    let mut front = Front {
+        spec,
+        opts,
+        store: &prologue.store,
+        progress: Progress::new(to_run as u64, 0, opts.progress),
+        labels: rows
+            .iter()
+            .map(|r| (r.id.clone(), cell_label(&r.id, r.lr_a, r.lr_b)))
+            .collect(),
+        current,
+        job_name,
+        max,
+        max_array: max_array_size().await,
+        first: true,
+        last,
+        summary,
+    };
+    let stopped = front.watch().await?;
+    front.progress.finish();
+    let mut summary = front.summary;
+    summary.stopped_by_signal = stopped;
+    if stopped {
+        eprintln!(
+            "stopped watching sweep {}: its SLURM tasks keep running and write the store; \
+             rerun `etagrid run --backend slurm` to watch again, or `scancel --name={}` to stop them",
+            spec.name, front.job_name
+        );
+        prologue.store.close().await;
+    } else {
+        prologue.finish(spec, "finished", started).await?;
+    }
+    Ok(summary)
+}
+
+/// The front end's state between polls.
+struct Front<'a> {
+    spec: &'a SweepSpec,
+    opts: &'a SlurmOptions,
+    store: &'a Store,
+    progress: Progress,
+    /// Cell id → its progress label.
+    labels: HashMap<String, String>,
+    /// The current grid's configurations: only these cells run, configured as now.
+    current: HashMap<String, CellConfig>,
+    job_name: String,
+    max: i64,
+    max_array: usize,
+    /// Before the first submission (to say it re-attached to an earlier one's tasks).
+    first: bool,
+    /// Each cell's state at the last poll, to say what changed.
+    last: HashMap<String, CellState>,
+    summary: RunSummary,
+}
+
+impl Front<'_> {
+    fn label(&self, id: &str) -> String {
+        self.labels
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| id.to_owned())
+    }
+
+    /// Polls until no cell is pending or running; true when a signal stopped the watching.
+    async fn watch(&mut self) -> Result<bool, SchedError> {
+        let mut signals = StopSignals::new(false).map_err(SchedError::Runtime)?;
+        let mut delay = self.opts.poll_min;
+        loop {
+            let mut changed = self.poll().await?;
+            // Report what changed, from the store (the truth), and stop when nothing is left.
+            let (reported, left) = self.report().await?;
+            changed |= reported;
+            if left == 0 {
+                return Ok(false);
+            }
+            delay = if changed {
+                self.opts.poll_min
+            } else {
+                (delay * 2).min(self.opts.poll_max)
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = signals.recv() => return Ok(true),
+            }
+        }
+    }
+
+    /// What SLURM still runs; cells of dead tasks taken back; pending cells submitted. A failed
+    /// query skips this round: never take "no answer" for "every task is gone".
+    async fn poll(&mut self) -> Result<bool, SchedError> {
+        let states = match task_states(&self.job_name).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.progress
+                    .line(&format!("squeue: {e}; trying again later"));
+                return Ok(false);
+            }
+        };
+        let live = |id: &str| states.get(id).is_some_and(|s| is_live(s));
+        let mut changed = self.reclaim(&states, &live).await?;
+        self.store.fail_exhausted(&self.spec.name, self.max).await?;
+        changed |= self.submit_pending(&live).await?;
+        Ok(changed)
+    }
+
+    /// Cells held by tasks that ended, or whose lease ran out, go back (attempt counted) or fail
+    /// when it was their last attempt.
+    async fn reclaim(
+        &mut self,
+        states: &HashMap<String, String>,
+        live: &dyn Fn(&str) -> bool,
+    ) -> Result<bool, SchedError> {
+        let (spec, max) = (self.spec, self.max);
+        let mut changed = false;
+        let now = unix_now();
+        for l in self.store.leases(&spec.name).await? {
+            let expired = l.expires.is_some_and(|e| e < now);
+            let cause = if !live(&l.owner) {
+                format!(
+                    "SLURM task {} ended ({}) without finishing the cell",
+                    l.owner,
+                    states
+                        .get(&l.owner)
+                        .map(String::as_str)
+                        .unwrap_or("no longer listed")
+                )
+            } else if expired {
+                format!(
+                    "lease of SLURM task {} expired: no heartbeat for {} s or more (worker hung or node died)",
+                    l.owner,
+                    self.opts.lease.as_secs()
+                )
+            } else {
+                continue;
+            };
+            // A live task's cell is taken only if its lease is still expired.
+            let taken = self
+                .store
+                .reclaim(
+                    &spec.name,
+                    &l.cell_id,
+                    &l.owner,
+                    &cause,
+                    max,
+                    live(&l.owner).then_some(now),
+                )
+                .await?;
+            let Some(st) = taken else { continue };
+            changed = true;
+            let what = if st == CellState::Failed {
+                format!("failed: {cause} (attempt {} of {max})", l.attempts)
+            } else {
+                self.summary.retried += 1;
+                format!("{cause}; retrying (attempt {} of {max} used)", l.attempts)
+            };
+            self.progress
+                .line(&format!("cell {}: {what}", self.label(&l.cell_id)));
+        }
+        Ok(changed)
+    }
+
+    /// Pending cells that no live task will run: submitted, in packs.
+    async fn submit_pending(&mut self, live: &dyn Fn(&str) -> bool) -> Result<bool, SchedError> {
+        let spec = self.spec;
+        let tasks = self.store.slurm_tasks(&spec.name).await?;
+        let covered: HashSet<String> = tasks
+            .iter()
+            .filter(|t| live(&t.slurm_id()))
+            .map(|t| t.cell_id.clone())
+            .collect();
+        // Tasks that ended without ever claiming the cell (the worker could not reach the store,
+        // or read another one) count no attempt; stop resubmitting after `max_attempts` of them
+        // instead of submitting a new array every poll.
+        let mut ended: HashMap<String, i64> = HashMap::new();
+        for t in tasks.iter().filter(|t| !live(&t.slurm_id())) {
+            *ended.entry(t.cell_id.clone()).or_default() += 1;
+        }
+        let mut changed = false;
+        let mut queue = VecDeque::new();
+        for r in self
+            .store
+            .cells_in_state(&spec.name, CellState::Pending)
+            .await?
+        {
+            if !self.current.contains_key(&r.id) || covered.contains(&r.id) {
+                continue;
+            }
+            let unclaimed = ended.get(&r.id).copied().unwrap_or(0) - r.attempts;
+            if unclaimed >= self.max {
+                self.fail_unclaimed(&r, unclaimed).await?;
+                changed = true;
+            } else if r.attempts < self.max {
+                queue.push_back(r);
+            }
+        }
+        if self.first {
+            let attached = covered
+                .iter()
+                .filter(|c| self.current.contains_key(*c))
+                .count();
+            if attached > 0 {
+                self.progress.line(&format!(
+                    "re-attached to {attached} queued or running task(s) of an earlier submission"
+                ));
+            }
+            self.first = false;
+        }
+        let packs = self.packs(queue);
+        for range in split_arrays(packs.len(), self.max_array) {
+            let tasks = submit_array(spec, self.opts, &packs[range]).await?;
+            self.store
+                .record_slurm_tasks(&spec.name, &tasks, unix_now())
+                .await?;
+            let n = tasks
+                .iter()
+                .map(|t| t.array_index)
+                .max()
+                .map_or(0, |i| i + 1);
+            self.progress.line(&format!(
+                "submitted job array {} ({n} task(s){})",
+                tasks[0].job_id,
+                if tasks.len() as i64 > n {
+                    format!(", {} cells in packs", tasks.len())
+                } else {
+                    String::new()
+                }
+            ));
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    async fn fail_unclaimed(&mut self, r: &CellRow, unclaimed: i64) -> Result<(), SchedError> {
+        let why = format!(
+            "{unclaimed} SLURM task(s) ended without starting the cell (could the \
+             worker reach the store?); see slurm-*.out under {}",
+            self.opts
+                .state_dir
+                .join("slurm")
+                .join(&self.spec.name)
+                .display()
+        );
+        self.store
+            .finish_cell(&self.spec.name, &r.id, &Outcome::Failed(why.clone()))
+            .await?;
+        self.progress
+            .line(&format!("cell {}: failed: {why}", self.label(&r.id)));
+        self.summary.failed += 1;
+        Ok(())
+    }
+
+    /// Groups the queued cells into one pack per task, as the local backend does for a worker;
+    /// a retried cell (one attempt used) goes into a pack half as large.
+    fn packs(&self, mut queue: VecDeque<CellRow>) -> Vec<TaskCells> {
+        let gpu = self.opts.gpu_requested();
+        let mut packing = Packing::new(
+            &queue,
+            &self.current,
+            self.opts.cells_per_worker,
+            self.opts.parallel_gpus(),
+        );
+        let (on_gpu, on_cpu) = packing.largest();
+        let size = if gpu { on_gpu } else { on_cpu };
+        if size > 1 {
+            for r in queue.iter().filter(|r| r.attempts > 0) {
+                packing.limit(&r.id, size.div_ceil(2));
+            }
+        }
+        let mut packs = Vec::new();
+        while !queue.is_empty() {
+            let pack: TaskCells = packing
+                .take(&mut queue, gpu)
+                .into_iter()
+                .filter_map(|r| Some((r.id.clone(), self.current.get(&r.id)?.clone())))
+                .collect();
+            if !pack.is_empty() {
+                packs.push(pack);
+            }
+        }
+        packs
+    }
+
+    /// Says what changed since the last poll; returns whether anything did and how many cells
+    /// are left (pending or running).
+    async fn report(&mut self) -> Result<(bool, usize), SchedError> {
+        let rows_now = self.store.cells(&self.spec.name).await?;
+        let (mut changed, mut left) = (false, 0);
+        for r in &rows_now {
+            if !self.current.contains_key(&r.id) {
+                continue;
+            }
+            if matches!(r.state, CellState::Pending | CellState::Running) {
+                left += 1;
+            }
+            if self.last.insert(r.id.clone(), r.state) == Some(r.state) {
+                continue;
+            }
+            changed = true;
+            self.say_state(r);
+        }
+        Ok((changed, left))
+    }
+
+    fn say_state(&mut self, r: &CellRow) {
+        let label = self.label(&r.id);
+        let line = match r.state {
+            CellState::Running => format!(
+                "cell {label}: running on {} (attempt {})",
+                r.device.as_deref().unwrap_or("?"),
+                r.attempts
+            ),
+            CellState::Done => {
+                self.summary.done += 1;
+                format!(
+                    "cell {label}: done  {}={:.4}  ({:.1} s{})",
+                    self.spec.task.metric.name(),
+                    r.metric.unwrap_or(f64::NAN),
+                    r.wall_s.unwrap_or(f64::NAN),
+                    match r.pack_size {
+                        Some(k) if k > 1 => format!(" in a pack of {k}"),
+                        _ => String::new(),
+                    }
+                )
+            }
+            CellState::Diverged => {
+                self.summary.diverged += 1;
+                format!("cell {label}: diverged")
+            }
+            CellState::Failed => {
+                self.summary.failed += 1;
+                format!("cell {label}: failed: {}", r.error.as_deref().unwrap_or(""))
+            }
+            CellState::Pending => return,
+        };
+        if r.state != CellState::Running {
+            self.progress.cell_finished();
+        }
+        self.progress.line(&line);
+    }
+}
