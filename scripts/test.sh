@@ -3,9 +3,15 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ETAGRID_ROOT"
+# Formatting needs no set-up: fail in seconds rather than after the build.
+cargo fmt --all --check || { echo "cargo fmt --check failed: run \`cargo fmt --all\`" >&2; exit 1; }
 bash scripts/setup.sh
 # Again: on a fresh machine the venv (and so libtorch's directory) exists only now.
 source scripts/env.sh
+# The fast lane: clippy, rustdoc and function length (scripts/lint.sh).
+if [ "${ETAGRID_SKIP_LINT:-0}" != 1 ]; then
+  bash scripts/lint.sh
+fi
 # The store tests also run on PostgreSQL: a throw-away local server (a no-op when it is running).
 if [ "${ETAGRID_SKIP_PG:-0}" != 1 ] && [ -z "${ETAGRID_TEST_PG:-}" ]; then
   bash scripts/pg-local.sh up
