@@ -10,6 +10,25 @@ fn tiny_bert() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../etagrid-train/tests/fixtures/tiny-bert")
 }
 
+fn fixture_model(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../etagrid-train/tests/fixtures")
+        .join(name)
+}
+
+/// A directory `scripts/setup.sh` fills (models/, data/); the test says so when it is missing.
+fn set_up(rel: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup.sh",
+        p.display()
+    );
+    p
+}
+
 fn tiny_task(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/tiny-task")
@@ -49,10 +68,22 @@ impl Sandbox {
 
     /// `etagrid init --model tiny-bert --train TRAIN [--eval EVAL] --out OUT [extra…]`.
     fn init(&self, train: &Path, eval: Option<&Path>, out: &str, extra: &[&str]) -> Output {
+        self.init_model(&tiny_bert(), train, eval, out, extra)
+    }
+
+    /// `etagrid init --model MODEL --train TRAIN [--eval EVAL] --out OUT [extra…]`.
+    fn init_model(
+        &self,
+        model: &Path,
+        train: &Path,
+        eval: Option<&Path>,
+        out: &str,
+        extra: &[&str],
+    ) -> Output {
         let mut args: Vec<String> = vec![
             "init".into(),
             "--model".into(),
-            tiny_bert().display().to_string(),
+            model.display().to_string(),
             "--train".into(),
             train.display().to_string(),
             "--out".into(),
@@ -287,4 +318,99 @@ fn init_with_bad_data_fails_with_the_file_and_line_and_writes_nothing() {
         "{err}"
     );
     assert!(!sb.path("bad.toml").exists());
+}
+
+/// `etagrid init` for `model` on `train`/`eval`, then `etagrid run --enqueue-only` on what it
+/// wrote (which checks every input as a cell would load it: the LoRA targets against the model's
+/// modules, `max_seq_len` against its positions); returns the sweep file.
+fn init_and_check(sb: &Sandbox, model: &Path, train: &Path, eval: &Path, name: &str) -> String {
+    let out = sb.init_model(model, train, Some(eval), name, &[]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let run = sb.run(&["run", "--enqueue-only", name]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    sb.read(name)
+}
+
+#[test]
+fn init_works_for_a_gpt2_model_and_targets_its_c_attn() {
+    let sb = Sandbox::new();
+    let toml = init_and_check(
+        &sb,
+        &fixture_model("tiny-gpt2"),
+        &tiny_task("train.csv"),
+        &tiny_task("eval.csv"),
+        "gpt2.toml",
+    );
+    assert_eq!(
+        value(&toml, "target_modules"),
+        Some("[\"c_attn\"]"),
+        "{toml}"
+    );
+}
+
+#[test]
+fn init_works_for_a_llama_model_and_targets_q_proj_and_v_proj() {
+    let sb = Sandbox::new();
+    let toml = init_and_check(
+        &sb,
+        &fixture_model("tiny-llama-mha"),
+        &tiny_task("train.csv"),
+        &tiny_task("eval.csv"),
+        "llama.toml",
+    );
+    assert_eq!(
+        value(&toml, "target_modules"),
+        Some("[\"q_proj\", \"v_proj\"]"),
+        "{toml}"
+    );
+}
+
+#[test]
+fn init_works_for_smollm2_on_trec() {
+    let sb = Sandbox::new();
+    let toml = init_and_check(
+        &sb,
+        &set_up("models/SmolLM2-135M-Instruct"),
+        &set_up("data/trec/train.csv"),
+        &set_up("data/trec/eval.csv"),
+        "smollm2.toml",
+    );
+    assert_eq!(
+        value(&toml, "target_modules"),
+        Some("[\"q_proj\", \"v_proj\"]"),
+        "{toml}"
+    );
+    let spec = etagrid_spec::SweepSpec::load(&sb.path("smollm2.toml")).expect("the sweep parses");
+    assert_eq!(spec.task.text_column, "text");
+}
+
+#[test]
+fn init_with_roberta_keeps_max_seq_len_within_the_tokens_roberta_allows() {
+    // tiny-roberta: max_position_embeddings = 66 with pad_token_id = 1, so 64 tokens at most
+    // (as RoBERTa-base's 514 allows 512). Texts far longer than that make init take the cap.
+    let sb = Sandbox::new();
+    let sentence = "the quick brown fox jumps over the lazy dog and runs far away ";
+    let mut csv = String::from("text,label\n");
+    for i in 0..40 {
+        csv.push_str(&format!("{},{}\n", sentence.repeat(4), ["a", "b"][i % 2]));
+    }
+    std::fs::write(sb.path("long.csv"), &csv).expect("write");
+    let toml = init_and_check(
+        &sb,
+        &fixture_model("tiny-roberta"),
+        &sb.path("long.csv"),
+        &sb.path("long.csv"),
+        "roberta.toml",
+    );
+    assert_eq!(value(&toml, "max_seq_len"), Some("64"), "{toml}");
+    assert_eq!(
+        value(&toml, "target_modules"),
+        Some("[\"query\", \"value\"]"),
+        "{toml}"
+    );
 }
