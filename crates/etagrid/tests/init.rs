@@ -2,6 +2,7 @@
 //! sweep file that `etagrid plan` accepts and `etagrid run` trains (storing macro-F1 and MCC), and
 //! never overwrites a file.
 
+use etagrid_spec::SweepSpec;
 use etagrid_store::{CellState, Store};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -336,57 +337,28 @@ fn init_and_check(sb: &Sandbox, model: &Path, train: &Path, eval: &Path, name: &
     sb.read(name)
 }
 
+/// GPT-2 and Llama (a tiny one, and SmolLM2 on TREC): the family's attention modules as
+/// targets, and a sweep every cell accepts.
 #[test]
-fn init_works_for_a_gpt2_model_and_targets_its_c_attn() {
-    let sb = Sandbox::new();
-    let toml = init_and_check(
-        &sb,
-        &fixture_model("tiny-gpt2"),
-        &tiny_task("train.csv"),
-        &tiny_task("eval.csv"),
-        "gpt2.toml",
-    );
-    assert_eq!(
-        value(&toml, "target_modules"),
-        Some("[\"c_attn\"]"),
-        "{toml}"
-    );
-}
-
-#[test]
-fn init_works_for_a_llama_model_and_targets_q_proj_and_v_proj() {
-    let sb = Sandbox::new();
-    let toml = init_and_check(
-        &sb,
-        &fixture_model("tiny-llama-mha"),
-        &tiny_task("train.csv"),
-        &tiny_task("eval.csv"),
-        "llama.toml",
-    );
-    assert_eq!(
-        value(&toml, "target_modules"),
-        Some("[\"q_proj\", \"v_proj\"]"),
-        "{toml}"
-    );
-}
-
-#[test]
-fn init_works_for_smollm2_on_trec() {
-    let sb = Sandbox::new();
-    let toml = init_and_check(
-        &sb,
-        &set_up("models/SmolLM2-135M-Instruct"),
-        &set_up("data/trec/train.csv"),
-        &set_up("data/trec/eval.csv"),
-        "smollm2.toml",
-    );
-    assert_eq!(
-        value(&toml, "target_modules"),
-        Some("[\"q_proj\", \"v_proj\"]"),
-        "{toml}"
-    );
-    let spec = etagrid_spec::SweepSpec::load(&sb.path("smollm2.toml")).expect("the sweep parses");
-    assert_eq!(spec.task.text_column, "text");
+fn init_works_for_decoder_models_and_targets_their_attention_modules() {
+    let tiny = (tiny_task("train.csv"), tiny_task("eval.csv"));
+    let trec = (set_up("data/trec/train.csv"), set_up("data/trec/eval.csv"));
+    let q_v = "[\"q_proj\", \"v_proj\"]";
+    for (model, (train, eval), targets) in [
+        (fixture_model("tiny-gpt2"), &tiny, "[\"c_attn\"]"),
+        (fixture_model("tiny-llama-mha"), &tiny, q_v),
+        (set_up("models/SmolLM2-135M-Instruct"), &trec, q_v),
+    ] {
+        let sb = Sandbox::new();
+        let toml = init_and_check(&sb, &model, train, eval, "sweep.toml");
+        assert_eq!(
+            value(&toml, "target_modules"),
+            Some(targets),
+            "{}: {toml}",
+            model.display()
+        );
+        SweepSpec::load(&sb.path("sweep.toml")).expect("the sweep parses");
+    }
 }
 
 #[test]
