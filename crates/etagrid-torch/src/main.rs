@@ -1,5 +1,5 @@
 //! `etagrid-torch`: the whole command line, linked with libtorch. Users run `etagrid`, which
-//! answers the commands that need no libtorch itself (`etagrid::cli::Light`, flattened into this
+//! runs the commands that need no libtorch itself (`etagrid::cli::TchFree`, flattened into this
 //! command line) and execs this binary for every other command with the same arguments. Parsing
 //! and glue only; the work is in the library crates.
 
@@ -7,7 +7,7 @@ mod commands;
 mod slurm;
 
 use clap::{Parser, Subcommand};
-use etagrid::cli::{GlobalArgs, Light};
+use etagrid::cli::{GlobalArgs, TchFree};
 // As `crate::common`/`crate::report` for the modules above, as when they lived in this crate.
 use etagrid::{common, report};
 use std::path::PathBuf;
@@ -66,7 +66,7 @@ enum Command {
         slurm: slurm::SlurmArgs,
     },
     #[command(flatten)]
-    Light(Light),
+    TchFree(TchFree),
     /// Print the logits of a model (optionally with a LoRA adapter) for JSONL inputs
     /// ({"text": …} or {"text": …, "text_pair": …}), one JSON line per input.
     Predict {
@@ -121,7 +121,7 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let result = match command {
-        Command::Light(c) => return c.run(&global),
+        Command::TchFree(c) => return c.run(&global),
         Command::Plan { sweep } => commands::plan(&sweep),
         Command::Run {
             sweep,

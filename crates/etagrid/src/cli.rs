@@ -1,7 +1,11 @@
 //! The command line both binaries share: the global options and the commands that need no
-//! libtorch ([`Light`]). `etagrid` parses exactly these and runs them itself; `etagrid-torch`
-//! flattens [`Light`] into its whole command line, so each option is defined once and a command
+//! libtorch ([`TchFree`]). `etagrid` parses exactly these and runs them itself; `etagrid-torch`
+//! flattens [`TchFree`] into its whole command line, so each option is defined once and a command
 //! does the same whichever binary runs it.
+
+// The doc comments below are the --help text (clap reads them), written for a terminal:
+// `<sweep>` and `[:PORT]` there are not HTML or links.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 use crate::common::{store_url, Exit};
 use crate::{export, init, report, status};
@@ -37,7 +41,7 @@ pub struct GlobalArgs {
 
 /// The commands that need no libtorch.
 #[derive(Subcommand)]
-pub enum Light {
+pub enum TchFree {
     /// Write a sweep's report (figures as PNG and SVG, cells.csv/json, index.html) to
     /// reports/<sweep>/; with several sweeps, a compare report to reports/compare/.
     Report(ReportArgs),
@@ -118,7 +122,7 @@ pub struct ExportArgs {
     pub out: PathBuf,
 }
 
-impl Light {
+impl TchFree {
     /// Runs the command; the exit code is decided here for both binaries.
     pub fn run(self, global: &GlobalArgs) -> ExitCode {
         let db = match store_url(global.db.as_deref(), &global.state_dir) {
@@ -126,12 +130,12 @@ impl Light {
             Err(code) => return code,
         };
         let result: Result<Exit> = match self {
-            Light::Report(a) => {
+            TchFree::Report(a) => {
                 report::report(&db, &a.sweeps, &a.reports, a.out.as_deref(), a.color_floor)
             }
-            Light::Best(a) => report::best(&db, &a.sweep, a.json),
-            Light::Status(a) => status::status(&db, a.sweep.as_deref()),
-            Light::Init(a) => init::init(&init::InitArgs {
+            TchFree::Best(a) => report::best(&db, &a.sweep, a.json),
+            TchFree::Status(a) => status::status(&db, a.sweep.as_deref()),
+            TchFree::Init(a) => init::init(&init::InitArgs {
                 model: a.model,
                 train: a.train,
                 eval: a.eval,
@@ -142,7 +146,7 @@ impl Light {
                     label: a.label_column,
                 },
             }),
-            Light::Export(a) => export::export(&db, &global.state_dir, &a.sweep, &a.cell, &a.out),
+            TchFree::Export(a) => export::export(&db, &global.state_dir, &a.sweep, &a.cell, &a.out),
         };
         exit(result)
     }

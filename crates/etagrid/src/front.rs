@@ -1,12 +1,12 @@
-//! `etagrid`: the command users run. It answers the commands that need no libtorch itself
-//! (`status`, `init`, `report`, `best`, `export`: [`etagrid::cli::Light`]), so `status` returns in
-//! milliseconds even on a 100,000-cell sweep and `init`/`report` run where libtorch is absent.
+//! `etagrid`: the command users run. It runs the commands that need no libtorch itself
+//! (`status`, `init`, `report`, `best`, `export`: [`etagrid::cli::TchFree`]), so `status` returns
+//! in milliseconds even on a 100,000-cell sweep and `init`/`report` run where libtorch is absent.
 //! Every other command (and every `--help`) goes to `etagrid-torch`, the binary beside it that
 //! links libtorch, through `exec`: the same arguments, the same process id, the same signals and
 //! exit code. Its package does not depend on `etagrid-train`, so it cannot link libtorch.
 
 use clap::Parser;
-use etagrid::cli::{GlobalArgs, Light};
+use etagrid::cli::{GlobalArgs, TchFree};
 use etagrid::common;
 use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
@@ -22,7 +22,7 @@ struct Front {
     #[command(flatten)]
     global: GlobalArgs,
     #[command(subcommand)]
-    command: Light,
+    command: TchFree,
 }
 
 fn main() -> ExitCode {
@@ -47,8 +47,8 @@ fn exec_torch() -> ExitCode {
         .args(std::env::args_os().skip(1))
         .exec();
     eprintln!(
-        "error: cannot start {}: {err}\n  etagrid needs etagrid-torch beside it: \
-         `cargo build --release --bins -p etagrid -p etagrid-torch` builds both (scripts/setup.sh does)",
+        "error: cannot start {}: {err}\n  etagrid needs etagrid-torch beside it: `cargo build \
+         --release --bins -p etagrid -p etagrid-torch` builds both (scripts/setup.sh does)",
         torch.display()
     );
     ExitCode::from(1)
