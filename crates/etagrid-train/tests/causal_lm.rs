@@ -154,7 +154,7 @@ fn prompt_positions_carry_no_loss() {
     let noise = Tensor::randn(hidden.size(), (Kind::Float, Device::Cpu)) * 10.0;
     let prompt_only = Tensor::zeros(hidden.size(), (Kind::Float, Device::Cpu));
     // Row 0 only: row 1's prompt is shorter.
-    let _ = prompt_only
+    prompt_only
         .narrow(0, 0, 1)
         .narrow(1, 0, from - 1)
         .copy_(&noise.narrow(0, 0, 1).narrow(1, 0, from - 1));
@@ -188,8 +188,7 @@ fn prompt_positions_carry_no_loss() {
     );
     // …while one response position does change it.
     let resp = Tensor::zeros(hidden.size(), (Kind::Float, Device::Cpu));
-    let _ = resp
-        .narrow(0, 0, 1)
+    resp.narrow(0, 0, 1)
         .narrow(1, from, 1)
         .copy_(&noise.narrow(0, 0, 1).narrow(1, from, 1));
     let moved = lm_loss_parts(&(&hidden + &resp), &head, &b.labels)

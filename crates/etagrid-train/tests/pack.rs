@@ -259,9 +259,7 @@ fn cells_that_differ_in_more_than_rates_seed_and_init_are_not_packed() {
     let d = tempfile::tempdir().expect("tempdir");
     let (spec, mut cells) = cells(d.path());
     cells[1].config.train.batch_size = 4;
-    let err = run_pack(&job(&spec, &cells[..2], "bad"), &mut |_, _| {})
-        .err()
-        .expect("an error");
+    let err = run_pack(&job(&spec, &cells[..2], "bad"), &mut |_, _| {}).expect_err("an error");
     assert!(
         err.to_string().contains("cannot share a frozen base"),
         "{err}"
