@@ -113,3 +113,33 @@ pub fn collate_lm_to(
         .to_device(device);
     b
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn a_serialisation_failure_becomes_a_data_error_naming_the_file_and_the_cause() {
+        let source = serde_json::from_str::<u8>("x").expect_err("not a number");
+        let cause = source.to_string();
+        let e = TrainError::from(DataError::Serialize {
+            what: "the tokenized data",
+            path: PathBuf::from("cache/tokens-0.json"),
+            source,
+        });
+        let TrainError::Data {
+            path,
+            line: None,
+            message,
+        } = e
+        else {
+            panic!("{e:?}");
+        };
+        assert_eq!(path, PathBuf::from("cache/tokens-0.json"));
+        assert_eq!(
+            message,
+            format!("cannot serialise the tokenized data: {cause}")
+        );
+    }
+}
