@@ -88,16 +88,27 @@ impl Lone {
     }
 
     fn cmd(&self, program: &Path, args: &[&str]) -> Output {
-        Command::new(program)
-            .current_dir(self.dir.path())
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("LD_LIBRARY_PATH", "")
-            .arg("--state-dir")
-            .arg(self.path("state"))
-            .args(args)
-            .output()
-            .expect("run etagrid")
+        let mut tries = 0;
+        loop {
+            let out = Command::new(program)
+                .current_dir(self.dir.path())
+                .env_clear()
+                .env("PATH", "/usr/bin:/bin")
+                .env("LD_LIBRARY_PATH", "")
+                .arg("--state-dir")
+                .arg(self.path("state"))
+                .args(args)
+                .output();
+            match out {
+                // The file was just written, and a test thread forking meanwhile holds the
+                // write descriptor until its child execs (ETXTBSY): try again shortly.
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                out => return out.expect("run etagrid"),
+            }
+        }
     }
 }
 
