@@ -39,7 +39,7 @@ if [ -f "$1/index.html" ]; then
   dir="$1"
 else
   etagrid="./target/release/etagrid"
-  [ -x "$etagrid" ] || { echo "error: $etagrid is missing: cargo build --release --bins -p etagrid" >&2; exit 1; }
+  [ -x "$etagrid" ] || { echo "error: $etagrid is missing: cargo build --release --bins -p etagrid -p etagrid-torch" >&2; exit 1; }
   name="$1"
   if [ -f "$1" ]; then
     name="$("$etagrid" plan "$1" | sed -n '1s/^sweep \([^:]*\):.*/\1/p')"

@@ -59,4 +59,4 @@ else
 fi
 
 step "building etagrid (release; the first build compiles libtorch's bindings, ~6 min on 2 cores)"
-cargo build --release --locked --bins -p etagrid   # etagrid (front end) + etagrid-torch (+ etagrid-bench)
+cargo build --release --locked --bins -p etagrid -p etagrid-torch   # etagrid (front end) + etagrid-torch (+ etagrid-bench)

@@ -11,8 +11,8 @@
 //! - [`lora`]: K stacked LoRA adapters (`[K, r, in]`, `[K, out, r]`; one grid cell is K = 1) and
 //!   PEFT's `target_modules` selection.
 //! - [`optim`]: AdamW with the LoRA+ authors' parameter groups and per-adapter learning rates.
-//! - [`data`]: CSV/TSV/JSONL reading, stratified splits, tokenization with `tokenizers`, seeded
-//!   batches.
+//! - [`data`]: batches as tensors; reading, splits, tokenization and the token cache are in
+//!   `etagrid_data` (no tch), re-exported there.
 //! - [`metrics`]: accuracy, macro-F1 and MCC from a confusion matrix gathered on the device.
 //! - [`pack`]: the train/eval loop of one worker job: K cells on one frozen base (K = 1: one cell).
 //! - [`train`]: losses, evaluation and the one-cell entry point.

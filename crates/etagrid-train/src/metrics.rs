@@ -4,6 +4,7 @@
 //! The matrix is gathered on the device during evaluation ([`confusion_update`]) and read back
 //! once at the end; everything else here is plain arithmetic on counts.
 
+pub use etagrid_data::chance_level;
 use etagrid_spec::spec::Metric;
 use tch::{Kind, Tensor};
 
@@ -242,27 +243,4 @@ pub fn mc_predictions(letter_logits: &Tensor, n_choices: &[i64]) -> Tensor {
 pub fn confusion_update(cm: &mut Tensor, labels: &Tensor, preds: &Tensor, k: i64) {
     let idx = labels.to_kind(Kind::Int64) * k + preds.to_kind(Kind::Int64);
     *cm += idx.bincount::<Tensor>(None, k * k);
-}
-
-/// What predicting the eval set's majority class for every example scores, given the eval set's
-/// examples per class: the "chance level" a report compares against. `None` for the eval loss
-/// (no constant prediction defines it) and for an empty eval set.
-pub fn chance_level(metric: Metric, class_counts: &[u64]) -> Option<f64> {
-    let n: u64 = class_counts.iter().sum();
-    let majority = class_counts.iter().copied().max()?;
-    if n == 0 {
-        return None;
-    }
-    let p = majority as f64 / n as f64;
-    match metric {
-        Metric::Accuracy => Some(p),
-        // The majority class has F1 = 2p / (1 + p) (precision p, recall 1); every other class
-        // present has F1 = 0.
-        Metric::MacroF1 => {
-            let present = class_counts.iter().filter(|&&c| c > 0).count();
-            Some(2.0 * p / (1.0 + p) / present as f64)
-        }
-        Metric::Mcc => Some(0.0),
-        Metric::EvalLoss | Metric::Perplexity | Metric::McAccuracy => None,
-    }
 }

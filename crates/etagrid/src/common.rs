@@ -1,5 +1,5 @@
 //! What both binaries share: exit codes, a runtime for one store call, sweep names.
-//! No tch here: the `etagrid` front binary uses this module and must not link libtorch.
+//! Part of the tch-free `etagrid` library: `etagrid-torch` uses it too.
 
 use anyhow::{Context, Result};
 use etagrid_spec::SweepSpec;

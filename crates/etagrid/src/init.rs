@@ -2,9 +2,9 @@
 
 use crate::common::Exit;
 use anyhow::{bail, Context, Result};
+use etagrid_data::{ColumnChoice, Detected, Family, LabelMap, ModelConfig, Table};
 use etagrid_spec::spec::Metric;
 use etagrid_spec::SweepSpec;
-use etagrid_train::data::{self, ColumnChoice, Detected};
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 
@@ -47,8 +47,8 @@ pub fn init(args: &InitArgs) -> Result<Exit> {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or(name);
 
-    let table = data::read_table(&args.train, SAMPLE_ROWS)?;
-    let det = data::detect_columns(&table, &args.train, &args.columns)?;
+    let table = etagrid_data::read_table(&args.train, SAMPLE_ROWS)?;
+    let det = etagrid_data::detect_columns(&table, &args.train, &args.columns)?;
     let sample_rows = table.rows.len();
 
     // Every path in the sweep file is relative to the sweep file's directory.
@@ -65,12 +65,12 @@ pub fn init(args: &InitArgs) -> Result<Exit> {
     let eval_rel = args.eval.as_deref().map(rel).transpose()?;
 
     // Sizes: the whole train file (and eval file) is read once more below to validate it.
-    let bert = etagrid_train::bert::BertConfig::load(&args.model)?;
-    let max_pos = bert.max_position_embeddings.max(8) as usize;
-    let max_seq_len = choose_max_seq_len(&args.model, &table, &det, max_pos)?;
+    let model = ModelConfig::read(&args.model)?;
+    let max_seq_len = choose_max_seq_len(&args.model, &table, &det, model.max_tokens)?;
 
     let draft = Draft {
         name: &name,
+        family: model.family,
         det: &det,
         labels: &det.labels,
         model: &model_rel,
@@ -87,8 +87,8 @@ pub fn init(args: &InitArgs) -> Result<Exit> {
     // init writes must plan and load.
     let spec = SweepSpec::parse(&out, &draft.render())
         .context("internal error: etagrid init wrote a sweep file it cannot read")?;
-    let (train_ex, eval_ex) = data::load_examples(&spec.task)?;
-    let labels = data::LabelMap::from_examples(&train_ex);
+    let (train_ex, eval_ex) = etagrid_data::load_examples(&spec.task)?;
+    let labels = LabelMap::from_examples(&train_ex);
     labels.ids(&eval_ex, &spec.task.eval_file)?;
     if labels.labels.len() < 2 {
         bail!(
@@ -206,14 +206,15 @@ fn relative_to(from: &Path, to: &Path) -> Result<String> {
 }
 
 /// The 95th percentile of the sample's token counts (special tokens included), rounded up to a
-/// multiple of 16, at least 32 and at most the model's position limit.
+/// multiple of 16, at least 32 and at most the model's limit ([`ModelConfig::max_tokens`]: RoBERTa's
+/// position table holds two more entries than it allows tokens).
 fn choose_max_seq_len(
     model: &Path,
-    table: &data::Table,
+    table: &Table,
     det: &Detected,
-    max_pos: usize,
+    max_tokens: usize,
 ) -> Result<usize> {
-    let tok = data::load_tokenizer(model, max_pos)?;
+    let tok = etagrid_data::load_tokenizer(model, max_tokens)?;
     let col = |name: &str| table.columns.iter().position(|c| c == name);
     let text = col(&det.text_column);
     let pair = det.text_pair_column.as_deref().and_then(col);
@@ -234,7 +235,7 @@ fn choose_max_seq_len(
         .get((lens.len() * 95 / 100).min(lens.len().saturating_sub(1)))
         .copied()
         .unwrap_or(128);
-    Ok(p95.div_ceil(16).saturating_mul(16).clamp(32, max_pos))
+    Ok(p95.div_ceil(16).saturating_mul(16).max(32).min(max_tokens))
 }
 
 /// Accuracy for roughly balanced labels; macro-F1 when the largest class is more than twice the
@@ -246,6 +247,15 @@ fn choose_metric(counts: &[u64]) -> Metric {
         Metric::MacroF1
     } else {
         Metric::Accuracy
+    }
+}
+
+/// How the tokenizer joins a text and its pair, for a comment.
+fn pair_template(family: Family) -> &'static str {
+    match family {
+        Family::Bert => "[CLS] text [SEP] pair [SEP]",
+        Family::Roberta => "<s> text </s></s> pair </s>",
+        Family::Gpt2 | Family::Llama => "one sequence, text then pair",
     }
 }
 
@@ -278,9 +288,10 @@ fn list(items: &[String], max: usize) -> String {
 #[derive(Clone, Copy)]
 struct Draft<'a> {
     name: &'a str,
+    family: Family,
     det: &'a Detected,
     /// The labels of the whole train file once it has been read; before, those of the sample.
-    labels: &'a data::LabelMap,
+    labels: &'a LabelMap,
     model: &'a str,
     train: &'a str,
     eval: Option<&'a str>,
@@ -303,44 +314,21 @@ impl Draft<'_> {
     }
 
     fn render(&self) -> String {
-        let d = self.det;
-        let mean = |name: &str| {
-            d.stats
-                .iter()
-                .find(|s| s.name == name)
-                .map(|s| s.mean_len)
-                .unwrap_or(0.0)
-        };
-        let steps = self.steps();
-        let epochs = if self.train_examples > 0 {
-            format!(
-                "{:.2} epochs of {} examples",
-                (steps * BATCH) as f64 / self.train_examples as f64,
-                self.train_examples
-            )
-        } else {
-            "about one epoch".into()
-        };
+        let mut t = Toml::default();
+        self.header(&mut t);
+        self.task(&mut t);
+        self.lora_and_train(&mut t);
+        grid_and_resources(&mut t);
+        t.0
+    }
+
+    fn header(&self, t: &mut Toml) {
         let sample = if self.truncated {
             format!("the first {} rows", self.sample_rows)
         } else {
             format!("all {} rows", self.sample_rows)
         };
-        let mut t = String::new();
-        // `key = value` with its comment from column 41, continued on the next lines.
-        let mut entry = |kv: String, comments: &[String]| {
-            let mut first = true;
-            for com in comments {
-                let left = if first { kv.as_str() } else { "" };
-                t.push_str(&format!("{left:<39} # {com}\n"));
-                first = false;
-            }
-            if first {
-                t.push_str(&kv);
-                t.push('\n');
-            }
-        };
-        entry(
+        t.entry(
             format!(
                 "# {}: LoRA+ learning rates (η_A, η_B) for {} on {}.",
                 c(self.name),
@@ -349,28 +337,40 @@ impl Draft<'_> {
             ),
             &[],
         );
-        entry(
+        t.entry(
             format!(
                 "# Written by `etagrid init` from {sample} of the train file: check [task], then"
             ),
             &[],
         );
-        entry(
+        t.entry(
             "#   etagrid plan <this file>   # the cells, nothing runs".into(),
             &[],
         );
-        entry(
+        t.entry(
             format!(
                 "#   etagrid run <this file>    # train every cell, then reports/{}/",
                 c(self.name)
             ),
             &[],
         );
-        entry(String::new(), &[]);
-        entry(format!("name = {}", q(self.name)), &[]);
-        entry(String::new(), &[]);
-        entry("[model]".into(), &[]);
-        entry(
+        t.entry(String::new(), &[]);
+        t.entry(format!("name = {}", q(self.name)), &[]);
+        t.entry(String::new(), &[]);
+    }
+
+    /// `[model]` and `[task]`.
+    fn task(&self, t: &mut Toml) {
+        let d = self.det;
+        let mean = |name: &str| {
+            d.stats
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| s.mean_len)
+                .unwrap_or(0.0)
+        };
+        t.entry("[model]".into(), &[]);
+        t.entry(
             format!("path = {}", q(self.model)),
             &[
                 "Hugging Face directory: config.json, model.safetensors".into(),
@@ -378,18 +378,18 @@ impl Draft<'_> {
                 "to this file.".into(),
             ],
         );
-        entry(String::new(), &[]);
-        entry("[task]".into(), &[]);
-        entry(
+        t.entry(String::new(), &[]);
+        t.entry("[task]".into(), &[]);
+        t.entry(
             format!("train = {}", q(self.train)),
             &[".csv, .tsv (header row) or .jsonl".into()],
         );
         match self.eval {
-            Some(e) => entry(
+            Some(e) => t.entry(
                 format!("eval = {}", q(e)),
                 &["the examples every cell is scored on".into()],
             ),
-            None => entry(
+            None => t.entry(
                 "split = { eval_fraction = 0.2, seed = 0 }".into(),
                 &[
                     "no eval file: 20% of each label of `train` held out".into(),
@@ -397,7 +397,7 @@ impl Draft<'_> {
                 ],
             ),
         }
-        entry(
+        t.entry(
             format!("text_column = {}", q(&d.text_column)),
             &[format!(
                 "detected: the longest free text (mean {:.0} characters)",
@@ -405,15 +405,15 @@ impl Draft<'_> {
             )],
         );
         match &d.text_pair_column {
-            Some(p) => entry(
+            Some(p) => t.entry(
                 format!("text_pair_column = {}", q(p)),
                 &[
                     format!("detected: a second text (mean {:.0} characters),", mean(p)),
-                    "tokenized as [CLS] text [SEP] pair [SEP]; delete this".into(),
+                    format!("tokenized as {}; delete this", pair_template(self.family)),
                     "line to use the text alone".into(),
                 ],
             ),
-            None => entry(
+            None => t.entry(
                 "# text_pair_column = \"…\"".into(),
                 &["for sentence-pair tasks (premise + hypothesis, …)".into()],
             ),
@@ -433,12 +433,12 @@ impl Draft<'_> {
                     .join(", ")
             ));
         }
-        entry(
+        t.entry(
             format!("label_column = {}", q(&d.label_column)),
             &label_comments,
         );
         if self.eval_examples > 1000 {
-            entry(
+            t.entry(
                 "max_eval_examples = 1000".into(),
                 &[
                     format!(
@@ -449,12 +449,12 @@ impl Draft<'_> {
                 ],
             );
         } else {
-            entry(
+            t.entry(
                 "# max_eval_examples = 1000".into(),
                 &["evaluate on a fixed random subset (same for every cell)".into()],
             );
         }
-        entry(
+        t.entry(
             format!("metric = {}", q(self.metric.name())),
             &[
                 match self.metric {
@@ -467,85 +467,128 @@ impl Draft<'_> {
                 "or \"eval_loss\" (lower is better)".into(),
             ],
         );
-        entry(String::new(), &[]);
-        entry("[lora]".into(), &[]);
-        entry("rank = 8".into(), &["r".into()]);
-        entry("alpha = 8".into(), &["scaling α/r = 1".into()]);
-        entry("dropout = 0.0".into(), &[]);
-        entry(
-            "target_modules = [\"query\", \"value\"]".into(),
+        t.entry(String::new(), &[]);
+    }
+
+    /// `[lora]` and `[train]`.
+    fn lora_and_train(&self, t: &mut Toml) {
+        let steps = self.steps();
+        let epochs = if self.train_examples > 0 {
+            format!(
+                "{:.2} epochs of {} examples",
+                (steps * BATCH) as f64 / self.train_examples as f64,
+                self.train_examples
+            )
+        } else {
+            "about one epoch".into()
+        };
+        t.entry("[lora]".into(), &[]);
+        t.entry("rank = 8".into(), &["r".into()]);
+        t.entry("alpha = 8".into(), &["scaling α/r = 1".into()]);
+        t.entry("dropout = 0.0".into(), &[]);
+        let targets: Vec<String> = self
+            .family
+            .default_lora_targets()
+            .iter()
+            .map(|m| q(m))
+            .collect();
+        t.entry(
+            format!("target_modules = [{}]", targets.join(", ")),
             &["module names, matched like PEFT's".into()],
         );
-        entry(
+        t.entry(
             "init = \"lora\"".into(),
             &["A random, B zero; \"loraplus\": B random, A zero".into()],
         );
-        entry(String::new(), &[]);
-        entry("[train]".into(), &[]);
-        entry(
+        t.entry(String::new(), &[]);
+        t.entry("[train]".into(), &[]);
+        t.entry(
             format!("steps = {steps}"),
             &[format!("{epochs}; or `epochs = 1` instead")],
         );
-        entry(format!("batch_size = {BATCH}"), &[]);
-        entry(
+        t.entry(format!("batch_size = {BATCH}"), &[]);
+        t.entry(
             format!("max_seq_len = {}", self.max_seq_len),
             &[
                 "tokens, special ones included: 95% of the sampled".into(),
                 "examples fit; longer ones are truncated".into(),
             ],
         );
-        entry("weight_decay = 0.0".into(), &[]);
-        entry(
+        t.entry("weight_decay = 0.0".into(), &[]);
+        t.entry(
             format!("warmup_steps = {}", steps / 10),
             &["10% of the steps".into()],
         );
-        entry(
+        t.entry(
             "schedule = \"linear\"".into(),
             &["\"constant\", \"linear\" or \"cosine\"".into()],
         );
-        entry(
+        t.entry(
             "log_every = 10".into(),
             &["mean train loss every 10 steps".into()],
         );
-        entry(
+        t.entry(
             format!("# eval_every = {}", (steps / 4).div_ceil(10) * 10),
             &["also evaluate during training (default: at the end)".into()],
         );
-        entry(String::new(), &[]);
-        entry("[grid]".into(), &[]);
-        entry(
-            "lr_a = { log2 = [-16, -8], step = 2 }".into(),
-            &["η_A = 2^-16, 2^-14, …, 2^-8 (1.5e-5 … 3.9e-3)".into()],
-        );
-        entry(
-            "ratio = [1, 2, 4, 8, 16, 32]".into(),
-            &[
-                "λ = η_B/η_A; λ = 1 is plain LoRA (the diagonal), LoRA+".into(),
-                "suggests about 16; or `lr_b = [...]` for η_B values".into(),
-            ],
-        );
-        entry(
-            "seeds = [0]".into(),
-            &["each (η_A, η_B) once per seed: 5 × 6 = 30 cells".into()],
-        );
-        entry(String::new(), &[]);
-        entry("[resources]".into(), &[]);
-        entry(
-            "devices = \"auto\"".into(),
-            &["every visible GPU, else the CPU; or \"cpu\" or [0, 1]".into()],
-        );
-        entry(
-            "# cells_per_device = 1".into(),
-            &["workers per device; default: 1 on the CPU, on a GPU as many as fit the first cell's memory peak (at most 8)".into()],
-        );
-        t
+        t.entry(String::new(), &[]);
+    }
+}
+
+/// `[grid]` and `[resources]`: the same for every task.
+fn grid_and_resources(t: &mut Toml) {
+    t.entry("[grid]".into(), &[]);
+    t.entry(
+        "lr_a = { log2 = [-16, -8], step = 2 }".into(),
+        &["η_A = 2^-16, 2^-14, …, 2^-8 (1.5e-5 … 3.9e-3)".into()],
+    );
+    t.entry(
+        "ratio = [1, 2, 4, 8, 16, 32]".into(),
+        &[
+            "λ = η_B/η_A; λ = 1 is plain LoRA (the diagonal), LoRA+".into(),
+            "suggests about 16; or `lr_b = [...]` for η_B values".into(),
+        ],
+    );
+    t.entry(
+        "seeds = [0]".into(),
+        &["each (η_A, η_B) once per seed: 5 × 6 = 30 cells".into()],
+    );
+    t.entry(String::new(), &[]);
+    t.entry("[resources]".into(), &[]);
+    t.entry(
+        "devices = \"auto\"".into(),
+        &["every visible GPU, else the CPU; or \"cpu\" or [0, 1]".into()],
+    );
+    t.entry(
+        "# cells_per_device = 1".into(),
+        &["workers per device; default: 1 on the CPU, on a GPU as many as fit the first cell's memory peak (at most 8)".into()],
+    );
+}
+
+/// The sweep file being written: `key = value` lines with their comments from column 41.
+#[derive(Default)]
+struct Toml(String);
+
+impl Toml {
+    /// `kv` with its comment, continued on the next lines.
+    fn entry(&mut self, kv: String, comments: &[String]) {
+        let mut first = true;
+        for com in comments {
+            let left = if first { kv.as_str() } else { "" };
+            self.0.push_str(&format!("{left:<39} # {com}\n"));
+            first = false;
+        }
+        if first {
+            self.0.push_str(&kv);
+            self.0.push('\n');
+        }
     }
 }
 
 fn summary(
     det: &Detected,
     train: &Path,
-    labels: &data::LabelMap,
+    labels: &LabelMap,
     train_examples: usize,
     eval_examples: usize,
     split: bool,

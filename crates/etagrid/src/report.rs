@@ -1,12 +1,11 @@
 //! `etagrid report` (one sweep, or a compare report over several) and `etagrid best`: the
 //! store's cells turned into the report crate's input.
 
-use crate::commands::{eval_stats, load_sweep};
 use crate::common::{block_on, sweep_name, Exit};
 use anyhow::{Context, Result};
 use etagrid_report::{CellCurves, ReportCell, ReportError, ReportInput, ReportModel};
 use etagrid_spec::SweepSpec;
-use etagrid_store::{Store, StoreUrl};
+use etagrid_store::{CellRow, Store, StoreUrl, SweepRow};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -264,4 +263,45 @@ fn point_json(model: &ReportModel, p: &etagrid_report::PointRef) -> serde_json::
         "seeds": p.seeds,
         "cell_ids": model.points[p.index].cell_ids,
     })
+}
+
+/// The chance level (majority class on the sweep's metric) and the eval-set size, when the
+/// task files are still there.
+pub fn eval_stats(spec: &SweepSpec) -> Result<(Option<f64>, Option<u64>)> {
+    let ex = etagrid_data::eval_examples(&spec.task)?;
+    let mut counts = std::collections::HashMap::new();
+    for e in &ex {
+        *counts.entry(e.label.as_str()).or_insert(0u64) += 1;
+    }
+    let counts: Vec<u64> = counts.into_values().collect();
+    let chance = etagrid_data::chance_level(spec.task.metric, &counts);
+    Ok((chance, Some(ex.len() as u64)))
+}
+
+/// A sweep's row and the cells of its current grid, from the store.
+pub fn load_sweep(db: &StoreUrl, name: &str) -> Result<(SweepRow, Vec<CellRow>)> {
+    let (row, cells) = block_on(async {
+        let store = Store::open(db).await?;
+        let row = store.sweep(name).await?;
+        let cells = store.cells(name).await?;
+        store.close().await;
+        anyhow::Ok((row, cells))
+    })??;
+    let cells = current_cells(&row, cells);
+    Ok((row, cells))
+}
+
+/// Only the cells of the sweep file's current grid: the store keeps cells of earlier versions of
+/// the file (another metric, other steps…), which must not enter a report or an export.
+fn current_cells(row: &SweepRow, cells: Vec<CellRow>) -> Vec<CellRow> {
+    match SweepSpec::parse(Path::new(&row.source_path), &row.source_text) {
+        Ok(mut spec) => {
+            // The inputs' digest of the last run: ids cover the content it saw.
+            spec.inputs = row.inputs.clone();
+            let ids: std::collections::HashSet<String> =
+                spec.cells().into_iter().map(|c| c.id.0).collect();
+            cells.into_iter().filter(|c| ids.contains(&c.id)).collect()
+        }
+        Err(_) => cells,
+    }
 }

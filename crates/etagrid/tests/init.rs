@@ -2,12 +2,32 @@
 //! sweep file that `etagrid plan` accepts and `etagrid run` trains (storing macro-F1 and MCC), and
 //! never overwrites a file.
 
+use etagrid_spec::SweepSpec;
 use etagrid_store::{CellState, Store};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn tiny_bert() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../etagrid-train/tests/fixtures/tiny-bert")
+}
+
+fn fixture_model(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../etagrid-train/tests/fixtures")
+        .join(name)
+}
+
+/// A directory `scripts/setup.sh` fills (models/, data/); the test says so when it is missing.
+fn set_up(rel: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup.sh",
+        p.display()
+    );
+    p
 }
 
 fn tiny_task(file: &str) -> PathBuf {
@@ -49,10 +69,22 @@ impl Sandbox {
 
     /// `etagrid init --model tiny-bert --train TRAIN [--eval EVAL] --out OUT [extra…]`.
     fn init(&self, train: &Path, eval: Option<&Path>, out: &str, extra: &[&str]) -> Output {
+        self.init_model(&tiny_bert(), train, eval, out, extra)
+    }
+
+    /// `etagrid init --model MODEL --train TRAIN [--eval EVAL] --out OUT [extra…]`.
+    fn init_model(
+        &self,
+        model: &Path,
+        train: &Path,
+        eval: Option<&Path>,
+        out: &str,
+        extra: &[&str],
+    ) -> Output {
         let mut args: Vec<String> = vec![
             "init".into(),
             "--model".into(),
-            tiny_bert().display().to_string(),
+            model.display().to_string(),
             "--train".into(),
             train.display().to_string(),
             "--out".into(),
@@ -287,4 +319,70 @@ fn init_with_bad_data_fails_with_the_file_and_line_and_writes_nothing() {
         "{err}"
     );
     assert!(!sb.path("bad.toml").exists());
+}
+
+/// `etagrid init` for `model` on `train`/`eval`, then `etagrid run --enqueue-only` on what it
+/// wrote (which checks every input as a cell would load it: the LoRA targets against the model's
+/// modules, `max_seq_len` against its positions); returns the sweep file.
+fn init_and_check(sb: &Sandbox, model: &Path, train: &Path, eval: &Path, name: &str) -> String {
+    let out = sb.init_model(model, train, Some(eval), name, &[]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let run = sb.run(&["run", "--enqueue-only", name]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    sb.read(name)
+}
+
+/// GPT-2 and Llama (a tiny one, and SmolLM2 on TREC): the family's attention modules as
+/// targets, and a sweep every cell accepts.
+#[test]
+fn init_works_for_decoder_models_and_targets_their_attention_modules() {
+    let tiny = (tiny_task("train.csv"), tiny_task("eval.csv"));
+    let trec = (set_up("data/trec/train.csv"), set_up("data/trec/eval.csv"));
+    let q_v = "[\"q_proj\", \"v_proj\"]";
+    for (model, (train, eval), targets) in [
+        (fixture_model("tiny-gpt2"), &tiny, "[\"c_attn\"]"),
+        (fixture_model("tiny-llama-mha"), &tiny, q_v),
+        (set_up("models/SmolLM2-135M-Instruct"), &trec, q_v),
+    ] {
+        let sb = Sandbox::new();
+        let toml = init_and_check(&sb, &model, train, eval, "sweep.toml");
+        assert_eq!(
+            value(&toml, "target_modules"),
+            Some(targets),
+            "{}: {toml}",
+            model.display()
+        );
+        SweepSpec::load(&sb.path("sweep.toml")).expect("the sweep parses");
+    }
+}
+
+#[test]
+fn init_with_roberta_keeps_max_seq_len_within_the_tokens_roberta_allows() {
+    // tiny-roberta: max_position_embeddings = 66 with pad_token_id = 1, so 64 tokens at most
+    // (as RoBERTa-base's 514 allows 512). Texts far longer than that make init take the cap.
+    let sb = Sandbox::new();
+    let sentence = "the quick brown fox jumps over the lazy dog and runs far away ";
+    let mut csv = String::from("text,label\n");
+    for i in 0..40 {
+        csv.push_str(&format!("{},{}\n", sentence.repeat(4), ["a", "b"][i % 2]));
+    }
+    std::fs::write(sb.path("long.csv"), &csv).expect("write");
+    let toml = init_and_check(
+        &sb,
+        &fixture_model("tiny-roberta"),
+        &sb.path("long.csv"),
+        &sb.path("long.csv"),
+        "roberta.toml",
+    );
+    assert_eq!(value(&toml, "max_seq_len"), Some("64"), "{toml}");
+    assert_eq!(
+        value(&toml, "target_modules"),
+        Some("[\"query\", \"value\"]"),
+        "{toml}"
+    );
 }

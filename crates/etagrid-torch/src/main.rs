@@ -1,15 +1,15 @@
-//! `etagrid-torch`: the whole command line, linked with libtorch. Users run `etagrid` (src/front.rs),
-//! which answers `status` itself and execs this binary for every other command with the same
-//! arguments. Parsing and glue only; the work is in the library crates.
+//! `etagrid-torch`: the whole command line, linked with libtorch. Users run `etagrid`, which
+//! runs the commands that need no libtorch itself (`etagrid::cli::TchFree`, flattened into this
+//! command line) and execs this binary for every other command with the same arguments. Parsing
+//! and glue only; the work is in the library crates.
 
 mod commands;
-mod common;
-mod init;
-mod report;
 mod slurm;
-mod status;
 
 use clap::{Parser, Subcommand};
+use etagrid::cli::{GlobalArgs, TchFree};
+// As `crate::common`/`crate::report` for the modules above, as when they lived in this crate.
+use etagrid::{common, report};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -20,25 +20,8 @@ use std::process::ExitCode;
     about = "Grid-search the LoRA+ learning rates (η_A, η_B) of a model on a task"
 )]
 struct Cli {
-    /// Where the results store, job files and worker logs live.
-    #[arg(
-        long,
-        global = true,
-        default_value = ".etagrid",
-        env = "ETAGRID_STATE_DIR"
-    )]
-    state_dir: PathBuf,
-    /// The results store: an SQLite file (a path or sqlite://PATH), or a PostgreSQL database
-    /// (postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE) for clusters
-    /// [default: <state-dir>/etagrid.sqlite].
-    #[arg(
-        long,
-        global = true,
-        env = "ETAGRID_DB",
-        value_name = "URL",
-        hide_env_values = true
-    )]
-    db: Option<String>,
+    #[command(flatten)]
+    global: GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -81,67 +64,8 @@ enum Command {
         #[command(flatten)]
         slurm: slurm::SlurmArgs,
     },
-    /// Write a sweep's report (figures as PNG and SVG, cells.csv/json, index.html) to
-    /// reports/<sweep>/; with several sweeps, a compare report to reports/compare/.
-    Report {
-        /// Sweep files or names of sweeps in the store.
-        #[arg(required = true)]
-        sweeps: Vec<String>,
-        #[arg(long, default_value = "reports")]
-        reports: PathBuf,
-        /// The report's directory [default: <reports>/<sweep>, or <reports>/compare].
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Heatmap colour floor: metric values worse than this get the end colour (the
-        /// figure says so).
-        #[arg(long, value_name = "METRIC")]
-        color_floor: Option<f64>,
-    },
-    /// Print a sweep's best point, its best λ = 1 point and the points tied with the best.
-    Best {
-        /// A sweep file or the name of a sweep in the store.
-        sweep: String,
-        /// One JSON object instead of text.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show the state of a sweep's cells (or of every sweep); works while a run is going on.
-    Status { sweep: Option<String> },
-    /// Write a commented sweep file for a model and a data file, detecting the task's columns.
-    Init {
-        /// A Hugging Face-format model directory (config.json, model.safetensors, tokenizer.json).
-        #[arg(long)]
-        model: PathBuf,
-        /// Training data: .csv, .tsv (header row) or .jsonl.
-        #[arg(long)]
-        train: PathBuf,
-        /// Evaluation data [default: hold out 20% of each label of --train].
-        #[arg(long)]
-        eval: Option<PathBuf>,
-        /// The sweep file to write; never overwritten [default: sweeps/<data name>.toml].
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// The text column, instead of detecting it.
-        #[arg(long)]
-        text_column: Option<String>,
-        /// The second text of a sentence-pair task, instead of detecting it.
-        #[arg(long)]
-        text_pair_column: Option<String>,
-        /// The label column, instead of detecting it.
-        #[arg(long)]
-        label_column: Option<String>,
-    },
-    /// Copy a finished cell's adapter (PEFT format: adapter_config.json + adapter_model.safetensors,
-    /// the trained head as modules_to_save) to a directory `peft.PeftModel.from_pretrained` loads.
-    Export {
-        /// A sweep file or the name of a sweep in the store.
-        sweep: String,
-        /// A cell id (or a unique prefix of one), or "best".
-        #[arg(long, default_value = "best")]
-        cell: String,
-        #[arg(long)]
-        out: PathBuf,
-    },
+    #[command(flatten)]
+    TchFree(TchFree),
     /// Print the logits of a model (optionally with a LoRA adapter) for JSONL inputs
     /// ({"text": …} or {"text": …, "text_pair": …}), one JSON line per input.
     Predict {
@@ -199,12 +123,13 @@ fn parse_pack_size(s: &str) -> Result<etagrid_spec::PackSize, String> {
 
 fn main() -> ExitCode {
     common::default_sigpipe();
-    let cli = Cli::parse();
-    let db = match common::store_url(cli.db.as_deref(), &cli.state_dir) {
+    let Cli { global, command } = Cli::parse();
+    let db = match common::store_url(global.db.as_deref(), &global.state_dir) {
         Ok(u) => u,
         Err(code) => return code,
     };
-    let result = match cli.command {
+    let result = match command {
+        Command::TchFree(c) => return c.run(&global),
         Command::Plan { sweep } => commands::plan(&sweep),
         Command::Run {
             sweep,
@@ -222,7 +147,7 @@ fn main() -> ExitCode {
             let args = commands::RunArgs {
                 sweep,
                 db,
-                state_dir: cli.state_dir,
+                state_dir: global.state_dir.clone(),
                 devices,
                 cells_per_device,
                 cells_per_worker,
@@ -235,9 +160,6 @@ fn main() -> ExitCode {
                 Backend::Slurm if !enqueue_only => slurm::run(&args, &slurm),
                 Backend::Local | Backend::Slurm => commands::run(&args),
             }
-        }
-        Command::Export { sweep, cell, out } => {
-            commands::export(&db, &cli.state_dir, &sweep, &cell, &out)
         }
         Command::Predict {
             model,
@@ -257,33 +179,6 @@ fn main() -> ExitCode {
             lm,
             device,
         }),
-        Command::Report {
-            sweeps,
-            reports,
-            out,
-            color_floor,
-        } => report::report(&db, &sweeps, &reports, out.as_deref(), color_floor),
-        Command::Best { sweep, json } => report::best(&db, &sweep, json),
-        Command::Status { sweep } => status::status(&db, sweep.as_deref()),
-        Command::Init {
-            model,
-            train,
-            eval,
-            out,
-            text_column,
-            text_pair_column,
-            label_column,
-        } => init::init(&init::InitArgs {
-            model,
-            train,
-            eval,
-            out,
-            columns: etagrid_train::data::ColumnChoice {
-                text: text_column,
-                text_pair: text_pair_column,
-                label: label_column,
-            },
-        }),
         Command::Worker {
             job,
             lease: Some(lease),
@@ -291,11 +186,5 @@ fn main() -> ExitCode {
         } => slurm::worker(&db, &job, lease, max_attempts),
         Command::Worker { job, .. } => commands::worker(&job),
     };
-    match result {
-        Ok(code) => code.into(),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    etagrid::cli::exit(result)
 }

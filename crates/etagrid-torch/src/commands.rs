@@ -1,10 +1,10 @@
-use crate::common::{block_on, sweep_name, Exit};
+use crate::common::{block_on, Exit};
 use anyhow::{bail, Context, Result};
 use etagrid_sched::{discover_gpus, plan_slots, RunOptions, SlotDevice, WorkerCommand};
 use etagrid_spec::protocol::{CellEvent, WorkerEvent, WorkerJob};
 use etagrid_spec::CellId;
 use etagrid_spec::{DeviceChoice, SweepSpec};
-use etagrid_store::{CellState, Store, StoreUrl};
+use etagrid_store::{Store, StoreUrl};
 use etagrid_train::JobOutcome;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -244,19 +244,6 @@ pub(crate) fn finish_run(
     })
 }
 
-/// The chance level (majority class on the sweep's metric) and the eval-set size, when the
-/// task files are still there.
-pub(crate) fn eval_stats(spec: &SweepSpec) -> Result<(Option<f64>, Option<u64>)> {
-    let ex = etagrid_train::data::eval_examples(&spec.task)?;
-    let mut counts = std::collections::HashMap::new();
-    for e in &ex {
-        *counts.entry(e.label.as_str()).or_insert(0u64) += 1;
-    }
-    let counts: Vec<u64> = counts.into_values().collect();
-    let chance = etagrid_train::metrics::chance_level(spec.task.metric, &counts);
-    Ok((chance, Some(ex.len() as u64)))
-}
-
 /// The worker side of the protocol: one job (one cell or a pack) in, JSON lines out, each naming
 /// its cell.
 pub fn worker(job_path: &Path) -> Result<Exit> {
@@ -321,86 +308,6 @@ pub fn worker(job_path: &Path) -> Result<Exit> {
     }
 }
 
-/// Copies the adapter a finished cell saved (`<state>/cells/<sweep>/<cell>/adapter`) to `out`,
-/// with the cell's `labels.json`.
-pub fn export(
-    db: &StoreUrl,
-    state_dir: &Path,
-    sweep: &str,
-    cell: &str,
-    out: &Path,
-) -> Result<Exit> {
-    let name = sweep_name(sweep)?;
-    let (row, cells) = load_sweep(db, &name)?;
-    let done: Vec<_> = cells
-        .iter()
-        .filter(|c| c.state == CellState::Done)
-        .collect();
-    let chosen: &etagrid_store::CellRow = if cell == "best" {
-        let better = |a: f64, b: f64| if row.higher_is_better { a > b } else { a < b };
-        done.iter()
-            .filter(|c| c.metric.is_some_and(f64::is_finite))
-            .copied()
-            .reduce(|best, c| {
-                if better(
-                    c.metric.unwrap_or(f64::NAN),
-                    best.metric.unwrap_or(f64::NAN),
-                ) {
-                    c
-                } else {
-                    best
-                }
-            })
-            .with_context(|| format!("sweep {name} has no finished cell yet"))?
-    } else {
-        let matches: Vec<_> = cells.iter().filter(|c| c.id.starts_with(cell)).collect();
-        match matches.as_slice() {
-            [c] if c.state == CellState::Done => c,
-            [c] => bail!("cell {} of sweep {name} is {}, not done: nothing to export", c.id, c.state.as_str()),
-            [] => bail!("sweep {name} has no cell {cell:?} (see `etagrid status {name}` or reports/{name}/index.html)"),
-            _ => bail!("{cell:?} matches {} cells of sweep {name}: give more of the id", matches.len()),
-        }
-    };
-    let src = state_dir.join("cells").join(&name).join(&chosen.id);
-    let adapter = src.join("adapter");
-    if !adapter.join("adapter_model.safetensors").exists() {
-        bail!(
-            "cell {} has no saved adapter in {} (was it run with --no-adapters, or by an older etagrid?)",
-            chosen.id,
-            adapter.display()
-        );
-    }
-    if out.exists()
-        && std::fs::read_dir(out)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(true)
-    {
-        bail!(
-            "{} exists and is not empty: choose a new directory",
-            out.display()
-        );
-    }
-    std::fs::create_dir_all(out).with_context(|| format!("failed to create {}", out.display()))?;
-    for f in ["adapter_config.json", "adapter_model.safetensors"] {
-        std::fs::copy(adapter.join(f), out.join(f))
-            .with_context(|| format!("failed to copy {f} to {}", out.display()))?;
-    }
-    if src.join("labels.json").exists() {
-        std::fs::copy(src.join("labels.json"), out.join("labels.json"))
-            .context("failed to copy labels.json")?;
-    }
-    eprintln!(
-        "exported cell {} (η_A={:.3e}, η_B={:.3e}, {}={}) to {}",
-        chosen.id,
-        chosen.lr_a,
-        chosen.lr_b,
-        row.metric,
-        chosen.metric.map(|m| format!("{m:.4}")).unwrap_or_default(),
-        out.display()
-    );
-    Ok(Exit::Ok)
-}
-
 pub fn predict(o: &etagrid_train::predict::PredictOptions) -> Result<Exit> {
     let mut stdout = std::io::stdout().lock();
     let mut failed = None;
@@ -415,38 +322,4 @@ pub fn predict(o: &etagrid_train::predict::PredictOptions) -> Result<Exit> {
         return Err(e).context("failed to write to stdout");
     }
     Ok(Exit::Ok)
-}
-
-/// Only the cells of the sweep file's current grid: the store keeps cells of earlier versions of
-/// the file (another metric, other steps…), which must not enter a report or an export.
-fn current_cells(
-    row: &etagrid_store::SweepRow,
-    cells: Vec<etagrid_store::CellRow>,
-) -> Vec<etagrid_store::CellRow> {
-    match SweepSpec::parse(Path::new(&row.source_path), &row.source_text) {
-        Ok(mut spec) => {
-            // The inputs' digest of the last run: ids cover the content it saw.
-            spec.inputs = row.inputs.clone();
-            let ids: std::collections::HashSet<String> =
-                spec.cells().into_iter().map(|c| c.id.0).collect();
-            cells.into_iter().filter(|c| ids.contains(&c.id)).collect()
-        }
-        Err(_) => cells,
-    }
-}
-
-/// A sweep's row and the cells of its current grid, from the store.
-pub(crate) fn load_sweep(
-    db: &StoreUrl,
-    name: &str,
-) -> Result<(etagrid_store::SweepRow, Vec<etagrid_store::CellRow>)> {
-    let (row, cells) = block_on(async {
-        let store = Store::open(db).await?;
-        let row = store.sweep(name).await?;
-        let cells = store.cells(name).await?;
-        store.close().await;
-        anyhow::Ok((row, cells))
-    })??;
-    let cells = current_cells(&row, cells);
-    Ok((row, cells))
 }

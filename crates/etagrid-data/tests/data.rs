@@ -2,24 +2,24 @@
 //! tokenization, the stratified split, column detection, and an error for each kind of bad data
 //! that names the file, the line and what to do.
 
-use etagrid_spec::spec::{Metric, SplitSpec};
-use etagrid_spec::TaskSpec;
-use etagrid_train::data::{
-    self, detect_columns, encode, load_examples, load_tokenizer, read_examples, read_table,
+use etagrid_data::DataError;
+use etagrid_data::{
+    detect_columns, encode, load_examples, load_tokenizer, read_examples, read_table,
     stratified_split, ColumnChoice, Example, LabelMap, TaskData,
 };
-use etagrid_train::TrainError;
+use etagrid_spec::spec::{Metric, SplitSpec};
+use etagrid_spec::TaskSpec;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/data")
+        .join("../etagrid-train/tests/fixtures/data")
         .join(name)
 }
 
 fn tiny_bert() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../etagrid-train/tests/fixtures/tiny-bert")
 }
 
 /// A task reading `train` and `eval` with the given columns.
@@ -347,7 +347,7 @@ fn max_eval_examples_cuts_the_held_out_part_of_a_split() {
     t.max_eval_examples = Some(5);
     let (_, eval) = load_examples(&t).expect("load");
     assert_eq!(eval.len(), 5);
-    assert_eq!(data::eval_examples(&t).expect("eval").len(), 5);
+    assert_eq!(etagrid_data::eval_examples(&t).expect("eval").len(), 5);
 }
 
 // ---------------------------------------------------------------- column detection
@@ -581,7 +581,7 @@ fn an_eval_label_never_seen_in_training_names_the_eval_file_and_line() {
         Ok(_) => panic!("an unseen eval label loaded"),
         Err(e) => e,
     };
-    assert!(matches!(err, TrainError::Data { .. }), "{err:?}");
+    assert!(matches!(err, DataError::Data { .. }), "{err:?}");
     let msg = err.to_string();
     assert_names(
         &msg,

@@ -1,0 +1,164 @@
+//! The command line both binaries share: the global options and the commands that need no
+//! libtorch ([`TchFree`]). `etagrid` parses exactly these and runs them itself; `etagrid-torch`
+//! flattens [`TchFree`] into its whole command line, so each option is defined once and a command
+//! does the same whichever binary runs it.
+
+// The doc comments below are the --help text (clap reads them), written for a terminal:
+// `<sweep>` and `[:PORT]` there are not HTML or links.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
+
+use crate::common::{store_url, Exit};
+use crate::{export, init, report, status};
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use etagrid_data::ColumnChoice;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// `--state-dir` and `--db`, given before or after the command.
+#[derive(Args)]
+pub struct GlobalArgs {
+    /// Where the results store, job files and worker logs live.
+    #[arg(
+        long,
+        global = true,
+        default_value = ".etagrid",
+        env = "ETAGRID_STATE_DIR"
+    )]
+    pub state_dir: PathBuf,
+    /// The results store: an SQLite file (a path or sqlite://PATH), or a PostgreSQL database
+    /// (postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE) for clusters
+    /// [default: <state-dir>/etagrid.sqlite].
+    #[arg(
+        long,
+        global = true,
+        env = "ETAGRID_DB",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub db: Option<String>,
+}
+
+/// The commands that need no libtorch.
+#[derive(Subcommand)]
+pub enum TchFree {
+    /// Write a sweep's report (figures as PNG and SVG, cells.csv/json, index.html) to
+    /// reports/<sweep>/; with several sweeps, a compare report to reports/compare/.
+    Report(ReportArgs),
+    /// Print a sweep's best point, its best λ = 1 point and the points tied with the best.
+    Best(BestArgs),
+    /// Show the state of a sweep's cells (or of every sweep); works while a run is going on.
+    Status(StatusArgs),
+    /// Write a commented sweep file for a model and a data file, detecting the task's columns.
+    Init(InitCommand),
+    /// Copy a finished cell's adapter (PEFT format: adapter_config.json + adapter_model.safetensors,
+    /// the trained head as modules_to_save) to a directory `peft.PeftModel.from_pretrained` loads.
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// Sweep files or names of sweeps in the store.
+    #[arg(required = true)]
+    pub sweeps: Vec<String>,
+    #[arg(long, default_value = "reports")]
+    pub reports: PathBuf,
+    /// The report's directory [default: <reports>/<sweep>, or <reports>/compare].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Heatmap colour floor: metric values worse than this get the end colour (the
+    /// figure says so).
+    #[arg(long, value_name = "METRIC")]
+    pub color_floor: Option<f64>,
+}
+
+#[derive(Args)]
+pub struct BestArgs {
+    /// A sweep file or the name of a sweep in the store.
+    pub sweep: String,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    pub sweep: Option<String>,
+}
+
+#[derive(Args)]
+pub struct InitCommand {
+    /// A Hugging Face-format model directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Training data: .csv, .tsv (header row) or .jsonl.
+    #[arg(long)]
+    pub train: PathBuf,
+    /// Evaluation data [default: hold out 20% of each label of --train].
+    #[arg(long)]
+    pub eval: Option<PathBuf>,
+    /// The sweep file to write; never overwritten [default: sweeps/<data name>.toml].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The text column, instead of detecting it.
+    #[arg(long)]
+    pub text_column: Option<String>,
+    /// The second text of a sentence-pair task, instead of detecting it.
+    #[arg(long)]
+    pub text_pair_column: Option<String>,
+    /// The label column, instead of detecting it.
+    #[arg(long)]
+    pub label_column: Option<String>,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// A sweep file or the name of a sweep in the store.
+    pub sweep: String,
+    /// A cell id (or a unique prefix of one), or "best".
+    #[arg(long, default_value = "best")]
+    pub cell: String,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+impl TchFree {
+    /// Runs the command; the exit code is decided here for both binaries.
+    pub fn run(self, global: &GlobalArgs) -> ExitCode {
+        let db = match store_url(global.db.as_deref(), &global.state_dir) {
+            Ok(u) => u,
+            Err(code) => return code,
+        };
+        let result: Result<Exit> = match self {
+            TchFree::Report(a) => {
+                report::report(&db, &a.sweeps, &a.reports, a.out.as_deref(), a.color_floor)
+            }
+            TchFree::Best(a) => report::best(&db, &a.sweep, a.json),
+            TchFree::Status(a) => status::status(&db, a.sweep.as_deref()),
+            TchFree::Init(a) => init::init(&init::InitArgs {
+                model: a.model,
+                train: a.train,
+                eval: a.eval,
+                out: a.out,
+                columns: ColumnChoice {
+                    text: a.text_column,
+                    text_pair: a.text_pair_column,
+                    label: a.label_column,
+                },
+            }),
+            TchFree::Export(a) => export::export(&db, &global.state_dir, &a.sweep, &a.cell, &a.out),
+        };
+        exit(result)
+    }
+}
+
+/// The process's exit code for a command's result; an error is printed with its causes.
+pub fn exit(result: Result<Exit>) -> ExitCode {
+    match result {
+        Ok(code) => code.into(),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
