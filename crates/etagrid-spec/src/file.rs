@@ -1,5 +1,5 @@
 //! The sweep file exactly as written: every key optional where a default exists, unknown keys
-//! rejected. [`crate::spec::SweepSpec::from_file`] turns it into the resolved spec.
+//! rejected. [`crate::spec::SweepSpec::load`] turns it into the resolved spec.
 
 use crate::grid::Axis;
 use serde::Deserialize;

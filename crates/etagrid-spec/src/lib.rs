@@ -1,6 +1,6 @@
 //! The sweep file and everything derived from it without touching a model, a database or a GPU.
 //!
-//! Two levels, as in candle's model configs: [`file`] holds serde structs that match the TOML exactly
+//! Two levels, as in candle's model configs: [`file`](mod@file) holds serde structs that match the TOML exactly
 //! (unknown keys are errors), [`spec`] holds the resolved [`SweepSpec`] with nothing optional left.
 //! [`cell`] expands the grid into cells and gives each one a content hash; [`protocol`] is the one
 //! place where the scheduler ↔ worker JSON-lines messages are defined.

@@ -3,6 +3,10 @@
 //! command line) and execs this binary for every other command with the same arguments. Parsing
 //! and glue only; the work is in the library crates.
 
+// The doc comments below are the --help text (clap reads them), written for a terminal:
+// `[resources]` and `<sweep>` there are not links or HTML.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
+
 mod commands;
 mod slurm;
 

@@ -159,13 +159,13 @@ impl LoraPlusAdamW {
         self.step_inner(multiplier, None);
     }
 
-    /// [`Self::step`] for the adapters whose entry of `active` ([K] bool) is true; the others
+    /// [`Self::step`] for the adapters whose entry of `active` (`[K]` bool) is true; the others
     /// keep their parameters as they are (their gradients, NaN or not, are ignored).
     pub fn step_masked(&mut self, multiplier: f64, active: &Tensor) {
         self.step_inner(multiplier, Some(active));
     }
 
-    /// [K] bool: whether every gradient of adapter k is finite (a NaN or ±inf anywhere in one of
+    /// `[K]` bool: whether every gradient of adapter k is finite (a NaN or ±inf anywhere in one of
     /// its tensors makes their sum non-finite). Tensors without a gradient count as finite.
     pub fn grads_finite_per_cell(&self, k: i64) -> Tensor {
         let device = self.lr_a.device();
