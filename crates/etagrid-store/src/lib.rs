@@ -293,11 +293,14 @@ impl Store {
             return filelock::is_locked(path, sweep).map_err(StoreError::Lock);
         }
         // The advisory lock's two int4 keys appear in pg_locks as the oids classid and objid
-        // (objsubid 2 marks the two-key form).
+        // (objsubid 2 marks the two-key form). Advisory locks belong to one database, but
+        // pg_locks lists the whole server's: another database's run of a sweep of the same name
+        // is not this one's.
         let held: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
                  AND classid = hashtext('etagrid run')::oid AND objid = hashtext($1)::oid
-                 AND objsubid = 2",
+                 AND objsubid = 2
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         )
         .bind(sweep)
         .fetch_one(&self.pool)

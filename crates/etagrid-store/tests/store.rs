@@ -1056,6 +1056,31 @@ async fn run_active_says_whether_a_run_holds_the_sweep(b: Backend) {
     assert!(!watcher.run_active(NAME).await.expect("test"));
 }
 
+#[tokio::test]
+async fn on_postgres_a_run_of_the_same_sweep_name_in_another_database_is_not_this_ones() {
+    if etagrid_store::testing::test_server().is_none() {
+        return;
+    }
+    let (_d1, _db1, first) = empty(Backend::Postgres).await;
+    let (_d2, db2, _second) = empty(Backend::Postgres).await;
+    let watcher = open(&db2.url).await;
+    let held = first
+        .try_lock_sweep(NAME)
+        .await
+        .expect("lock")
+        .expect("free");
+    // pg_locks lists the whole server's advisory locks; only this database's count.
+    assert!(!watcher.run_active(NAME).await.expect("test"));
+    let own = watcher
+        .try_lock_sweep(NAME)
+        .await
+        .expect("lock")
+        .expect("another database's lock does not hold this one's sweep");
+    assert!(watcher.run_active(NAME).await.expect("test"));
+    own.release().await.expect("release");
+    held.release().await.expect("release");
+}
+
 // ---------------------------------------------------------------- files that are not our store
 
 /// The bytes of `path`, to check that a refused file was left untouched.

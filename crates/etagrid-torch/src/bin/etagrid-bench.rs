@@ -65,10 +65,16 @@ fn main() -> ExitCode {
         },
     };
     match train_throughput(&opts) {
-        Ok(r) => {
-            println!("{}", serde_json::to_string(&r).unwrap_or_default());
-            ExitCode::SUCCESS
-        }
+        Ok(r) => match serde_json::to_string(&r) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cannot write the result as JSON: {e}");
+                ExitCode::from(1)
+            }
+        },
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(1)
