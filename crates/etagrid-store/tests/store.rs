@@ -6,8 +6,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use etagrid_spec::protocol::{CellResult, Measure, Metrics, ParamGroupInfo};
+use etagrid_spec::testing::{self, edit};
 use etagrid_spec::{Cell, CellConfig, SweepSpec};
 use etagrid_store::both_backends;
 use etagrid_store::testing::{test_server, TestDatabase};
@@ -18,23 +20,20 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, PgConnection, Row, SqliteConnection};
 use tempfile::TempDir;
 
-/// A 2 × 2 grid; the sweep is called `demo` after the file stem.
-const SWEEP: &str = r#"
-[model]
-path = "../models/tiny-bert"
-
-[task]
-train = "../data/train.csv"
-eval = "../data/eval.csv"
-
-[train]
-steps = 20
-log_every = 5
-
-[grid]
-lr_a = [1e-4, 1e-3]
-lr_b = [3.16227766e-4, 1.6e-3]
-"#;
+/// A 2 × 2 grid (the shared test sweep logging every 5 steps, with other η_B); the sweep is called
+/// `demo` after the file stem.
+static SWEEP: LazyLock<String> = LazyLock::new(|| {
+    let text = edit(
+        testing::SWEEP,
+        "steps = 20\n",
+        "steps = 20\nlog_every = 5\n",
+    );
+    edit(
+        &text,
+        "lr_b = [1e-4, 1e-3]",
+        "lr_b = [3.16227766e-4, 1.6e-3]",
+    )
+});
 
 const NAME: &str = "demo";
 
@@ -111,7 +110,7 @@ async fn empty(b: Backend) -> (TempDir, Db, Store) {
 /// A fresh store with the 2 × 2 grid enqueued.
 async fn fixture(b: Backend) -> Fixture {
     let (dir, db, store) = empty(b).await;
-    let spec = parse_in(dir.path(), NAME, SWEEP);
+    let spec = parse_in(dir.path(), NAME, &SWEEP);
     let cells = spec.cells();
     store.enqueue(&spec, &cells).await.expect("enqueue");
     Fixture {
@@ -178,7 +177,7 @@ async fn enqueue_records_the_sweep_with_its_source_and_metric(b: Backend) {
     let f = fixture(b).await;
     let sweep = f.store.sweep(NAME).await.expect("sweep row");
     assert_eq!(sweep.name, NAME);
-    assert_eq!(sweep.source_text, SWEEP);
+    assert_eq!(sweep.source_text, *SWEEP);
     assert_eq!(PathBuf::from(&sweep.source_path), f.spec.source);
     assert_eq!(sweep.metric, "accuracy");
     assert!(sweep.higher_is_better);
@@ -222,7 +221,7 @@ async fn reenqueueing_the_same_cells_adds_none_and_reports_them_existing(b: Back
 both_backends!(first_enqueue_reports_every_cell_added);
 async fn first_enqueue_reports_every_cell_added(b: Backend) {
     let (dir, _db, store) = empty(b).await;
-    let spec = parse_in(dir.path(), NAME, SWEEP);
+    let spec = parse_in(dir.path(), NAME, &SWEEP);
     let summary = store.enqueue(&spec, &spec.cells()).await.expect("enqueue");
     assert_eq!(
         summary,
@@ -286,7 +285,7 @@ async fn reenqueue_keeps_the_state_of_existing_cells(b: Backend) {
 both_backends!(two_sweeps_with_the_same_cells_are_kept_apart);
 async fn two_sweeps_with_the_same_cells_are_kept_apart(b: Backend) {
     let f = fixture(b).await;
-    let other = parse_in(f.dir.path(), "other", SWEEP);
+    let other = parse_in(f.dir.path(), "other", &SWEEP);
     let summary = f
         .store
         .enqueue(&other, &other.cells())
