@@ -9,11 +9,11 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::Serialize;
 
-use crate::canvas::{self, Canvas, DrawResult, Figure, FONT_FAMILY, INK};
+use crate::canvas::{self, Canvas, DrawResult, Figure, INK};
 use crate::heatmap::{self, Heatmap, HeatmapAxis};
 use crate::html::escape;
 use crate::model::ReportModel;
-use crate::plots::{padded_range, x_ticks, SERIES};
+use crate::plots::{font, lambda_chart, padded_range, SERIES};
 use crate::{format, write_atomic, ReportError, ReportInput, INDEX_FILE};
 
 /// What the figures say about their colour scales (also in the page).
@@ -74,7 +74,6 @@ impl Figure for ProfileOverlay<'_> {
     }
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
         root.fill(&WHITE)?;
-        let font = |s: f64| (FONT_FAMILY, s).into_font().color(&INK);
         let mut lambdas: Vec<f64> = self.models.iter().flat_map(|m| m.lambdas.clone()).collect();
         lambdas.sort_by(f64::total_cmp);
         lambdas.dedup_by(|a, b| crate::aggregate::same_value(*a, *b));
@@ -89,26 +88,14 @@ impl Figure for ProfileOverlay<'_> {
         let mut metrics: Vec<&str> = self.models.iter().map(|m| m.metric.as_str()).collect();
         metrics.dedup();
         let area = root.margin(10, 10, 20, 20);
-        let mut chart = ChartBuilder::on(&area)
-            .caption("λ profile: best over η_A for each λ, per sweep", font(18.0))
-            .x_label_area_size(50)
-            .y_label_area_size(60)
-            .build_cartesian_2d(x0..x1, y0..y1)?;
-        chart
-            .configure_mesh()
-            .x_labels(0)
-            .disable_x_mesh()
-            .light_line_style(WHITE)
-            .x_desc("λ = η_B / η_A   (log scale)")
-            .y_desc(metrics.join(" / "))
-            .label_style(font(13.0))
-            .axis_desc_style(font(14.0))
-            .draw()?;
-        let ticks: Vec<(f64, String)> = lambdas
-            .iter()
-            .map(|&l| (l.log2(), format::ratio(l)))
-            .collect();
-        x_ticks(root, |x| chart.backend_coord(&(x, y0)), &ticks)?;
+        let mut chart = lambda_chart(
+            root,
+            &area,
+            ("λ profile: best over η_A for each λ, per sweep", 18.0),
+            &metrics.join(" / "),
+            (x0..x1, y0..y1),
+            &lambdas,
+        )?;
         for (k, m) in self.models.iter().enumerate() {
             let color = SERIES[k % SERIES.len()];
             let pts: Vec<(f64, f64)> = m

@@ -90,6 +90,14 @@ pub(crate) fn metric(v: f64) -> String {
     }
 }
 
+/// A mean metric with its spread over seeds: `0.812 ± 0.004`, or the mean alone without one.
+pub(crate) fn metric_pm(mean: f64, std: Option<f64>) -> String {
+    match std {
+        Some(s) => format!("{} ± {}", metric(mean), metric(s)),
+        None => metric(mean),
+    }
+}
+
 /// A signed metric difference: "+0.041", "-0.012".
 pub(crate) fn signed_metric(v: f64) -> String {
     if v >= 0.0 {

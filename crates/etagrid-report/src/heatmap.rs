@@ -303,10 +303,6 @@ fn captions(h: &Heatmap<'_>, scale: Option<&ColorScale>) -> Vec<String> {
     let m = h.model;
     let metric = &m.metric;
     let mut out = Vec::new();
-    let pm = |mean: f64, std: Option<f64>| match std {
-        Some(s) => format!("{} ± {}", format::metric(mean), format::metric(s)),
-        None => format::metric(mean),
-    };
     if let Some(b) = &m.best {
         out.push(format!(
             "best: η_A = {}, η_B = {}  (λ = {})  →  {} = {} over {}",
@@ -314,7 +310,7 @@ fn captions(h: &Heatmap<'_>, scale: Option<&ColorScale>) -> Vec<String> {
             format::lr(b.lr_b),
             format::ratio(b.lambda),
             metric,
-            pm(b.mean, b.std),
+            format::metric_pm(b.mean, b.std),
             plural(b.seeds, "seed"),
         ));
     }
@@ -326,7 +322,7 @@ fn captions(h: &Heatmap<'_>, scale: Option<&ColorScale>) -> Vec<String> {
             "best λ = 1 (standard LoRA): η = {}  →  {} = {}  ({} vs. best)",
             format::lr(d.lr_a),
             metric,
-            pm(d.mean, d.std),
+            format::metric_pm(d.mean, d.std),
             format::signed_metric(-m.gain_over_lambda1.unwrap_or(f64::NAN)),
         )),
         (None, _) => out.push("no finished λ = 1 (η_B = η_A) point".to_string()),

@@ -76,13 +76,6 @@ document.querySelectorAll("table.sortable th").forEach(function (th, i) {
 });
 "#;
 
-fn pm(mean: f64, std: Option<f64>) -> String {
-    match std {
-        Some(s) => format!("{} ± {}", format::metric(mean), format::metric(s)),
-        None => format::metric(mean),
-    }
-}
-
 fn describe(p: &PointRef, metric: &str) -> String {
     format!(
         "η<sub>A</sub> = {}, η<sub>B</sub> = {} (λ = {}): {} = <b>{}</b> over {} seed{}",
@@ -90,7 +83,7 @@ fn describe(p: &PointRef, metric: &str) -> String {
         format::lr(p.lr_b),
         format::ratio(p.lambda),
         metric,
-        pm(p.mean, p.std),
+        format::metric_pm(p.mean, p.std),
         p.seeds,
         if p.seeds == 1 { "" } else { "s" }
     )
@@ -256,15 +249,17 @@ fn headline(h: &mut String, input: &ReportInput, m: &ReportModel, metric: &str) 
     h.push_str("</table>\n");
 }
 
-fn point_cell(p: Option<&PointRef>) -> String {
+/// A point's three table cells: `first` (its η_A or its λ), its η_B and its metric; dashes
+/// where there is no point.
+fn point_cells(p: Option<&PointRef>, first: impl Fn(&PointRef) -> String) -> String {
     p.map_or_else(
         || "<td>–</td><td>–</td><td>–</td>".to_string(),
         |p| {
             format!(
                 "<td>{}</td><td>{}</td><td>{}</td>",
-                format::lr(p.lr_a),
+                first(p),
                 format::lr(p.lr_b),
-                pm(p.mean, p.std)
+                format::metric_pm(p.mean, p.std)
             )
         },
     )
@@ -286,7 +281,7 @@ fn tables(h: &mut String, m: &ReportModel, metric: &str) {
             h,
             "<tr><td>{}</td>{}<td>{spread}</td><td>{} / {}</td></tr>",
             format::ratio(r.lambda),
-            point_cell(r.best.as_ref()),
+            point_cells(r.best.as_ref(), |p| format::lr(p.lr_a)),
             r.points_done,
             r.points
         );
@@ -298,17 +293,7 @@ fn tables(h: &mut String, m: &ReportModel, metric: &str) {
          <th>η<sub>A</sub></th><th>best λ</th><th>η<sub>B</sub></th><th>{metric}</th></tr></thead><tbody>"
     );
     for r in &m.ridge {
-        let row = r.best.as_ref().map_or_else(
-            || "<td>–</td><td>–</td><td>–</td>".to_string(),
-            |b| {
-                format!(
-                    "<td>{}</td><td>{}</td><td>{}</td>",
-                    format::ratio(b.lambda),
-                    format::lr(b.lr_b),
-                    pm(b.mean, b.std)
-                )
-            },
-        );
+        let row = point_cells(r.best.as_ref(), |b| format::ratio(b.lambda));
         let _ = writeln!(h, "<tr><td>{}</td>{row}</tr>", format::lr(r.lr_a));
     }
     h.push_str("</tbody></table>\n");
@@ -326,7 +311,7 @@ fn tables(h: &mut String, m: &ReportModel, metric: &str) {
             format::lr(p.lr_a),
             format::lr(p.lr_b),
             format::ratio(p.lambda),
-            pm(p.mean, p.std)
+            format::metric_pm(p.mean, p.std)
         );
     }
     h.push_str("</tbody></table>\n");

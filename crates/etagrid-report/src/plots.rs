@@ -1,9 +1,11 @@
 //! The line and bar figures: λ profile with the ridge, the top-k λ distribution and the
 //! learning curves of the best and best λ = 1 points.
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
+use std::ops::Range;
 
 use crate::canvas::{Canvas, DrawResult, Figure, VAlign, FONT_FAMILY, INK, SOFT_INK};
 use crate::format;
@@ -21,7 +23,7 @@ pub(crate) const SERIES: [RGBColor; 6] = [
     RGBColor(90, 90, 90),
 ];
 
-fn font(size: f64) -> TextStyle<'static> {
+pub(crate) fn font(size: f64) -> TextStyle<'static> {
     (FONT_FAMILY, size).into_font().color(&INK)
 }
 
@@ -56,6 +58,44 @@ pub(crate) fn x_ticks<DB: DrawingBackend>(
         c.text(label, (px, py + 9), 13.0, INK, HPos::Center, VAlign::Top)?;
     }
     Ok(())
+}
+
+/// A chart over (log2 λ, metric).
+pub(crate) type LambdaChart<'a, DB> =
+    ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A chart on `area` of a metric (`y_desc`, over `y`) against log2 λ (over `x`), with its mesh and
+/// the labels of `lambdas` under the x axis (drawn on `root`).
+pub(crate) fn lambda_chart<'a, DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    area: &'a DrawingArea<DB, Shift>,
+    (caption, caption_size): (&str, f64),
+    y_desc: &str,
+    (x, y): (Range<f64>, Range<f64>),
+    lambdas: &[f64],
+) -> Result<LambdaChart<'a, DB>, DrawingAreaErrorKind<DB::ErrorType>> {
+    let y0 = y.start;
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, font(caption_size))
+        .x_label_area_size(50)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x, y)?;
+    chart
+        .configure_mesh()
+        .x_labels(0)
+        .disable_x_mesh()
+        .light_line_style(WHITE)
+        .x_desc("λ = η_B / η_A   (log scale)")
+        .y_desc(y_desc)
+        .label_style(font(13.0))
+        .axis_desc_style(font(14.0))
+        .draw()?;
+    let ticks: Vec<(f64, String)> = lambdas
+        .iter()
+        .map(|&l| (l.log2(), format::ratio(l)))
+        .collect();
+    x_ticks(root, |x| chart.backend_coord(&(x, y0)), &ticks)?;
+    Ok(chart)
 }
 
 /// λ profile (best metric per λ, max over η_A, with the seeds' spread) and the ridge (best λ
@@ -94,30 +134,14 @@ impl Figure for LambdaProfile<'_> {
                 .into_iter()
                 .flatten()
         }));
-        let mut chart = ChartBuilder::on(&left)
-            .caption(
-                "best over η_A for each λ (bars: min–max over seeds)",
-                font(15.0),
-            )
-            .x_label_area_size(50)
-            .y_label_area_size(60)
-            .build_cartesian_2d(x0..x1, y0..y1)?;
-        chart
-            .configure_mesh()
-            .x_labels(0)
-            .disable_x_mesh()
-            .light_line_style(WHITE)
-            .y_desc(format!("{} (best over η_A)", m.metric))
-            .x_desc("λ = η_B / η_A   (log scale)")
-            .label_style(font(13.0))
-            .axis_desc_style(font(14.0))
-            .draw()?;
-        let ticks: Vec<(f64, String)> = m
-            .lambdas
-            .iter()
-            .map(|&l| (l.log2(), format::ratio(l)))
-            .collect();
-        x_ticks(root, |x| chart.backend_coord(&(x, y0)), &ticks)?;
+        let mut chart = lambda_chart(
+            root,
+            &left,
+            ("best over η_A for each λ (bars: min–max over seeds)", 15.0),
+            &format!("{} (best over η_A)", m.metric),
+            (x0..x1, y0..y1),
+            &m.lambdas,
+        )?;
         let pts: Vec<(f64, f64)> = rows
             .iter()
             .map(|(r, b)| (r.lambda.log2(), b.mean))

@@ -12,6 +12,7 @@ pub mod grid;
 mod inputs;
 pub mod protocol;
 pub mod spec;
+pub mod testing;
 
 pub use cell::{Cell, CellConfig, CellId};
 pub use error::SpecError;

@@ -7,17 +7,8 @@ use std::path::Path;
 
 const PATH: &str = "/projects/lora/sweeps/lora.toml";
 
-const BASE: &str = r#"[model]
-path = "../models/tiny-bert"
-[task]
-train = "../data/train.csv"
-eval = "../data/eval.csv"
-[train]
-steps = 20
-[grid]
-lr_a = [1e-4, 1e-3]
-lr_b = [1e-4, 1e-3]
-"#;
+/// The shared test sweep: a 2 × 2 grid with no `[lora]` section.
+const BASE: &str = etagrid_spec::testing::SWEEP;
 
 fn with_lora(lines: &str) -> String {
     format!("{BASE}[lora]\n{lines}\n")

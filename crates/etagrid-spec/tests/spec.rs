@@ -2,42 +2,24 @@
 //! the LR schedule and the worker protocol.
 
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use etagrid_spec::protocol::{
     CellResult, JobDevice, Measure, Metrics, ParamGroupInfo, WorkerEvent, WorkerJob,
     PROTOCOL_VERSION,
 };
+use etagrid_spec::testing::{edit, SWEEP};
 use etagrid_spec::{InitScheme, Schedule, SweepSpec, TrainLength};
 
 /// Where the test sweeps pretend to live (parse never touches the file system).
 const PATH: &str = "/projects/lora/sweeps/unit.toml";
 
-/// A small valid sweep; tests edit it with [`edit`].
-const BASE: &str = r#"# a small sweep for the tests
-[model]
-path = "../models/tiny-bert"
-
-[task]
-train = "../data/train.csv"
-eval = "../data/eval.csv"
-
-[train]
-steps = 20
-batch_size = 8
-
-[grid]
-lr_a = [1e-4, 1e-3]
-lr_b = [1e-4, 1e-3]
-
-[resources]
-devices = "cpu"
-"#;
-
-/// `text` with `from` (which must occur) replaced by `to`.
-fn edit(text: &str, from: &str, to: &str) -> String {
-    assert!(text.contains(from), "test sweep has no {from:?}:\n{text}");
-    text.replacen(from, to, 1)
-}
+/// A small valid sweep (the shared test sweep with a batch size and devices); tests edit it with
+/// [`edit`].
+static BASE: LazyLock<String> = LazyLock::new(|| {
+    let text = edit(SWEEP, "steps = 20\n", "steps = 20\nbatch_size = 8\n");
+    format!("{text}[resources]\ndevices = \"cpu\"\n")
+});
 
 fn parse_at(path: &str, text: &str) -> SweepSpec {
     SweepSpec::parse(Path::new(path), text).unwrap_or_else(|e| panic!("{e}\n--- sweep:\n{text}"))
@@ -48,7 +30,7 @@ fn parse(text: &str) -> SweepSpec {
 }
 
 fn grid(lines: &str) -> String {
-    edit(BASE, "lr_a = [1e-4, 1e-3]\nlr_b = [1e-4, 1e-3]", lines)
+    edit(&BASE, "lr_a = [1e-4, 1e-3]\nlr_b = [1e-4, 1e-3]", lines)
 }
 
 fn ids(text: &str) -> Vec<String> {
@@ -134,7 +116,7 @@ fn seeds_are_the_innermost_loop_and_multiply_the_cells() {
 
 #[test]
 fn seeds_default_to_zero_only() {
-    let spec = parse(BASE);
+    let spec = parse(&BASE);
     assert_eq!(spec.seeds, vec![0]);
     assert!(spec.cells().iter().all(|c| c.config.seed == 0));
     assert_eq!(spec.cells().len(), 4);
@@ -209,19 +191,19 @@ fn integer_and_float_list_entries_are_the_same_value() {
 
 #[test]
 fn unknown_key_is_reported_with_its_name_and_line() {
-    let text = edit(BASE, "steps = 20\n", "steps = 20\nlerning_rate = 1\n");
+    let text = edit(&BASE, "steps = 20\n", "steps = 20\nlerning_rate = 1\n");
     assert_error(&text, "lerning_rate", &["lerning_rate", "unknown field"]);
 }
 
 #[test]
 fn unknown_top_level_section_is_reported_with_its_name() {
-    let text = format!("{BASE}\n[optimiser]\nbetas = [0.9, 0.999]\n");
+    let text = format!("{}\n[optimiser]\nbetas = [0.9, 0.999]\n", *BASE);
     assert_error(&text, "[optimiser]", &["optimiser"]);
 }
 
 #[test]
 fn wrong_type_is_reported_with_the_key_and_line() {
-    let text = edit(BASE, "batch_size = 8", "batch_size = \"32\"");
+    let text = edit(&BASE, "batch_size = 8", "batch_size = \"32\"");
     assert_error(
         &text,
         "batch_size",
@@ -300,13 +282,13 @@ fn negative_or_zero_learning_rate_is_an_error() {
 
 #[test]
 fn unknown_init_scheme_is_an_error_naming_the_choices() {
-    let text = format!("{BASE}\n[lora]\ninit = \"gaussian\"\n");
+    let text = format!("{}\n[lora]\ninit = \"gaussian\"\n", *BASE);
     assert_error(&text, "gaussian", &["`lora.init`", "gaussian", "loraplus"]);
 }
 
 #[test]
 fn unknown_schedule_is_an_error_naming_the_choices() {
-    let text = edit(BASE, "steps = 20\n", "steps = 20\nschedule = \"step\"\n");
+    let text = edit(&BASE, "steps = 20\n", "steps = 20\nschedule = \"step\"\n");
     assert_error(
         &text,
         "schedule =",
@@ -316,19 +298,19 @@ fn unknown_schedule_is_an_error_naming_the_choices() {
 
 #[test]
 fn steps_and_epochs_together_is_an_error_at_the_train_header() {
-    let text = edit(BASE, "steps = 20\n", "steps = 20\nepochs = 1.5\n");
+    let text = edit(&BASE, "steps = 20\n", "steps = 20\nepochs = 1.5\n");
     assert_error(&text, "[train]", &["steps", "epochs", "exactly one"]);
 }
 
 #[test]
 fn neither_steps_nor_epochs_is_an_error_at_the_train_header() {
-    let text = edit(BASE, "steps = 20\n", "");
+    let text = edit(&BASE, "steps = 20\n", "");
     assert_error(&text, "[train]", &["steps", "epochs", "exactly one"]);
 }
 
 #[test]
 fn devices_gpu_is_an_error_naming_the_choices() {
-    let text = edit(BASE, "devices = \"cpu\"", "devices = \"gpu\"");
+    let text = edit(&BASE, "devices = \"cpu\"", "devices = \"gpu\"");
     assert_error(&text, "devices =", &["`resources.devices`", "auto", "cpu"]);
 }
 
@@ -338,14 +320,14 @@ fn zero_where_a_positive_count_is_needed_is_an_error() {
         ("batch_size = 8", "batch_size = 0", "`train.batch_size`"),
         ("steps = 20", "steps = 0", "`train.steps`"),
     ] {
-        let text = edit(BASE, from, to);
+        let text = edit(&BASE, from, to);
         assert_error(&text, to, &[field]);
     }
 }
 
 #[test]
 fn toml_syntax_error_names_the_file_and_line() {
-    let text = edit(BASE, "batch_size = 8", "batch_size = ");
+    let text = edit(&BASE, "batch_size = 8", "batch_size = ");
     assert_error(&text, "batch_size = ", &["TOML parse error"]);
 }
 
@@ -364,7 +346,7 @@ fn unreadable_file_names_the_path() {
 
 #[test]
 fn omitted_lora_section_gives_rank_8_alpha_8_and_query_value() {
-    let lora = parse(BASE).lora;
+    let lora = parse(&BASE).lora;
     assert_eq!(lora.rank, 8);
     assert_eq!(lora.alpha, 8.0);
     assert_eq!(lora.dropout, 0.0);
@@ -378,20 +360,20 @@ fn omitted_lora_section_gives_rank_8_alpha_8_and_query_value() {
 
 #[test]
 fn alpha_defaults_to_the_rank() {
-    let text = format!("{BASE}\n[lora]\nrank = 16\n");
+    let text = format!("{}\n[lora]\nrank = 16\n", *BASE);
     let lora = parse(&text).lora;
     assert_eq!((lora.rank, lora.alpha), (16, 16.0));
 }
 
 #[test]
 fn loraplus_init_is_accepted() {
-    let text = format!("{BASE}\n[lora]\ninit = \"loraplus\"\n");
+    let text = format!("{}\n[lora]\ninit = \"loraplus\"\n", *BASE);
     assert_eq!(parse(&text).lora.init, InitScheme::Loraplus);
 }
 
 #[test]
 fn train_defaults_are_linear_schedule_and_no_warmup() {
-    let train = parse(BASE).train;
+    let train = parse(&BASE).train;
     assert_eq!(train.length, TrainLength::Steps(20));
     assert_eq!(train.schedule, Schedule::Linear);
     assert_eq!(train.warmup_steps, 0);
@@ -402,14 +384,14 @@ fn train_defaults_are_linear_schedule_and_no_warmup() {
 
 #[test]
 fn name_defaults_to_the_file_stem() {
-    assert_eq!(parse(BASE).name, "unit");
-    let named = format!("name = \"lr-scan_2\"\n{BASE}");
+    assert_eq!(parse(&BASE).name, "unit");
+    let named = format!("name = \"lr-scan_2\"\n{}", *BASE);
     assert_eq!(parse(&named).name, "lr-scan_2");
 }
 
 #[test]
 fn relative_model_and_data_paths_resolve_against_the_sweep_directory() {
-    let spec = parse(BASE);
+    let spec = parse(&BASE);
     let dir = PathBuf::from("/projects/lora/sweeps");
     assert_eq!(spec.model.dir, dir.join("../models/tiny-bert"));
     assert_eq!(spec.task.train_file, dir.join("../data/train.csv"));
@@ -431,12 +413,12 @@ fn quickstart_sweep_parses_to_a_three_by_three_grid() {
 
 #[test]
 fn same_text_parsed_twice_gives_the_same_ids() {
-    assert_eq!(ids(BASE), ids(BASE));
+    assert_eq!(ids(&BASE), ids(&BASE));
 }
 
 #[test]
 fn cell_ids_are_16_lowercase_hex_digits() {
-    for id in ids(BASE) {
+    for id in ids(&BASE) {
         assert_eq!(id.len(), 16, "{id}");
         assert!(
             id.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')),
@@ -477,18 +459,18 @@ path = "../models/tiny-bert"
         ("keys and sections reordered, [resources] dropped", reordered.to_owned()),
         ("comments and blank lines", BASE.replace('\n', "   # note\n\n")),
         ("inline tables instead of sections", {
-            let t = edit(BASE, "[model]\npath = \"../models/tiny-bert\"\n", "");
+            let t = edit(&BASE, "[model]\npath = \"../models/tiny-bert\"\n", "");
             format!("model = {{ path = \"../models/tiny-bert\" }}\n{t}")
         }),
-        ("different resources", edit(BASE, "devices = \"cpu\"", "devices = [0, 1]\ncells_per_device = 2\nthreads_per_cell = 3")),
-        ("a name", format!("name = \"other\"\n{BASE}")),
+        ("different resources", edit(&BASE, "devices = \"cpu\"", "devices = [0, 1]\ncells_per_device = 2\nthreads_per_cell = 3")),
+        ("a name", format!("name = \"other\"\n{}", *BASE)),
         ("defaults written out", format!(
             "{}\n[lora]\nrank = 8\nalpha = 8\ndropout = 0.0\ntarget_modules = [\"query\", \"value\"]\ninit = \"lora\"\n",
-            edit(BASE, "steps = 20\n", "steps = 20\nschedule = \"linear\"\nwarmup_steps = 0\nmax_seq_len = 128\nlog_every = 10\n")
+            edit(&BASE, "steps = 20\n", "steps = 20\nschedule = \"linear\"\nwarmup_steps = 0\nmax_seq_len = 128\nlog_every = 10\n")
         )),
         ("learning rates written differently", grid("lr_a = [0.0001, 0.001]\nlr_b = [1.0e-4, 10e-4]")),
     ];
-    let base = ids(BASE);
+    let base = ids(&BASE);
     for (what, text) in cases {
         assert_eq!(ids(&text), base, "{what} changed the ids:\n{text}");
     }
@@ -497,32 +479,32 @@ path = "../models/tiny-bert"
 #[test]
 fn training_settings_seeds_learning_rates_and_paths_change_ids() {
     let cases: Vec<(&str, String)> = vec![
-        ("steps", edit(BASE, "steps = 20", "steps = 21")),
+        ("steps", edit(&BASE, "steps = 20", "steps = 21")),
         (
             "batch size",
-            edit(BASE, "batch_size = 8", "batch_size = 16"),
+            edit(&BASE, "batch_size = 8", "batch_size = 16"),
         ),
         (
             "schedule",
-            edit(BASE, "steps = 20\n", "steps = 20\nschedule = \"cosine\"\n"),
+            edit(&BASE, "steps = 20\n", "steps = 20\nschedule = \"cosine\"\n"),
         ),
         (
             "warm-up",
-            edit(BASE, "steps = 20\n", "steps = 20\nwarmup_steps = 2\n"),
+            edit(&BASE, "steps = 20\n", "steps = 20\nwarmup_steps = 2\n"),
         ),
-        ("rank", format!("{BASE}\n[lora]\nrank = 4\n")),
-        ("init", format!("{BASE}\n[lora]\ninit = \"loraplus\"\n")),
+        ("rank", format!("{}\n[lora]\nrank = 4\n", *BASE)),
+        ("init", format!("{}\n[lora]\ninit = \"loraplus\"\n", *BASE)),
         (
             "metric",
-            edit(BASE, "[task]\n", "[task]\nmetric = \"eval_loss\"\n"),
+            edit(&BASE, "[task]\n", "[task]\nmetric = \"eval_loss\"\n"),
         ),
-        ("model path", edit(BASE, "tiny-bert", "tiny-bert-v2")),
+        ("model path", edit(&BASE, "tiny-bert", "tiny-bert-v2")),
         (
             "train data path",
-            edit(BASE, "../data/train.csv", "../data/train2.csv"),
+            edit(&BASE, "../data/train.csv", "../data/train2.csv"),
         ),
     ];
-    let base = ids(BASE);
+    let base = ids(&BASE);
     for (what, text) in cases {
         let changed = ids(&text);
         assert_eq!(changed.len(), base.len(), "{what}");
@@ -561,7 +543,7 @@ fn moving_the_sweep_to_another_directory_keeps_the_ids() {
         let root = tempfile::tempdir().expect("temp dir");
         let file = root.path().join("sweeps").join("unit.toml");
         std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
-        std::fs::write(&file, BASE).expect("write sweep");
+        std::fs::write(&file, &*BASE).expect("write sweep");
         let spec = SweepSpec::load(&file).unwrap_or_else(|e| panic!("{e}"));
         assert!(spec.model.dir.starts_with(root.path()));
         loaded.push(spec);
@@ -598,7 +580,7 @@ seeds = [1]
 
 #[test]
 fn cell_id_does_not_depend_on_the_resolved_paths() {
-    let spec = parse(BASE);
+    let spec = parse(&BASE);
     let cell = &spec.cells()[0];
     let mut moved = cell.config.clone();
     moved.task.train_file = PathBuf::from("/elsewhere/train.csv");
@@ -856,7 +838,7 @@ fn causal_lm_metrics_travel_in_the_map_and_an_infinite_perplexity_survives_json(
 
 #[test]
 fn a_job_of_a_newer_protocol_is_refused_by_name_and_an_old_one_reads_as_version_1() {
-    let spec = parse(BASE);
+    let spec = parse(&BASE);
     let cell = spec.cells().remove(0);
     let job = WorkerJob {
         protocol: PROTOCOL_VERSION,
@@ -907,7 +889,7 @@ fn is_terminal_exactly_for_finished_diverged_and_failed() {
 // ---------------------------------------------------------------- [task] split and metric
 
 fn with_split(split: &str) -> String {
-    edit(BASE, "eval = \"../data/eval.csv\"\n", split)
+    edit(&BASE, "eval = \"../data/eval.csv\"\n", split)
 }
 
 #[test]
@@ -929,14 +911,14 @@ fn a_split_seed_defaults_to_zero() {
 fn a_split_changes_the_cell_ids_and_so_does_its_seed() {
     let a = ids(&with_split("split = { eval_fraction = 0.2, seed = 0 }\n"));
     let b = ids(&with_split("split = { eval_fraction = 0.2, seed = 1 }\n"));
-    assert_ne!(a, ids(BASE));
+    assert_ne!(a, ids(&BASE));
     assert_ne!(a, b);
 }
 
 #[test]
 fn giving_both_eval_and_split_is_an_error_at_the_split() {
     let text = edit(
-        BASE,
+        &BASE,
         "eval = \"../data/eval.csv\"\n",
         "eval = \"../data/eval.csv\"\nsplit = { eval_fraction = 0.2 }\n",
     );
@@ -970,7 +952,7 @@ fn every_metric_name_parses_and_knows_which_way_is_better() {
         ("eval_loss", Metric::EvalLoss, false),
     ] {
         let spec = parse(&edit(
-            BASE,
+            &BASE,
             "[task]\n",
             &format!("[task]\nmetric = \"{name}\"\n"),
         ));
@@ -982,7 +964,7 @@ fn every_metric_name_parses_and_knows_which_way_is_better() {
 
 #[test]
 fn an_unknown_metric_lists_the_known_ones() {
-    let text = edit(BASE, "[task]\n", "[task]\nmetric = \"f1\"\n");
+    let text = edit(&BASE, "[task]\n", "[task]\nmetric = \"f1\"\n");
     assert_error(
         &text,
         "metric =",
@@ -1002,18 +984,18 @@ fn an_unknown_metric_lists_the_known_ones() {
 fn negative_alpha_weight_decay_long_warmup_and_zero_threads_are_errors_naming_key_and_line() {
     let cases = [
         (
-            edit(BASE, "[train]", "[lora]\nalpha = -8\n[train]"),
+            edit(&BASE, "[train]", "[lora]\nalpha = -8\n[train]"),
             "alpha =",
             "`lora.alpha`",
         ),
         (
-            edit(BASE, "[train]", "[lora]\nalpha = 0\n[train]"),
+            edit(&BASE, "[train]", "[lora]\nalpha = 0\n[train]"),
             "alpha =",
             "`lora.alpha`",
         ),
         (
             edit(
-                BASE,
+                &BASE,
                 "batch_size = 8",
                 "batch_size = 8\nweight_decay = -0.01",
             ),
@@ -1021,13 +1003,13 @@ fn negative_alpha_weight_decay_long_warmup_and_zero_threads_are_errors_naming_ke
             "`train.weight_decay`",
         ),
         (
-            edit(BASE, "batch_size = 8", "batch_size = 8\nwarmup_steps = 21"),
+            edit(&BASE, "batch_size = 8", "batch_size = 8\nwarmup_steps = 21"),
             "warmup_steps =",
             "`train.warmup_steps`",
         ),
         (
             edit(
-                BASE,
+                &BASE,
                 "devices = \"cpu\"",
                 "devices = \"cpu\"\nthreads_per_cell = 0",
             ),
@@ -1040,7 +1022,7 @@ fn negative_alpha_weight_decay_long_warmup_and_zero_threads_are_errors_naming_ke
     }
     // The limits themselves are fine: warm-up over every step, no weight decay, one thread.
     let ok = edit(
-        BASE,
+        &BASE,
         "batch_size = 8",
         "batch_size = 8\nwarmup_steps = 20\nweight_decay = 0.0",
     );
@@ -1070,7 +1052,7 @@ fn sweep_with_files(root: &Path) -> PathBuf {
     std::fs::write(root.join("data/eval.csv"), "text,label\nc,x\n").expect("write");
     let sweep = root.join("sweeps/unit.toml");
     std::fs::create_dir_all(root.join("sweeps")).expect("mkdir");
-    std::fs::write(&sweep, BASE).expect("write sweep");
+    std::fs::write(&sweep, &*BASE).expect("write sweep");
     sweep
 }
 
@@ -1090,7 +1072,7 @@ fn cell_ids_change_with_the_content_of_every_data_and_model_file() {
     let sweep = sweep_with_files(root.path());
     let before = content_ids(&sweep);
     // Without the digest the ids are the path-only (v1) ones, unchanged for old stores.
-    let path_only = ids(BASE);
+    let path_only = ids(&BASE);
     assert_ne!(before, path_only);
     assert_eq!(content_ids(&sweep), before, "same content, same ids");
     for f in [
@@ -1138,10 +1120,10 @@ fn a_missing_input_file_is_an_error_naming_it() {
 #[test]
 fn cells_per_worker_is_auto_by_default_and_takes_a_number_or_auto() {
     use etagrid_spec::PackSize;
-    assert_eq!(parse(BASE).cells_per_worker, PackSize::Auto);
+    assert_eq!(parse(&BASE).cells_per_worker, PackSize::Auto);
     let with = |v: &str| {
         edit(
-            BASE,
+            &BASE,
             "devices = \"cpu\"",
             &format!("devices = \"cpu\"\ncells_per_worker = {v}"),
         )
@@ -1160,7 +1142,7 @@ fn cells_per_worker_is_auto_by_default_and_takes_a_number_or_auto() {
 #[test]
 fn cells_that_differ_only_in_rates_seed_and_init_share_a_pack_key() {
     let spec = parse(&edit(
-        BASE,
+        &BASE,
         "lr_b = [1e-4, 1e-3]",
         "lr_b = [1e-4, 1e-3]\nseeds = [0, 1]",
     ));

@@ -7,7 +7,7 @@
 //! portable SQL (`$n` placeholders, `RETURNING`, times as unix seconds bound from Rust) so that it
 //! runs unchanged on PostgreSQL.
 
-use crate::{CellState, Outcome, Result, Store};
+use crate::{drop_curves_and_commit, CellState, Outcome, Result, Store};
 use sqlx::Row;
 
 /// What [`Store::claim`] found.
@@ -96,12 +96,7 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = row {
-            sqlx::query("DELETE FROM metrics WHERE sweep = $1 AND cell_id = $2")
-                .bind(sweep)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
+            drop_curves_and_commit(tx, sweep, id).await?;
             return Ok(Claim::Claimed {
                 attempt: row.try_get("attempts")?,
             });
@@ -214,23 +209,20 @@ impl Store {
 
     /// The leases held on the sweep's running cells.
     pub async fn leases(&self, sweep: &str) -> Result<Vec<Lease>> {
-        let rows = sqlx::query(
+        self.sweep_rows(
             "SELECT id, lease_owner, lease_expires, attempts FROM cells
              WHERE sweep = $1 AND state = 'running' AND lease_owner IS NOT NULL ORDER BY idx",
-        )
-        .bind(sweep)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
+            sweep,
+            |r| {
                 Ok(Lease {
                     cell_id: r.try_get("id")?,
                     owner: r.try_get("lease_owner")?,
                     expires: r.try_get("lease_expires")?,
                     attempts: r.try_get("attempts")?,
                 })
-            })
-            .collect()
+            },
+        )
+        .await
     }
 
     /// Takes a cell away from `owner`, which is known to be dead (its SLURM task ended without
@@ -337,15 +329,10 @@ impl Store {
     /// Every array task submitted for the sweep, oldest first. Job ids are numbers stored as
     /// text: sorted as numbers here (as text "100" would come before "99").
     pub async fn slurm_tasks(&self, sweep: &str) -> Result<Vec<SlurmTask>> {
-        let rows = sqlx::query(
-            "SELECT job_id, array_index, cell_id, submitted_at FROM slurm_tasks WHERE sweep = $1",
-        )
-        .bind(sweep)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut tasks = rows
-            .iter()
-            .map(|r| {
+        let sql =
+            "SELECT job_id, array_index, cell_id, submitted_at FROM slurm_tasks WHERE sweep = $1";
+        let mut tasks = self
+            .sweep_rows(sql, sweep, |r| {
                 let submitted: i64 = r.try_get("submitted_at")?;
                 Ok((
                     submitted,
@@ -356,7 +343,7 @@ impl Store {
                     },
                 ))
             })
-            .collect::<Result<Vec<_>>>()?;
+            .await?;
         tasks.sort_by_key(|(at, t)| {
             (
                 *at,

@@ -13,6 +13,7 @@ pub use filelock::lock_path;
 
 use etagrid_spec::protocol::{CellResult, Measure, ParamGroupInfo};
 use etagrid_spec::{Cell, SweepSpec};
+use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool, Connection, Row};
 use std::collections::BTreeMap;
 
@@ -463,62 +464,44 @@ impl Store {
              FROM cells";
         // Two statements, not `$2 IS NULL OR state = $2`: that form cannot use the state index
         // and scans every cell (and its config) of a large sweep.
-        let rows = match state {
+        match state {
             None => {
-                sqlx::query(&format!("{COLUMNS} WHERE sweep = $1 ORDER BY idx"))
-                    .bind(sweep)
-                    .fetch_all(&self.pool)
-                    .await?
+                let sql = format!("{COLUMNS} WHERE sweep = $1 ORDER BY idx");
+                self.sweep_rows(&sql, sweep, cell_row).await
             }
             Some(st) => {
-                sqlx::query(&format!(
+                let rows = sqlx::query(&format!(
                     "{COLUMNS} WHERE sweep = $1 AND state = $2 ORDER BY idx"
                 ))
                 .bind(sweep)
                 .bind(st.as_str())
                 .fetch_all(&self.pool)
-                .await?
+                .await?;
+                rows.iter().map(cell_row).collect()
             }
-        };
-        rows.iter()
-            .map(|r| {
-                Ok(CellRow {
-                    id: r.try_get("id")?,
-                    index: r.try_get("idx")?,
-                    lr_a: r.try_get("lr_a")?,
-                    lr_b: r.try_get("lr_b")?,
-                    seed: r.try_get("seed")?,
-                    state: CellState::parse(r.try_get("state")?)?,
-                    attempts: r.try_get("attempts")?,
-                    device: r.try_get("device")?,
-                    step: r.try_get("step")?,
-                    total_steps: r.try_get("total_steps")?,
-                    metric: r.try_get("metric")?,
-                    eval_loss: r.try_get("eval_loss")?,
-                    accuracy: r.try_get("accuracy")?,
-                    macro_f1: r.try_get("macro_f1")?,
-                    mcc: r.try_get("mcc")?,
-                    train_loss: r.try_get("train_loss")?,
-                    wall_s: r.try_get("wall_s")?,
-                    pack_size: r.try_get("pack_size")?,
-                    error: r.try_get("error")?,
-                    config: r.try_get("config")?,
-                })
-            })
-            .collect()
+        }
+    }
+
+    /// Every row `sql` gives with `$1` bound to `sweep`, each read by `read`.
+    async fn sweep_rows<T>(
+        &self,
+        sql: &str,
+        sweep: &str,
+        read: impl FnMut(&AnyRow) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let rows = sqlx::query(sql).bind(sweep).fetch_all(&self.pool).await?;
+        rows.iter().map(read).collect()
     }
 
     pub async fn counts(&self, sweep: &str) -> Result<BTreeMap<CellState, i64>> {
-        let rows =
-            sqlx::query("SELECT state, COUNT(*) AS n FROM cells WHERE sweep = $1 GROUP BY state")
-                .bind(sweep)
-                .fetch_all(&self.pool)
-                .await?;
-        let mut out = BTreeMap::new();
-        for r in rows {
-            out.insert(CellState::parse(r.try_get("state")?)?, r.try_get("n")?);
-        }
-        Ok(out)
+        let counts = self
+            .sweep_rows(
+                "SELECT state, COUNT(*) AS n FROM cells WHERE sweep = $1 GROUP BY state",
+                sweep,
+                |r| Ok((CellState::parse(r.try_get("state")?)?, r.try_get("n")?)),
+            )
+            .await?;
+        Ok(counts.into_iter().collect())
     }
 
     /// Marks a cell running on `device` and counts the attempt, if it may start: it must be
@@ -544,12 +527,7 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
-        sqlx::query("DELETE FROM metrics WHERE sweep = $1 AND cell_id = $2")
-            .bind(sweep)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        drop_curves_and_commit(tx, sweep, id).await?;
         Ok(true)
     }
 
@@ -682,4 +660,46 @@ impl Store {
     pub async fn close(self) {
         self.pool.close().await;
     }
+}
+
+/// Drops the cell's curves (those of earlier attempts: a started or claimed cell has one curve)
+/// and commits `tx`, which started the cell.
+async fn drop_curves_and_commit(
+    mut tx: sqlx::Transaction<'_, sqlx::Any>,
+    sweep: &str,
+    id: &str,
+) -> Result<()> {
+    sqlx::query("DELETE FROM metrics WHERE sweep = $1 AND cell_id = $2")
+        .bind(sweep)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A [`CellRow`] from a row of the `cells` table.
+fn cell_row(r: &AnyRow) -> Result<CellRow> {
+    Ok(CellRow {
+        id: r.try_get("id")?,
+        index: r.try_get("idx")?,
+        lr_a: r.try_get("lr_a")?,
+        lr_b: r.try_get("lr_b")?,
+        seed: r.try_get("seed")?,
+        state: CellState::parse(r.try_get("state")?)?,
+        attempts: r.try_get("attempts")?,
+        device: r.try_get("device")?,
+        step: r.try_get("step")?,
+        total_steps: r.try_get("total_steps")?,
+        metric: r.try_get("metric")?,
+        eval_loss: r.try_get("eval_loss")?,
+        accuracy: r.try_get("accuracy")?,
+        macro_f1: r.try_get("macro_f1")?,
+        mcc: r.try_get("mcc")?,
+        train_loss: r.try_get("train_loss")?,
+        wall_s: r.try_get("wall_s")?,
+        pack_size: r.try_get("pack_size")?,
+        error: r.try_get("error")?,
+        config: r.try_get("config")?,
+    })
 }

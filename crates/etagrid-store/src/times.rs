@@ -15,20 +15,17 @@ pub struct CellTimes {
 impl Store {
     /// The start and finish times of every cell of `sweep`, in grid order.
     pub async fn cell_times(&self, sweep: &str) -> Result<Vec<CellTimes>> {
-        let rows = sqlx::query(
+        self.sweep_rows(
             "SELECT id, started_at, finished_at FROM cells WHERE sweep = $1 ORDER BY idx",
-        )
-        .bind(sweep)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
+            sweep,
+            |r| {
                 Ok(CellTimes {
                     id: r.try_get("id")?,
                     started_at: r.try_get("started_at")?,
                     finished_at: r.try_get("finished_at")?,
                 })
-            })
-            .collect()
+            },
+        )
+        .await
     }
 }

@@ -4,24 +4,17 @@
 //! tested without waiting.
 
 use etagrid_spec::protocol::{CellResult, Measure, Metrics};
+use etagrid_spec::testing::{self, edit};
 use etagrid_spec::{Cell, SweepSpec};
 use etagrid_store::both_backends;
 use etagrid_store::testing::{test_server, TestDatabase};
 use etagrid_store::{Backend, CellRow, CellState, Claim, Outcome, SlurmTask, Store, StoreUrl};
+use std::sync::LazyLock;
 use tempfile::TempDir;
 
-const SWEEP: &str = r#"
-[model]
-path = "../models/tiny-bert"
-[task]
-train = "../data/train.csv"
-eval = "../data/eval.csv"
-[train]
-steps = 20
-[grid]
-lr_a = [1e-4, 1e-3]
-lr_b = [1e-3]
-"#;
+/// A 2 × 1 grid: the shared test sweep with one η_B.
+static SWEEP: LazyLock<String> =
+    LazyLock::new(|| edit(testing::SWEEP, "lr_b = [1e-4, 1e-3]", "lr_b = [1e-3]"));
 const NAME: &str = "leased";
 const T0: i64 = 1_800_000_000;
 const LEASE: i64 = 60;
@@ -71,7 +64,7 @@ async fn fixture(b: Backend) -> F {
         }
     };
     let store = Store::open(url).await.expect("open");
-    let spec = SweepSpec::parse(&dir.path().join(format!("{NAME}.toml")), SWEEP).expect("spec");
+    let spec = SweepSpec::parse(&dir.path().join(format!("{NAME}.toml")), &SWEEP).expect("spec");
     let cells = spec.cells();
     store.enqueue(&spec, &cells).await.expect("enqueue");
     F {

@@ -6,35 +6,34 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use etagrid_spec::protocol::{CellResult, Measure, Metrics, ParamGroupInfo};
+use etagrid_spec::testing::{self, edit};
 use etagrid_spec::{Cell, CellConfig, SweepSpec};
 use etagrid_store::both_backends;
 use etagrid_store::testing::{test_server, TestDatabase};
 use etagrid_store::{
-    Backend, CellRow, CellState, EnqueueSummary, Outcome, Store, StoreError, StoreUrl,
+    Backend, CellRow, CellState, EnqueueSummary, Outcome, RunLock, Store, StoreError, StoreUrl,
 };
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, PgConnection, Row, SqliteConnection};
 use tempfile::TempDir;
 
-/// A 2 × 2 grid; the sweep is called `demo` after the file stem.
-const SWEEP: &str = r#"
-[model]
-path = "../models/tiny-bert"
-
-[task]
-train = "../data/train.csv"
-eval = "../data/eval.csv"
-
-[train]
-steps = 20
-log_every = 5
-
-[grid]
-lr_a = [1e-4, 1e-3]
-lr_b = [3.16227766e-4, 1.6e-3]
-"#;
+/// A 2 × 2 grid (the shared test sweep logging every 5 steps, with other η_B); the sweep is called
+/// `demo` after the file stem.
+static SWEEP: LazyLock<String> = LazyLock::new(|| {
+    let text = edit(
+        testing::SWEEP,
+        "steps = 20\n",
+        "steps = 20\nlog_every = 5\n",
+    );
+    edit(
+        &text,
+        "lr_b = [1e-4, 1e-3]",
+        "lr_b = [3.16227766e-4, 1.6e-3]",
+    )
+});
 
 const NAME: &str = "demo";
 
@@ -82,6 +81,22 @@ impl Fixture {
     fn id(&self, i: usize) -> &str {
         &self.cells[i].id.0
     }
+
+    /// Starts cell `i` on the CPU, not asking whether it could.
+    async fn start(&self, i: usize) {
+        self.store
+            .start_cell(NAME, self.id(i), "cpu")
+            .await
+            .expect("start");
+    }
+
+    /// Records how cell `i` ended.
+    async fn finish(&self, i: usize, outcome: &Outcome) {
+        self.store
+            .finish_cell(NAME, self.id(i), outcome)
+            .await
+            .expect("finish");
+    }
 }
 
 fn db_path(dir: &Path) -> PathBuf {
@@ -111,7 +126,7 @@ async fn empty(b: Backend) -> (TempDir, Db, Store) {
 /// A fresh store with the 2 × 2 grid enqueued.
 async fn fixture(b: Backend) -> Fixture {
     let (dir, db, store) = empty(b).await;
-    let spec = parse_in(dir.path(), NAME, SWEEP);
+    let spec = parse_in(dir.path(), NAME, &SWEEP);
     let cells = spec.cells();
     store.enqueue(&spec, &cells).await.expect("enqueue");
     Fixture {
@@ -178,7 +193,7 @@ async fn enqueue_records_the_sweep_with_its_source_and_metric(b: Backend) {
     let f = fixture(b).await;
     let sweep = f.store.sweep(NAME).await.expect("sweep row");
     assert_eq!(sweep.name, NAME);
-    assert_eq!(sweep.source_text, SWEEP);
+    assert_eq!(sweep.source_text, *SWEEP);
     assert_eq!(PathBuf::from(&sweep.source_path), f.spec.source);
     assert_eq!(sweep.metric, "accuracy");
     assert!(sweep.higher_is_better);
@@ -222,7 +237,7 @@ async fn reenqueueing_the_same_cells_adds_none_and_reports_them_existing(b: Back
 both_backends!(first_enqueue_reports_every_cell_added);
 async fn first_enqueue_reports_every_cell_added(b: Backend) {
     let (dir, _db, store) = empty(b).await;
-    let spec = parse_in(dir.path(), NAME, SWEEP);
+    let spec = parse_in(dir.path(), NAME, &SWEEP);
     let summary = store.enqueue(&spec, &spec.cells()).await.expect("enqueue");
     assert_eq!(
         summary,
@@ -268,14 +283,8 @@ async fn enqueueing_a_grid_with_one_extra_point_adds_exactly_one(b: Backend) {
 both_backends!(reenqueue_keeps_the_state_of_existing_cells);
 async fn reenqueue_keeps_the_state_of_existing_cells(b: Backend) {
     let f = fixture(b).await;
-    f.store
-        .start_cell(NAME, f.id(0), "cpu")
-        .await
-        .expect("start");
-    f.store
-        .finish_cell(NAME, f.id(0), &Outcome::Done(result()))
-        .await
-        .expect("finish");
+    f.start(0).await;
+    f.finish(0, &Outcome::Done(result())).await;
     f.store.enqueue(&f.spec, &f.cells).await.expect("enqueue");
     let row = f.row(0).await;
     assert_eq!(row.state, CellState::Done);
@@ -286,7 +295,7 @@ async fn reenqueue_keeps_the_state_of_existing_cells(b: Backend) {
 both_backends!(two_sweeps_with_the_same_cells_are_kept_apart);
 async fn two_sweeps_with_the_same_cells_are_kept_apart(b: Backend) {
     let f = fixture(b).await;
-    let other = parse_in(f.dir.path(), "other", SWEEP);
+    let other = parse_in(f.dir.path(), "other", &SWEEP);
     let summary = f
         .store
         .enqueue(&other, &other.cells())
@@ -336,10 +345,7 @@ async fn start_cell_marks_it_running_with_one_attempt_on_the_device(b: Backend) 
 both_backends!(set_groups_records_the_total_steps);
 async fn set_groups_records_the_total_steps(b: Backend) {
     let f = fixture(b).await;
-    f.store
-        .start_cell(NAME, f.id(0), "cpu")
-        .await
-        .expect("start");
+    f.start(0).await;
     let groups = [ParamGroupInfo {
         name: "lora_b".into(),
         lr: 1.6e-3,
@@ -392,14 +398,8 @@ async fn record_metrics_appends_curve_points_and_advances_the_step(b: Backend) {
 both_backends!(finishing_done_stores_the_result);
 async fn finishing_done_stores_the_result(b: Backend) {
     let f = fixture(b).await;
-    f.store
-        .start_cell(NAME, f.id(0), "cpu")
-        .await
-        .expect("start");
-    f.store
-        .finish_cell(NAME, f.id(0), &Outcome::Done(result()))
-        .await
-        .expect("finish");
+    f.start(0).await;
+    f.finish(0, &Outcome::Done(result())).await;
     let row = f.row(0).await;
     assert_eq!(row.state, CellState::Done);
     assert_eq!(row.metric, Some(0.8125));
@@ -451,10 +451,8 @@ async fn finishing_failed_sets_the_state_and_keeps_the_error(b: Backend) {
         .start_cell(NAME, f.id(3), "cuda:0")
         .await
         .expect("start");
-    f.store
-        .finish_cell(NAME, f.id(3), &Outcome::Failed("CUDA out of memory".into()))
-        .await
-        .expect("finish");
+    f.finish(3, &Outcome::Failed("CUDA out of memory".into()))
+        .await;
     let row = f.row(3).await;
     assert_eq!(row.state, CellState::Failed);
     assert_eq!(row.error.as_deref(), Some("CUDA out of memory"));
@@ -501,10 +499,7 @@ async fn interrupted_returns_the_cell_to_pending_without_charging_the_attempt(b:
         .start_cell(NAME, f.id(0), "cuda:0")
         .await
         .expect("start");
-    f.store
-        .finish_cell(NAME, f.id(0), &Outcome::Interrupted)
-        .await
-        .expect("finish");
+    f.finish(0, &Outcome::Interrupted).await;
     let row = f.row(0).await;
     assert_eq!(row.state, CellState::Pending);
     assert_eq!(row.attempts, 0);
@@ -540,22 +535,10 @@ async fn restarting_a_cell_drops_the_previous_attempts_curve(b: Backend) {
 both_backends!(recover_running_returns_running_cells_to_pending_and_leaves_the_rest);
 async fn recover_running_returns_running_cells_to_pending_and_leaves_the_rest(b: Backend) {
     let f = fixture(b).await;
-    f.store
-        .start_cell(NAME, f.id(0), "cpu")
-        .await
-        .expect("start");
-    f.store
-        .finish_cell(NAME, f.id(0), &Outcome::Done(result()))
-        .await
-        .expect("finish");
-    f.store
-        .start_cell(NAME, f.id(1), "cpu")
-        .await
-        .expect("start");
-    f.store
-        .start_cell(NAME, f.id(2), "cpu")
-        .await
-        .expect("start");
+    f.start(0).await;
+    f.finish(0, &Outcome::Done(result())).await;
+    f.start(1).await;
+    f.start(2).await;
 
     assert_eq!(f.store.recover_running(NAME).await.expect("recover"), 2);
     let states: Vec<CellState> = f.rows().await.iter().map(|r| r.state).collect();
@@ -579,26 +562,11 @@ async fn recover_running_returns_running_cells_to_pending_and_leaves_the_rest(b:
 both_backends!(counts_group_the_cells_by_state);
 async fn counts_group_the_cells_by_state(b: Backend) {
     let f = fixture(b).await;
-    f.store
-        .start_cell(NAME, f.id(0), "cpu")
-        .await
-        .expect("start");
-    f.store
-        .finish_cell(NAME, f.id(0), &Outcome::Done(result()))
-        .await
-        .expect("finish");
-    f.store
-        .start_cell(NAME, f.id(1), "cpu")
-        .await
-        .expect("start");
-    f.store
-        .finish_cell(NAME, f.id(1), &Outcome::Failed("boom".into()))
-        .await
-        .expect("finish");
-    f.store
-        .start_cell(NAME, f.id(2), "cpu")
-        .await
-        .expect("start");
+    f.start(0).await;
+    f.finish(0, &Outcome::Done(result())).await;
+    f.start(1).await;
+    f.finish(1, &Outcome::Failed("boom".into())).await;
+    f.start(2).await;
 
     let counts = f.store.counts(NAME).await.expect("counts");
     let got: Vec<(CellState, i64)> = counts.into_iter().collect();
@@ -641,18 +609,12 @@ async fn open_creates_missing_parent_directories() {
 both_backends!(reopening_the_store_keeps_the_data);
 async fn reopening_the_store_keeps_the_data(b: Backend) {
     let f = fixture(b).await;
-    f.store
-        .start_cell(NAME, f.id(0), "cpu")
-        .await
-        .expect("start");
+    f.start(0).await;
     f.store
         .record_metrics(NAME, f.id(0), 5, &[("train_loss", 0.6)])
         .await
         .expect("metrics");
-    f.store
-        .finish_cell(NAME, f.id(0), &Outcome::Done(result()))
-        .await
-        .expect("finish");
+    f.finish(0, &Outcome::Done(result())).await;
     let before: Vec<(String, CellState, i64)> = f
         .rows()
         .await
@@ -985,9 +947,24 @@ async fn on_postgres_a_second_scheduler_cannot_lock_a_sweep_until_the_first_rele
         .await
         .expect("lock")
         .expect("the first scheduler gets the lock");
+    second_is_locked_out_of_the_sweep_until_released(
+        &second,
+        held,
+        "a second scheduler must not run the same sweep",
+    )
+    .await;
+}
+
+/// While `held` (another store's lock on the sweep) is held, `second` cannot lock the sweep
+/// (`refused`: why it must not) but can lock another; once `held` is released it can lock it.
+async fn second_is_locked_out_of_the_sweep_until_released(
+    second: &Store,
+    held: RunLock,
+    refused: &str,
+) {
     assert!(
         second.try_lock_sweep(NAME).await.expect("lock").is_none(),
-        "a second scheduler must not run the same sweep"
+        "{refused}"
     );
     let other = second
         .try_lock_sweep("other")
@@ -1019,23 +996,12 @@ async fn on_sqlite_the_lock_goes_with_the_database_file_not_the_state_dir() {
         etagrid_store::lock_path(path).is_file(),
         "the lock lives beside the database"
     );
-    assert!(
-        second.try_lock_sweep(NAME).await.expect("lock").is_none(),
-        "a second run must not run the same sweep on the same store"
-    );
-    let other = second
-        .try_lock_sweep("other")
-        .await
-        .expect("lock")
-        .expect("another sweep is not locked");
-    held.release().await.expect("release");
-    let again = second
-        .try_lock_sweep(NAME)
-        .await
-        .expect("lock")
-        .expect("free once released");
-    again.release().await.expect("release");
-    other.release().await.expect("release");
+    second_is_locked_out_of_the_sweep_until_released(
+        &second,
+        held,
+        "a second run must not run the same sweep on the same store",
+    )
+    .await;
 }
 
 both_backends!(run_active_says_whether_a_run_holds_the_sweep);

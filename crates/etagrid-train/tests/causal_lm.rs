@@ -24,12 +24,8 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
 fn llama_dir() -> PathBuf {
-    fixtures().join("tiny-llama-mha")
+    fixture("tiny-llama-mha")
 }
 
 fn reference() -> Value {
@@ -59,7 +55,7 @@ fn model(targets: &[&str]) -> Box<dyn SequenceClassifier> {
 /// The fixture's pairs, tokenized by etagrid.
 fn encoded(r: &Value) -> Encoded {
     let tok = load_tokenizer(&llama_dir(), 64).expect("tokenizer");
-    let path = fixtures().join("data/lm.jsonl");
+    let path = fixture("data/lm.jsonl");
     let ex = read_lm_examples(&path, &lm_spec(r)).expect("read");
     let max_len = r["max_len"].as_u64().expect("max_len") as usize;
     encode_lm(&tok, &ex, &lm_spec(r), max_len, r["eos"].as_i64(), &path).expect("encode")
@@ -263,7 +259,7 @@ fn multiple_choice_prediction_is_the_argmax_over_the_questions_own_letters() {
 
 #[test]
 fn multiple_choice_answers_read_as_letters_or_indices() {
-    let qs = read_mc_examples(&fixtures().join("data/mc.jsonl")).expect("read");
+    let qs = read_mc_examples(&fixture("data/mc.jsonl")).expect("read");
     let answers: Vec<usize> = qs.iter().map(|q| q.answer).collect();
     // "B", 0, "b" (lower case), 4.
     assert_eq!(answers, vec![1, 0, 1, 4]);
@@ -273,7 +269,7 @@ fn multiple_choice_answers_read_as_letters_or_indices() {
 #[test]
 fn multiple_choice_letter_logits_and_predictions_match_transformers() {
     let r = reference();
-    let path = fixtures().join("data/mc.jsonl");
+    let path = fixture("data/mc.jsonl");
     let tok = load_tokenizer(&llama_dir(), 64).expect("tokenizer");
     let mc = encode_mc(&tok, &read_mc_examples(&path).expect("read"), &path).expect("encode");
     let want_letters: Vec<i64> =
@@ -344,7 +340,7 @@ fn job(dir: &Path, toml: &str) -> WorkerJob {
 }
 
 fn sweep(model: &Path, metric: &str) -> String {
-    let data = fixtures().join("data");
+    let data = fixture("data");
     format!(
         r#"
 [model]
@@ -429,7 +425,7 @@ fn a_causal_lm_cell_runs_end_to_end_and_reports_its_metric() {
 #[test]
 fn causal_lm_on_an_encoder_model_is_a_clear_error() {
     let d = tempfile::tempdir().expect("tempdir");
-    let j = job(d.path(), &sweep(&fixtures().join("tiny-bert"), "eval_loss"));
+    let j = job(d.path(), &sweep(&fixture("tiny-bert"), "eval_loss"));
     let err = run_job(&j, &mut |_| {})
         .expect_err("BERT cannot be a causal LM")
         .to_string();
@@ -551,24 +547,15 @@ fn a_causal_lm_adapter_loads_in_peft_with_the_same_next_token_logits() {
     let tok = load_tokenizer(&llama_dir(), 64).expect("tokenizer");
     let pairs: Vec<(&str, Option<&str>)> = prompts.iter().map(|p| (*p, None)).collect();
     let ids = serde_json::to_string(&encode_inputs(&tok, &pairs).ids).expect("ids");
-    let python = std::env::var("VIRTUAL_ENV")
-        .map(|v| PathBuf::from(v).join("bin/python"))
-        .unwrap_or_else(|_| PathBuf::from("python3"));
-    let run = std::process::Command::new(python)
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/peft_lm_logits.py"))
-        .args([
+    let out = run_script(
+        "peft_lm_logits.py",
+        [
             &llama_dir().display().to_string(),
             &adapter.display().to_string(),
             &ids,
-        ])
-        .output()
-        .expect("run python (source scripts/env.sh: the venv has transformers and peft)");
-    assert!(
-        run.status.success(),
-        "peft_lm_logits.py failed: {}",
-        String::from_utf8_lossy(&run.stderr)
+        ],
     );
-    let peft: Value = serde_json::from_slice(&run.stdout).expect("json");
+    let peft: Value = serde_json::from_slice(&out).expect("json");
     let d_peft = max_abs_diff(&ours, &tensor(&peft, Kind::Float));
     assert!(
         d_peft <= 1e-4,

@@ -12,17 +12,10 @@ use etagrid_train::data::{collate, load_tokenizer};
 use etagrid_train::model::{load_classifier, SequenceClassifier};
 use etagrid_train::optim::{Group, LoraPlusAdamW};
 use etagrid_train::weights::Weights;
-use std::path::PathBuf;
 use tch::{Device, Kind};
 
-fn dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
 fn load(name: &str, targets: &[&str], init: InitScheme) -> Box<dyn SequenceClassifier> {
-    let d = dir(name);
+    let d = fixture(name);
     let weights = Weights::load(&d, Device::Cpu, Kind::Float).expect("weights");
     let lora = LoraSpec {
         init,
@@ -34,16 +27,11 @@ fn load(name: &str, targets: &[&str], init: InitScheme) -> Box<dyn SequenceClass
 
 fn check(name: &str, targets: &[&str]) {
     let r: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir(name).join("reference.json")).expect("read"),
+        &std::fs::read_to_string(fixture(name).join("reference.json")).expect("read"),
     )
     .expect("json");
-    let tok = load_tokenizer(&dir(name), 64).expect("tokenizer");
-    let owned = reference_inputs(&r);
-    let pairs: Vec<(&str, Option<&str>)> = owned
-        .iter()
-        .map(|(t, p)| (t.as_str(), p.as_deref()))
-        .collect();
-    let enc = encode_inputs(&tok, &pairs);
+    let tok = load_tokenizer(&fixture(name), 64).expect("tokenizer");
+    let enc = encode_reference_inputs(&tok, &r);
     let want_ids: Vec<Vec<i64>> = serde_json::from_value(r["input_ids"].clone()).expect("ids");
     assert_eq!(
         enc.ids, want_ids,

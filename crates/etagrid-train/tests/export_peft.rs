@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{encode_inputs, max_abs_diff, python, script, LLAMA_ALL_PROJ};
+use common::{encode_inputs, max_abs_diff, run_script, LLAMA_ALL_PROJ};
 use etagrid_spec::protocol::JobDevice;
 use etagrid_spec::{InitScheme, LoraSpec, TargetModules};
 use etagrid_train::data::{collate, load_tokenizer};
@@ -12,8 +12,6 @@ use etagrid_train::export::save_peft_adapter;
 use etagrid_train::model::{load_classifier, model_type};
 use etagrid_train::predict::{predict, PredictOptions};
 use etagrid_train::weights::Weights;
-use std::path::PathBuf;
-use std::process::Command;
 use tch::{Device, Kind, Tensor};
 
 fn round_trip(fixture: &str, targets: &[&str]) {
@@ -27,9 +25,7 @@ fn round_trip(fixture: &str, targets: &[&str]) {
 }
 
 fn round_trip_with(fixture: &str, lora: LoraSpec) -> serde_json::Value {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(fixture);
+    let dir = common::fixture(fixture);
     let weights = Weights::load(&dir, Device::Cpu, Kind::Float).expect("weights");
     tch::manual_seed(0);
     let model = load_classifier(&dir, &weights, 3, &lora, 2, Device::Cpu).expect("model");
@@ -70,22 +66,16 @@ fn round_trip_with(fixture: &str, lora: LoraSpec) -> serde_json::Value {
         .narrow(0, 3, 3);
 
     let ids = serde_json::to_string(&enc.ids).expect("ids");
-    let run = Command::new(python())
-        .arg(script("peft_logits.py"))
-        .args([
+    let peft_out = run_script(
+        "peft_logits.py",
+        [
             &dir.display().to_string(),
             &adapter.display().to_string(),
             &ids,
             &pad.to_string(),
-        ])
-        .output()
-        .expect("run python (needs scripts/setup.sh's venv with transformers and peft)");
-    assert!(
-        run.status.success(),
-        "peft_logits.py failed: {}",
-        String::from_utf8_lossy(&run.stderr)
+        ],
     );
-    let theirs: Vec<Vec<f64>> = serde_json::from_slice(&run.stdout).expect("logits json");
+    let theirs: Vec<Vec<f64>> = serde_json::from_slice(&peft_out).expect("logits json");
     let theirs = Tensor::from_slice(&theirs.concat())
         .reshape([3, 3])
         .to_kind(Kind::Float);

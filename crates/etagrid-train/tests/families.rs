@@ -3,20 +3,17 @@
 //! the frozen half is exactly the checkpoint's base and the trained half its head plus the LoRA
 //! adapters PEFT would add.
 
+mod common;
+
+use common::fixture;
 use etagrid_data::family::{Family, ModelConfig};
 use etagrid_spec::{LoraSpec, TargetModules};
 use etagrid_train::model::{load_classifier, Role, SequenceClassifier};
 use etagrid_train::weights::Weights;
 use safetensors::SafeTensors;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::{Device, Kind};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
 
 const FIXTURES: [&str; 6] = [
     "tiny-bert",

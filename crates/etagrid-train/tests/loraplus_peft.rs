@@ -17,8 +17,6 @@ use etagrid_train::model::{load_classifier, model_type};
 use etagrid_train::optim::{Group, LoraPlusAdamW};
 use etagrid_train::train::loss;
 use etagrid_train::weights::Weights;
-use std::path::PathBuf;
-use std::process::Command;
 use tch::{Device, Kind, Tensor};
 
 fn setup() -> (
@@ -129,9 +127,7 @@ fn three_steps_against_live_peft(fixture: &str, lora: LoraSpec, expect_embedding
     let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     tch::set_num_threads(1);
     let (lr, ratio, wd) = (1e-3, 16.0, 0.01);
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(fixture);
+    let dir = common::fixture(fixture);
     let weights = Weights::load(&dir, Device::Cpu, Kind::Float).expect("weights");
     tch::manual_seed(0);
     let model = load_classifier(&dir, &weights, 3, &lora, 1, Device::Cpu).expect("model");
@@ -186,17 +182,8 @@ fn three_steps_against_live_peft(fixture: &str, lora: LoraSpec, expect_embedding
     });
     let job_path = tmp.path().join("job.json");
     std::fs::write(&job_path, job.to_string()).expect("write job");
-    let run = Command::new(python())
-        .arg(script("peft_loraplus_steps.py"))
-        .args([&dir, &adapter, &job_path])
-        .output()
-        .expect("run python (needs scripts/setup.sh's venv with transformers and peft)");
-    assert!(
-        run.status.success(),
-        "peft_loraplus_steps.py failed: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&run.stdout).expect("json");
+    let out = run_script("peft_loraplus_steps.py", [&dir, &adapter, &job_path]);
+    let r: serde_json::Value = serde_json::from_slice(&out).expect("json");
 
     let mut opt = LoraPlusAdamW::new(model.trainable(), &[lr], &[lr * ratio], wd)
         .with_embedding_lr(lora.embedding_lr);

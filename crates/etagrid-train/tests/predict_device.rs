@@ -1,15 +1,12 @@
 //! `etagrid predict --device` (issue 13): a device predict cannot use is an error naming it and
 //! saying what to do, never a quiet run on the CPU (`--device cuda:1` used to run on the CPU).
 
+mod common;
+
+use common::fixture;
 use etagrid_spec::protocol::JobDevice;
 use etagrid_train::predict::{parse_device, predict, PredictOptions};
-use std::path::{Path, PathBuf};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
+use std::path::Path;
 
 fn options(input: &Path, device: JobDevice) -> PredictOptions {
     PredictOptions {

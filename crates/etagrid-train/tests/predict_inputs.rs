@@ -2,16 +2,13 @@
 //! a causal LM checkpoint without a classification head unless `--lm`, `--max-len 0`, and an
 //! input file with no input.
 
+mod common;
+
+use common::fixture;
 use etagrid_spec::protocol::JobDevice;
 use etagrid_train::predict::{predict, PredictOptions};
 use safetensors::SafeTensors;
 use std::path::{Path, PathBuf};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
 
 /// The tiny GPT-2 as a plain causal LM checkpoint (`GPT2LMHeadModel`): no `score.weight`.
 fn causal_lm_checkpoint(dir: &Path) -> PathBuf {

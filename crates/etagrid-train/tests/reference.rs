@@ -14,12 +14,7 @@ const TOL: f64 = 1e-4;
 fn encode_reference() -> (Encoded, serde_json::Value) {
     let r = json("reference.json");
     let tok = load_tokenizer(&fixture_dir(), 32).expect("tokenizer");
-    let owned = reference_inputs(&r);
-    let pairs: Vec<(&str, Option<&str>)> = owned
-        .iter()
-        .map(|(t, p)| (t.as_str(), p.as_deref()))
-        .collect();
-    let enc = encode_inputs(&tok, &pairs);
+    let enc = encode_reference_inputs(&tok, &r);
     (enc, r)
 }
 

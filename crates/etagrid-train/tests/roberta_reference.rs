@@ -11,21 +11,14 @@ use etagrid_spec::InitScheme;
 use etagrid_train::bert::{BertConfig, BertForSequenceClassification};
 use etagrid_train::data::{collate, load_tokenizer, Encoded};
 use etagrid_train::weights::Weights;
-use std::path::PathBuf;
 use tch::{Device, Kind};
 
 const PLAIN: &str = "tiny-roberta";
 /// type_vocab_size = 2, pair segments typed 0 / 1.
 const TOKEN_TYPES: &str = "tiny-roberta-tt";
 
-fn dir_of(fixture: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(fixture)
-}
-
 fn reference_of(fixture: &str) -> serde_json::Value {
-    let path = dir_of(fixture).join("reference.json");
+    let path = common::fixture(fixture).join("reference.json");
     serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json")
 }
 
@@ -38,9 +31,10 @@ fn model() -> BertForSequenceClassification {
 }
 
 fn model_of(fixture: &str) -> BertForSequenceClassification {
-    let config = BertConfig::load(&dir_of(fixture)).expect("config");
+    let config = BertConfig::load(&common::fixture(fixture)).expect("config");
     assert!(config.is_roberta());
-    let weights = Weights::load(&dir_of(fixture), Device::Cpu, Kind::Float).expect("weights");
+    let weights =
+        Weights::load(&common::fixture(fixture), Device::Cpu, Kind::Float).expect("weights");
     tch::manual_seed(0);
     BertForSequenceClassification::load(
         config,
@@ -58,13 +52,8 @@ fn encode(r: &serde_json::Value) -> Encoded {
 }
 
 fn encode_of(fixture: &str, r: &serde_json::Value) -> Encoded {
-    let tok = load_tokenizer(&dir_of(fixture), 64).expect("tokenizer");
-    let owned = reference_inputs(r);
-    let pairs: Vec<(&str, Option<&str>)> = owned
-        .iter()
-        .map(|(t, p)| (t.as_str(), p.as_deref()))
-        .collect();
-    encode_inputs(&tok, &pairs)
+    let tok = load_tokenizer(&common::fixture(fixture), 64).expect("tokenizer");
+    encode_reference_inputs(&tok, r)
 }
 
 #[test]

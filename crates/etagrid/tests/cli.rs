@@ -1,14 +1,13 @@
 //! End to end through the real binary on the CPU: the tiny BERT fixture (a real HF-format
 //! checkpoint made by transformers) on a tiny 3-class task. Each test has its own state dir.
 
-use etagrid_store::{CellState, Store};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
+use common::{read_cells, text, tiny_sweep, train_fixture, CPU_RESOURCES};
+use etagrid_store::CellState;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 
 struct Sandbox {
     dir: tempfile::TempDir,
@@ -18,35 +17,7 @@ impl Sandbox {
     /// A sweep over the tiny model with `grid` as its [grid] body.
     fn new(grid: &str, steps: u64) -> Sandbox {
         let dir = tempfile::tempdir().expect("tempdir");
-        let model =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../etagrid-train/tests/fixtures/tiny-bert");
-        let task = fixtures().join("tiny-task");
-        let toml = format!(
-            r#"name = "tiny"
-[model]
-path = "{model}"
-[task]
-train = "{train}"
-eval = "{eval}"
-[lora]
-rank = 4
-alpha = 8
-[train]
-steps = {steps}
-batch_size = 8
-max_seq_len = 32
-log_every = 2
-eval_every = 4
-[grid]
-{grid}
-[resources]
-devices = "cpu"
-threads_per_cell = 1
-"#,
-            model = model.display(),
-            train = task.join("train.csv").display(),
-            eval = task.join("eval.csv").display(),
-        );
+        let toml = format!("{}{CPU_RESOURCES}", tiny_sweep("tiny", grid, steps, 4));
         std::fs::write(dir.path().join("tiny.toml"), toml).expect("write sweep");
         Sandbox { dir }
     }
@@ -65,22 +36,8 @@ threads_per_cell = 1
     }
 
     fn cells(&self) -> Vec<etagrid_store::CellRow> {
-        let db = self.dir.path().join("state/etagrid.sqlite");
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(async {
-                let s = Store::open(&db).await.expect("open store");
-                let c = s.cells("tiny").await.expect("cells");
-                s.close().await;
-                c
-            })
+        read_cells(&self.dir.path().join("state/etagrid.sqlite"), "tiny")
     }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 #[test]
@@ -295,12 +252,6 @@ fn ctrl_c_stops_the_workers_and_leaves_unfinished_cells_pending() {
         .iter()
         .filter(|c| c.state == CellState::Pending)
         .all(|c| c.attempts == 0));
-}
-
-fn train_fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../etagrid-train/tests/fixtures")
-        .join(name)
 }
 
 fn reference(name: &str) -> serde_json::Value {

@@ -3,17 +3,12 @@
 //! it runs (init, report, best, status) work with libtorch off the library path and no
 //! etagrid-torch beside it; everything else goes to the etagrid-torch beside it through exec.
 
+mod common;
+
+use common::{manifest, text, tiny_bert, tiny_task};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn manifest() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// Every package `root` depends on, directly or not, as Cargo.lock records them (normal, build
 /// and dev dependencies alike: stricter than `cargo tree -e normal`).
@@ -112,29 +107,15 @@ impl Lone {
     }
 }
 
-fn tiny_bert() -> String {
-    manifest()
-        .join("../etagrid-train/tests/fixtures/tiny-bert")
-        .display()
-        .to_string()
-}
-
-fn tiny_task(file: &str) -> String {
-    manifest()
-        .join("tests/fixtures/tiny-task")
-        .join(file)
-        .display()
-        .to_string()
-}
-
 #[test]
 fn init_and_report_run_without_libtorch_and_without_etagrid_torch() {
     let lone = Lone::new();
-    let (train, eval) = (tiny_task("train.csv"), tiny_task("eval.csv"));
+    let path = |p: PathBuf| p.display().to_string();
+    let (train, eval) = (path(tiny_task("train.csv")), path(tiny_task("eval.csv")));
     let init = lone.front(&[
         "init",
         "--model",
-        &tiny_bert(),
+        &path(tiny_bert()),
         "--train",
         &train,
         "--eval",

@@ -2,26 +2,17 @@
 //! sweep file that `etagrid plan` accepts and `etagrid run` trains (storing macro-F1 and MCC), and
 //! never overwrites a file.
 
+mod common;
+
+use common::{manifest, read_cells, text, tiny_bert, tiny_task, train_fixture};
 use etagrid_spec::SweepSpec;
-use etagrid_store::{CellState, Store};
+use etagrid_store::CellState;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn tiny_bert() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../etagrid-train/tests/fixtures/tiny-bert")
-}
-
-fn fixture_model(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../etagrid-train/tests/fixtures")
-        .join(name)
-}
-
 /// A directory `scripts/setup.sh` fills (models/, data/); the test says so when it is missing.
 fn set_up(rel: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel);
+    let p = manifest().join("../..").join(rel);
     assert!(
         p.exists(),
         "{} is missing: run scripts/setup.sh",
@@ -30,16 +21,9 @@ fn set_up(rel: &str) -> PathBuf {
     p
 }
 
-fn tiny_task(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tiny-task")
-        .join(file)
-}
-
-fn train_fixture(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../etagrid-train/tests/fixtures/data")
-        .join(file)
+/// A data file of etagrid-train's fixtures.
+fn train_data(file: &str) -> PathBuf {
+    train_fixture("data").join(file)
 }
 
 struct Sandbox {
@@ -102,22 +86,8 @@ impl Sandbox {
     }
 
     fn cells(&self, sweep: &str) -> Vec<etagrid_store::CellRow> {
-        let db = self.path("state/etagrid.sqlite");
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(async {
-                let s = Store::open(&db).await.expect("open store");
-                let c = s.cells(sweep).await.expect("cells");
-                s.close().await;
-                c
-            })
+        read_cells(&self.path("state/etagrid.sqlite"), sweep)
     }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// The value of `key = …` in `toml` (before any comment), if the line is there uncommented.
@@ -251,7 +221,7 @@ fn init_without_an_eval_file_holds_out_a_stratified_split() {
 #[test]
 fn init_detects_a_sentence_pair_and_integer_labels() {
     let sb = Sandbox::new();
-    let tsv = train_fixture("glue.tsv");
+    let tsv = train_data("glue.tsv");
     let out = sb.init(&tsv, Some(&tsv), "pair.toml", &[]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -272,7 +242,7 @@ fn init_detects_a_sentence_pair_and_integer_labels() {
 #[test]
 fn init_uses_the_label_column_it_is_given() {
     let sb = Sandbox::new();
-    let csv = train_fixture("questions.csv");
+    let csv = train_data("questions.csv");
     let out = sb.init(&csv, Some(&csv), "fine.toml", &["--label-column", "fine"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let toml = sb.read("fine.toml");
@@ -345,8 +315,8 @@ fn init_works_for_decoder_models_and_targets_their_attention_modules() {
     let trec = (set_up("data/trec/train.csv"), set_up("data/trec/eval.csv"));
     let q_v = "[\"q_proj\", \"v_proj\"]";
     for (model, (train, eval), targets) in [
-        (fixture_model("tiny-gpt2"), &tiny, "[\"c_attn\"]"),
-        (fixture_model("tiny-llama-mha"), &tiny, q_v),
+        (train_fixture("tiny-gpt2"), &tiny, "[\"c_attn\"]"),
+        (train_fixture("tiny-llama-mha"), &tiny, q_v),
         (set_up("models/SmolLM2-135M-Instruct"), &trec, q_v),
     ] {
         let sb = Sandbox::new();
@@ -374,7 +344,7 @@ fn init_with_roberta_keeps_max_seq_len_within_the_tokens_roberta_allows() {
     std::fs::write(sb.path("long.csv"), &csv).expect("write");
     let toml = init_and_check(
         &sb,
-        &fixture_model("tiny-roberta"),
+        &train_fixture("tiny-roberta"),
         &sb.path("long.csv"),
         &sb.path("long.csv"),
         "roberta.toml",

@@ -2,8 +2,10 @@
 //! events as fast as it can into one SQLite store, while `etagrid status` polls the same store
 //! every 100 ms. Nothing may fail on a locked database and no event may be lost.
 
+mod common;
+
+use common::{manifest, sweep_head, text, CPU_RESOURCES};
 use etagrid_store::{CellState, Store};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,21 +17,15 @@ const STEPS: usize = 50;
 #[test]
 fn sixty_four_concurrent_cells_and_a_polling_status_lose_nothing_and_never_hit_a_lock() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let model = manifest.join("../etagrid-train/tests/fixtures/tiny-bert");
-    let task = manifest.join("tests/fixtures/tiny-task");
     // 8 × 8 learning rates: 64 cells.
     let lrs = (1..=8)
         .map(|i| format!("{i}e-3"))
         .collect::<Vec<_>>()
         .join(", ");
     let toml = format!(
-        "name = \"load\"\n[model]\npath = \"{}\"\n[task]\ntrain = \"{}\"\neval = \"{}\"\n\
-         [train]\nsteps = {STEPS}\nmax_seq_len = 32\n[grid]\nlr_a = [{lrs}]\nlr_b = [{lrs}]\n\
-         [resources]\ndevices = \"cpu\"\nthreads_per_cell = 1\n",
-        model.display(),
-        task.join("train.csv").display(),
-        task.join("eval.csv").display(),
+        "{head}[train]\nsteps = {STEPS}\nmax_seq_len = 32\n[grid]\nlr_a = [{lrs}]\nlr_b = [{lrs}]\n\
+         {CPU_RESOURCES}",
+        head = sweep_head("load"),
     );
     std::fs::write(dir.path().join("load.toml"), toml).expect("write sweep");
     let state = dir.path().join("state");
@@ -39,7 +35,7 @@ fn sixty_four_concurrent_cells_and_a_polling_status_lose_nothing_and_never_hit_a
             .arg("--state-dir")
             .arg(&state)
             .args(args)
-            .env("ETAGRID_WORKER", manifest.join("tests/load-worker.sh"))
+            .env("ETAGRID_WORKER", manifest().join("tests/load-worker.sh"))
             .env("LOAD_STEPS", STEPS.to_string());
         c
     };
@@ -47,11 +43,7 @@ fn sixty_four_concurrent_cells_and_a_polling_status_lose_nothing_and_never_hit_a
     let out = etagrid(&["run", "load.toml", "--enqueue-only"])
         .output()
         .expect("enqueue");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
 
     let running = Arc::new(AtomicBool::new(true));
     let poller = {
@@ -65,7 +57,7 @@ fn sixty_four_concurrent_cells_and_a_polling_status_lose_nothing_and_never_hit_a
                 let out = status.output().expect("status");
                 polls += 1;
                 if !out.status.success() {
-                    failures.push(String::from_utf8_lossy(&out.stderr).into_owned());
+                    failures.push(text(&out.stderr));
                 }
                 // One poll every 100 ms, as a user's `watch` would.
                 std::thread::sleep(Duration::from_millis(100).saturating_sub(t.elapsed()));
@@ -86,7 +78,7 @@ fn sixty_four_concurrent_cells_and_a_polling_status_lose_nothing_and_never_hit_a
     let took = started.elapsed();
     running.store(false, Ordering::Relaxed);
     let (polls, failures) = poller.join().expect("poller");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("locked"), "{err}");
     assert!(

@@ -4,41 +4,24 @@
 //! the fast fake worker of the scheduler's fault tests (`ETAGRID_WORKER`), which speaks the
 //! worker protocol without training: what is tested here is the store, not the training.
 
+mod common;
+
+use common::{manifest, sweep_head, text, CPU_RESOURCES};
 use etagrid_store::testing::{test_server, TestDatabase};
 use etagrid_store::{CellState, Store, StoreUrl};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn fake_worker() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../etagrid-sched/tests/fake-worker.sh")
+    manifest().join("../etagrid-sched/tests/fake-worker.sh")
 }
 
 /// A 2 × 2 sweep over the tiny fixtures (`run` checks that the model and data exist).
 fn write_sweep(dir: &Path) {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let model = manifest.join("../etagrid-train/tests/fixtures/tiny-bert");
-    let task = manifest.join("tests/fixtures/tiny-task");
     let toml = format!(
-        r#"name = "tiny"
-[model]
-path = "{model}"
-[task]
-train = "{train}"
-eval = "{eval}"
-[train]
-steps = 1
-batch_size = 8
-max_seq_len = 32
-[grid]
-lr_a = [1e-3, 1e-2]
-ratio = [1, 16]
-[resources]
-devices = "cpu"
-threads_per_cell = 1
-"#,
-        model = model.display(),
-        train = task.join("train.csv").display(),
-        eval = task.join("eval.csv").display(),
+        "{head}[train]\nsteps = 1\nbatch_size = 8\nmax_seq_len = 32\n\
+         [grid]\nlr_a = [1e-3, 1e-2]\nratio = [1, 16]\n{CPU_RESOURCES}",
+        head = sweep_head("tiny"),
     );
     std::fs::write(dir.join("tiny.toml"), toml).expect("write sweep");
 }
@@ -56,11 +39,6 @@ fn etagrid(dir: &Path, db: &str, args: &[&str]) -> Output {
         .expect("run etagrid")
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// How often the fake worker was started for each cell (it counts in the cell's directory).
 fn starts(dir: &Path) -> Vec<u32> {
     let cells = dir.join("state/cells/tiny");
     let mut n: Vec<u32> = std::fs::read_dir(&cells)

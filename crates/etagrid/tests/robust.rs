@@ -4,8 +4,11 @@
 //! in `tests/robust-worker.sh` (ETAGRID_WORKER), a fake worker; the inputs are checked for real
 //! against a copy of the tiny BERT fixture and the tiny task.
 
+mod common;
+
+use common::{manifest, text, tiny_bert, tiny_task, with_store};
 use etagrid_store::{CellRow, CellState, Store};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -31,10 +34,6 @@ devices = "cpu"
 threads_per_cell = 1
 "#;
 
-fn manifest() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// A project in a temp dir: `model/` (a copy of the tiny BERT), `data/{train,eval}.csv` (the
 /// tiny task), `tiny.toml`, and the store `store.sqlite` that every command names with --db.
 struct Project {
@@ -44,18 +43,14 @@ struct Project {
 impl Project {
     fn new() -> Project {
         let dir = tempfile::tempdir().expect("tempdir");
-        let model = manifest().join("../etagrid-train/tests/fixtures/tiny-bert");
+        let model = tiny_bert();
         std::fs::create_dir_all(dir.path().join("model")).expect("mkdir");
         for f in ["config.json", "model.safetensors", "tokenizer.json"] {
             std::fs::copy(model.join(f), dir.path().join("model").join(f)).expect("copy model");
         }
         std::fs::create_dir_all(dir.path().join("data")).expect("mkdir");
         for f in ["train.csv", "eval.csv"] {
-            std::fs::copy(
-                manifest().join("tests/fixtures/tiny-task").join(f),
-                dir.path().join("data").join(f),
-            )
-            .expect("copy data");
+            std::fs::copy(tiny_task(f), dir.path().join("data").join(f)).expect("copy data");
         }
         std::fs::write(dir.path().join("tiny.toml"), SWEEP).expect("write sweep");
         Project { dir }
@@ -104,16 +99,7 @@ impl Project {
     }
 
     fn store<T>(&self, f: impl AsyncFnOnce(&Store) -> T) -> T {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(async {
-                let s = Store::open(&self.db()).await.expect("open store");
-                let r = f(&s).await;
-                s.close().await;
-                r
-            })
+        with_store(self.db(), f)
     }
 
     fn cells(&self) -> Vec<CellRow> {
@@ -126,10 +112,6 @@ impl Project {
         }
         self.store(async |s| s.sweep_names().await.expect("names"))
     }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// A child process killed (with its process group) when the test ends, pass or fail.

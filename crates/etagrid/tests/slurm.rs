@@ -6,6 +6,9 @@
 //!
 //! Every test uses its own sweep name: the front end finds its tasks by job name.
 
+mod common;
+
+use common::{text, tiny_sweep, with_store};
 use etagrid_store::testing::TestDatabase;
 use etagrid_store::{CellRow, CellState, SlurmTask, Store, StoreUrl};
 use std::path::Path;
@@ -35,8 +38,8 @@ fn slurm_conf() -> &'static str {
             out.status.success(),
             "could not start the local SLURM cluster (needs root and `apt-get install -y slurm-wlm`; \
              scripts/test.sh does both): {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            text(&out.stdout),
+            text(&out.stderr)
         );
         let base = std::env::var("ETAGRID_SLURM_BASE")
             .unwrap_or_else(|_| "/tmp/etagrid-slurm-local".to_owned());
@@ -63,14 +66,14 @@ fn pg_database() -> TestDatabase {
         assert!(
             up.status.success(),
             "could not start the local PostgreSQL: {}",
-            String::from_utf8_lossy(&up.stderr)
+            text(&up.stderr)
         );
         let url = Command::new("bash")
             .arg(&script)
             .arg("url")
             .output()
             .expect("pg-local.sh url");
-        String::from_utf8_lossy(&url.stdout).trim().to_owned()
+        text(&url.stdout).trim().to_owned()
     });
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -90,32 +93,7 @@ struct Sandbox {
 impl Sandbox {
     fn new(name: &str, grid: &str, steps: u64, eval_every: u64) -> Sandbox {
         let dir = tempfile::tempdir().expect("tempdir");
-        let model =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../etagrid-train/tests/fixtures/tiny-bert");
-        let task = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-task");
-        let toml = format!(
-            r#"name = "{name}"
-[model]
-path = "{model}"
-[task]
-train = "{train}"
-eval = "{eval}"
-[lora]
-rank = 4
-alpha = 8
-[train]
-steps = {steps}
-batch_size = 8
-max_seq_len = 32
-log_every = 2
-eval_every = {eval_every}
-[grid]
-{grid}
-"#,
-            model = model.display(),
-            train = task.join("train.csv").display(),
-            eval = task.join("eval.csv").display(),
-        );
+        let toml = tiny_sweep(name, grid, steps, eval_every);
         std::fs::write(dir.path().join("sweep.toml"), toml).expect("write sweep");
         let database = pg_database();
         Sandbox {
@@ -172,17 +150,7 @@ eval_every = {eval_every}
     }
 
     fn store<T>(&self, f: impl AsyncFnOnce(&Store) -> T) -> T {
-        let db = StoreUrl::parse(&self.db).expect("store URL");
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(async {
-                let s = Store::open(db).await.expect("open store");
-                let r = f(&s).await;
-                s.close().await;
-                r
-            })
+        with_store(StoreUrl::parse(&self.db).expect("store URL"), f)
     }
 
     fn cells(&self) -> Vec<CellRow> {
@@ -212,11 +180,6 @@ eval_every = {eval_every}
     }
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Polls `cond` until it holds; panics with `what` after `limit`.
 fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + limit;
     while !cond() {

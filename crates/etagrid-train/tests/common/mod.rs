@@ -8,11 +8,20 @@ use etagrid_train::bert::{Batch, BertConfig, BertForSequenceClassification};
 use etagrid_train::data::{tokenize, Encoded};
 use etagrid_train::weights::Weights;
 use serde_json::Value;
+use std::ffi::OsStr;
 use std::path::PathBuf;
+use std::process::Command;
 use tch::{Device, Kind, Tensor};
 
+/// A directory of tests/fixtures (a model such as `tiny-llama-mha`, or `data`).
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
 pub fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert")
+    fixture("tiny-bert")
 }
 
 pub fn json(name: &str) -> Value {
@@ -114,6 +123,22 @@ pub fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The standard output of `python scripts/NAME ARGS…` in scripts/setup.sh's venv (transformers
+/// and PEFT); panics with its standard error when it fails.
+pub fn run_script<I: AsRef<OsStr>>(name: &str, args: impl IntoIterator<Item = I>) -> Vec<u8> {
+    let run = Command::new(python())
+        .arg(script(name))
+        .args(args)
+        .output()
+        .expect("run python (needs scripts/setup.sh's venv with transformers and peft)");
+    assert!(
+        run.status.success(),
+        "{name} failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    run.stdout
+}
+
 /// Token ids of `inputs` (text, optional pair) through etagrid's own tokenization, label 0 each.
 pub fn encode_inputs(tok: &tokenizers::Tokenizer, inputs: &[(&str, Option<&str>)]) -> Encoded {
     let (ids, type_ids) =
@@ -145,6 +170,17 @@ pub fn reference_inputs(r: &Value) -> Vec<(String, Option<String>)> {
             )
         })
         .collect()
+}
+
+/// The fixture's reference inputs ([`reference_inputs`]) through etagrid's tokenization
+/// ([`encode_inputs`]).
+pub fn encode_reference_inputs(tok: &tokenizers::Tokenizer, r: &Value) -> Encoded {
+    let owned = reference_inputs(r);
+    let pairs: Vec<(&str, Option<&str>)> = owned
+        .iter()
+        .map(|(t, p)| (t.as_str(), p.as_deref()))
+        .collect();
+    encode_inputs(tok, &pairs)
 }
 
 /// Every projection of a Llama layer (PEFT's `.*_proj`), as a target list.
