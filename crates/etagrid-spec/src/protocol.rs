@@ -11,6 +11,7 @@
 //! training, say). Each cell of a pack ends with its own terminal event.
 
 use crate::cell::{CellConfig, CellId};
+use crate::spec::Metric;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -281,6 +282,17 @@ impl Metrics {
     }
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// The value of a sweep's `[task] metric`: `eval_loss` is the evaluation's loss, every other
+    /// metric the key of the same name (NaN where the evaluation did not measure it).
+    pub fn value_of(&self, metric: Metric, eval_loss: f64) -> f64 {
+        match metric {
+            Metric::EvalLoss => eval_loss,
+            m => Measure::from_name(m.name())
+                .and_then(|x| self.get(x))
+                .unwrap_or(f64::NAN),
+        }
     }
 }
 

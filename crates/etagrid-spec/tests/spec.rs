@@ -805,6 +805,30 @@ fn metrics_are_plain_keys_of_the_line_and_protocol_1_lines_read_the_same() {
 }
 
 #[test]
+fn a_sweeps_metric_is_read_from_the_map_by_name_and_eval_loss_from_the_loss() {
+    use etagrid_spec::spec::Metric;
+    // Every metric a sweep can rank by, but the loss, is a key of the map.
+    for m in Metric::ALL {
+        assert_eq!(
+            Measure::from_name(m.name()).is_some(),
+            m != Metric::EvalLoss,
+            "{}",
+            m.name()
+        );
+    }
+    let lm = Metrics::new()
+        .with(Measure::Perplexity, 7.5)
+        .with(Measure::TokenAccuracy, 0.25);
+    assert_eq!(lm.value_of(Metric::Perplexity, 2.0), 7.5);
+    assert_eq!(lm.value_of(Metric::EvalLoss, 2.0), 2.0);
+    assert!(
+        lm.value_of(Metric::McAccuracy, 2.0).is_nan(),
+        "no mc_eval: NaN"
+    );
+    assert!(lm.value_of(Metric::Accuracy, 2.0).is_nan());
+}
+
+#[test]
 fn causal_lm_metrics_travel_in_the_map_and_an_infinite_perplexity_survives_json() {
     let result = CellResult {
         metric: f64::INFINITY,

@@ -207,16 +207,6 @@ impl LmEvalMetrics {
     pub fn perplexity(&self) -> f64 {
         self.loss.exp()
     }
-
-    /// The value of `metric` (NaN for a classification metric or a missing `mc_eval`).
-    pub fn get(&self, metric: Metric) -> f64 {
-        match metric {
-            Metric::EvalLoss => self.loss,
-            Metric::Perplexity => self.perplexity(),
-            Metric::McAccuracy => self.mc_accuracy.unwrap_or(f64::NAN),
-            Metric::Accuracy | Metric::MacroF1 | Metric::Mcc => f64::NAN,
-        }
-    }
 }
 
 /// Multiple-choice predictions: `letter_logits` [b, L] holds each question's next-token logits of

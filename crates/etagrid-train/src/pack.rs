@@ -219,10 +219,11 @@ impl PackEnd<'_> {
             emit(&c.cell_id, WorkerEvent::Diverged { step, loss });
             return JobOutcome::Diverged { step, loss };
         }
+        let metrics = e.metrics();
         let result = CellResult {
-            metric: e.get(c.config.task.metric),
+            metric: metrics.value_of(c.config.task.metric, e.loss()),
             eval_loss: e.loss(),
-            metrics: e.metrics(),
+            metrics,
             train_loss,
             steps: total_steps,
             wall_s: self.started.elapsed().as_secs_f64(),

@@ -258,12 +258,6 @@ impl AnyEval {
             }
         }
     }
-    pub(crate) fn get(&self, metric: etagrid_spec::spec::Metric) -> f64 {
-        match self {
-            AnyEval::Classification(e) => e.get(metric),
-            AnyEval::Lm(e) => e.get(metric),
-        }
-    }
     pub(crate) fn event(&self, step: u64) -> WorkerEvent {
         WorkerEvent::Eval {
             step,
