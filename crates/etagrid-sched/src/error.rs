@@ -18,6 +18,9 @@ pub enum SchedError {
     Locked { path: PathBuf },
     #[error("another `etagrid run` is running sweep {sweep} with the store {store}; wait for it or stop it first")]
     SweepLocked { sweep: String, store: String },
+    /// A halving sweep whose store is not in a state a run leaves it in.
+    #[error("{0}")]
+    Halving(String),
     #[error("start the tokio runtime")]
     Runtime(#[source] std::io::Error),
     /// A SLURM command failed for good (a bad partition, impossible resources, no controller).

@@ -138,7 +138,7 @@ impl Pack {
             match terminal_outcome(&ev.event) {
                 Some(outcome) => {
                     m.ended = true;
-                    m.done = matches!(outcome, Outcome::Done(_));
+                    m.done = matches!(outcome, Outcome::Done(_) | Outcome::Paused(_));
                     actions.push(Action::Finish {
                         id,
                         label: m.label.clone(),
@@ -229,7 +229,8 @@ fn outcome_of(
     }
 }
 
-/// The outcome a terminal event reports (`finished`, `diverged`, `failed`); `None` for others.
+/// The outcome a terminal event reports (`finished`, `diverged`, `failed`, `paused`); `None`
+/// for others.
 pub fn terminal_outcome(ev: &WorkerEvent) -> Option<Outcome> {
     match ev {
         WorkerEvent::Finished { result } => Some(Outcome::Done(result.clone())),
@@ -238,6 +239,7 @@ pub fn terminal_outcome(ev: &WorkerEvent) -> Option<Outcome> {
             loss: *loss,
         }),
         WorkerEvent::Failed { error } => Some(Outcome::Failed(error.clone())),
+        WorkerEvent::Paused { result } => Some(Outcome::Paused(result.clone())),
         _ => None,
     }
 }
@@ -255,6 +257,11 @@ pub async fn record_event(
             groups,
             ..
         } => store.set_groups(sweep, cell_id, groups, *total_steps).await,
+        // A curve holds finite points only (a NaN has no place on a plot, and SQLite would
+        // store it as NULL).
+        WorkerEvent::Train { step, loss, .. } if !loss.is_finite() => {
+            store.record_metrics(sweep, cell_id, *step, &[]).await
+        }
         WorkerEvent::Train { step, loss, .. } => {
             store
                 .record_metrics(sweep, cell_id, *step, &[("train_loss", *loss)])
@@ -267,11 +274,13 @@ pub async fn record_event(
         } => {
             let mut points = vec![("eval_loss", *loss)];
             points.extend(metrics.iter().map(|(m, v)| (m.curve_name(), v)));
+            points.retain(|p| p.1.is_finite());
             store.record_metrics(sweep, cell_id, *step, &points).await
         }
         WorkerEvent::Finished { .. }
         | WorkerEvent::Diverged { .. }
-        | WorkerEvent::Failed { .. } => Ok(()),
+        | WorkerEvent::Failed { .. }
+        | WorkerEvent::Paused { .. } => Ok(()),
     }
 }
 

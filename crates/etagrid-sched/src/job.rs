@@ -3,7 +3,7 @@
 
 use crate::error::io_err;
 use crate::SchedError;
-use etagrid_spec::protocol::{CellEvent, JobDevice, PackedCell, WorkerJob};
+use etagrid_spec::protocol::{CellEvent, JobDevice, PackedCell, Segment, WorkerJob};
 use etagrid_spec::{CellConfig, CellId, SweepSpec};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -24,6 +24,8 @@ pub(crate) struct JobSettings {
     pub cuda_visible_devices: Option<String>,
     pub threads: usize,
     pub save_adapter: bool,
+    /// The part of the cells' budget to train (see [`WorkerJob::segment`]).
+    pub segment: Option<Segment>,
 }
 
 /// The job of a worker training `cells` (one, or a pack: the first cell and the rest), each
@@ -56,6 +58,7 @@ pub(crate) fn pack_job(
                 out_dir: dir(id),
             })
             .collect(),
+        segment: settings.segment,
     })
 }
 
@@ -146,6 +149,7 @@ mod tests {
             cuda_visible_devices: Some("GPU-8f1c0000-aaaa".into()),
             threads: 2,
             save_adapter: true,
+            segment: None,
         };
         let job = pack_job(&spec, Path::new("/st"), &cells, &settings).expect("job");
         assert_eq!(job.cells().len(), 2);
@@ -163,6 +167,7 @@ mod tests {
         let job = WorkerJob {
             out_dir: dir.path().join("c0"),
             pack: Vec::new(),
+            segment: None,
             ..job
         };
         let path = dir.path().join("job.json");

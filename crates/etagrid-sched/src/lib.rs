@@ -15,6 +15,7 @@
 mod devices;
 mod error;
 mod events;
+mod halving;
 mod job;
 pub mod local;
 mod memfit;

@@ -63,6 +63,11 @@ impl Progress {
         }
     }
 
+    /// More cells to run (the next rung of a halving sweep).
+    pub fn add_cells(&self, n: u64) {
+        self.overall.inc_length(n);
+    }
+
     pub fn cell_finished(&self) {
         self.overall.inc(1);
     }

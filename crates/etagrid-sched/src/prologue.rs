@@ -11,6 +11,8 @@ pub struct RunSummary {
     /// Cells already done or diverged before this run: skipped.
     pub skipped: usize,
     pub done: usize,
+    /// Halving cells that reached the end of a rung (each pause of a cell counts).
+    pub paused: usize,
     pub diverged: usize,
     pub failed: usize,
     /// Cells returned to pending because the run was stopped.

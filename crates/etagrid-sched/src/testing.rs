@@ -40,6 +40,10 @@ pub(crate) fn pending_rows(spec: &SweepSpec) -> Vec<CellRow> {
             pack_size: None,
             error: None,
             config: String::new(),
+            rung: None,
+            resume_step: None,
+            pruned: false,
+            device_s: None,
         })
         .collect()
 }

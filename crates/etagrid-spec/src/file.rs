@@ -18,6 +18,10 @@ pub struct SweepFile {
     pub grid: GridSection,
     #[serde(default)]
     pub resources: ResourcesSection,
+    /// `[search]`: grid (default) or successive halving; checked by
+    /// [`etagrid_search::SearchSpec::validate`].
+    #[serde(default)]
+    pub search: Option<Spanned<etagrid_search::SearchSpec>>,
 }
 
 #[derive(Debug, Deserialize)]

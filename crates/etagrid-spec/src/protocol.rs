@@ -18,7 +18,8 @@ use std::path::PathBuf;
 /// The version of this protocol, written into every job file. A worker refuses a job of a newer
 /// version than its own (a scheduler and workers from different builds), by name, instead of
 /// misreading it. 2: metrics as a map of their own keys ([`Metrics`]), no `labels` in `started`.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: segments of a cell ([`WorkerJob::segment`], the `paused` event).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 fn protocol_v1() -> u32 {
     1
@@ -57,6 +58,34 @@ pub struct WorkerJob {
     /// η_A, η_B, the seed and the LoRA init scheme ([`CellConfig::pack_key`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pack: Vec<PackedCell>,
+    /// Train only a part of every cell's step budget (successive halving): `None` trains each
+    /// cell from its start to its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<Segment>,
+}
+
+/// A part of a cell's training, given as fractions of its full step budget (the worker knows the
+/// budget; [`fraction_step`] turns a fraction into a step). The learning-rate schedule is always
+/// the one of the full budget: a cell paused at a rung is not a cell that finished early.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Segment {
+    /// Continue from the checkpoint each cell saved when it paused at this fraction; `None`:
+    /// start from the beginning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_from: Option<f64>,
+    /// Stop at this fraction: evaluate, save a checkpoint and emit `paused`. `None` or 1.0:
+    /// train to the end and finish as usual.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_at: Option<f64>,
+}
+
+/// The step at which `fraction` of a budget of `total_steps` ends: ⌈fraction · total⌉, at
+/// least 1 and at most `total_steps` (1.0 is always the last step).
+pub fn fraction_step(fraction: f64, total_steps: u64) -> u64 {
+    if fraction >= 1.0 {
+        return total_steps;
+    }
+    ((fraction * total_steps as f64).ceil() as u64).clamp(1, total_steps.max(1))
 }
 
 /// One more cell of a packed [`WorkerJob`].
@@ -130,12 +159,14 @@ pub enum WorkerEvent {
     Train {
         step: u64,
         total_steps: u64,
+        #[serde(with = "non_finite")]
         loss: f64,
         lr_a: f64,
         lr_b: f64,
     },
     Eval {
         step: u64,
+        #[serde(with = "non_finite")]
         loss: f64,
         /// Every other metric measured, each as its own key of the line (`"accuracy": 0.8`).
         #[serde(flatten)]
@@ -155,6 +186,11 @@ pub enum WorkerEvent {
     Failed {
         error: String,
     },
+    /// The cell reached the end of its segment ([`WorkerJob::segment`]) and saved a checkpoint
+    /// to continue from; `result` is its evaluation there (`steps`: the step it paused at).
+    Paused {
+        result: CellResult,
+    },
 }
 
 impl WorkerEvent {
@@ -164,6 +200,7 @@ impl WorkerEvent {
             WorkerEvent::Finished { .. }
                 | WorkerEvent::Diverged { .. }
                 | WorkerEvent::Failed { .. }
+                | WorkerEvent::Paused { .. }
         )
     }
 }
@@ -180,13 +217,18 @@ pub struct ParamGroupInfo {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CellResult {
-    /// The sweep's metric (`[task] metric`) at the end.
+    /// The sweep's metric (`[task] metric`) at the end. This and the losses may be NaN (a
+    /// metric the evaluation did not measure, a train loss before the first log point), written
+    /// as the string `"NaN"` like every non-finite number of the protocol.
+    #[serde(with = "non_finite")]
     pub metric: f64,
+    #[serde(with = "non_finite")]
     pub eval_loss: f64,
     /// Every other metric at the end, each as its own key (`"accuracy": 0.8, "macro_f1": …`).
     #[serde(flatten)]
     pub metrics: Metrics,
     /// Mean train loss over the last `log_every` steps.
+    #[serde(with = "non_finite")]
     pub train_loss: f64,
     pub steps: u64,
     /// Wall time of the worker that trained the cell, start-up and evaluation included. A cell of

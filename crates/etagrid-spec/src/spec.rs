@@ -35,6 +35,9 @@ pub struct SweepSpec {
     /// set, so a changed input never matches a finished cell. `None` only for a spec that was
     /// parsed without looking at its files.
     pub inputs: Option<String>,
+    /// `[search]`: how the grid is explored (every cell in full, or successive halving). Not
+    /// part of the cells' ids: a halving sweep's cells are the grid's.
+    pub search: etagrid_search::SearchSpec,
 }
 
 /// How many grid cells one worker trains together (a *pack*) on one copy of the frozen base.
@@ -525,6 +528,15 @@ impl Resolver<'_> {
                 })?),
             },
             inputs: None,
+            search: match f.search {
+                None => etagrid_search::SearchSpec::default(),
+                Some(s) => {
+                    let span = s.span();
+                    let s = s.into_inner();
+                    s.validate().map_err(|m| self.err(span, "search", m))?;
+                    s
+                }
+            },
         })
     }
 

@@ -877,6 +877,7 @@ fn a_job_of_a_newer_protocol_is_refused_by_name_and_an_old_one_reads_as_version_
         save_adapter: true,
         cache_dir: None,
         pack: Vec::new(),
+        segment: None,
     };
     assert_eq!(job.check_protocol(), Ok(()));
     let mut v = serde_json::to_value(&job).expect("serialize");

@@ -17,6 +17,8 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool, Connection, Row};
 use std::collections::BTreeMap;
 
+mod halving;
+pub use halving::RungRow;
 mod lease;
 pub use lease::{unix_now, Claim, Lease, SlurmTask};
 mod times;
@@ -149,6 +151,15 @@ pub struct CellRow {
     pub pack_size: Option<i64>,
     pub error: Option<String>,
     pub config: String,
+    /// Successive halving: the rung (0-based) the cell works toward or last reached; `None` for
+    /// a grid sweep's cell.
+    pub rung: Option<i64>,
+    /// The step its current segment continues from (`None`: from the start).
+    pub resume_step: Option<i64>,
+    /// Left out by a promotion: its metric is the one of rung `rung`.
+    pub pruned: bool,
+    /// Device seconds all its segments took (its share of each pack's wall time).
+    pub device_s: Option<f64>,
 }
 
 /// The `n`-th (1-based) bind parameter of a statement whose parameters are all bound in order:
@@ -189,6 +200,9 @@ pub struct EnqueueSummary {
 #[derive(Debug, Clone)]
 pub enum Outcome {
     Done(CellResult),
+    /// Successive halving: the cell reached the end of its rung's segment (stored `done` with
+    /// the rung's evaluation until a promotion continues or prunes it).
+    Paused(CellResult),
     Diverged {
         step: u64,
         loss: f64,
@@ -396,10 +410,12 @@ impl Store {
 
     /// Gives failed cells a fresh set of attempts (`etagrid run --retry-failed`).
     pub async fn reset_failed(&self, sweep: &str) -> Result<u64> {
-        let r = sqlx::query("UPDATE cells SET attempts = 0 WHERE sweep = $1 AND state = 'failed'")
-            .bind(sweep)
-            .execute(&self.pool)
-            .await?;
+        let r = sqlx::query(
+            "UPDATE cells SET attempts = 0 WHERE sweep = $1 AND state = 'failed' AND pruned = 0",
+        )
+        .bind(sweep)
+        .execute(&self.pool)
+        .await?;
         Ok(r.rows_affected())
     }
 
@@ -460,7 +476,7 @@ impl Store {
         const COLUMNS: &str =
             "SELECT id, idx, lr_a, lr_b, seed, state, attempts, device, step, total_steps,
                     metric, eval_loss, accuracy, macro_f1, mcc, train_loss, wall_s, pack_size, error,
-                    config
+                    config, rung, resume_step, pruned, device_s
              FROM cells";
         // Two statements, not `$2 IS NULL OR state = $2`: that form cannot use the state index
         // and scans every cell (and its config) of a large sweep.
@@ -594,10 +610,11 @@ impl Store {
 
     pub async fn finish_cell(&self, sweep: &str, id: &str, outcome: &Outcome) -> Result<()> {
         let q = match outcome {
-            Outcome::Done(r) => sqlx::query(
+            Outcome::Done(r) | Outcome::Paused(r) => sqlx::query(
                 "UPDATE cells SET state = 'done', finished_at = CURRENT_TIMESTAMP, metric = $3,
                      eval_loss = $4, accuracy = $5, train_loss = $6, wall_s = $7, samples_per_s = $8,
-                     step = $9, error = NULL, macro_f1 = $10, mcc = $11, pack_size = $12
+                     step = $9, error = NULL, macro_f1 = $10, mcc = $11, pack_size = $12,
+                     device_s = COALESCE(device_s, 0) + $13
                  WHERE sweep = $1 AND id = $2",
             )
             .bind(sweep)
@@ -611,7 +628,8 @@ impl Store {
             .bind(r.steps as i64)
             .bind(r.metrics.get(Measure::MacroF1))
             .bind(r.metrics.get(Measure::Mcc))
-            .bind(r.pack_size.map(i64::from)),
+            .bind(r.pack_size.map(i64::from))
+            .bind(r.device_seconds()),
             Outcome::Diverged { step, loss } => sqlx::query(
                 "UPDATE cells SET state = 'diverged', finished_at = CURRENT_TIMESTAMP, step = $3,
                      train_loss = $4, error = 'loss became NaN or infinite'
@@ -663,17 +681,21 @@ impl Store {
 }
 
 /// Drops the cell's curves (those of earlier attempts: a started or claimed cell has one curve)
-/// and commits `tx`, which started the cell.
+/// past the step its segment continues from, and commits `tx`, which started the cell.
 async fn drop_curves_and_commit(
     mut tx: sqlx::Transaction<'_, sqlx::Any>,
     sweep: &str,
     id: &str,
 ) -> Result<()> {
-    sqlx::query("DELETE FROM metrics WHERE sweep = $1 AND cell_id = $2")
-        .bind(sweep)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+    // A halving cell continuing from a rung keeps its curves up to there.
+    sqlx::query(
+        "DELETE FROM metrics WHERE sweep = $1 AND cell_id = $2 AND step > COALESCE(
+             (SELECT resume_step FROM cells WHERE sweep = $1 AND id = $2), 0)",
+    )
+    .bind(sweep)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(())
 }
@@ -701,5 +723,9 @@ fn cell_row(r: &AnyRow) -> Result<CellRow> {
         pack_size: r.try_get("pack_size")?,
         error: r.try_get("error")?,
         config: r.try_get("config")?,
+        rung: r.try_get("rung")?,
+        resume_step: r.try_get("resume_step")?,
+        pruned: r.try_get::<i64, _>("pruned")? != 0,
+        device_s: r.try_get("device_s")?,
     })
 }

@@ -85,6 +85,7 @@ mod tests {
             save_adapter: false,
             cache_dir: None,
             pack: Vec::new(),
+            segment: None,
         };
         std::env::set_var("CUDA_VISIBLE_DEVICES", "7");
         let err = select_job(&job).expect_err("no CUDA here").to_string();

@@ -9,6 +9,12 @@ pub enum TrainError {
         #[source]
         source: std::io::Error,
     },
+    #[error("write {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("parse safetensors file {}", path.display())]
     Safetensors {
         path: PathBuf,

@@ -14,6 +14,7 @@
 //! - [`data`]: batches as tensors; reading, splits, tokenization and the token cache are in
 //!   `etagrid_data` (no tch), re-exported there.
 //! - [`metrics`]: accuracy, macro-F1 and MCC from a confusion matrix gathered on the device.
+//! - [`checkpoint`]: a cell's state at a rung of successive halving, to continue from.
 //! - [`pack`]: the train/eval loop of one worker job: K cells on one frozen base (K = 1: one cell).
 //! - [`train`]: losses, evaluation and the one-cell entry point.
 
@@ -24,6 +25,7 @@
 
 pub mod bench;
 pub mod bert;
+pub mod checkpoint;
 pub mod data;
 pub mod decoder;
 pub mod device;

@@ -145,6 +145,27 @@ impl LoraPlusAdamW {
             .collect()
     }
 
+    /// The steps taken so far (AdamW's bias correction counts them).
+    pub fn steps_taken(&self) -> i64 {
+        self.step
+    }
+
+    /// Each trainable tensor with its name and first and second moments: what a checkpoint
+    /// saves and restores (the tensors are the model's own, stacked over the K adapters).
+    pub(crate) fn state_mut(&mut self) -> impl Iterator<Item = (&str, [&mut Tensor; 3])> {
+        self.slots.iter_mut().map(|s| {
+            (
+                s.param.name.as_str(),
+                [&mut s.param.tensor, &mut s.m, &mut s.v],
+            )
+        })
+    }
+
+    /// Continues from a checkpoint taken after `steps` steps.
+    pub(crate) fn set_steps_taken(&mut self, steps: i64) {
+        self.step = steps;
+    }
+
     pub fn zero_grad(&mut self) {
         for s in &mut self.slots {
             let mut g = s.param.tensor.grad();

@@ -19,6 +19,7 @@
 //! distribution, not bit for bit). Without dropout a cell ends with the same numbers in any pack.
 
 use crate::bert::{Batch, ParamRole};
+use crate::checkpoint::{self, CheckpointInfo};
 use crate::data::{collate_lm_to, collate_to, load_tokenizer, BatchOrder, Encoded, TaskData};
 use crate::export::save_peft_adapter;
 use crate::metrics::{Confusion, EvalMetrics};
@@ -29,7 +30,9 @@ use crate::train::{
 };
 use crate::weights::Weights;
 use crate::{device, TrainError};
-use etagrid_spec::protocol::{CellResult, PackedCell, ParamGroupInfo, WorkerEvent, WorkerJob};
+use etagrid_spec::protocol::{
+    fraction_step, CellResult, PackedCell, ParamGroupInfo, WorkerEvent, WorkerJob,
+};
 use etagrid_spec::{CellId, TrainLength};
 use std::time::Instant;
 use tch::{Device, Kind, Reduction, Tensor};
@@ -75,6 +78,7 @@ pub fn run_pack(
         TrainLength::Steps(s) => s,
         TrainLength::Epochs(e) => ((e * orders.orders[0].per_epoch() as f64).ceil() as u64).max(1),
     };
+    let span = Span::of(job, total_steps)?;
     let shape = StartShape {
         device,
         total_steps,
@@ -83,6 +87,9 @@ pub fn run_pack(
     emit_started(&cells, &opt, &data, &shape, emit);
 
     let mut state = PackState::new(k, device);
+    if span.start > 0 {
+        resume(&cells, span.start, &mut opt, &mut orders, &mut state)?;
+    }
     let ctx = Ctx {
         model: model.as_ref(),
         data: &data,
@@ -92,7 +99,7 @@ pub fn run_pack(
         k,
         causal_lm,
     };
-    let trained = ctx.train(&cells, &mut opt, &mut orders, &mut state, total_steps, emit)?;
+    let trained = ctx.train(&cells, &mut opt, &mut orders, &mut state, span, emit)?;
     let live = state.outcomes.iter().any(Option::is_none);
     let eval_started = Instant::now();
     let evals = if live { ctx.evaluate()? } else { Vec::new() };
@@ -116,15 +123,98 @@ pub fn run_pack(
         started,
         trained,
     };
+    let loss_sums = Vec::<f64>::try_from(&state.loss_acc.to_device(Device::Cpu))?;
     let mut out = Vec::with_capacity(k);
     for (i, c) in cells.iter().enumerate() {
         let outcome = match state.outcomes[i].take() {
             Some(o) => o,
+            None if span.stop < total_steps => {
+                let info = CheckpointInfo {
+                    cell_id: c.cell_id.to_string(),
+                    step: span.stop,
+                    total_steps,
+                    adam_steps: opt.steps_taken(),
+                    loss_sum: loss_sums[i],
+                    loss_steps: state.acc_steps,
+                    last_train_loss: Some(state.last_train_loss[i]).filter(|l| l.is_finite()),
+                };
+                // The train loss it reports: the mean since the last log point, if any step
+                // came after it.
+                let train_loss = match state.acc_steps {
+                    0 => state.last_train_loss[i],
+                    n => loss_sums[i] / n as f64,
+                };
+                end.pause_cell(i, c, (&evals[i], train_loss), &info, &mut opt, emit)
+            }
             None => end.finish_cell(i, c, &evals[i], state.last_train_loss[i], emit),
         };
         out.push((c.cell_id.clone(), outcome));
     }
     Ok(out)
+}
+
+/// The steps a job trains: `start..stop` of a budget of `total` (all of it without a segment).
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    start: u64,
+    stop: u64,
+    total: u64,
+}
+
+impl Span {
+    fn of(job: &WorkerJob, total: u64) -> Result<Span, TrainError> {
+        let Some(seg) = job.segment else {
+            return Ok(Span {
+                start: 0,
+                stop: total,
+                total,
+            });
+        };
+        let start = seg.resume_from.map_or(0, |f| fraction_step(f, total));
+        let stop = seg.pause_at.map_or(total, |f| fraction_step(f, total));
+        if start >= stop {
+            return Err(TrainError::Pack(format!(
+                "job {}: its segment resumes at step {start} and pauses at step {stop} of \
+                 {total}: nothing to train (a scheduler bug)",
+                job.cell_id
+            )));
+        }
+        Ok(Span { start, stop, total })
+    }
+}
+
+/// Every cell of the pack continues from its checkpoint at `start`: trainable tensors, AdamW
+/// moments and step, train-loss sums, and the batch order replayed to `start`.
+fn resume(
+    cells: &[PackedCell],
+    start: u64,
+    opt: &mut LoraPlusAdamW,
+    orders: &mut StepRows,
+    state: &mut PackState,
+) -> Result<(), TrainError> {
+    let mut sums = Vec::with_capacity(cells.len());
+    let mut adam_steps = None;
+    for (i, c) in cells.iter().enumerate() {
+        let info = checkpoint::load(&c.out_dir, &c.cell_id.to_string(), start, opt, i as i64)?;
+        if adam_steps.is_some_and(|s| s != info.adam_steps) {
+            return Err(TrainError::Pack(format!(
+                "cell {}'s checkpoint at step {start} took {} optimizer steps, the pack's first \
+                 cell {:?}: they cannot continue together",
+                c.cell_id, info.adam_steps, adam_steps
+            )));
+        }
+        adam_steps = Some(info.adam_steps);
+        sums.push(info.loss_sum);
+        state.acc_steps = info.loss_steps;
+        state.last_train_loss[i] = info.last_train_loss.unwrap_or(f64::NAN);
+        checkpoint::remove_older(&c.out_dir, start)?;
+    }
+    opt.set_steps_taken(adam_steps.unwrap_or(0));
+    state.loss_acc = Tensor::f_from_slice(&sums)?.to_device(state.loss_acc.device());
+    for _ in 0..start {
+        orders.next();
+    }
+    Ok(())
 }
 
 /// `train.max_seq_len` must fit the model's position table.
@@ -219,17 +309,7 @@ impl PackEnd<'_> {
             emit(&c.cell_id, WorkerEvent::Diverged { step, loss });
             return JobOutcome::Diverged { step, loss };
         }
-        let metrics = e.metrics();
-        let result = CellResult {
-            metric: metrics.value_of(c.config.task.metric, e.loss()),
-            eval_loss: e.loss(),
-            metrics,
-            train_loss,
-            steps: total_steps,
-            wall_s: self.started.elapsed().as_secs_f64(),
-            train_samples_per_s: self.trained.samples as f64 / self.trained.seconds.max(1e-9),
-            pack_size: (self.k > 1).then_some(self.k as u32),
-        };
+        let result = self.result(c, e, train_loss, total_steps);
         if self.job.save_adapter {
             if let Err(e) = self.save_adapter(i, c) {
                 let error = error_chain(&e);
@@ -244,6 +324,55 @@ impl PackEnd<'_> {
             },
         );
         JobOutcome::Finished(result)
+    }
+
+    /// Cell `i` at the end of its segment (`step`): its evaluation there, a checkpoint to go on
+    /// from, and `paused` — or `failed` if the checkpoint cannot be written, `diverged` if the
+    /// evaluation is not finite.
+    fn pause_cell(
+        &self,
+        i: usize,
+        c: &PackedCell,
+        (e, train_loss): (&AnyEval, f64),
+        info: &CheckpointInfo,
+        opt: &mut LoraPlusAdamW,
+        emit: &mut dyn FnMut(&CellId, WorkerEvent),
+    ) -> JobOutcome {
+        let step = info.step;
+        emit(&c.cell_id, e.event(step));
+        if !e.loss().is_finite() {
+            let loss = e.loss();
+            emit(&c.cell_id, WorkerEvent::Diverged { step, loss });
+            return JobOutcome::Diverged { step, loss };
+        }
+        if let Err(err) = checkpoint::save(&c.out_dir, opt, i as i64, info) {
+            let error = error_chain(&err);
+            emit(&c.cell_id, WorkerEvent::Failed { error });
+            return JobOutcome::Failed(err.to_string());
+        }
+        let result = self.result(c, e, train_loss, step);
+        emit(
+            &c.cell_id,
+            WorkerEvent::Paused {
+                result: result.clone(),
+            },
+        );
+        JobOutcome::Paused(result)
+    }
+
+    /// Cell `c`'s result after `steps` steps, evaluated as `e`.
+    fn result(&self, c: &PackedCell, e: &AnyEval, train_loss: f64, steps: u64) -> CellResult {
+        let metrics = e.metrics();
+        CellResult {
+            metric: metrics.value_of(c.config.task.metric, e.loss()),
+            eval_loss: e.loss(),
+            metrics,
+            train_loss,
+            steps,
+            wall_s: self.started.elapsed().as_secs_f64(),
+            train_samples_per_s: self.trained.samples as f64 / self.trained.seconds.max(1e-9),
+            pack_size: (self.k > 1).then_some(self.k as u32),
+        }
     }
 
     /// Cell `i`'s adapter (PEFT format) into its `out_dir/adapter`.
@@ -622,9 +751,11 @@ impl Ctx<'_> {
         opt: &mut LoraPlusAdamW,
         orders: &mut StepRows,
         state: &mut PackState,
-        total_steps: u64,
+        span: Span,
         emit: &mut dyn FnMut(&CellId, WorkerEvent),
     ) -> Result<Trained, TrainError> {
+        let total_steps = span.total;
+        let seed = cells[0].config.seed;
         let tr = &cells[0].config.train;
         let (k, device) = (self.k, self.device);
         let started = Instant::now();
@@ -634,9 +765,12 @@ impl Ctx<'_> {
         let mut prof = Profile::new(device);
         let mut resident = (device != Device::Cpu && !self.causal_lm)
             .then(|| ResidentBatches::new(&self.data.train, self.pad, device));
-        for step in 0..total_steps {
+        for step in span.start..span.stop {
+            // Dropout draws are a function of the step, so a run that paused before it draws
+            // the same masks as one that did not.
+            tch::manual_seed(checkpoint::step_seed(seed, step));
             let (batch, rows) = match resident.as_mut() {
-                Some(r) => r.batch(orders, total_steps - step)?,
+                Some(r) => r.batch(orders, span.stop - step)?,
                 None => {
                     let idx = orders.next();
                     let rows: Vec<&[usize]> = idx.iter().map(Vec::as_slice).collect();
@@ -675,7 +809,7 @@ impl Ctx<'_> {
             if state.outcomes.iter().all(Option::is_some) {
                 break;
             }
-            if tr.eval_every > 0 && done % tr.eval_every == 0 && done != total_steps {
+            if tr.eval_every > 0 && done % tr.eval_every == 0 && done != span.stop {
                 let evals = self.evaluate()?;
                 for (i, (c, e)) in cells.iter().zip(&evals).enumerate() {
                     if state.outcomes[i].is_none() {

@@ -17,6 +17,8 @@ pub enum JobOutcome {
     },
     /// A cell of a pack that trained but could not be saved (the others go on).
     Failed(String),
+    /// The cell reached the end of its segment and saved a checkpoint; its evaluation there.
+    Paused(CellResult),
 }
 
 /// Mean cross-entropy over a batch of logits.

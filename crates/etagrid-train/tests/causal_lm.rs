@@ -336,6 +336,7 @@ fn job(dir: &Path, toml: &str) -> WorkerJob {
         save_adapter: true,
         cache_dir: Some(dir.join("cache")),
         pack: Vec::new(),
+        segment: None,
     }
 }
 

@@ -6,7 +6,7 @@
 //! from one generator, so only the dropout-free computation is the same bit for bit (see
 //! `etagrid_train::pack`). The data are the first rows of the real TREC set.
 
-use etagrid_spec::protocol::{JobDevice, PackedCell, WorkerEvent, WorkerJob};
+use etagrid_spec::protocol::{JobDevice, PackedCell, Segment, WorkerEvent, WorkerJob};
 use etagrid_spec::{CellId, SweepSpec};
 use etagrid_train::{run_job, run_pack, JobOutcome};
 use std::collections::BTreeMap;
@@ -17,8 +17,8 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// MiniLM with dropout 0, and 96 train / 48 eval TREC questions.
-fn inputs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+/// MiniLM with its dropout set to `dropout`, and 96 train / 48 eval TREC questions.
+fn inputs(dir: &Path, dropout: f64) -> (PathBuf, PathBuf, PathBuf) {
     let src = root().join("models/all-MiniLM-L6-v2");
     assert!(
         src.join("model.safetensors").exists(),
@@ -33,8 +33,8 @@ fn inputs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let mut config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).expect("config"))
             .expect("json");
-    config["hidden_dropout_prob"] = 0.0.into();
-    config["attention_probs_dropout_prob"] = 0.0.into();
+    config["hidden_dropout_prob"] = dropout.into();
+    config["attention_probs_dropout_prob"] = dropout.into();
     std::fs::write(model.join("config.json"), config.to_string()).expect("write config");
     let trec = std::fs::read_to_string(root().join("data/trec/train.csv")).expect("trec");
     let lines: Vec<&str> = trec.lines().collect();
@@ -48,7 +48,11 @@ fn inputs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 /// The 4 cells: two seeds, different η_A/η_B, both init schemes, and one cell whose rates make
 /// it diverge after its first steps.
 fn cells(dir: &Path) -> (SweepSpec, Vec<PackedCell>) {
-    let (model, train, eval) = inputs(dir);
+    cells_with_dropout(dir, 0.0)
+}
+
+fn cells_with_dropout(dir: &Path, dropout: f64) -> (SweepSpec, Vec<PackedCell>) {
+    let (model, train, eval) = inputs(dir, dropout);
     let toml = format!(
         r#"
 name = "pack"
@@ -68,7 +72,7 @@ batch_size = 8
 max_seq_len = 32
 warmup_steps = 2
 weight_decay = 0.01
-log_every = 3
+log_every = 2
 eval_every = 6
 [grid]
 lr_a = [1e-3]
@@ -124,6 +128,7 @@ fn job(spec: &SweepSpec, cells: &[PackedCell], tag: &str) -> WorkerJob {
         save_adapter: true,
         cache_dir: None,
         pack: cells[1..].iter().map(relocate).collect(),
+        segment: None,
     }
 }
 
@@ -274,5 +279,159 @@ fn cells_that_differ_in_more_than_rates_seed_and_init_are_not_packed() {
     assert!(
         err.to_string().contains("cannot share a frozen base"),
         "{err}"
+    );
+}
+
+/// A train or eval point of a cell's events, as (kind, step, loss).
+fn curve_points(ev: &[WorkerEvent]) -> Vec<(&'static str, u64, f64)> {
+    ev.iter()
+        .filter_map(|e| match e {
+            WorkerEvent::Train { step, loss, .. } => Some(("train", *step, *loss)),
+            WorkerEvent::Eval { step, loss, .. } => Some(("eval", *step, *loss)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Successive halving's resumable cells: a pack paused at 1/3 and 2/3 of its budget and resumed
+/// from its checkpoints ends with the numbers of the same pack trained without a stop — with
+/// MiniLM's own dropout (0.1) on, so the dropout generator and the batch order must be restored
+/// too, not only the adapters, head and AdamW moments.
+#[test]
+fn a_pack_paused_at_rungs_and_resumed_ends_as_one_uninterrupted_run() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let (spec, mut cells) = cells_with_dropout(d.path(), 0.1);
+    cells.remove(2); // the diverging one: a halving run never resumes a diverged cell
+    let whole_job = job(&spec, &cells, "whole");
+    let mut whole_events: BTreeMap<CellId, Vec<WorkerEvent>> = BTreeMap::new();
+    let whole: BTreeMap<CellId, JobOutcome> = run_pack(&whole_job, &mut |c, e| {
+        whole_events.entry(c.clone()).or_default().push(e)
+    })
+    .expect("uninterrupted")
+    .into_iter()
+    .collect();
+
+    let mut seg_events: BTreeMap<CellId, Vec<WorkerEvent>> = BTreeMap::new();
+    let mut last = BTreeMap::new();
+    let segments = [
+        (None, Some(1.0 / 3.0)),
+        (Some(1.0 / 3.0), Some(2.0 / 3.0)),
+        (Some(2.0 / 3.0), None),
+    ];
+    for (n, (resume_from, pause_at)) in segments.into_iter().enumerate() {
+        let mut seg_job = job(&spec, &cells, "segments");
+        seg_job.segment = Some(Segment {
+            resume_from,
+            pause_at,
+        });
+        last = run_pack(&seg_job, &mut |c, e| {
+            seg_events.entry(c.clone()).or_default().push(e)
+        })
+        .expect("segment")
+        .into_iter()
+        .collect();
+        for (i, c) in seg_job.cells().iter().enumerate() {
+            let out = &last[&c.cell_id];
+            if n < 2 {
+                let JobOutcome::Paused(r) = out else {
+                    panic!("segment {n} cell {i}: {out:?}")
+                };
+                assert_eq!(r.steps, 3 * (n as u64 + 1), "paused at the rung's step");
+                assert!(c.out_dir.join(format!("checkpoint-{}", r.steps)).is_dir());
+                assert!(
+                    !c.out_dir.join("adapter").exists(),
+                    "no adapter before the end"
+                );
+            }
+            if n == 2 {
+                // The checkpoint of rung 1 is gone once rung 2's is resumed from.
+                assert!(!c.out_dir.join("checkpoint-3").exists());
+                assert!(c.out_dir.join("checkpoint-6").is_dir());
+            }
+        }
+    }
+    let seg_job = job(&spec, &cells, "segments");
+    let mut worst = 0f64;
+
+    for (i, c) in cells.iter().enumerate() {
+        let (JobOutcome::Finished(a), JobOutcome::Finished(b)) =
+            (&whole[&c.cell_id], &last[&c.cell_id])
+        else {
+            panic!("cell {i}: {:?} / {:?}", whole[&c.cell_id], last[&c.cell_id]);
+        };
+        let mut pairs = vec![
+            ("metric", a.metric, b.metric),
+            ("eval_loss", a.eval_loss, b.eval_loss),
+            ("train_loss", a.train_loss, b.train_loss),
+        ];
+        for ((m, x), (_, y)) in a.metrics.iter().zip(b.metrics.iter()) {
+            pairs.push((m.name(), x, y));
+        }
+        for (what, x, y) in pairs {
+            worst = worst.max(rel(x, y));
+            assert!(rel(x, y) <= 1e-6, "cell {i} {what}: whole {x}, resumed {y}");
+        }
+        let (ta, tb) = (
+            adapter(&whole_job.cells()[i].out_dir),
+            adapter(&seg_job.cells()[i].out_dir),
+        );
+        assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
+        for (name, x) in &ta {
+            let x = x.to_kind(Kind::Double);
+            let norm = x.norm().double_value(&[]).max(1e-12);
+            let diff = (&x - tb[name].to_kind(Kind::Double))
+                .norm()
+                .double_value(&[]);
+            worst = worst.max(diff / norm);
+            assert!(
+                diff / norm <= 1e-6,
+                "cell {i} {name}: ‖Δ‖ {diff} against ‖x‖ {norm}"
+            );
+        }
+        // The same curve: every train-loss point (one spans the pause at step 3) and evaluation.
+        let (ca, cb) = (
+            curve_points(&whole_events[&c.cell_id]),
+            curve_points(&seg_events[&c.cell_id]),
+        );
+        let ca_eval: Vec<_> = ca.iter().filter(|p| p.0 == "eval").collect();
+        assert_eq!(
+            ca_eval.len(),
+            2,
+            "evaluations at step 6 and at the end: {ca:?}"
+        );
+        assert_eq!(
+            ca.iter().map(|p| (p.0, p.1)).collect::<Vec<_>>(),
+            cb.iter()
+                .map(|p| (p.0, p.1))
+                .filter(|p| *p != ("eval", 3))
+                .collect::<Vec<_>>(),
+            "cell {i}: the same points, and the rung evaluation at step 3"
+        );
+        for (x, y) in ca
+            .iter()
+            .zip(cb.iter().filter(|p| (p.0, p.1) != ("eval", 3)))
+        {
+            assert!(rel(x.2, y.2) <= 1e-6, "cell {i} {x:?} vs {y:?}");
+        }
+    }
+    eprintln!("largest relative difference, resumed vs uninterrupted: {worst:.2e}");
+}
+
+#[test]
+fn a_segment_whose_checkpoint_is_gone_fails_naming_the_cell_and_the_step() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let (spec, cells) = cells(d.path());
+    let mut j = job(&spec, &cells[..1], "lost");
+    j.segment = Some(Segment {
+        resume_from: Some(1.0 / 3.0),
+        pause_at: None,
+    });
+    let err = run_pack(&j, &mut |_, _| {}).expect_err("no checkpoint");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&cells[0].cell_id.to_string())
+            && msg.contains("step 3")
+            && msg.contains("checkpoint-3"),
+        "{msg}"
     );
 }

@@ -2,10 +2,11 @@
 //! workers' lines and exits, timers, memory samples and stop signals.
 
 use super::probe::GpuFit;
-use super::worker::{self, spawn_worker, Running};
+use super::worker::{self, spawn_worker, Running, WorkerSpec};
 use super::RunOptions;
 use crate::devices::SlotDevice;
 use crate::events::{Action, Member, Pack, Recorder};
+use crate::halving;
 use crate::job::WorkerMsg;
 use crate::memfit::gpu_memory;
 use crate::packing::Packing;
@@ -26,8 +27,18 @@ pub(super) async fn run_async(
     opts: &RunOptions,
 ) -> Result<RunSummary, SchedError> {
     let prologue = Prologue::open(spec, &opts.store, opts.retry_failed).await?;
-    let rows = prologue.store.cells(&spec.name).await?;
-    let (queue, summary) = queue_of(spec, &prologue, &rows);
+    halving::init(&prologue.store, spec).await?;
+    let mut rows = prologue.store.cells(&spec.name).await?;
+    let (mut queue, mut summary) = queue_of(spec, &prologue, &rows);
+    let wanted: HashSet<String> = prologue.cells.iter().map(|c| c.id.0.clone()).collect();
+    if queue.is_empty() && halving::of(spec).is_some() {
+        // Stopped between rungs: the promotion that was due is made now.
+        for line in halving::advance(&prologue.store, spec, &wanted_set(&wanted)).await? {
+            eprintln!("{line}");
+        }
+        rows = prologue.store.cells(&spec.name).await?;
+        (queue, summary) = queue_of(spec, &prologue, &rows);
+    }
     say_start(spec, opts, &prologue, &summary, queue.len());
     if prologue.say_skipped(spec, &summary, queue.len()) {
         prologue.store.close().await;
@@ -63,6 +74,7 @@ pub(super) async fn run_async(
         summary,
         stopping: 0,
         tx,
+        wanted,
     };
     d.start_probes().await;
     d.event_loop(rx).await?;
@@ -93,7 +105,8 @@ fn queue_of(spec: &SweepSpec, p: &Prologue, rows: &[CellRow]) -> (VecDeque<CellR
             // Still running after recover_running: leased by a SLURM task, which finishes it.
             let leased = r.state == CellState::Running;
             summary.leased += usize::from(leased);
-            let skip = r.state.is_final() || leased;
+            // A halving cell pruned at a rung is final whatever its state.
+            let skip = r.state.is_final() || leased || r.pruned;
             summary.skipped += usize::from(skip);
             let exhausted =
                 r.state == CellState::Failed && r.attempts >= i64::from(spec.max_attempts);
@@ -178,6 +191,12 @@ struct Dispatcher<'a> {
     /// How many stop signals came (1: stopping gracefully; 2: killing).
     stopping: u8,
     tx: mpsc::UnboundedSender<WorkerMsg>,
+    /// The ids of this sweep file's cells.
+    wanted: HashSet<String>,
+}
+
+fn wanted_set(ids: &HashSet<String>) -> HashSet<&str> {
+    ids.iter().map(String::as_str).collect()
 }
 
 impl Dispatcher<'_> {
@@ -212,8 +231,11 @@ impl Dispatcher<'_> {
         mem_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.fill_slots().await?;
-            if self.slots.iter().all(Option::is_none) {
+            if self.slots.iter().all(Option::is_none) && !self.next_rung().await? {
                 return Ok(());
+            }
+            if self.slots.iter().all(Option::is_none) {
+                continue;
             }
             let next_timer = self.next_timer();
             let timer = async move {
@@ -233,6 +255,37 @@ impl Dispatcher<'_> {
                 _ = signals.recv() => self.stop(),
             }
         }
+    }
+
+    /// Successive halving, when every worker has ended and the queue is empty: makes the
+    /// promotions that are due and queues the promoted cells (in new packs). False when there
+    /// is nothing more to run (a grid sweep, a stop, the last rung done).
+    async fn next_rung(&mut self) -> Result<bool, SchedError> {
+        if self.stopping > 0 || !self.queue.is_empty() || halving::of(self.spec).is_none() {
+            return Ok(false);
+        }
+        let wanted = wanted_set(&self.wanted);
+        for line in halving::advance(self.store, self.spec, &wanted).await? {
+            self.progress.line(&line);
+        }
+        let rows = self.store.cells(&self.spec.name).await?;
+        self.queue = rows
+            .into_iter()
+            .filter(|r| wanted.contains(r.id.as_str()) && !r.pruned)
+            .filter(|r| r.state == CellState::Pending)
+            .collect();
+        if self.queue.is_empty() {
+            return Ok(false);
+        }
+        self.progress.add_cells(self.queue.len() as u64);
+        let gpus: HashSet<&SlotDevice> = self.opts.slots.iter().filter(|s| s.is_gpu()).collect();
+        self.packing = Packing::new(
+            &self.queue,
+            &self.current,
+            self.opts.cells_per_worker,
+            Some(gpus.len().max(1)),
+        );
+        Ok(true)
     }
 
     /// Starts workers on the open, idle slots while cells are queued.
@@ -412,6 +465,15 @@ impl Dispatcher<'_> {
                 ),
                 &mut summary.done,
             ),
+            Outcome::Paused(r) => (
+                format!(
+                    "paused at step {}  {}={:.4}",
+                    r.steps,
+                    spec.task.metric.name(),
+                    r.metric
+                ),
+                &mut summary.paused,
+            ),
             Outcome::Diverged { step, .. } => {
                 (format!("diverged at step {step}"), &mut summary.diverged)
             }
@@ -477,8 +539,18 @@ impl Dispatcher<'_> {
             .collect();
         let pack = Pack::new(members);
         let rows: Vec<CellRow> = rows.into_iter().map(|(r, _)| r).collect();
+        // Every cell of a pack is on the same rung (a rung is decided only when none of its
+        // cells is left to run).
+        let segment = halving::of(self.spec)
+            .map(|search| halving::segment(search, rows[0].rung.unwrap_or(0)));
         let spawned = self.configs(&rows).and_then(|cells| {
-            spawn_worker(self.spec, self.opts, &cells, device, slot, self.tx.clone())
+            let w = WorkerSpec {
+                cells: &cells,
+                device,
+                slot,
+                segment,
+            };
+            spawn_worker(self.spec, self.opts, &w, self.tx.clone())
         });
         match spawned {
             Ok((pid, log)) => {

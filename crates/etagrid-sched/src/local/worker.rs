@@ -6,7 +6,7 @@ use crate::events::{Pack, WorkerExit};
 use crate::job::{self, JobSettings, WorkerMsg};
 use crate::sys::{self, Kill};
 use crate::SchedError;
-use etagrid_spec::protocol::JobDevice;
+use etagrid_spec::protocol::{JobDevice, Segment};
 use etagrid_spec::{CellConfig, SweepSpec};
 use etagrid_store::CellRow;
 use std::path::{Path, PathBuf};
@@ -88,17 +88,25 @@ fn tail(log: &Path) -> String {
     }
 }
 
-/// Starts a worker for `cells` (one, or a pack) on slot `slot`: the job file and the worker's
-/// log go into the first cell's directory, and every cell writes its files into its own.
-/// Returns the pid and the log.
+/// What one worker trains and where.
+pub(super) struct WorkerSpec<'a> {
+    pub cells: &'a [(String, CellConfig)],
+    pub device: &'a SlotDevice,
+    pub slot: usize,
+    /// The part of the cells' budget (a halving rung), `None`: all of it.
+    pub segment: Option<Segment>,
+}
+
+/// Starts a worker for `w.cells` (one, or a pack) on slot `w.slot`: the job file and the
+/// worker's log go into the first cell's directory, and every cell writes its files into its
+/// own. Returns the pid and the log.
 pub(super) fn spawn_worker(
     spec: &SweepSpec,
     opts: &RunOptions,
-    cells: &[(String, CellConfig)],
-    device: &SlotDevice,
-    slot: usize,
+    w: &WorkerSpec,
     tx: mpsc::UnboundedSender<WorkerMsg>,
 ) -> Result<(i32, PathBuf), SchedError> {
+    let (cells, device, slot) = (w.cells, w.device, w.slot);
     let settings = JobSettings {
         device: if device.is_gpu() {
             JobDevice::Cuda
@@ -108,6 +116,7 @@ pub(super) fn spawn_worker(
         cuda_visible_devices: device.cuda_visible_devices(),
         threads: opts.threads_per_cell,
         save_adapter: opts.save_adapters,
+        segment: w.segment,
     };
     let job = job::pack_job(spec, &opts.state_dir, cells, &settings).ok_or_else(|| {
         crate::error::io_err("start a worker for no cell in", &opts.state_dir)(

@@ -85,6 +85,14 @@ impl SlurmOptions {
 }
 
 pub fn run_slurm(spec: &SweepSpec, opts: &SlurmOptions) -> Result<RunSummary, SchedError> {
+    if crate::halving::of(spec).is_some() {
+        return Err(SchedError::Halving(format!(
+            "{}: [search] strategy = \"halving\" runs on the local backend only (its rungs are \
+             synchronous, decided by one scheduler): run it without `--backend slurm`, or use \
+             strategy = \"grid\" on SLURM",
+            spec.source.display()
+        )));
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

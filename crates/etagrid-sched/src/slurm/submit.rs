@@ -68,6 +68,7 @@ fn write_task_files(
         cuda_visible_devices: None,
         threads: opts.cpus_per_task.max(1),
         save_adapter: opts.save_adapters,
+        segment: None,
     };
     for (i, pack) in packs.iter().enumerate() {
         let p = dir.join(format!("task-{i}.json"));

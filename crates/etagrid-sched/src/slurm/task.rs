@@ -284,6 +284,7 @@ impl TaskRun<'_> {
             }
             let what = match outcome {
                 Outcome::Done(_) => "done".to_owned(),
+                Outcome::Paused(_) => "paused at its rung".to_owned(),
                 Outcome::Diverged { .. } => "diverged".to_owned(),
                 Outcome::Failed(e) => format!("failed: {e}"),
                 Outcome::InputError(e) => format!("failed (input error, no attempt used): {e}"),
