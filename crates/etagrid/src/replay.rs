@@ -88,9 +88,10 @@ fn trajectory(c: &CellRow, evals: Vec<(i64, f64)>, fallback_total: u64) -> Traje
         lr_b: c.lr_b,
         seed: c.seed.max(0) as u64,
         total_steps: c.total_steps.map_or(fallback_total, |t| t.max(0) as u64),
+        // Non-finite values stay: the policy counts them as diverged at that rung.
         evals: evals
             .into_iter()
-            .filter(|(s, v)| *s >= 0 && v.is_finite())
+            .filter(|(s, _)| *s >= 0)
             .map(|(s, v)| (s as u64, v))
             .collect(),
         final_value,
