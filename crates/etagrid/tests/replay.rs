@@ -103,6 +103,41 @@ fn key(point: &Value) -> (u64, u64) {
     (f(&point["lr_a"]).to_bits(), f(&point["lr_b"]).to_bits())
 }
 
+/// The steps a stored cell ran.
+fn step(c: &CellRow) -> u64 {
+    c.step.expect("step") as u64
+}
+
+/// The cost share of replay `r` from the store's steps: a cell pruned at rung k ran to that
+/// rung's step (or to where it stopped, if earlier), the others all the steps they ran; over
+/// all the grid's steps. Also checks the replay's count of the grid's steps; returns both.
+fn expected_cost(cells: &[CellRow], r: &Value) -> (f64, u64) {
+    let rung_steps: Vec<u64> = r["rung_steps"]
+        .as_array()
+        .expect("rung_steps")
+        .iter()
+        .map(|s| s.as_u64().expect("step"))
+        .collect();
+    let mut ran: BTreeMap<&str, u64> = cells.iter().map(|c| (c.id.as_str(), step(c))).collect();
+    for (k, d) in r["decisions"]
+        .as_array()
+        .expect("decisions")
+        .iter()
+        .enumerate()
+    {
+        for id in strings(&d["pruned"]) {
+            let c = cells
+                .iter()
+                .find(|c| c.id == id)
+                .expect("a cell of the sweep");
+            ran.insert(&c.id, rung_steps[k].min(step(c)));
+        }
+    }
+    let full: u64 = cells.iter().map(step).sum();
+    assert_eq!(r["full_grid_steps"], full);
+    (ran.values().sum::<u64>() as f64 / full as f64, full)
+}
+
 #[test]
 fn replay_of_a_real_sweep_picks_a_stored_point_at_the_cost_of_its_rungs() {
     let sb = Sandbox::new();
@@ -168,22 +203,7 @@ fn replay_of_a_real_sweep_picks_a_stored_point_at_the_cost_of_its_rungs() {
     assert_eq!(f(&r["best"]["value"]), best);
     assert_eq!(f(&r["regret"]), (best - f(&pick["value"])).abs());
 
-    // The cost from the store's steps: a cell pruned at rung k ran to that rung's step (or to
-    // where it stopped, if earlier), the others all their steps; over all the grid's steps.
-    let step = |c: &CellRow| c.step.expect("step") as u64;
-    let mut ran: BTreeMap<&str, u64> = cells.iter().map(|c| (c.id.as_str(), step(c))).collect();
-    for (k, d) in decisions.iter().enumerate() {
-        for id in strings(&d["pruned"]) {
-            let c = cells
-                .iter()
-                .find(|c| c.id == id)
-                .expect("a cell of the sweep");
-            ran.insert(&c.id, rung_steps[k].min(step(c)));
-        }
-    }
-    let full: u64 = cells.iter().map(step).sum();
-    assert_eq!(r["full_grid_steps"], full);
-    let expected = ran.values().sum::<u64>() as f64 / full as f64;
+    let (expected, full) = expected_cost(&cells, &r);
     assert_eq!(f(&r["cost_fraction"]), expected);
     assert!(expected < 1.0, "halving pruned nothing: {r}");
 
@@ -237,6 +257,40 @@ fn replay_of_a_real_sweep_picks_a_stored_point_at_the_cost_of_its_rungs() {
     ] {
         assert!(stdout.contains(want), "{want:?} not in:\n{stdout}");
     }
+}
+
+#[test]
+fn a_real_diverged_cell_is_pruned_never_picked_and_costs_the_steps_it_ran() {
+    let sb = Sandbox::new();
+    // η_B = 1e30 diverges within a few steps; its non-finite evals are not stored.
+    sb.sweep("div", "lr_a = [1e-3]\nlr_b = [1e-4, 1e-3, 1e30]", 1);
+    sb.train("div");
+    let cells = sb.cells("div");
+    let big = cells
+        .iter()
+        .find(|c| c.lr_b > 1.0)
+        .expect("the η_B = 1e30 cell");
+    assert_eq!(big.state, CellState::Diverged, "{:?}", big.error);
+    assert!(step(big) < STEPS);
+
+    let r = sb.replay("div", &[]);
+    let pruned: Vec<String> = r["decisions"]
+        .as_array()
+        .expect("decisions")
+        .iter()
+        .flat_map(|d| strings(&d["pruned"]))
+        .collect();
+    assert!(pruned.contains(&big.id), "{r}");
+    assert_ne!(f(&r["pick"]["lr_b"]), big.lr_b);
+    let means = point_means(&cells);
+    assert_eq!(f(&r["pick"]["value"]), means[&key(&r["pick"])]);
+    let (expected, full) = expected_cost(&cells, &r);
+    assert_eq!(f(&r["cost_fraction"]), expected);
+    assert_eq!(full, 2 * STEPS + step(big));
+    // The full grid: cost 1, the diverged cell counted with the steps it ran on both sides.
+    let r1 = sb.replay("div", &["--rungs", "1"]);
+    assert_eq!(f(&r1["cost_fraction"]), 1.0);
+    assert_eq!(r1["pick"], r1["best"]);
 }
 
 #[test]
