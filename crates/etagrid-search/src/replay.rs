@@ -117,8 +117,8 @@ fn entry_at(spec: &SearchSpec, r: usize, t: &Trajectory) -> Result<Entry, String
     } else {
         match t.evals.binary_search_by_key(&step, |e| e.0) {
             Ok(i) => Some(t.evals[i].1),
-            // A cell that ended without a value may have lost its last evals: a non-finite
-            // eval is not stored (SQLite turns NaN into NULL), so the gap is its divergence.
+            // A cell that ended without a value may lack its last evals before it stopped (a
+            // real CPU cell diverged at step 2 had no curve point at all): no value there.
             Err(_) if t.final_value.is_none() => None,
             Err(_) => return Err(missing_eval(spec, r, t, step)),
         }
@@ -204,10 +204,11 @@ fn missing_eval(spec: &SearchSpec, r: usize, t: &Trajectory, step: u64) -> Strin
 ///
 /// At each rung but the last, every surviving cell's value is its eval at exactly
 /// [`SearchSpec::rung_step`] (`None` once it diverged; `None` too where a cell without a final
-/// value lacks that eval, as a non-finite eval is not stored), [`decide`] promotes and prunes,
-/// and a pruned cell is charged the steps to that rung (or to where it diverged). The pick is the
-/// best point among those that reached the last rung, by mean final value; the regret is its
-/// distance to the full grid's best. With `one_d_lambda`, also the 1-D shortcut on that λ.
+/// value lacks that eval: diverging cells can miss their last evals), [`decide`] promotes and
+/// prunes, and a pruned cell is charged the steps to that rung (or to where it diverged). The
+/// pick is the best point among those that reached the last rung, by mean final value; the
+/// regret is its distance to the full grid's best. With `one_d_lambda`, also the 1-D shortcut
+/// on that λ.
 ///
 /// Err when `spec` is invalid, `cells` is empty, a cell with a final value lacks an eval at a
 /// rung step (the message says which `eval_every` or rungs would work), or no point reached the

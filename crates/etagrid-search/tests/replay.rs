@@ -133,7 +133,7 @@ fn a_diverged_cell_is_charged_the_steps_it_ran() {
 
 #[test]
 fn a_diverged_cell_without_stored_evals_has_no_value_and_is_charged_its_steps() {
-    // c22 diverged at step 2 with no eval stored at all (its NaN evals were not stored): at
+    // c22 diverged at step 2 with no eval stored at all (as a real diverging cell can be): at
     // rung 0 (step 1) it has no value, so it is pruned there, charged rung 0's step.
     let mut cells = steady_grid();
     let c = &mut cells[8];

@@ -262,7 +262,7 @@ fn replay_of_a_real_sweep_picks_a_stored_point_at_the_cost_of_its_rungs() {
 #[test]
 fn a_real_diverged_cell_is_pruned_never_picked_and_costs_the_steps_it_ran() {
     let sb = Sandbox::new();
-    // η_B = 1e30 diverges within a few steps; its non-finite evals are not stored.
+    // η_B = 1e30 diverges within a few steps (with no eval stored before, in this sweep).
     sb.sweep("div", "lr_a = [1e-3]\nlr_b = [1e-4, 1e-3, 1e30]", 1);
     sb.train("div");
     let cells = sb.cells("div");
