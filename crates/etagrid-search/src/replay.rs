@@ -108,7 +108,8 @@ fn best_point<'a>(
 }
 
 /// Cell `t`'s entry at rung `r`: its eval at exactly the rung's step; `None` when it diverged at
-/// or before that step. Err when the trajectory has no eval there.
+/// or before that step, or when it has no final value and no eval there. Err when a cell with a
+/// final value has no eval there.
 fn entry_at(spec: &SearchSpec, r: usize, t: &Trajectory) -> Result<Entry, String> {
     let step = spec.rung_step(r, t.total_steps);
     let value = if t.diverged_at.is_some_and(|d| d <= step) {
@@ -116,6 +117,9 @@ fn entry_at(spec: &SearchSpec, r: usize, t: &Trajectory) -> Result<Entry, String
     } else {
         match t.evals.binary_search_by_key(&step, |e| e.0) {
             Ok(i) => Some(t.evals[i].1),
+            // A cell that ended without a value may lack its last evals before it stopped (a
+            // real CPU cell diverged at step 2 had no curve point at all): no value there.
+            Err(_) if t.final_value.is_none() => None,
             Err(_) => return Err(missing_eval(spec, r, t, step)),
         }
     };
@@ -199,14 +203,16 @@ fn missing_eval(spec: &SearchSpec, r: usize, t: &Trajectory, step: u64) -> Strin
 /// Replays successive halving under `spec` on the trajectories of a finished full-grid sweep.
 ///
 /// At each rung but the last, every surviving cell's value is its eval at exactly
-/// [`SearchSpec::rung_step`] (`None` once it diverged), [`decide`] promotes and prunes, and a
-/// pruned cell is charged the steps to that rung (or to where it diverged). The pick is the best
-/// point among those that reached the last rung, by mean final value; the regret is its distance
-/// to the full grid's best. With `one_d_lambda`, also the 1-D shortcut on that λ.
+/// [`SearchSpec::rung_step`] (`None` once it diverged; `None` too where a cell without a final
+/// value lacks that eval: diverging cells can miss their last evals), [`decide`] promotes and
+/// prunes, and a pruned cell is charged the steps to that rung (or to where it diverged). The
+/// pick is the best point among those that reached the last rung, by mean final value; the
+/// regret is its distance to the full grid's best. With `one_d_lambda`, also the 1-D shortcut
+/// on that λ.
 ///
-/// Err when `spec` is invalid, `cells` is empty, a cell lacks an eval at a rung step it reached
-/// (the message says which `eval_every` or rungs would work), or no point reached the last rung
-/// with a finite value.
+/// Err when `spec` is invalid, `cells` is empty, a cell with a final value lacks an eval at a
+/// rung step (the message says which `eval_every` or rungs would work), or no point reached the
+/// last rung with a finite value.
 pub fn replay(
     spec: &SearchSpec,
     cells: &[Trajectory],

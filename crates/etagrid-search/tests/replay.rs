@@ -132,6 +132,37 @@ fn a_diverged_cell_is_charged_the_steps_it_ran() {
 }
 
 #[test]
+fn a_diverged_cell_without_stored_evals_has_no_value_and_is_charged_its_steps() {
+    // c22 diverged at step 2 with no eval stored at all (as a real diverging cell can be): at
+    // rung 0 (step 1) it has no value, so it is pruned there, charged rung 0's step.
+    let mut cells = steady_grid();
+    let c = &mut cells[8];
+    c.diverged_at = Some(2);
+    c.final_value = None;
+    c.evals.clear();
+    let s = spec(0);
+    let r = replay(&s, &cells, true, None).expect("replay");
+    assert!(r.rungs[0].pruned.contains(&"c22".to_string()));
+    assert!(
+        r.rungs[0].reason.contains("(1 diverged)"),
+        "{}",
+        r.rungs[0].reason
+    );
+    // Rung 0 keeps ceil(8/3) = 3 of the 8 finite points: c21, c20, c12; rung 1 keeps c21.
+    assert_eq!(r.rungs[0].promoted, ["c12", "c20", "c21"]);
+    let (r0, r1) = (s.rung_step(0, TOTAL), s.rung_step(1, TOTAL));
+    // Pruned at rung 0: the 5 other finite points and c22 (up to its divergence).
+    let spent = 5 * r0 + r0.min(2) + 2 * r1 + TOTAL;
+    assert_eq!(r.cost_fraction, spent as f64 / (8 * TOTAL + 2) as f64);
+    assert_eq!(r.pick_value, final_of(&cells, "c21"));
+    // A finished cell without the eval is still an error.
+    let mut cells = steady_grid();
+    cells[3].evals.retain(|e| e.0 != 1);
+    let e = replay(&s, &cells, true, None).expect_err("c10 lacks step 1");
+    assert!(e.contains("cell c10 has no eval at step 1"), "{e}");
+}
+
+#[test]
 fn seeds_are_averaged_and_the_order_of_cells_does_not_matter() {
     // Two seeds per point: seed 1 of c22 is so bad that the point's mean falls below c21's.
     let mut cells = steady_grid();

@@ -8,7 +8,7 @@
 #![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 use crate::common::{store_url, Exit};
-use crate::{export, init, report, status};
+use crate::{export, init, replay, report, status};
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use etagrid_data::ColumnChoice;
@@ -54,6 +54,11 @@ pub enum TchFree {
     /// Copy a finished cell's adapter (PEFT format: adapter_config.json + adapter_model.safetensors,
     /// the trained head as modules_to_save) to a directory `peft.PeftModel.from_pretrained` loads.
     Export(ExportArgs),
+    /// Replay grid-aware successive halving on a finished sweep: which points each rung would
+    /// have kept, the point it would have picked, its regret against the grid's best and its
+    /// share of the grid's steps, beside the 1-D shortcut (one λ, full budget). Needs an eval at
+    /// every rung step (see docs/halving.md).
+    ReplayHalving(ReplayArgs),
 }
 
 #[derive(Args)]
@@ -122,6 +127,31 @@ pub struct ExportArgs {
     pub out: PathBuf,
 }
 
+#[derive(Args)]
+pub struct ReplayArgs {
+    /// A sweep file or the name of a sweep in the store.
+    pub sweep: String,
+    /// The factor by which each rung cuts the points [default: 3].
+    #[arg(long, value_name = "N")]
+    pub reduction: Option<u32>,
+    /// The rungs as fractions of the step budget, increasing, ending at 1
+    /// [default: 1/N², 1/N, 1 for --reduction N].
+    #[arg(long, value_name = "F,F,…", value_delimiter = ',')]
+    pub rungs: Option<Vec<f64>>,
+    /// At least this many best points of every η_A row are kept at each rung [default: 2].
+    #[arg(long, value_name = "N")]
+    pub keep_per_row: Option<usize>,
+    /// Pruning stops when Kendall's τ between two rungs' rankings is below this [default: 0.5].
+    #[arg(long, value_name = "X", allow_negative_numbers = true)]
+    pub min_tau: Option<f64>,
+    /// The λ = η_B/η_A of the 1-D shortcut compared with (the cells on that line, full budget).
+    #[arg(long, value_name = "LAMBDA", default_value_t = 16.0)]
+    pub one_d_lambda: f64,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
 impl TchFree {
     /// Runs the command; the exit code is decided here for both binaries.
     pub fn run(self, global: &GlobalArgs) -> ExitCode {
@@ -147,6 +177,18 @@ impl TchFree {
                 },
             }),
             TchFree::Export(a) => export::export(&db, &global.state_dir, &a.sweep, &a.cell, &a.out),
+            TchFree::ReplayHalving(a) => replay::replay_halving(
+                &db,
+                &a.sweep,
+                &replay::ReplayOptions {
+                    reduction: a.reduction,
+                    rungs: a.rungs,
+                    keep_per_row: a.keep_per_row,
+                    min_tau: a.min_tau,
+                    one_d_lambda: Some(a.one_d_lambda),
+                    json: a.json,
+                },
+            ),
         };
         exit(result)
     }
