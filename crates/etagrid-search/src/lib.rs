@@ -15,13 +15,15 @@
 //!    point's value is the mean over its seeds. A point with any seed that has no finite value
 //!    (diverged, failed, NaN or ±inf) is *diverged*: it is never promoted.
 //! 2. With `n` finite points, the best `ceil(n / reduction)` points overall are promoted,
-//!    together with the best `keep_per_row` finite points of every η_A row (the points with the
-//!    same η_A), so that each row keeps a profile over η_B. Everything else is pruned.
+//!    together with the best few finite points of every η_A row (the points with the same η_A;
+//!    `keep_per_row` after the first rung, none at the last promotion:
+//!    [`SearchSpec::per_row_at`]), so that each row keeps a profile over η_B while the ranking
+//!    is young. Everything else is pruned.
 //! 3. From the second decision on, Kendall's τ-b between the previous and the current rung's
 //!    values of the points (over those finite at both) measures whether the ranking has settled.
 //!    When τ < `min_tau` the early ranking is not trusted: pruning stops and every finite point
 //!    is promoted. τ is undefined (and does not stop pruning) with fewer than 2 common points or
-//!    when either ranking is all ties.
+//!    when either ranking is all ties. Off by default (`min_tau = -1`): see [`SearchSpec`].
 //! 4. Ties in value are broken by (η_A, η_B) ascending; the input is sorted first, so the
 //!    decision does not depend on the order of the entries.
 //!
@@ -60,10 +62,14 @@ pub struct SearchSpec {
     /// (0, 1], the last 1.0. Default (`None`): `[1/reduction², 1/reduction, 1]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rungs: Option<Vec<f64>>,
-    /// At least the best `keep_per_row` finite points of every η_A row are promoted (default 2).
+    /// At least the best `keep_per_row` finite points of every η_A row are promoted after the
+    /// first rung, fewer after later rungs and none at the last promotion
+    /// ([`SearchSpec::per_row_at`]; default 2).
     pub keep_per_row: usize,
     /// When Kendall's τ between the previous and this rung's ranking of the survivors is below
-    /// it, pruning stops: every finite survivor is promoted. In [-1, 1]; default 0.5.
+    /// it, pruning stops: every finite survivor is promoted. In [-1, 1]; default −1, i.e. off:
+    /// the survivors of a rung are the best third, near-tied, and on the benchmark's real sweeps
+    /// their τ between rungs was −0.5…0.3 while pruning lost nothing (docs/halving.md).
     pub min_tau: f64,
 }
 
@@ -72,7 +78,7 @@ pub const DEFAULT_REDUCTION: u32 = 3;
 /// [`SearchSpec::keep_per_row`]'s default.
 pub const DEFAULT_KEEP_PER_ROW: usize = 2;
 /// [`SearchSpec::min_tau`]'s default.
-pub const DEFAULT_MIN_TAU: f64 = 0.5;
+pub const DEFAULT_MIN_TAU: f64 = -1.0;
 
 impl Default for SearchSpec {
     fn default() -> SearchSpec {
@@ -137,6 +143,20 @@ impl SearchSpec {
         self.fractions().len()
     }
 
+    /// How many points of every η_A row the promotion after rung `rung` keeps at least:
+    /// `keep_per_row` after the first rung, falling linearly to none at the last promotion
+    /// (the one to the full budget, made on the longest runs, is by rank alone):
+    /// `ceil(keep_per_row · (D − 1 − rung) / (D − 1))` for D promotions (rung_count − 1).
+    pub fn per_row_at(&self, rung: usize) -> usize {
+        let d = self.rung_count().saturating_sub(1);
+        if d <= 1 {
+            // One promotion: it is both the first and the last; the rows keep their guarantee.
+            return if rung == 0 { self.keep_per_row } else { 0 };
+        }
+        let left = (d - 1).saturating_sub(rung);
+        (self.keep_per_row * left).div_ceil(d - 1)
+    }
+
     /// The step at which rung `rung` (0-based) ends for a cell of `total_steps` steps:
     /// `ceil(fraction · total_steps)`, at least 1 and at most `total_steps`; the last rung (and
     /// any `rung` past it) is `total_steps`. A product within 1e-9 (relative) of an integer
@@ -146,15 +166,26 @@ impl SearchSpec {
         if rung + 1 >= f.len() {
             return total_steps;
         }
-        let x = f[rung] * total_steps as f64;
-        let near = x.round();
-        let step = if (x - near).abs() <= 1e-9 * x.abs().max(1.0) {
-            near
-        } else {
-            x.ceil()
-        };
-        (step.max(1.0) as u64).min(total_steps)
+        fraction_step(f[rung], total_steps)
     }
+}
+
+/// The step at which `fraction` of a budget of `total_steps` ends: `ceil(fraction · total)`,
+/// at least 1 and at most `total_steps` (1.0 and more is `total_steps`). A product within 1e-9
+/// (relative) of an integer counts as that integer. The one definition of a rung's step: the
+/// worker pauses there (etagrid-spec's job segments) and the replay reads evaluations there.
+pub fn fraction_step(fraction: f64, total_steps: u64) -> u64 {
+    if fraction >= 1.0 {
+        return total_steps;
+    }
+    let x = fraction * total_steps as f64;
+    let near = x.round();
+    let step = if (x - near).abs() <= 1e-9 * x.abs().max(1.0) {
+        near
+    } else {
+        x.ceil()
+    };
+    (step.max(1.0) as u64).min(total_steps)
 }
 
 #[cfg(test)]
@@ -174,7 +205,7 @@ mod tests {
         assert_eq!(s.strategy, Strategy::Grid);
         assert_eq!(s.reduction, 3);
         assert_eq!(s.keep_per_row, 2);
-        assert_eq!(s.min_tau, 0.5);
+        assert_eq!(s.min_tau, -1.0);
         assert_eq!(s.fractions(), vec![1.0 / 9.0, 1.0 / 3.0, 1.0]);
         assert_eq!(s.rung_count(), 3);
         assert_eq!(s.validate(), Ok(()));

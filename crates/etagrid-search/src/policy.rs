@@ -122,8 +122,8 @@ fn tau(current: &[Point], previous: &[Entry]) -> Option<f64> {
 /// rung (`None` at rung 0; points of `previous` not in `current` are ignored). With
 /// `higher_is_better` false, lower values are better (eval_loss). The rules are the crate's
 /// (see the [crate] docs): points by (η_A, η_B), diverged points never promoted, the best
-/// `ceil(n / reduction)` finite points plus the best `keep_per_row` of every η_A row, and no
-/// pruning at all when τ < `min_tau`. The result does not depend on the order of the entries.
+/// `ceil(n / reduction)` finite points plus the best [`SearchSpec::per_row_at`] of every η_A
+/// row, and no pruning at all when τ < `min_tau`. The result does not depend on the order of the entries.
 pub fn decide(
     spec: &SearchSpec,
     rung: usize,
@@ -148,7 +148,8 @@ pub fn decide(
             keep[i] = true;
             best += 1;
         }
-        // Per η_A row, in ranked order: the first `keep_per_row` points of each row.
+        // Per η_A row, in ranked order: the first `per_row` points of each row.
+        let per_row = spec.per_row_at(rung);
         let mut taken: Vec<(u64, usize)> = Vec::new();
         for &i in &order {
             let row = pts[i].lr_a.to_bits();
@@ -159,7 +160,7 @@ pub fn decide(
                     &mut taken.last_mut().expect("just pushed").1
                 }
             };
-            if *k < spec.keep_per_row {
+            if *k < per_row {
                 *k += 1;
                 if !keep[i] {
                     keep[i] = true;
@@ -281,13 +282,33 @@ mod tests {
     }
 
     #[test]
+    fn the_row_guarantee_falls_to_none_at_the_last_promotion() {
+        let three = spec(3, 2, 0.5);
+        assert_eq!((three.per_row_at(0), three.per_row_at(1)), (2, 0));
+        let four = SearchSpec {
+            rungs: Some(vec![1.0 / 27.0, 1.0 / 9.0, 1.0 / 3.0, 1.0]),
+            ..spec(3, 2, 0.5)
+        };
+        let at: Vec<usize> = (0..3).map(|r| four.per_row_at(r)).collect();
+        assert_eq!(at, [2, 1, 0]);
+        // At the last promotion of three rungs only the overall best third goes on.
+        let cur = grid(&[
+            &[Some(0.0), Some(1.0), Some(2.0)],
+            &[Some(3.0), Some(4.0), Some(5.0)],
+            &[Some(6.0), Some(7.0), Some(8.0)],
+        ]);
+        let d = decide(&three, 1, &cur, None, true);
+        assert_eq!(d.promoted, ids(&["a2b0", "a2b1", "a2b2"]));
+    }
+
+    #[test]
     fn every_row_keeps_its_best_points() {
         let cur = grid(&[
             &[Some(0.0), Some(1.0), Some(2.0)],
             &[Some(3.0), Some(4.0), Some(5.0)],
             &[Some(6.0), Some(7.0), Some(8.0)],
         ]);
-        let d = decide(&spec(3, 2, 0.5), 1, &cur, None, true);
+        let d = decide(&spec(3, 2, 0.5), 0, &cur, None, true);
         // Top 3 (row 2) plus the best two of rows 0 and 1; row 2's two best are already in.
         assert_eq!(
             d.promoted,
@@ -296,7 +317,7 @@ mod tests {
         assert_eq!(d.pruned, ids(&["a0b0", "a1b0"]));
         assert_eq!(
             d.reason,
-            "rung 2/3: 9 points, kept 3 best + 4 for their η_A rows, pruned 2"
+            "rung 1/3: 9 points, kept 3 best + 4 for their η_A rows, pruned 2"
         );
     }
 

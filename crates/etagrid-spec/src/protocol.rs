@@ -79,14 +79,9 @@ pub struct Segment {
     pub pause_at: Option<f64>,
 }
 
-/// The step at which `fraction` of a budget of `total_steps` ends: ⌈fraction · total⌉, at
-/// least 1 and at most `total_steps` (1.0 is always the last step).
-pub fn fraction_step(fraction: f64, total_steps: u64) -> u64 {
-    if fraction >= 1.0 {
-        return total_steps;
-    }
-    ((fraction * total_steps as f64).ceil() as u64).clamp(1, total_steps.max(1))
-}
+/// The step at which a fraction of a budget ends (the one definition, shared with the
+/// halving policy and its replay).
+pub use etagrid_search::fraction_step;
 
 /// One more cell of a packed [`WorkerJob`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

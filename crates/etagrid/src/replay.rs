@@ -8,8 +8,10 @@ use anyhow::{bail, Context, Result};
 use etagrid_search::{replay, Replay, SearchSpec, Strategy, Trajectory};
 use etagrid_spec::protocol::Measure;
 use etagrid_store::{CellRow, CellState, Store, StoreUrl};
+use std::path::Path;
 
-/// The policy flags of `etagrid replay-halving`; `None` keeps [`SearchSpec::default`]'s value.
+/// The policy flags of `etagrid replay-halving`; `None` keeps the sweep file's `[search]` value
+/// (or [`SearchSpec::default`]'s).
 #[derive(Debug, Clone, Default)]
 pub struct ReplayOptions {
     pub reduction: Option<u32>,
@@ -22,9 +24,9 @@ pub struct ReplayOptions {
 }
 
 impl ReplayOptions {
-    /// The halving spec: the defaults overridden by the flags, checked.
-    pub fn spec(&self) -> Result<SearchSpec> {
-        let d = SearchSpec::default();
+    /// The halving spec: `d` (the sweep's `[search]`, or the defaults) overridden by the
+    /// flags, checked.
+    pub fn spec(&self, d: SearchSpec) -> Result<SearchSpec> {
         let spec = SearchSpec {
             strategy: Strategy::Halving,
             reduction: self.reduction.unwrap_or(d.reduction),
@@ -60,6 +62,13 @@ fn metric_curve(metric: &str) -> Result<&'static str> {
 fn check_finished(name: &str, cells: &[CellRow]) -> Result<()> {
     if cells.is_empty() {
         bail!("sweep {name} has no cells of its current grid in the store: run it first");
+    }
+    if cells.iter().any(|c| c.pruned) {
+        bail!(
+            "sweep {name} ran with strategy = \"halving\": its pruned cells have no whole \
+             trajectory to replay. Replay a full-grid sweep (strategy = \"grid\", with \
+             `eval_every` at the rung steps)"
+        );
     }
     let count = |s: CellState| cells.iter().filter(|c| c.state == s).count();
     let (pending, running) = (count(CellState::Pending), count(CellState::Running));
@@ -99,9 +108,13 @@ fn trajectory(c: &CellRow, evals: Vec<(i64, f64)>, fallback_total: u64) -> Traje
     }
 }
 
-/// Reads the sweep's cells and curves: its row's metric direction, and one trajectory per cell.
-fn load(db: &StoreUrl, name: &str) -> Result<(String, bool, Vec<Trajectory>)> {
+/// Reads the sweep's cells and curves: its row's metric direction, its file's `[search]`, and
+/// one trajectory per cell.
+fn load(db: &StoreUrl, name: &str) -> Result<(String, bool, SearchSpec, Vec<Trajectory>)> {
     let (row, cells) = load_sweep(db, name)?;
+    let search = etagrid_spec::SweepSpec::parse(Path::new(&row.source_path), &row.source_text)
+        .map(|s| s.search)
+        .unwrap_or_default();
     check_finished(name, &cells)?;
     let curve = metric_curve(&row.metric)?;
     let fallback_total = cells
@@ -124,12 +137,12 @@ fn load(db: &StoreUrl, name: &str) -> Result<(String, bool, Vec<Trajectory>)> {
         .zip(curves)
         .map(|(c, e)| trajectory(c, e, fallback_total))
         .collect();
-    Ok((row.metric, row.higher_is_better, trajectories))
+    Ok((row.metric, row.higher_is_better, search, trajectories))
 }
 
 /// `etagrid replay-halving SWEEP`: the replay's rungs, pick, regret and cost, as text or JSON.
 pub fn replay_halving(db: &StoreUrl, sweep: &str, opts: &ReplayOptions) -> Result<Exit> {
-    let spec = opts.spec()?;
+    opts.spec(SearchSpec::default())?;
     if let Some(path) = db.sqlite_path().filter(|p| !p.exists()) {
         bail!(
             "no results store at {}: nothing has run yet (or pass --state-dir/--db)",
@@ -137,7 +150,8 @@ pub fn replay_halving(db: &StoreUrl, sweep: &str, opts: &ReplayOptions) -> Resul
         );
     }
     let name = sweep_name(sweep)?;
-    let (metric, higher_is_better, cells) = load(db, &name)?;
+    let (metric, higher_is_better, search, cells) = load(db, &name)?;
+    let spec = opts.spec(search)?;
     let r = replay(&spec, &cells, higher_is_better, opts.one_d_lambda)
         .map_err(|e| anyhow::anyhow!("sweep {name}: {e}"))?;
     let full: u64 = cells
@@ -297,14 +311,17 @@ mod tests {
             rungs: Some(vec![0.25, 1.0]),
             ..ReplayOptions::default()
         };
-        let s = o.spec().expect("valid");
+        let s = o.spec(SearchSpec::default()).expect("valid");
         assert_eq!((s.reduction, s.keep_per_row, s.min_tau), (2, 2, 0.5));
         assert_eq!(s.fractions(), vec![0.25, 1.0]);
         let bad = ReplayOptions {
             rungs: Some(vec![0.5, 0.3, 1.0]),
             ..ReplayOptions::default()
         };
-        let e = bad.spec().expect_err("invalid").to_string();
+        let e = bad
+            .spec(SearchSpec::default())
+            .expect_err("invalid")
+            .to_string();
         assert_eq!(
             e,
             "--rungs must increase and end at 1.0 (got [0.5, 0.3, 1.0])"
@@ -313,7 +330,10 @@ mod tests {
             min_tau: Some(2.0),
             ..ReplayOptions::default()
         };
-        let e = bad.spec().expect_err("invalid").to_string();
+        let e = bad
+            .spec(SearchSpec::default())
+            .expect_err("invalid")
+            .to_string();
         assert!(e.starts_with("--min-tau must be in [-1, 1]"), "{e}");
     }
 

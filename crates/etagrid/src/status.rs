@@ -53,6 +53,7 @@ pub fn status(db: &StoreUrl, sweep: Option<&str>) -> Result<Exit> {
                     last.job_id
                 );
             }
+            halving_lines(&store, &name).await?;
             let running = store.cells_in_state(&name, CellState::Running).await?;
             // Cells leased by SLURM tasks are theirs; the others belong to the `etagrid run`
             // holding the sweep's lock. With no run holding it, they were left by one that died.
@@ -120,6 +121,53 @@ pub fn status(db: &StoreUrl, sweep: Option<&str>) -> Result<Exit> {
         anyhow::Ok(())
     })??;
     Ok(Exit::Ok)
+}
+
+/// A halving sweep's rungs: each cell's rung and how it stands, the promotions made, and the
+/// device time spent against the full grid's (estimated from the steps run so far).
+async fn halving_lines(store: &Store, name: &str) -> Result<()> {
+    let cells = store.cells(name).await?;
+    if cells.iter().all(|c| c.rung.is_none()) {
+        return Ok(());
+    }
+    let rungs = store.halving_rungs(name).await?;
+    for r in &rungs {
+        println!("  {}", r.reason);
+    }
+    println!("  cell              η_A       η_B       rung  state     metric");
+    for c in &cells {
+        let what = if c.pruned {
+            "pruned"
+        } else {
+            c.state.as_str()
+        };
+        println!(
+            "  {:<16}  {:.2e}  {:.2e}  {:>4}  {:<8}  {}",
+            c.id,
+            c.lr_a,
+            c.lr_b,
+            c.rung.map_or("-".into(), |r| (r + 1).to_string()),
+            what,
+            c.metric
+                .filter(|m| m.is_finite())
+                .map_or("-".into(), |m| format!("{m:.4} at step {}", c.step.unwrap_or(0)))
+        );
+    }
+    let spent: f64 = cells.iter().filter_map(|c| c.device_s).sum();
+    let steps_run: i64 = cells
+        .iter()
+        .filter(|c| c.device_s.is_some())
+        .map(|c| c.step.unwrap_or(0))
+        .sum();
+    let budget: i64 = cells.iter().filter_map(|c| c.total_steps).sum();
+    if spent > 0.0 && steps_run > 0 && budget > 0 {
+        let full = spent / steps_run as f64 * budget as f64;
+        println!(
+            "  device time: {spent:.1} s so far; the full grid ≈ {full:.1} s ({:.0} % of it spent)",
+            100.0 * spent / full
+        );
+    }
+    Ok(())
 }
 
 fn human_duration(secs: f64) -> String {

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Successive halving against the full grid (issue 11), on one GPU in one device call. Runs on the
+# GPU machine from the repository root with .gpu/ unpacked (stripped etagrid binaries, fp16
+# MiniLM) and data/trec, data/mr carried. For each sweep of $SWEEPS (TASK-STEPS: TREC-50 and MR,
+# two budgets each; 36 cells) it runs the same cells three ways, each in its own store:
+#   plain    the full grid as a user runs it (eval at the end only): GPU-seconds and best cell;
+#   dense    the full grid evaluated at every rung step of the 4-rung ladder (1/27, 1/9, 1/3, 1),
+#            for `etagrid replay-halving` (offline replays of any policy, here or later);
+#   halving  [search] strategy = "halving" with the defaults (or HALVING_EXTRA), live.
+# Writes the table, the walls and results.tar.xz (logs, stores, statuses, replays, each worker's
+# log with its time split) under $OUT (few files: the device tool returns a handful).
+set -uo pipefail
+export LD_LIBRARY_PATH="$(python3 -c 'import os, torch; print(os.path.dirname(torch.__file__))')/lib"
+B=$PWD/.gpu/etagrid
+OUT=${OUT:-/tmp/out}
+T=bench/gpu/halving
+R=/tmp/halving-results; rm -rf "$R"; mkdir -p "$R"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
+date -u +%Y-%m-%dT%H:%MZ | tee -a "$OUT/machine.txt"
+SWEEPS=${SWEEPS:-"trec50-540 trec50-2160 mr-540 mr-2160"}
+MODES=${MODES:-"plain dense halving"}
+for s in $SWEEPS; do
+  task=${s%-*}; steps=${s#*-}
+  case $task in
+    trec50) data=trec; label='label_column = "fine"'; len=32 ;;
+    mr) data=mr; label=''; len=64 ;;
+  esac
+  for mode in $MODES; do
+    eval_every=0; search=''
+    # Every rung step of 1/27, 1/9, 1/3 of the budget is a multiple of budget/27.
+    [ $mode = dense ] && eval_every=$((steps / 27))
+    [ $mode = halving ] && search=$(printf '[search]\nstrategy = "halving"\n%b' "${HALVING_EXTRA:-}")
+    f=$T/$s-$mode.toml
+    sed -e "s/@NAME@/$s-$mode/" -e "s/@TASK@/$data/g" -e "s/@LABEL@/$label/" -e "s/@STEPS@/$steps/" \
+        -e "s/@LEN@/$len/" -e "s/@WARMUP@/$((steps / 10))/" -e "s/@EVAL@/$eval_every/" $T/sweep.toml.in \
+      | python3 -c "import sys; t=sys.stdin.read(); print(t.replace('@SEARCH@', sys.argv[1]))" "$search" > "$f"
+    st=/tmp/halving-$s-$mode
+    t0=$(date +%s.%N)
+    "$B" --state-dir "$st" run "$f" --no-report > "$OUT/$s-$mode.log" 2>&1
+    rc=$?
+    echo "$s $mode rc $rc wall_s $(python3 -c "print(round($(date +%s.%N) - $t0, 2))")" | tee -a "$OUT/walls.txt"
+    cp "$st/etagrid.sqlite" "$R/$s-$mode.sqlite"
+    mv "$OUT/$s-$mode.log" "$R/"
+    "$B" --state-dir "$st" status "$s-$mode" > "$R/$s-$mode.status" 2>&1
+    for l in "$st"/cells/*/*/worker.log; do echo "== $l"; grep "cell(s):" "$l"; done > "$R/$s-$mode.workers" 2>/dev/null
+  done
+  if [[ " $MODES " == *" dense "* ]]; then
+    "$B" --state-dir /tmp/halving-$s-dense replay-halving "$s-dense" --json --one-d-lambda 16 \
+      > "$R/$s-replay.json" 2> "$R/$s-replay.err"
+  fi
+done
+cp "$OUT/walls.txt" "$R/"
+python3 bench/halving_table.py "$R" | tee "$OUT/table.md"
+tar cJf "$OUT/results.tar.xz" -C "$R" .

@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""The issue-11 table from a bench/gpu/halving.sh output folder: for each sweep, the full grid's
+best cell and device-seconds, the live halving run's pick, regret and device-seconds, the offline
+replay (default policy, on the grid evaluated at every rung step) and the 1-D shortcut (λ = 16,
+full budget). Usage: python3 bench/halving_table.py OUT [--replay-dir DIR]
+(`--replay-dir` reads replay JSONs made afterwards, e.g. with other policies, instead of OUT's)."""
+import json
+import os
+import sqlite3
+import sys
+
+
+def cells(db, sweep):
+    con = sqlite3.connect(db)
+    con.row_factory = sqlite3.Row
+    rows = con.execute(
+        "SELECT lr_a, lr_b, state, metric, step, total_steps, device_s, pruned FROM cells WHERE sweep = ?",
+        (sweep,)).fetchall()
+    con.close()
+    return [dict(r) for r in rows]
+
+
+def best(rows):
+    done = [r for r in rows if r["state"] == "done" and not r["pruned"] and r["metric"] is not None]
+    return max(done, key=lambda r: r["metric"]) if done else None
+
+
+def main():
+    out = sys.argv[1]
+    replay_dir = sys.argv[sys.argv.index("--replay-dir") + 1] if "--replay-dir" in sys.argv else out
+    walls = {}
+    for line in open(os.path.join(out, "walls.txt")):
+        w = line.split()
+        walls[(w[0], w[1])] = float(w[5])
+    sweeps = sorted({s for s, _ in walls}, key=lambda s: list(walls).index((s, "plain")) if (s, "plain") in walls else 0)
+    print("| sweep | full grid best (η_A, λ) | grid device-s | halving pick (η_A, λ) | its final | regret (pts) | device-s | share | wall grid → halving | replay pick regret (pts) | replay share of steps | 1-D λ=16 regret (pts) | 1-D share |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    regrets = []
+    for s in sweeps:
+        plain = cells(os.path.join(out, f"{s}-plain.sqlite"), f"{s}-plain")
+        hv_path = os.path.join(out, f"{s}-halving.sqlite")
+        hv = cells(hv_path, f"{s}-halving") if os.path.exists(hv_path) else []
+        b, p = best(plain), best(hv)
+        grid_s = sum(r["device_s"] or 0 for r in plain)
+        hv_s = sum(r["device_s"] or 0 for r in hv)
+        rp = os.path.join(replay_dir, f"{s}-replay.json")
+        rj = json.load(open(rp)) if os.path.exists(rp) and os.path.getsize(rp) > 0 else None
+        fmt = lambda r: f"{r['lr_a']:.2e}, {r['lr_b'] / r['lr_a']:.0f}"
+        regret = 100 * (b["metric"] - p["metric"]) if b and p else float("nan")
+        regrets.append(regret)
+        one_d = rj["one_d"] if rj else None
+        print("| " + " | ".join([
+            s,
+            f"{fmt(b)} → {b['metric']:.4f}" if b else "-",
+            f"{grid_s:.1f}",
+            fmt(p) if p else "-",
+            f"{p['metric']:.4f}" if p else "-",
+            f"{regret:+.2f}",
+            f"{hv_s:.1f}",
+            f"{hv_s / grid_s:.2f}" if grid_s else "-",
+            f"{walls.get((s, 'plain'), float('nan')):.1f} → {walls.get((s, 'halving'), float('nan')):.1f} s",
+            f"{100 * rj['regret']:.2f}" if rj else "-",
+            f"{rj['cost_fraction']:.2f}" if rj else "-",
+            f"{100 * one_d['regret']:.2f}" if one_d else "-",
+            f"{one_d['cost_fraction']:.2f}" if one_d else "-",
+        ]) + " |")
+    finite = sorted(r for r in regrets if r == r)
+    if finite:
+        med = finite[len(finite) // 2] if len(finite) % 2 else (finite[len(finite) // 2 - 1] + finite[len(finite) // 2]) / 2
+        print(f"\nlive regret (points of the metric, full-grid best − halving pick): max {max(finite):.2f}, median {med:.2f}")
+
+
+main()
