@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""The issue-11 table from a bench/gpu/halving.sh output folder: for each sweep, the full grid's
-best cell and device-seconds, the live halving run's pick, regret and device-seconds, the offline
-replay (default policy, on the grid evaluated at every rung step) and the 1-D shortcut (λ = 16,
-full budget). Usage: python3 bench/halving_table.py OUT [--replay-dir DIR]
-(`--replay-dir` reads replay JSONs made afterwards, e.g. with other policies, instead of OUT's)."""
+"""The issue-11 table from a bench/gpu/halving.sh results folder: for each sweep, the full grid's
+best point; the live halving run's pick, its own final metric and the pick's metric in the full
+grid (the live run re-packs its cells, so dropout draws differ from the grid's: the first regret
+is one more noisy run, the second the quality of the choice); GPU time as the run's wall (one
+run at a time on the GPU, start-up included) and as the store's device-seconds; the offline
+replay of the default policy on the grid evaluated at every rung step, and the 1-D shortcut
+(λ = 16, full budget) from the same replay. Usage: python3 bench/halving_table.py DIR"""
 import json
 import os
 import sqlite3
@@ -27,14 +29,14 @@ def best(rows):
 
 def main():
     out = sys.argv[1]
-    replay_dir = sys.argv[sys.argv.index("--replay-dir") + 1] if "--replay-dir" in sys.argv else out
+    replay_dir = out
     walls = {}
     for line in open(os.path.join(out, "walls.txt")):
         w = line.split()
         walls[(w[0], w[1])] = float(w[5])
     sweeps = sorted({s for s, _ in walls}, key=lambda s: list(walls).index((s, "plain")) if (s, "plain") in walls else 0)
-    print("| sweep | full grid best (η_A, λ) | grid device-s | halving pick (η_A, λ) | its final | regret (pts) | device-s | share | wall grid → halving | replay pick regret (pts) | replay share of steps | 1-D λ=16 regret (pts) | 1-D share |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| sweep | full grid: best (η_A, λ) → metric | halving pick (η_A, λ) | pick's final, live (regret, pts) | pick in the full grid (regret, pts) | GPU wall grid → halving (share) | device-s grid → halving (share) | replay: regret (pts), share of steps | 1-D λ=16: regret (pts), share |")
+    print("|---|---|---|---|---|---|---|---|---|")
     regrets = []
     for s in sweeps:
         plain = cells(os.path.join(out, f"{s}-plain.sqlite"), f"{s}-plain")
@@ -49,20 +51,21 @@ def main():
         regret = 100 * (b["metric"] - p["metric"]) if b and p else float("nan")
         regrets.append(regret)
         one_d = rj["one_d"] if rj else None
+        in_grid = None
+        if p:
+            same = [r for r in plain if r["lr_a"] == p["lr_a"] and r["lr_b"] == p["lr_b"] and r["metric"] is not None]
+            in_grid = same[0]["metric"] if same else None
+        wg, wh = walls.get((s, "plain"), float("nan")), walls.get((s, "halving"), float("nan"))
         print("| " + " | ".join([
             s,
             f"{fmt(b)} → {b['metric']:.4f}" if b else "-",
-            f"{grid_s:.1f}",
             fmt(p) if p else "-",
-            f"{p['metric']:.4f}" if p else "-",
-            f"{regret:+.2f}",
-            f"{hv_s:.1f}",
-            f"{hv_s / grid_s:.2f}" if grid_s else "-",
-            f"{walls.get((s, 'plain'), float('nan')):.1f} → {walls.get((s, 'halving'), float('nan')):.1f} s",
-            f"{100 * rj['regret']:.2f}" if rj else "-",
-            f"{rj['cost_fraction']:.2f}" if rj else "-",
-            f"{100 * one_d['regret']:.2f}" if one_d else "-",
-            f"{one_d['cost_fraction']:.2f}" if one_d else "-",
+            f"{p['metric']:.4f} ({regret:+.2f})" if p else "-",
+            f"{in_grid:.4f} ({100 * (b['metric'] - in_grid):+.2f})" if in_grid is not None else "-",
+            f"{wg:.1f} → {wh:.1f} s ({wh / wg:.2f})",
+            f"{grid_s:.1f} → {hv_s:.1f} ({hv_s / grid_s:.2f})" if grid_s else "-",
+            f"{100 * rj['regret']:.2f}, {rj['cost_fraction']:.2f}" if rj else "-",
+            f"{100 * one_d['regret']:.2f}, {one_d['cost_fraction']:.2f}" if one_d else "-",
         ]) + " |")
     finite = sorted(r for r in regrets if r == r)
     if finite:

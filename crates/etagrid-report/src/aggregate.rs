@@ -170,6 +170,8 @@ impl Grid {
                 "fail"
             } else if has("running") {
                 "run"
+            } else if has("pruned") {
+                "prn"
             } else if has("done") {
                 "n/a"
             } else {

@@ -40,6 +40,12 @@ fn state_style(state: &str) -> (RGBColor, &'static str, &'static str, RGBColor) 
         ),
         "running" => (RGBColor(250, 232, 160), "running", "run", SOFT_INK),
         "pending" => (RGBColor(236, 236, 236), "pending", "…", SOFT_INK),
+        "pruned" => (
+            RGBColor(214, 224, 240),
+            "pruned (rung: metric there)",
+            "prn",
+            SOFT_INK,
+        ),
         _ => (RGBColor(208, 208, 208), "no metric", "n/a", SOFT_INK),
     }
 }
@@ -410,7 +416,14 @@ fn draw_cells<DB: DrawingBackend>(
             }
             _ => {
                 let (bg, long, short, color) = state_style(&p.state);
-                (bg, long.to_string(), short.to_string(), color)
+                match &p.pruned_at {
+                    // A pruned point shows the rung it reached and its metric there.
+                    Some(label) => {
+                        let short = label.replacen("rung ", "r", 1);
+                        (bg, label.clone(), short, color)
+                    }
+                    None => (bg, long.to_string(), short.to_string(), color),
+                }
             }
         };
         c.fill_rect((x0, y0), (x1, y1), bg)?;
@@ -537,7 +550,7 @@ fn draw_legend<DB: DrawingBackend>(
     if m.points.iter().any(|p| p.tied_with_best) {
         items.push((Key::Triangle, "tied with best (2 SE)".to_string()));
     }
-    for state in ["running", "pending", "failed", "diverged", "done"] {
+    for state in ["running", "pending", "failed", "diverged", "pruned", "done"] {
         if m.points
             .iter()
             .any(|p| p.mean.is_none() && p.state == state)

@@ -180,6 +180,18 @@ fn headline(h: &mut String, input: &ReportInput, m: &ReportModel, metric: &str) 
         "<tr><th>by state</th><td>{}</td></tr>",
         state_counts(&input.cells)
     );
+    if !input.halving.is_empty() {
+        let _ = writeln!(
+            h,
+            "<tr><th>successive halving</th><td>{}</td></tr>",
+            input
+                .halving
+                .iter()
+                .map(|l| escape(l))
+                .collect::<Vec<_>>()
+                .join("<br>")
+        );
+    }
     let _ = writeln!(
         h,
         "<tr><th>best</th><td>{}</td></tr>",

@@ -64,6 +64,10 @@ pub struct ReportCell {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub error: Option<String>,
+    /// Successive halving: the rung (1-based) a pruned cell stopped at and its metric there
+    /// (its `state` is then "pruned" and `metric` `None`: it is not a candidate for best).
+    #[serde(default)]
+    pub pruned_at: Option<(u32, f64)>,
 }
 
 /// A cell's curves, as (step, value) pairs in step order.
@@ -95,6 +99,9 @@ pub struct ReportInput {
     pub curves: BTreeMap<String, CellCurves>,
     /// Metrics worse than this get the bottom colour of the heatmap (stated on the figure).
     pub color_floor: Option<f64>,
+    /// Successive halving: lines for the page's summary (the promotions, the device time spent
+    /// against the full grid's).
+    pub halving: Vec<String>,
 }
 
 /// What [`write_report`] wrote and found.

@@ -52,6 +52,9 @@ pub struct PointStats {
     pub seeds_done: usize,
     pub cells: usize,
     pub tied_with_best: bool,
+    /// Successive halving: a pruned point's label, "rung R: METRIC" (its cells' earliest rung
+    /// and their mean metric there).
+    pub pruned_at: Option<String>,
     pub gpu_seconds: f64,
     /// The cells (one per seed) at this point.
     pub cell_ids: Vec<String>,
@@ -341,6 +344,7 @@ fn point_stats(p: &Point, input: &ReportInput, lambdas: &Axis, acc_like: bool) -
             "div" => "diverged",
             "fail" => "failed",
             "run" => "running",
+            "prn" => "pruned",
             "n/a" => "done",
             _ => "pending",
         }
@@ -368,12 +372,22 @@ fn point_stats(p: &Point, input: &ReportInput, lambdas: &Axis, acc_like: bool) -
         seeds_done: p.seeds,
         cells: cells.len(),
         tied_with_best: false,
+        pruned_at: pruned_label(&cells),
         gpu_seconds: cells
             .iter()
             .filter_map(|c| c.wall_s.map(|w| gpu_seconds(w, c.pack_size)))
             .sum(),
         cell_ids: cells.iter().map(|c| c.cell_id.clone()).collect(),
     }
+}
+
+/// "rung 1: 0.712" for a point whose cells were all pruned (their earliest rung, their mean
+/// metric there); `None` otherwise.
+fn pruned_label(cells: &[&crate::ReportCell]) -> Option<String> {
+    let at: Vec<(u32, f64)> = cells.iter().map(|c| c.pruned_at).collect::<Option<_>>()?;
+    let rung = at.iter().map(|a| a.0).min()?;
+    let mean = at.iter().map(|a| a.1).sum::<f64>() / at.len() as f64;
+    Some(format!("rung {rung}: {}", crate::format::metric(mean)))
 }
 
 fn point_ref(points: &[PointStats], i: usize) -> PointRef {

@@ -40,6 +40,7 @@ fn cell(ia: usize, il: usize, seed: u64, state: &str, metric: Option<f64>) -> Re
         started_at: (state != "pending").then(|| format!("2026-11-30 10:0{ia}:0{il}")),
         finished_at: done.then(|| format!("2026-11-30 11:0{ia}:0{il}")),
         error: (state == "failed").then(|| "worker exited with status 1".to_string()),
+        pruned_at: None,
     }
 }
 
@@ -86,6 +87,7 @@ fn fixture() -> ReportInput {
         n_eval: Some(500),
         curves,
         color_floor: None,
+        halving: Vec::new(),
     }
 }
 

@@ -53,13 +53,22 @@ pub fn load_input(db: &StoreUrl, sweep: &str, curves: bool) -> Result<ReportInpu
             .iter()
             .map(|c| {
                 let (started_at, finished_at) = times.get(&c.id).cloned().unwrap_or((None, None));
+                // A pruned halving cell is drawn with the rung it reached, not as a result.
+                let pruned_at = c.pruned.then(|| {
+                    let rung = c.rung.unwrap_or(0).max(0) as u32 + 1;
+                    (rung, c.metric.unwrap_or(f64::NAN))
+                });
                 ReportCell {
                     cell_id: c.id.clone(),
                     lr_a: c.lr_a,
                     lr_b: c.lr_b,
                     seed: c.seed as u64,
-                    state: c.state.as_str().into(),
-                    metric: c.metric,
+                    state: if c.pruned {
+                        "pruned".into()
+                    } else {
+                        c.state.as_str().into()
+                    },
+                    metric: if c.pruned { None } else { c.metric },
                     eval_loss: c.eval_loss,
                     accuracy: c.accuracy,
                     macro_f1: c.macro_f1,
@@ -75,6 +84,7 @@ pub fn load_input(db: &StoreUrl, sweep: &str, curves: bool) -> Result<ReportInpu
                     started_at,
                     finished_at,
                     error: c.error.clone(),
+                    pruned_at,
                 }
             })
             .collect(),
@@ -83,6 +93,7 @@ pub fn load_input(db: &StoreUrl, sweep: &str, curves: bool) -> Result<ReportInpu
         n_eval,
         curves: Default::default(),
         color_floor: None,
+        halving: halving_lines(db, &name, &cells)?,
     };
     if curves {
         let ids = etagrid_report::curve_cells(&input);
@@ -114,6 +125,23 @@ pub fn load_input(db: &StoreUrl, sweep: &str, curves: bool) -> Result<ReportInpu
         })??;
     }
     Ok(input)
+}
+
+/// A halving sweep's promotions and its device time against the full grid's
+/// ([`crate::status::halving_cost`]); nothing for a grid sweep.
+fn halving_lines(db: &StoreUrl, name: &str, cells: &[CellRow]) -> Result<Vec<String>> {
+    if cells.iter().all(|c| c.rung.is_none()) {
+        return Ok(Vec::new());
+    }
+    let rungs = block_on(async {
+        let store = Store::open(db).await?;
+        let r = store.halving_rungs(name).await;
+        store.close().await;
+        r
+    })??;
+    let mut lines: Vec<String> = rungs.into_iter().map(|r| r.reason).collect();
+    lines.extend(crate::status::halving_cost(cells));
+    Ok(lines)
 }
 
 /// `etagrid report SWEEP` writes `<reports>/<sweep>/`; with several sweeps, a compare report

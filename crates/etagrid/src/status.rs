@@ -3,7 +3,7 @@
 
 use crate::common::{block_on, sweep_name, Exit};
 use anyhow::{bail, Result};
-use etagrid_store::{CellState, Store, StoreUrl};
+use etagrid_store::{CellRow, CellState, Store, StoreUrl};
 
 pub fn status(db: &StoreUrl, sweep: Option<&str>) -> Result<Exit> {
     if let Some(path) = db.sqlite_path().filter(|p| !p.exists()) {
@@ -153,21 +153,52 @@ async fn halving_lines(store: &Store, name: &str) -> Result<()> {
                 .map_or("-".into(), |m| format!("{m:.4} at step {}", c.step.unwrap_or(0)))
         );
     }
-    let spent: f64 = cells.iter().filter_map(|c| c.device_s).sum();
-    let steps_run: i64 = cells
-        .iter()
-        .filter(|c| c.device_s.is_some())
-        .map(|c| c.step.unwrap_or(0))
-        .sum();
-    let budget: i64 = cells.iter().filter_map(|c| c.total_steps).sum();
-    if spent > 0.0 && steps_run > 0 && budget > 0 {
-        let full = spent / steps_run as f64 * budget as f64;
-        println!(
-            "  device time: {spent:.1} s so far; the full grid ≈ {full:.1} s ({:.0} % of it spent)",
-            100.0 * spent / full
-        );
+    if let Some(line) = halving_cost(&cells) {
+        println!("  {line}");
     }
     Ok(())
+}
+
+/// A halving sweep's device time against the full grid's, as one line: the cell-steps run, and
+/// the device seconds spent beside an estimate of the full grid's — the first rung's worker (a
+/// pack of every cell) extrapolated to the whole budget, since a pack's time per step is far
+/// from proportional to its size (bench/RESULTS.md, "Successive halving").
+pub(crate) fn halving_cost(cells: &[CellRow]) -> Option<String> {
+    let spent: f64 = cells.iter().filter_map(|c| c.device_s).sum();
+    let steps: i64 = cells
+        .iter()
+        .filter(|c| c.device_s.is_some())
+        .filter_map(|c| c.step)
+        .sum();
+    let budget: i64 = cells.iter().filter_map(|c| c.total_steps).sum();
+    if spent <= 0.0 || steps <= 0 || budget <= 0 {
+        return None;
+    }
+    let mut line = format!(
+        "device time {spent:.1} s for {steps} of {budget} cell-steps ({:.0} % of the grid's steps)",
+        100.0 * steps as f64 / budget as f64
+    );
+    // A cell pruned after the first rung: its worker trained the first rung's pack.
+    let first = cells.iter().find(|c| {
+        c.pruned && c.rung == Some(0) && c.device_s.is_some() && c.step.is_some_and(|s| s > 0)
+    });
+    if let Some(c) = first {
+        let pack = c.pack_size.unwrap_or(1).max(1) as f64;
+        let wall = c.device_s.unwrap_or(0.0) * pack;
+        let steps0 = c.step.unwrap_or(1) as f64;
+        let total = c.total_steps.unwrap_or(0) as f64;
+        let packs = cells.len() as f64 / pack;
+        let full = wall / steps0 * total * packs;
+        // The first rung's worker time includes its start-up and evaluation: spread over its
+        // few steps, the estimate is on the high side.
+        line.push_str(&format!(
+            "; the full grid ≲ {full:.1} s (the first rung's pack, start-up included, at {:.1} ms \
+             a step; {:.0} % of it spent)",
+            1e3 * wall / steps0,
+            100.0 * spent / full
+        ));
+    }
+    Some(line)
 }
 
 fn human_duration(secs: f64) -> String {
