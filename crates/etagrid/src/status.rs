@@ -136,11 +136,7 @@ async fn halving_lines(store: &Store, name: &str) -> Result<()> {
     }
     println!("  cell              η_A       η_B       rung  state     metric");
     for c in &cells {
-        let what = if c.pruned {
-            "pruned"
-        } else {
-            c.state.as_str()
-        };
+        let what = if c.pruned { "pruned" } else { c.state.as_str() };
         println!(
             "  {:<16}  {:.2e}  {:.2e}  {:>4}  {:<8}  {}",
             c.id,
@@ -150,7 +146,10 @@ async fn halving_lines(store: &Store, name: &str) -> Result<()> {
             what,
             c.metric
                 .filter(|m| m.is_finite())
-                .map_or("-".into(), |m| format!("{m:.4} at step {}", c.step.unwrap_or(0)))
+                .map_or("-".into(), |m| format!(
+                    "{m:.4} at step {}",
+                    c.step.unwrap_or(0)
+                ))
         );
     }
     if let Some(line) = halving_cost(&cells) {

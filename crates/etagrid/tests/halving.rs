@@ -203,4 +203,32 @@ fn a_halving_sweep_killed_between_rungs_resumes_without_repeating_a_finished_run
         err.contains("rung 2/3"),
         "the run says its promotions: {err}"
     );
+
+    // `status` lists every cell's rung and the promotions; the report draws the pruned points
+    // with their rung and states the device time against the full grid's.
+    let st = p.cmd("status", &["status", NAME]).output().expect("status");
+    let st = text(&st.stdout);
+    for c in &cells {
+        let rung = (c.rung.expect("on a rung") + 1).to_string();
+        let what = if c.pruned { "pruned" } else { "done" };
+        let line = st
+            .lines()
+            .find(|l| l.contains(&c.id))
+            .unwrap_or_else(|| panic!("no line for {} in {st}", c.id));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words[3..5], [rung.as_str(), what], "{line}");
+    }
+    assert!(
+        st.contains("rung 1/3: 9 points") && st.contains("cell-steps"),
+        "{st}"
+    );
+    let out = p.cmd("report", &["report", NAME]).output().expect("report");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let html = std::fs::read_to_string(p.path("reports/halving/index.html")).expect("html");
+    assert!(html.contains("successive halving") && html.contains("cell-steps"));
+    let svg = std::fs::read_to_string(p.path("reports/halving/heatmap.svg")).expect("svg");
+    assert!(
+        svg.contains("rung 1: ") || svg.contains("r1: "),
+        "pruned points are drawn with their rung"
+    );
 }
