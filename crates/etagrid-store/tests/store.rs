@@ -1200,3 +1200,111 @@ async fn a_silent_postgres_server_is_an_error_within_the_connect_timeout() {
     assert!(m.contains("does not answer"), "{m}");
     accepted.join().expect("listener thread");
 }
+
+both_backends!(halving_rungs_promotions_and_resumed_curves_are_kept);
+/// Successive halving's store side: cells put on rung 0 (a cell a grid run finished is at the
+/// last rung), a paused cell stored `done` with its device time, a promotion recorded once, and
+/// a promoted cell's restarts keeping its curve up to the step it resumes from.
+async fn halving_rungs_promotions_and_resumed_curves_are_kept(b: Backend) {
+    let f = fixture(b).await;
+    f.start(3).await;
+    f.finish(3, &Outcome::Done(result())).await;
+    assert_eq!(f.store.init_halving(NAME, 2).await.expect("init"), 4);
+    let rungs: Vec<Option<i64>> = f.rows().await.iter().map(|r| r.rung).collect();
+    assert_eq!(rungs, [Some(0), Some(0), Some(0), Some(2)]);
+    assert_eq!(f.store.init_halving(NAME, 2).await.expect("again"), 0);
+
+    let paused = CellResult {
+        steps: 10,
+        ..result()
+    };
+    for i in 0..3 {
+        f.start(i).await;
+        for step in [5, 10] {
+            f.store
+                .record_metrics(NAME, f.id(i), step, &[("eval_accuracy", 0.5)])
+                .await
+                .expect("curve");
+        }
+        f.finish(i, &Outcome::Paused(paused.clone())).await;
+    }
+    let r0 = f.row(0).await;
+    assert_eq!(
+        (r0.state, r0.step, r0.rung),
+        (CellState::Done, Some(10), Some(0))
+    );
+    assert_eq!(
+        r0.device_s,
+        Some(12.5 / 4.0),
+        "its share of the pack's wall time"
+    );
+
+    let decided = etagrid_store::RungRow {
+        rung: 0,
+        points: 3,
+        promoted: 2,
+        tau: None,
+        stopped_pruning: false,
+        reason: "rung 1/3: 3 points, kept 1 best + 1 for their η_A rows, pruned 1".into(),
+    };
+    let (promoted, pruned) = (
+        vec![f.id(0).to_owned(), f.id(1).to_owned()],
+        vec![f.id(2).to_owned()],
+    );
+    f.store
+        .promote(NAME, &decided, &promoted, &pruned)
+        .await
+        .expect("promote");
+    assert_eq!(
+        f.store.halving_rungs(NAME).await.expect("rungs"),
+        [decided.clone()]
+    );
+    assert!(
+        f.store
+            .promote(NAME, &decided, &promoted, &pruned)
+            .await
+            .is_err(),
+        "a rung is decided once"
+    );
+    let rows = f.rows().await;
+    for r in &rows[..2] {
+        assert_eq!(
+            (r.state, r.rung, r.resume_step, r.attempts, r.pruned),
+            (CellState::Pending, Some(1), Some(10), 0, false)
+        );
+    }
+    assert_eq!(
+        (rows[2].state, rows[2].rung, rows[2].pruned),
+        (CellState::Done, Some(0), true)
+    );
+
+    // Rung 1 of cell 0: a first attempt dies after step 15; the retry keeps steps 5 and 10.
+    f.start(0).await;
+    f.store
+        .record_metrics(NAME, f.id(0), 15, &[("eval_accuracy", 0.6)])
+        .await
+        .expect("curve");
+    f.finish(0, &Outcome::Retry("killed".into())).await;
+    f.start(0).await;
+    let curve = f
+        .store
+        .curve(NAME, f.id(0), "eval_accuracy")
+        .await
+        .expect("curve");
+    assert_eq!(curve, [(5, 0.5), (10, 0.5)]);
+    f.finish(
+        0,
+        &Outcome::Paused(CellResult {
+            steps: 30,
+            wall_s: 8.0,
+            pack_size: Some(2),
+            ..result()
+        }),
+    )
+    .await;
+    assert_eq!(
+        f.row(0).await.device_s,
+        Some(12.5 / 4.0 + 8.0 / 2.0),
+        "segments add up"
+    );
+}

@@ -1,5 +1,6 @@
 //! `etagrid`: the command users run. It runs the commands that need no libtorch itself
-//! (`status`, `init`, `report`, `best`, `export`: [`etagrid::cli::TchFree`]), so `status` returns
+//! (`status`, `init`, `report`, `best`, `export`, `replay-halving`: [`etagrid::cli::TchFree`]),
+//! so `status` returns
 //! in milliseconds even on a 100,000-cell sweep and `init`/`report` run where libtorch is absent.
 //! Every other command (and every `--help`) goes to `etagrid-torch`, the binary beside it that
 //! links libtorch, through `exec`: the same arguments, the same process id, the same signals and

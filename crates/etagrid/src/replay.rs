@@ -312,8 +312,19 @@ mod tests {
             ..ReplayOptions::default()
         };
         let s = o.spec(SearchSpec::default()).expect("valid");
-        assert_eq!((s.reduction, s.keep_per_row, s.min_tau), (2, 2, 0.5));
+        assert_eq!(
+            (s.reduction, s.keep_per_row, s.min_tau),
+            (2, 2, etagrid_search::DEFAULT_MIN_TAU)
+        );
         assert_eq!(s.fractions(), vec![0.25, 1.0]);
+        // What no flag names comes from the sweep's own [search] section.
+        let file = SearchSpec {
+            keep_per_row: 5,
+            reduction: 4,
+            ..SearchSpec::default()
+        };
+        let s = o.spec(file).expect("valid");
+        assert_eq!((s.reduction, s.keep_per_row), (2, 5));
         let bad = ReplayOptions {
             rungs: Some(vec![0.5, 0.3, 1.0]),
             ..ReplayOptions::default()
