@@ -1257,7 +1257,7 @@ async fn halving_rungs_promotions_and_resumed_curves_are_kept(b: Backend) {
         .expect("promote");
     assert_eq!(
         f.store.halving_rungs(NAME).await.expect("rungs"),
-        [decided.clone()]
+        std::slice::from_ref(&decided)
     );
     assert!(
         f.store
