@@ -53,7 +53,8 @@ pub struct PointStats {
     pub cells: usize,
     pub tied_with_best: bool,
     /// Successive halving: a pruned point's label, "rung R: METRIC" (its cells' earliest rung
-    /// and their mean metric there).
+    /// and their mean metric there). Absent from the JSON of a grid sweep.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pruned_at: Option<String>,
     pub gpu_seconds: f64,
     /// The cells (one per seed) at this point.

@@ -129,6 +129,19 @@ mod tests {
     }
 
     #[test]
+    fn a_halving_sweep_is_refused_before_anything_is_submitted() {
+        let mut spec = crate::testing::sweep(2);
+        spec.search.strategy = etagrid_search::Strategy::Halving;
+        // The store URL is unreachable: the refusal comes before any connection or sbatch.
+        let err = run_slurm(&spec, &opts(None, &[], None)).expect_err("refused");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("sweep.toml") && msg.contains("local backend only"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn auto_packs_gpu_tasks_by_max_concurrent_and_leaves_cpu_tasks_at_one_cell() {
         // GPU tasks, at most 4 at a time: each of the 4 gets its share of the cells.
         assert_eq!(opts(Some("gpu:1"), &[], Some(4)).parallel_gpus(), Some(4));
