@@ -481,6 +481,12 @@ impl SequenceClassifier for BertForSequenceClassification {
     fn pad_token_id(&self) -> i64 {
         self.config.pad_token_id
     }
+    fn base_dropout(&self) -> bool {
+        let c = &self.config;
+        c.hidden_dropout_prob > 0.0
+            || c.attention_probs_dropout_prob > 0.0
+            || c.classifier_dropout.is_some_and(|p| p > 0.0)
+    }
     fn max_tokens(&self) -> i64 {
         // RoBERTa's positions start after the pad id.
         if self.config.is_roberta() {

@@ -7,7 +7,8 @@
 //! The rest of the state is a function of the step: the batch order is replayed from the seed
 //! (each seed's order is a pure function of the seed and the epoch), the learning-rate schedule
 //! is a function of the step and the full budget, and the dropout generator is reseeded every
-//! step from the pack's first seed and the step ([`step_seed`]).
+//! step from the pack's first seed and the step ([`step_seed`]; when the model or the LoRA
+//! layers have dropout).
 //!
 //! The directory is written under a temporary name and renamed into place, so a checkpoint is
 //! there whole or not at all. Older checkpoints of the cell are removed when a segment resumes

@@ -75,6 +75,8 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, p_drop: f64) -> Tens
 pub trait DecoderModel: Module {
     /// Final hidden states [K·b, T, hidden] (after the final norm).
     fn hidden(&self, batch: &Batch, train: bool) -> Tensor;
+    /// Whether training draws dropout masks (see [`SequenceClassifier::base_dropout`]).
+    fn dropout(&self) -> bool;
 }
 
 /// A decoder for sequence classification: `score` on each row's last real token.
@@ -119,6 +121,10 @@ impl<M: DecoderModel> SequenceClassifier for DecoderForSequenceClassification<M>
 
     fn pad_token_id(&self) -> i64 {
         self.facts.pad_token_id.unwrap_or(0)
+    }
+
+    fn base_dropout(&self) -> bool {
+        self.model.dropout()
     }
 
     fn max_tokens(&self) -> i64 {

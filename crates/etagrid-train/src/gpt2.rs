@@ -178,6 +178,11 @@ impl DecoderModel for Gpt2Model {
         let cx = DecoderContext { train, rope: None };
         decode(&self.h, &self.ln_f, x, &cx)
     }
+
+    fn dropout(&self) -> bool {
+        let c = &self.config;
+        c.resid_pdrop > 0.0 || c.embd_pdrop > 0.0 || c.attn_pdrop > 0.0
+    }
 }
 
 /// The family registry's loader (see [`crate::model::load_classifier`]).

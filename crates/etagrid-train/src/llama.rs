@@ -285,6 +285,12 @@ impl DecoderModel for LlamaModel {
         };
         decode(&self.layers, &self.norm, x, &cx)
     }
+
+    /// transformers' Llama has `attention_dropout` (0 in every released config); etagrid's
+    /// Llama applies none.
+    fn dropout(&self) -> bool {
+        false
+    }
 }
 
 /// The family registry's loader (see [`crate::model::load_classifier`]).

@@ -58,6 +58,11 @@ pub trait SequenceClassifier: Module {
     fn pad_token_id(&self) -> i64;
     /// The longest input the model's position table allows.
     fn max_tokens(&self) -> i64;
+    /// Whether its training forward draws random numbers (a dropout probability above 0
+    /// somewhere in the base). The LoRA dropout is the sweep's, checked apart.
+    fn base_dropout(&self) -> bool {
+        true
+    }
     /// The causal LM's next-token logits [b, vocab] after each row's last real token, for the
     /// families that have one (GPT-2, Llama).
     fn next_token_logits(&self, _batch: &Batch) -> Option<Tensor> {

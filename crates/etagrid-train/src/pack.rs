@@ -756,6 +756,9 @@ impl Ctx<'_> {
     ) -> Result<Trained, TrainError> {
         let total_steps = span.total;
         let seed = cells[0].config.seed;
+        // Only a forward that draws dropout masks needs the generator reseeded (and a process
+        // training with no dropout leaves libtorch's global generator alone).
+        let reseed = self.model.base_dropout() || cells[0].config.lora.dropout > 0.0;
         let tr = &cells[0].config.train;
         let (k, device) = (self.k, self.device);
         let started = Instant::now();
@@ -768,7 +771,9 @@ impl Ctx<'_> {
         for step in span.start..span.stop {
             // Dropout draws are a function of the step, so a run that paused before it draws
             // the same masks as one that did not.
-            tch::manual_seed(checkpoint::step_seed(seed, step));
+            if reseed {
+                tch::manual_seed(checkpoint::step_seed(seed, step));
+            }
             let (batch, rows) = match resident.as_mut() {
                 Some(r) => r.batch(orders, span.stop - step)?,
                 None => {

@@ -13,6 +13,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
+/// libtorch's random generator is one per process and the tests of this file run as threads of
+/// one process: a test seeding it (model initialisation, the per-step dropout seed) while
+/// another draws from it would change the other's numbers. They take turns.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -146,6 +155,7 @@ fn rel(a: f64, b: f64) -> f64 {
 
 #[test]
 fn packed_cells_end_with_the_numbers_they_get_alone() {
+    let _serial = serial();
     let d = tempfile::tempdir().expect("tempdir");
     let (spec, cells) = cells(d.path());
 
@@ -272,6 +282,7 @@ fn packed_cells_end_with_the_numbers_they_get_alone() {
 
 #[test]
 fn cells_that_differ_in_more_than_rates_seed_and_init_are_not_packed() {
+    let _serial = serial();
     let d = tempfile::tempdir().expect("tempdir");
     let (spec, mut cells) = cells(d.path());
     cells[1].config.train.batch_size = 4;
@@ -299,6 +310,7 @@ fn curve_points(ev: &[WorkerEvent]) -> Vec<(&'static str, u64, f64)> {
 /// too, not only the adapters, head and AdamW moments.
 #[test]
 fn a_pack_paused_at_rungs_and_resumed_ends_as_one_uninterrupted_run() {
+    let _serial = serial();
     let d = tempfile::tempdir().expect("tempdir");
     let (spec, mut cells) = cells_with_dropout(d.path(), 0.1);
     cells.remove(2); // the diverging one: a halving run never resumes a diverged cell
@@ -419,6 +431,7 @@ fn a_pack_paused_at_rungs_and_resumed_ends_as_one_uninterrupted_run() {
 
 #[test]
 fn a_segment_whose_checkpoint_is_gone_fails_naming_the_cell_and_the_step() {
+    let _serial = serial();
     let d = tempfile::tempdir().expect("tempdir");
     let (spec, cells) = cells(d.path());
     let mut j = job(&spec, &cells[..1], "lost");

@@ -108,16 +108,21 @@ fn step(c: &CellRow) -> u64 {
     c.step.expect("step") as u64
 }
 
-/// The cost share of replay `r` from the store's steps: a cell pruned at rung k ran to that
-/// rung's step (or to where it stopped, if earlier), the others all the steps they ran; over
-/// all the grid's steps. Also checks the replay's count of the grid's steps; returns both.
-fn expected_cost(cells: &[CellRow], r: &Value) -> (f64, u64) {
-    let rung_steps: Vec<u64> = r["rung_steps"]
+/// The replay's rung steps.
+fn rung_steps(r: &Value) -> Vec<u64> {
+    r["rung_steps"]
         .as_array()
         .expect("rung_steps")
         .iter()
         .map(|s| s.as_u64().expect("step"))
-        .collect();
+        .collect()
+}
+
+/// The cost share of replay `r` from the store's steps: a cell pruned at rung k ran to that
+/// rung's step (or to where it stopped, if earlier), the others all the steps they ran; over
+/// all the grid's steps. Also checks the replay's count of the grid's steps; returns both.
+fn expected_cost(cells: &[CellRow], r: &Value) -> (f64, u64) {
+    let rung_steps = rung_steps(r);
     let mut ran: BTreeMap<&str, u64> = cells.iter().map(|c| (c.id.as_str(), step(c))).collect();
     for (k, d) in r["decisions"]
         .as_array()
@@ -176,12 +181,7 @@ fn replay_of_a_real_sweep_picks_a_stored_point_at_the_cost_of_its_rungs() {
     let r = sb.replay("tiny", &[]);
     assert_eq!(r["metric"], "accuracy");
     assert_eq!(r["cells"], 12);
-    let rung_steps: Vec<u64> = r["rung_steps"]
-        .as_array()
-        .expect("rung_steps")
-        .iter()
-        .map(|s| s.as_u64().expect("step"))
-        .collect();
+    let rung_steps = rung_steps(&r);
     assert_eq!(rung_steps, [1, 3, STEPS]);
     let decisions = r["decisions"].as_array().expect("decisions");
     assert_eq!(decisions.len(), 2);
