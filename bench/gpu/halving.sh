@@ -18,9 +18,18 @@ R=/tmp/halving-results; rm -rf "$R"; mkdir -p "$R"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
 date -u +%Y-%m-%dT%H:%MZ | tee -a "$OUT/machine.txt"
 SWEEPS=${SWEEPS:-"trec50-540 trec50-2160 mr-540 mr-2160"}
+# NODROP=1: the same sweeps on a copy of MiniLM with its dropout off (names end in -nodrop), to
+# separate the policy from the dropout draws that re-packing changes.
+MODEL=minilm-f16; TAG=""
+if [ "${NODROP:-0}" = 1 ]; then
+  MODEL=minilm-f16-nodrop; TAG=-nodrop
+  mkdir -p .gpu/$MODEL && cp .gpu/minilm-f16/{model.safetensors,tokenizer.json} .gpu/$MODEL/
+  python3 -c "import json; c=json.load(open('.gpu/minilm-f16/config.json')); c['hidden_dropout_prob']=0.0; c['attention_probs_dropout_prob']=0.0; json.dump(c, open('.gpu/$MODEL/config.json','w'))"
+fi
 MODES=${MODES:-"plain dense halving"}
-for s in $SWEEPS; do
-  task=${s%-*}; steps=${s#*-}
+for base in $SWEEPS; do
+  s=$base$TAG
+  task=${base%-*}; steps=${base#*-}
   case $task in
     trec50) data=trec; label='label_column = "fine"'; len=32 ;;
     mr) data=mr; label=''; len=64 ;;
@@ -31,7 +40,7 @@ for s in $SWEEPS; do
     [ $mode = dense ] && eval_every=$((steps / 27))
     [ $mode = halving ] && search=$(printf '[search]\nstrategy = "halving"\n%b' "${HALVING_EXTRA:-}")
     f=$T/$s-$mode.toml
-    sed -e "s/@NAME@/$s-$mode/" -e "s/@TASK@/$data/g" -e "s/@LABEL@/$label/" -e "s/@STEPS@/$steps/" \
+    sed -e "s/@NAME@/$s-$mode/" -e "s/minilm-f16/$MODEL/" -e "s/@TASK@/$data/g" -e "s/@LABEL@/$label/" -e "s/@STEPS@/$steps/" \
         -e "s/@LEN@/$len/" -e "s/@WARMUP@/$((steps / 10))/" -e "s/@EVAL@/$eval_every/" $T/sweep.toml.in \
       | python3 -c "import sys; t=sys.stdin.read(); print(t.replace('@SEARCH@', sys.argv[1]))" "$search" > "$f"
     st=/tmp/halving-$s-$mode
