@@ -8,7 +8,8 @@
 mod common;
 
 use common::{manifest, text, tiny_sweep, with_store, CPU_RESOURCES};
-use etagrid_store::{CellRow, CellState, RungRow, Store};
+use etagrid_store::testing::{test_server, TestDatabase};
+use etagrid_store::{CellRow, CellState, RungRow, Store, StoreUrl};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,11 +19,18 @@ const NAME: &str = "halving";
 
 struct Project {
     dir: tempfile::TempDir,
+    /// `--db`: the SQLite file, or a fresh PostgreSQL database (dropped with `_pg`).
+    db: String,
+    _pg: Option<TestDatabase>,
 }
 
 impl Project {
-    fn new() -> Project {
+    fn new(pg: Option<TestDatabase>) -> Project {
         let dir = tempfile::tempdir().expect("tempdir");
+        let db = match &pg {
+            Some(pg) => pg.url().to_owned(),
+            None => dir.path().join("store.sqlite").display().to_string(),
+        };
         let sweep = tiny_sweep(
             NAME,
             "lr_a = [1e-3, 3e-3, 1e-2]\nlr_b = [1e-2, 3e-2, 1e-1]\nseeds = [0]",
@@ -31,7 +39,7 @@ impl Project {
         ) + CPU_RESOURCES
             + "[search]\nstrategy = \"halving\"\nkeep_per_row = 1\nmin_tau = -1.0\n";
         std::fs::write(dir.path().join("halving.toml"), sweep).expect("write sweep");
-        Project { dir }
+        Project { dir, db, _pg: pg }
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -51,7 +59,7 @@ impl Project {
             .arg("--state-dir")
             .arg(self.path("state"))
             .arg("--db")
-            .arg(self.path("store.sqlite"))
+            .arg(&self.db)
             .args(args)
             .env("ETAGRID_WORKER", manifest().join("tests/halving-worker.sh"))
             .env("HALVING_REAL_WORKER", real)
@@ -75,7 +83,8 @@ impl Project {
     }
 
     fn store<T>(&self, f: impl AsyncFnOnce(&Store) -> T) -> T {
-        with_store(self.path("store.sqlite").as_path(), f)
+        let url: StoreUrl = self.db.parse().expect("store url");
+        with_store(url, f)
     }
 
     fn cells(&self) -> Vec<CellRow> {
@@ -98,7 +107,22 @@ fn wait_for(path: &Path, what: &str) {
 
 #[test]
 fn a_halving_sweep_killed_between_rungs_resumes_without_repeating_a_finished_rung() {
-    let p = Project::new();
+    killed_between_rungs(Project::new(None));
+}
+
+/// The same on PostgreSQL (the `ETAGRID_TEST_PG` server that scripts/test.sh starts).
+#[test]
+fn on_postgres_a_halving_sweep_killed_between_rungs_resumes_without_repeating_a_rung() {
+    let Some(server) = test_server() else { return };
+    let pg = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(TestDatabase::create(&server));
+    killed_between_rungs(Project::new(Some(pg)));
+}
+
+fn killed_between_rungs(p: Project) {
     std::fs::write(p.path("hold"), "").expect("hold");
     let mut run = p
         .cmd("first", &["run", "halving.toml", "--no-report"])
