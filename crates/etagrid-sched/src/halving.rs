@@ -10,8 +10,7 @@
 
 use crate::SchedError;
 use etagrid_search::{decide, Entry, SearchSpec, Strategy};
-use etagrid_spec::protocol::{fraction_step, Measure, Segment};
-use etagrid_spec::spec::Metric;
+use etagrid_spec::protocol::{fraction_step, Segment};
 use etagrid_spec::SweepSpec;
 use etagrid_store::{CellRow, CellState, RungRow, Store};
 use std::collections::{BTreeSet, HashSet};
@@ -29,14 +28,6 @@ pub(crate) fn segment(search: &SearchSpec, rung: i64) -> Segment {
     Segment {
         resume_from: (r > 0).then(|| fractions[r - 1]),
         pause_at: (r < last).then(|| fractions[r.min(last)]),
-    }
-}
-
-/// The store's curve holding the sweep's metric.
-fn metric_curve(metric: Metric) -> &'static str {
-    match metric {
-        Metric::EvalLoss => "eval_loss",
-        m => Measure::from_name(m.name()).map_or("eval_loss", Measure::curve_name),
     }
 }
 
@@ -112,7 +103,7 @@ async fn promote(
     at: &[&CellRow],
 ) -> Result<String, SchedError> {
     let fractions = search.fractions();
-    let curve = metric_curve(spec.task.metric);
+    let curve = spec.task.metric.curve_name();
     let mut current = Vec::with_capacity(at.len());
     let mut previous = Vec::with_capacity(at.len());
     for r in at {

@@ -2,6 +2,7 @@
 
 use crate::error::SpecError;
 use crate::file::{GridSection, LoraSection, SweepFile, TaskSection, TrainSection};
+use crate::protocol::Measure;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -188,6 +189,19 @@ impl Metric {
             Metric::Perplexity => "perplexity",
             Metric::McAccuracy => "mc_accuracy",
         }
+    }
+    /// The store's curve of this metric's value at each evaluation (`eval_loss`,
+    /// `eval_accuracy`, …: each metric but the loss is a [`Measure`] of the protocol).
+    pub fn curve_name(self) -> &'static str {
+        let measure = match self {
+            Metric::EvalLoss => return "eval_loss",
+            Metric::Accuracy => Measure::Accuracy,
+            Metric::MacroF1 => Measure::MacroF1,
+            Metric::Mcc => Measure::Mcc,
+            Metric::Perplexity => Measure::Perplexity,
+            Metric::McAccuracy => Measure::McAccuracy,
+        };
+        measure.curve_name()
     }
     /// The direction the report and `export --cell best` rank cells by.
     pub fn higher_is_better(self) -> bool {

@@ -123,7 +123,12 @@ pub fn run_pack(
         started,
         trained,
     };
-    let loss_sums = Vec::<f64>::try_from(&state.loss_acc.to_device(Device::Cpu))?;
+    // A paused cell's checkpoint keeps the train-loss sums since the last log point.
+    let loss_sums = if span.stop < total_steps {
+        Vec::<f64>::try_from(&state.loss_acc.to_device(Device::Cpu))?
+    } else {
+        Vec::new()
+    };
     let mut out = Vec::with_capacity(k);
     for (i, c) in cells.iter().enumerate() {
         let outcome = match state.outcomes[i].take() {

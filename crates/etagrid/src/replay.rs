@@ -6,7 +6,7 @@ use crate::common::{block_on, sweep_name, Exit};
 use crate::report::load_sweep;
 use anyhow::{bail, Context, Result};
 use etagrid_search::{replay, Replay, SearchSpec, Strategy, Trajectory};
-use etagrid_spec::protocol::Measure;
+use etagrid_spec::spec::Metric;
 use etagrid_store::{CellRow, CellState, Store, StoreUrl};
 use std::path::Path;
 
@@ -48,13 +48,10 @@ impl ReplayOptions {
 }
 
 /// The store curve holding the sweep's metric at each evaluation (events.rs records
-/// `eval_loss` and each [`Measure`]'s `eval_<name>`).
+/// `eval_loss` and each other metric's `eval_<name>`: [`Metric::curve_name`]).
 fn metric_curve(metric: &str) -> Result<&'static str> {
-    if metric == "eval_loss" {
-        return Ok("eval_loss");
-    }
-    Measure::from_name(metric)
-        .map(Measure::curve_name)
+    Metric::from_name(metric)
+        .map(Metric::curve_name)
         .with_context(|| format!("metric {metric:?} has no eval curve to replay"))
 }
 
