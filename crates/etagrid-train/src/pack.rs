@@ -765,7 +765,7 @@ impl Ctx<'_> {
         // training with no dropout leaves libtorch's global generator alone).
         let reseed = self.model.base_dropout() || cells[0].config.lora.dropout > 0.0;
         let tr = &cells[0].config.train;
-        let (k, device) = (self.k, self.device);
+        let device = self.device;
         let started = Instant::now();
         let mut samples = 0usize;
         // On the CPU reading a value is free: divergence is seen at the step it happens.
@@ -802,7 +802,7 @@ impl Ctx<'_> {
             let ok = losses
                 .detach()
                 .isfinite()
-                .logical_and(&opt.grads_finite_per_cell(k as i64));
+                .logical_and(&opt.grads_finite_per_cell());
             state.record_step(step + 1, &losses.detach(), &ok);
             prof.mark(Phase::Checks);
             let mult = tr.schedule.multiplier(step, tr.warmup_steps, total_steps);
