@@ -199,12 +199,8 @@ impl LoraPlusAdamW {
                     Group::Embedding => &lr_e,
                 };
                 let n = s.len / self.k;
-                let _ = self
-                    .flat
-                    .lr
-                    .narrow(0, s.offset, s.len)
-                    .view([self.k, n])
-                    .copy_(&rate.expand([self.k, n], false));
+                let mut lr = self.flat.lr.narrow(0, s.offset, s.len).view([self.k, n]);
+                lr.copy_(&rate.expand([self.k, n], false));
                 let decay = if s.group == Group::BNoDecay {
                     0.0
                 } else {
