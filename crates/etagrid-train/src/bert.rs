@@ -10,6 +10,7 @@
 //! - the head: BERT's classifier reads the pooler (dense + tanh on `[CLS]`); RoBERTa's reads
 //!   `[CLS]` through its own dense + tanh (`classifier.dense`) and `classifier.out_proj`, no pooler.
 
+use crate::dropout::dropout;
 use crate::model::{
     config_error, default_dropout, default_initializer_range, read_config, LoadedClassifier,
     SequenceClassifier,
@@ -155,9 +156,7 @@ impl BertEmbeddings {
         let x = self.word_embeddings.forward(&batch.input_ids)
             + self.position_embeddings.forward(&positions)
             + self.token_type_embeddings.forward(&batch.token_type_ids);
-        self.layer_norm
-            .forward(&x)
-            .dropout(c.hidden_dropout_prob, train)
+        dropout(&self.layer_norm.forward(&x), c.hidden_dropout_prob, train)
     }
 }
 
@@ -217,7 +216,7 @@ impl BertOutput {
     }
 
     fn forward(&self, x: &Tensor, residual: &Tensor, p_drop: f64, train: bool) -> Tensor {
-        let y = self.dense.forward(x, train).dropout(p_drop, train);
+        let y = dropout(&self.dense.forward(x, train), p_drop, train);
         self.layer_norm.forward(&(y + residual))
     }
 }
@@ -462,9 +461,9 @@ impl BertForSequenceClassification {
     pub fn forward(&self, batch: &Batch, train: bool) -> Tensor {
         let c = &self.config;
         let p_drop = c.classifier_dropout.unwrap_or(c.hidden_dropout_prob);
-        let x = self.pooled(batch, train).dropout(p_drop, train);
+        let x = dropout(&self.pooled(batch, train), p_drop, train);
         let x = match &self.classifier.dense {
-            Some(dense) => dense.forward(&x).tanh().dropout(p_drop, train),
+            Some(dense) => dropout(&dense.forward(&x).tanh(), p_drop, train),
             None => x,
         };
         // The loss and metrics are computed in fp32 whatever the compute dtype.

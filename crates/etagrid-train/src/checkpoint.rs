@@ -6,9 +6,8 @@
 //! `state.json` (the step, AdamW's step count, the train-loss sums since the last log point).
 //! The rest of the state is a function of the step: the batch order is replayed from the seed
 //! (each seed's order is a pure function of the seed and the epoch), the learning-rate schedule
-//! is a function of the step and the full budget, and the dropout generator is reseeded every
-//! step from the pack's first seed and the step ([`step_seed`]; when the model or the LoRA
-//! layers have dropout).
+//! is a function of the step and the full budget, and the dropout masks are a function of the
+//! cell's seed, the step and the site ([`crate::dropout`]).
 //!
 //! The directory is written under a temporary name and renamed into place, so a checkpoint is
 //! there whole or not at all. Older checkpoints of the cell are removed when a segment resumes
@@ -41,15 +40,6 @@ pub struct CheckpointInfo {
 /// `OUT_DIR/checkpoint-STEP`.
 pub fn dir(out_dir: &Path, step: u64) -> PathBuf {
     out_dir.join(format!("checkpoint-{step}"))
-}
-
-/// The seed of step `step`'s dropout draws: the same whether the run stopped before the step
-/// or not.
-pub fn step_seed(first_seed: u64, step: u64) -> i64 {
-    let x = first_seed
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add(step.wrapping_mul(0xBF58_476D_1CE4_E5B9));
-    (x >> 1) as i64
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> TrainError {

@@ -6,6 +6,7 @@
 //! A family brings its norm, its attention and its MLP ([`Sublayer`]s) and the embedding of
 //! [`DecoderModel::hidden`]; [`DecoderForSequenceClassification`] does the rest.
 
+use crate::dropout::dropout;
 use crate::model::{last_token_states, Batch, SequenceClassifier};
 use crate::nn::{attention, Module, Norm, Rope, StackedLinear, Visitor};
 use etagrid_data::family::ModelConfig;
@@ -37,9 +38,9 @@ impl<N: Norm, A: Sublayer, M: Sublayer> DecoderLayer<N, A, M> {
     pub fn forward(&self, x: Tensor, cx: &DecoderContext) -> Tensor {
         let p = self.resid_pdrop;
         let a = self.attn.forward(&self.norm_1.forward(&x), cx);
-        let x = x + a.dropout(p, cx.train);
+        let x = x + dropout(&a, p, cx.train);
         let m = self.mlp.forward(&self.norm_2.forward(&x), cx);
-        &x + m.dropout(p, cx.train)
+        &x + dropout(&m, p, cx.train)
     }
 }
 

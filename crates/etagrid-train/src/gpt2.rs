@@ -173,8 +173,11 @@ impl DecoderModel for Gpt2Model {
     fn hidden(&self, batch: &Batch, train: bool) -> Tensor {
         let t = batch.input_ids.size()[1];
         let positions = Tensor::arange(t, (Kind::Int64, batch.input_ids.device()));
-        let x = (self.wte.forward(&batch.input_ids) + self.wpe.forward(&positions))
-            .dropout(self.config.embd_pdrop, train);
+        let x = crate::dropout::dropout(
+            &(self.wte.forward(&batch.input_ids) + self.wpe.forward(&positions)),
+            self.config.embd_pdrop,
+            train,
+        );
         let cx = DecoderContext { train, rope: None };
         decode(&self.h, &self.ln_f, x, &cx)
     }

@@ -29,6 +29,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod decoder;
 pub mod device;
+pub mod dropout;
 mod error;
 pub mod export;
 pub mod gpt2;

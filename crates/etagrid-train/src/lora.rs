@@ -66,7 +66,7 @@ impl LoraAdapter {
         let k = self.k();
         let mut shape = x.size();
         let in_features = shape[shape.len() - 1];
-        let x = x.dropout(self.dropout, train && self.dropout > 0.0);
+        let x = crate::dropout::dropout(x, self.dropout, train);
         let xk = x.reshape([k, -1, in_features]);
         // Parameters stay fp32; in a bf16 forward they are cast per use, as under autocast.
         let (a, b) = (self.a.to_kind(x.kind()), self.b.to_kind(x.kind()));

@@ -14,13 +14,15 @@
 //! other cells go on unchanged. The check runs on the device and is read at log points, so a GPU
 //! is not synchronised every step (on the CPU reading is free and is done every step).
 //!
-//! One thing is not pack-invariant: dropout masks are drawn for the whole [K·b] batch from one
-//! generator, so with dropout > 0 a cell's draws depend on its pack (its results are the same in
-//! distribution, not bit for bit). Without dropout a cell ends with the same numbers in any pack.
+//! Dropout is pack-invariant too: a cell's masks are drawn from its seed, the step and the place
+//! in the network ([`crate::dropout`]), so a cell ends with the same numbers in any pack and at any
+//! position in it, dropout or not (on the CPU in fp32, bit for bit; on a GPU up to the order of
+//! floating-point sums, which the kernels choose by shape).
 
 use crate::bert::{Batch, ParamRole};
 use crate::checkpoint::{self, CheckpointInfo};
 use crate::data::{collate_lm_to, collate_to, load_tokenizer, BatchOrder, Encoded, TaskData};
+use crate::dropout::SeededDropout;
 use crate::export::save_peft_adapter;
 use crate::metrics::{Confusion, EvalMetrics};
 use crate::model::{load_classifier, model_type, SequenceClassifier};
@@ -760,10 +762,13 @@ impl Ctx<'_> {
         emit: &mut dyn FnMut(&CellId, WorkerEvent),
     ) -> Result<Trained, TrainError> {
         let total_steps = span.total;
-        let seed = cells[0].config.seed;
-        // Only a forward that draws dropout masks needs the generator reseeded (and a process
+        // Only a forward that draws dropout masks needs them seeded per cell (and a process
         // training with no dropout leaves libtorch's global generator alone).
-        let reseed = self.model.base_dropout() || cells[0].config.lora.dropout > 0.0;
+        let masks = (self.model.base_dropout() || cells[0].config.lora.dropout > 0.0).then(|| {
+            let seeds: Vec<u64> = cells.iter().map(|c| c.config.seed).collect();
+            let longest = self.data.train.ids.iter().map(Vec::len).max().unwrap_or(1);
+            SeededDropout::new(&seeds, longest as i64, self.device)
+        });
         let tr = &cells[0].config.train;
         let device = self.device;
         let started = Instant::now();
@@ -774,11 +779,6 @@ impl Ctx<'_> {
         let mut resident = (device != Device::Cpu && !self.causal_lm)
             .then(|| ResidentBatches::new(&self.data.train, self.pad, device));
         for step in span.start..span.stop {
-            // Dropout draws are a function of the step, so a run that paused before it draws
-            // the same masks as one that did not.
-            if reseed {
-                tch::manual_seed(checkpoint::step_seed(seed, step));
-            }
             let (batch, rows) = match resident.as_mut() {
                 Some(r) => r.batch(orders, span.stop - step)?,
                 None => {
@@ -791,7 +791,12 @@ impl Ctx<'_> {
             };
             samples += rows;
             prof.mark(Phase::Batch);
-            let losses = self.cell_losses(&batch, true)?;
+            // Masks are a function of the cells' seeds and the step: a run that paused before
+            // the step draws what one that did not draws.
+            let losses = match &masks {
+                Some(m) => m.during(step, || self.cell_losses(&batch, true))?,
+                None => self.cell_losses(&batch, true)?,
+            };
             prof.mark(Phase::Forward);
             opt.zero_grad();
             losses
