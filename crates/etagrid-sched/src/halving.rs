@@ -31,11 +31,11 @@ pub(crate) fn segment(search: &SearchSpec, rung: i64) -> Segment {
     }
 }
 
-/// Puts the sweep's cells on rungs (once) — see [`Store::init_halving`].
+/// Puts the sweep's cells on rungs (once) and records its `[search]` settings the first time —
+/// see [`Store::init_halving`].
 pub(crate) async fn init(store: &Store, spec: &SweepSpec) -> Result<(), SchedError> {
     if let Some(search) = of(spec) {
-        let last = search.fractions().len() as i64 - 1;
-        store.init_halving(&spec.name, last).await?;
+        store.init_halving(&spec.name, search).await?;
     }
     Ok(())
 }
