@@ -21,6 +21,11 @@ pub enum SchedError {
     /// A halving sweep whose store is not in a state a run leaves it in.
     #[error("{0}")]
     Halving(String),
+    /// The sweep file's `[search]` would misread the halving state the store holds for the
+    /// sweep (settings other than those its halving started with): refused before anything is
+    /// stored or trained. The message names the file, each changed key and what to do.
+    #[error("{0}")]
+    SearchChanged(String),
     #[error("start the tokio runtime")]
     Runtime(#[source] std::io::Error),
     /// A SLURM command failed for good (a bad partition, impossible resources, no controller).

@@ -12,7 +12,7 @@ use crate::SchedError;
 use etagrid_search::{decide, Entry, SearchSpec, Strategy};
 use etagrid_spec::protocol::{fraction_step, Segment};
 use etagrid_spec::SweepSpec;
-use etagrid_store::{CellRow, CellState, RungRow, Store};
+use etagrid_store::{CellRow, CellState, RungRow, Store, StoreUrl};
 use std::collections::{BTreeSet, HashSet};
 
 /// The sweep's halving settings, when it is a halving sweep.
@@ -31,13 +31,95 @@ pub(crate) fn segment(search: &SearchSpec, rung: i64) -> Segment {
     }
 }
 
-/// Puts the sweep's cells on rungs (once) — see [`Store::init_halving`].
+/// Puts the sweep's cells on rungs (once) and records its `[search]` settings the first time —
+/// see [`Store::init_halving`].
 pub(crate) async fn init(store: &Store, spec: &SweepSpec) -> Result<(), SchedError> {
     if let Some(search) = of(spec) {
-        let last = search.fractions().len() as i64 - 1;
-        store.init_halving(&spec.name, last).await?;
+        store.init_halving(&spec.name, search).await?;
     }
     Ok(())
+}
+
+/// Refuses a run whose `[search]` would misread the halving state the store holds for the
+/// sweep: settings other than those its halving started with, `strategy = "grid"` included (a
+/// grid run would take cells paused at a rung for finished and leave pruned ones untrained).
+/// Called before the run stores or trains anything. A sweep with no halving state passes
+/// whatever its strategy: a grid sweep runs as it always did, and a grid sweep turned halving
+/// starts its rungs here (cells a grid run finished go to the last rung).
+pub(crate) async fn check(
+    store: &Store,
+    spec: &SweepSpec,
+    url: &StoreUrl,
+) -> Result<(), SchedError> {
+    let recorded = store.halving_search(&spec.name).await?;
+    let max_rung = match recorded {
+        Some(_) => None,
+        None => store.max_rung(&spec.name).await?,
+    };
+    match refusal(spec, recorded.as_ref(), max_rung, &url.to_string()) {
+        Some(message) => Err(SchedError::SearchChanged(message)),
+        None => Ok(()),
+    }
+}
+
+/// Why `spec` may not run on the stored halving state (`recorded` settings, or for a sweep an
+/// older etagrid started without recording them, its cells' highest rung), or `None`.
+fn refusal(
+    spec: &SweepSpec,
+    recorded: Option<&SearchSpec>,
+    max_rung: Option<i64>,
+    store: &str,
+) -> Option<String> {
+    let file = spec.source.display();
+    let name = &spec.name;
+    let unrecorded = "its halving was started by an etagrid that did not record its [search] \
+                      settings";
+    let (what, old_values) = match (recorded, max_rung) {
+        (Some(old), _) => {
+            let changes = spec.search.changes_from(old);
+            if changes.is_empty() {
+                return None;
+            }
+            let lines: String = changes.iter().map(|c| format!("\n  {c}")).collect();
+            (
+                format!(
+                    "[search] is not what sweep `{name}` started its successive halving with \
+                     (recorded in the store {store}):{lines}\n"
+                ),
+                "the old values back in [search]",
+            )
+        }
+        (None, Some(_)) if of(spec).is_none() => (
+            format!(
+                "[search] strategy = \"grid\", but the cells of sweep `{name}` in the store \
+                 {store} are on successive-halving rungs ({unrecorded}).\n"
+            ),
+            "strategy = \"halving\" back in [search], with the settings it started with",
+        ),
+        (None, Some(rung)) if rung >= spec.search.rung_count() as i64 => (
+            format!(
+                "[search] gives {} rungs, but cells of sweep `{name}` in the store {store} are on \
+                 rung {} already ({unrecorded}).\n",
+                spec.search.rung_count(),
+                rung + 1
+            ),
+            "[search] back as it was when the search started",
+        ),
+        (None, _) => return None,
+    };
+    let why = if of(spec).is_none() {
+        "A grid run would take any cell paused at a rung for finished and never train a pruned \
+         one"
+    } else {
+        "The cells' rungs and the promotions made so far follow the settings the search started \
+         with: with others, resumed cells would be put on the wrong rungs"
+    };
+    Some(format!(
+        "{file}: {what}{why}, so this run stops before training anything. To continue the \
+         search, put {old_values}. To start it afresh instead, give the sweep another `name` \
+         in {file}, or run it on another store (a new `--state-dir` for the default store, or \
+         another `--db`)."
+    ))
 }
 
 /// Makes every promotion that is due: while the lowest rung with live cells has none left to
@@ -163,5 +245,105 @@ fn entry(r: &CellRow, value: Option<f64>) -> Entry {
         lr_b: r.lr_b,
         seed: r.seed as u64,
         value,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::sweep;
+
+    const STORE: &str = "/p/.etagrid/etagrid.sqlite";
+
+    fn halving(rungs: &[f64]) -> SearchSpec {
+        SearchSpec {
+            strategy: Strategy::Halving,
+            rungs: Some(rungs.to_vec()),
+            keep_per_row: 1,
+            ..SearchSpec::default()
+        }
+    }
+
+    fn spec_with(search: SearchSpec) -> SweepSpec {
+        let mut spec = sweep(2);
+        spec.search = search;
+        spec
+    }
+
+    #[test]
+    fn the_search_a_halving_started_with_and_a_sweep_without_rungs_run_as_before() {
+        let started = halving(&[0.111, 0.333, 1.0]);
+        let same = spec_with(started.clone());
+        assert_eq!(refusal(&same, Some(&started), None, STORE), None);
+        // Never on rungs: a grid sweep runs, and so does one turned halving (its rungs start).
+        assert_eq!(refusal(&sweep(2), None, None, STORE), None);
+        assert_eq!(refusal(&same, None, None, STORE), None);
+        // Started by an etagrid that recorded nothing: taken as it is while its rungs fit.
+        assert_eq!(refusal(&same, None, Some(2), STORE), None);
+    }
+
+    #[test]
+    fn a_changed_search_is_refused_naming_the_file_each_key_and_what_to_do() {
+        let spec = spec_with(SearchSpec {
+            keep_per_row: 2,
+            ..halving(&[0.25, 1.0])
+        });
+        let m = refusal(&spec, Some(&halving(&[0.111, 0.333, 1.0])), None, STORE).expect("refused");
+        assert_eq!(
+            m,
+            "sweep.toml: [search] is not what sweep `s` started its successive halving with \
+             (recorded in the store /p/.etagrid/etagrid.sqlite):\n  \
+             rungs: [0.111, 0.333, 1.0] → [0.25, 1.0]\n  \
+             keep_per_row: 1 → 2\n\
+             The cells' rungs and the promotions made so far follow the settings the search \
+             started with: with others, resumed cells would be put on the wrong rungs, so this \
+             run stops before training anything. To continue the search, put the old values \
+             back in [search]. To start it afresh instead, give the sweep another `name` in \
+             sweep.toml, or run it on another store (a new `--state-dir` for the default store, \
+             or another `--db`)."
+        );
+    }
+
+    #[test]
+    fn a_started_halving_sweep_turned_grid_is_refused_with_what_a_grid_run_would_do() {
+        let m = refusal(&sweep(2), Some(&halving(&[0.5, 1.0])), None, STORE).expect("refused");
+        assert!(
+            m.starts_with("sweep.toml: [search] is not what sweep `s` started"),
+            "{m}"
+        );
+        for part in [
+            "strategy: \"halving\" → \"grid\"",
+            // Leaving [search] out also resets its other keys to their defaults.
+            "rungs: [0.5, 1.0] → not set (default [1/9, 1/3, 1.0])",
+            "keep_per_row: 1 → 2",
+            "would take any cell paused at a rung for finished and never train a pruned one",
+            "put the old values back in [search]",
+        ] {
+            assert!(m.contains(part), "{part:?} not in {m}");
+        }
+    }
+
+    #[test]
+    fn rungs_an_older_etagrid_left_unrecorded_are_refused_when_they_cannot_fit() {
+        let m = refusal(&sweep(2), None, Some(0), STORE).expect("grid on rungs");
+        assert!(
+            m.starts_with(
+                "sweep.toml: [search] strategy = \"grid\", but the cells of sweep `s` in the \
+                 store /p/.etagrid/etagrid.sqlite are on successive-halving rungs"
+            ),
+            "{m}"
+        );
+        assert!(
+            m.contains("put strategy = \"halving\" back in [search]"),
+            "{m}"
+        );
+        let two = spec_with(halving(&[0.5, 1.0]));
+        let m = refusal(&two, None, Some(2), STORE).expect("rung 3 of 2");
+        assert!(
+            m.contains("[search] gives 2 rungs, but cells of sweep `s`")
+                && m.contains("are on rung 3 already"),
+            "{m}"
+        );
+        assert!(m.contains("put [search] back as it was"), "{m}");
     }
 }

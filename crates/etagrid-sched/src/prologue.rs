@@ -1,5 +1,6 @@
 //! What every backend does before it runs a cell, and the line that ends a run: open the store,
-//! take the sweep's run lock, enqueue the grid, give back cells an earlier run left `running`.
+//! take the sweep's run lock, check that `[search]` still fits the sweep's stored halving state,
+//! enqueue the grid, give back cells an earlier run left `running`.
 
 use crate::SchedError;
 use etagrid_spec::{Cell, SweepSpec};
@@ -53,6 +54,8 @@ impl Prologue {
                     sweep: spec.name.clone(),
                     store: url.to_string(),
                 })?;
+        // Before anything is stored: an edited `[search]` must not meet the sweep's rungs.
+        crate::halving::check(&store, spec, url).await?;
         let cells = spec.cells();
         let enqueued = store.enqueue(spec, &cells).await?;
         // With the sweep lock held no other scheduler uses them; cells leased by SLURM tasks stay.

@@ -1,9 +1,10 @@
-//! Fault tests of the scheduler with a fake worker (tests/fake-worker.sh): crashes, hangs and
-//! worker-reported errors, and what the store says afterwards. Each runs twice: `NAME::sqlite`
+//! Fault tests of the scheduler with a fake worker (tests/fake-worker.sh): crashes, hangs,
+//! worker-reported errors and a sweep file edited between runs, and what the store says
+//! afterwards. Each runs twice: `NAME::sqlite`
 //! and `NAME::postgres` (the store in a fresh database of the `ETAGRID_TEST_PG` server; see
 //! `etagrid_store::testing`).
 
-use etagrid_sched::{run, RunOptions, SlotDevice, WorkerCommand};
+use etagrid_sched::{run, RunOptions, SchedError, SlotDevice, WorkerCommand};
 use etagrid_spec::{PackSize, SweepSpec};
 use etagrid_store::testing::{test_server, TestDatabase};
 use etagrid_store::{Backend, CellState, Store, StoreUrl};
@@ -45,12 +46,17 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
-fn setup(b: Backend, mode: &str, extra_resources: &str) -> Setup {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let toml = format!(
+/// The test sweep's file: two cells (η_A = 1e-4, 1e-3) of one step.
+fn sweep_toml(extra_resources: &str) -> String {
+    format!(
         "name = \"faults\"\n[model]\npath = \"m\"\n[task]\ntrain = \"t.csv\"\neval = \"e.csv\"\n\
          [train]\nsteps = 1\n[grid]\nlr_a = [1e-4, 1e-3]\nlr_b = [1e-3]\n[resources]\n{extra_resources}\n"
-    );
+    )
+}
+
+fn setup(b: Backend, mode: &str, extra_resources: &str) -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = sweep_toml(extra_resources);
     let spec = SweepSpec::parse(&dir.path().join("faults.toml"), &toml).expect("spec");
     std::fs::create_dir_all(dir.path().join("state")).expect("state");
     std::fs::write(dir.path().join("state/fake-mode"), mode).expect("mode");
@@ -103,6 +109,29 @@ impl Setup {
         )
         .map(|s| s.trim().parse().unwrap_or(0))
         .unwrap_or(0)
+    }
+
+    /// The same sweep file with `search` as its `[search]` section.
+    fn with_search(&self, search: &str) -> SweepSpec {
+        let toml = format!("{}[search]\n{search}", sweep_toml(""));
+        SweepSpec::parse(&self.spec.source, &toml).expect("spec")
+    }
+
+    /// What a run could change in the store: each cell's state and rung, the promotions, the
+    /// recorded `[search]` and the sweep file's text.
+    fn stored(&self) -> String {
+        block_on(async {
+            let s = Store::open(&self.store).await.expect("store");
+            let cells: Vec<_> = (s.cells("faults").await.expect("cells"))
+                .into_iter()
+                .map(|c| (c.id, c.state, c.attempts, c.rung, c.resume_step, c.pruned))
+                .collect();
+            let rungs = s.halving_rungs("faults").await.expect("rungs");
+            let search = s.halving_search("faults").await.expect("search");
+            let text = s.sweep("faults").await.expect("sweep").source_text;
+            s.close().await;
+            format!("{cells:?}\n{rungs:?}\n{search:?}\n{text}")
+        })
     }
 
     fn cells(&self) -> Vec<etagrid_store::CellRow> {
@@ -322,4 +351,85 @@ fn a_gpu_named_by_its_mig_id_is_passed_to_the_worker_in_its_job_as_it_is(b: Back
         assert_eq!(job["device"], "cuda");
         assert_eq!(job["cuda_visible_devices"], mig);
     }
+}
+
+both_backends!(a_halving_sweep_run_again_with_another_search_is_refused_before_anything_changes);
+/// A halving sweep's `[search]` is not part of its cell ids: a run with other rungs, or as a
+/// grid, would misread its cells' rungs. It is refused, naming the file and each change, with
+/// nothing stored or started; the settings it started with go on as before.
+fn a_halving_sweep_run_again_with_another_search_is_refused_before_anything_changes(b: Backend) {
+    let s = setup(b, "ok", "");
+    let halving = "strategy = \"halving\"\nrungs = [0.5, 1.0]\nkeep_per_row = 0\n";
+    let started = s.with_search(halving);
+    let summary = run(&started, &s.opts(false)).expect("halving run");
+    // The fake worker ends every segment `finished`: two at rung 0, one at rung 1.
+    assert_eq!(summary.done, 3, "{summary:?}");
+    let cells = s.cells();
+    assert_eq!(
+        cells.iter().map(|c| (c.rung, c.pruned)).collect::<Vec<_>>(),
+        [(Some(1), false), (Some(0), true)],
+        "the smaller η_A went on (a tie), the other was pruned at rung 0"
+    );
+    let starts = |s: &Setup| cells.iter().map(|c| s.starts(&c.id)).collect::<Vec<_>>();
+    let (before, started_before) = (s.stored(), starts(&s));
+    assert_eq!(started_before, [2, 1]);
+
+    for (search, change) in [
+        (
+            "strategy = \"halving\"\nrungs = [0.25, 1.0]\nkeep_per_row = 0\n",
+            "\n  rungs: [0.5, 1.0] → [0.25, 1.0]\n",
+        ),
+        (
+            "strategy = \"grid\"\nrungs = [0.5, 1.0]\nkeep_per_row = 0\n",
+            "\n  strategy: \"halving\" → \"grid\"\n",
+        ),
+    ] {
+        let err = run(&s.with_search(search), &s.opts(false)).expect_err("refused");
+        assert!(matches!(err, SchedError::SearchChanged(_)), "{err:?}");
+        let m = err.to_string();
+        let file = s.spec.source.display().to_string();
+        assert!(
+            m.starts_with(&format!(
+                "{file}: [search] is not what sweep `faults` started"
+            )),
+            "{m}"
+        );
+        assert!(m.contains(change), "{change:?} not in {m}");
+        assert!(
+            m.contains("put the old values back in [search]") && m.contains("--state-dir"),
+            "{m}"
+        );
+        assert_eq!(
+            s.stored(),
+            before,
+            "a refused run changes nothing in the store"
+        );
+        assert_eq!(starts(&s), started_before, "a refused run starts no worker");
+    }
+
+    let again = run(&started, &s.opts(false)).expect("the settings it started with");
+    assert_eq!((again.skipped, again.done, again.paused), (2, 0, 0));
+    assert_eq!(s.stored(), before);
+}
+
+both_backends!(a_grid_sweep_turned_halving_starts_its_rungs_and_records_its_search);
+/// The other direction is no change of rungs: a grid sweep has none, so turned halving its
+/// cells go on rungs (those the grid finished at the last) and the settings are recorded.
+fn a_grid_sweep_turned_halving_starts_its_rungs_and_records_its_search(b: Backend) {
+    let s = setup(b, "ok", "");
+    assert_eq!(run(&s.spec, &s.opts(false)).expect("grid run").done, 2);
+    let halving = s.with_search("strategy = \"halving\"\nrungs = [0.5, 1.0]\n");
+    let summary = run(&halving, &s.opts(false)).expect("halving run");
+    assert_eq!((summary.skipped, summary.done), (2, 0), "{summary:?}");
+    for c in s.cells() {
+        assert_eq!(
+            (c.state, c.rung, s.starts(&c.id)),
+            (CellState::Done, Some(1), 1)
+        );
+    }
+    let recorded = block_on(async {
+        let store = Store::open(&s.store).await.expect("store");
+        store.halving_search("faults").await.expect("search")
+    });
+    assert_eq!(recorded, Some(halving.search));
 }

@@ -29,10 +29,12 @@
 //!
 //! See docs/halving.md for the reasoning and the `etagrid replay-halving` command.
 
+mod changes;
 mod kendall;
 mod policy;
 mod replay;
 
+pub use changes::SearchChange;
 pub use kendall::kendall_tau_b;
 pub use policy::{decide, Decision, Entry};
 pub use replay::{replay, OneD, Replay, Trajectory};
@@ -48,6 +50,23 @@ pub enum Strategy {
     Grid,
     /// Grid-aware successive halving: cells are pruned at rungs by [`decide`].
     Halving,
+}
+
+impl Strategy {
+    /// The name the sweep file uses (`"grid"`, `"halving"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Grid => "grid",
+            Strategy::Halving => "halving",
+        }
+    }
+
+    /// The strategy a [`Strategy::name`] names.
+    pub fn from_name(name: &str) -> Option<Strategy> {
+        [Strategy::Grid, Strategy::Halving]
+            .into_iter()
+            .find(|s| s.name() == name)
+    }
 }
 
 /// The `[search]` section of a sweep file. Every field has a default; unknown keys are errors.

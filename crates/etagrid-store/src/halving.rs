@@ -3,9 +3,12 @@
 //! A halving cell's row goes `pending` → `running` → `done` at every rung (its metric that of
 //! the rung), and a promotion either sends it back to `pending` at the next rung, continuing
 //! from the step it paused at, or marks it `pruned`. Each promotion is one transaction with its
-//! [`RungRow`], so a sweep stopped at any point continues with the decisions it made.
+//! [`RungRow`], so a sweep stopped at any point continues with the decisions it made. The
+//! `[search]` settings the rungs were laid out with are recorded when the halving starts
+//! ([`Store::halving_search`]), so a run with other settings can be told apart and refused.
 
-use crate::{Result, Store};
+use crate::{Result, Store, StoreError};
+use etagrid_search::{SearchSpec, Strategy};
 use sqlx::Row;
 
 /// A promotion made after a rung.
@@ -25,19 +28,75 @@ pub struct RungRow {
 }
 
 impl Store {
-    /// Puts the sweep's cells on the rungs of a halving run: cells not yet on one start at rung
-    /// 0, except those a grid run of the same cells already finished (at full budget: rung
-    /// `last`).
-    pub async fn init_halving(&self, sweep: &str, last: i64) -> Result<u64> {
+    /// Puts the sweep's cells on the rungs of a halving run with the settings `search`: cells
+    /// not yet on one start at rung 0, except those a grid run of the same cells already
+    /// finished (at full budget: the last rung). The first time, it also records `search` (see
+    /// [`Store::halving_search`]); later calls leave the record as it is. One transaction.
+    pub async fn init_halving(&self, sweep: &str, search: &SearchSpec) -> Result<u64> {
+        let last = search.rung_count() as i64 - 1;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO halving_search (sweep, strategy, reduction, rungs, keep_per_row, min_tau)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sweep) DO NOTHING",
+        )
+        .bind(sweep)
+        .bind(search.strategy.name())
+        .bind(i64::from(search.reduction))
+        .bind(search.rungs.as_ref().map(|r| format!("{r:?}")))
+        .bind(search.keep_per_row as i64)
+        .bind(search.min_tau)
+        .execute(&mut *tx)
+        .await?;
         let r = sqlx::query(
             "UPDATE cells SET rung = CASE WHEN state IN ('done', 'diverged') THEN $2 ELSE 0 END
              WHERE sweep = $1 AND rung IS NULL",
         )
         .bind(sweep)
         .bind(last)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(r.rows_affected())
+    }
+
+    /// The `[search]` settings the sweep's halving started with (as [`Store::init_halving`]
+    /// recorded them); `None` when it never ran as a halving sweep, or only with an etagrid that
+    /// did not record them (then [`Store::max_rung`] says whether its cells are on rungs).
+    pub async fn halving_search(&self, sweep: &str) -> Result<Option<SearchSpec>> {
+        let Some(r) = sqlx::query(
+            "SELECT strategy, reduction, rungs, keep_per_row, min_tau FROM halving_search
+             WHERE sweep = $1",
+        )
+        .bind(sweep)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let strategy: String = r.try_get("strategy")?;
+        let reduction: i64 = r.try_get("reduction")?;
+        let rungs: Option<String> = r.try_get("rungs")?;
+        let keep_per_row: i64 = r.try_get("keep_per_row")?;
+        Ok(Some(SearchSpec {
+            strategy: Strategy::from_name(&strategy)
+                .ok_or_else(|| decode(format!("unknown search strategy {strategy:?}")))?,
+            reduction: u32::try_from(reduction)
+                .map_err(|_| decode(format!("search reduction {reduction} out of range")))?,
+            rungs: rungs.as_deref().map(parse_rungs).transpose()?,
+            keep_per_row: usize::try_from(keep_per_row)
+                .map_err(|_| decode(format!("search keep_per_row {keep_per_row} out of range")))?,
+            min_tau: r.try_get("min_tau")?,
+        }))
+    }
+
+    /// The highest rung any of the sweep's cells is on; `None` when none is (it never ran as a
+    /// halving sweep).
+    pub async fn max_rung(&self, sweep: &str) -> Result<Option<i64>> {
+        let r = sqlx::query("SELECT MAX(rung) AS r FROM cells WHERE sweep = $1")
+            .bind(sweep)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(r.try_get("r")?)
     }
 
     /// Records the promotion after rung `row.rung`: the `promoted` cells continue at the next
@@ -110,4 +169,30 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// The rung fractions [`Store::init_halving`] wrote (`[0.111, 0.333, 1.0]`: Rust's shortest
+/// decimals, which read back to the same `f64`s).
+fn parse_rungs(text: &str) -> Result<Vec<f64>> {
+    let bad = || {
+        decode(format!(
+            "stored search rungs {text:?} are not a list of numbers"
+        ))
+    };
+    let inner = text
+        .trim()
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .ok_or_else(bad)?;
+    if inner.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    inner
+        .split(',')
+        .map(|f| f.trim().parse::<f64>().map_err(|_| bad()))
+        .collect()
+}
+
+fn decode(what: String) -> StoreError {
+    StoreError::Query(sqlx::Error::Decode(what.into()))
 }

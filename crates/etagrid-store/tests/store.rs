@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
+use etagrid_search::{SearchSpec, Strategy};
 use etagrid_spec::protocol::{CellResult, Measure, Metrics, ParamGroupInfo};
 use etagrid_spec::testing::{self, edit};
 use etagrid_spec::{Cell, CellConfig, SweepSpec};
@@ -1209,10 +1210,14 @@ async fn halving_rungs_promotions_and_resumed_curves_are_kept(b: Backend) {
     let f = fixture(b).await;
     f.start(3).await;
     f.finish(3, &Outcome::Done(result())).await;
-    assert_eq!(f.store.init_halving(NAME, 2).await.expect("init"), 4);
+    let search = SearchSpec {
+        strategy: Strategy::Halving,
+        ..SearchSpec::default()
+    };
+    assert_eq!(f.store.init_halving(NAME, &search).await.expect("init"), 4);
     let rungs: Vec<Option<i64>> = f.rows().await.iter().map(|r| r.rung).collect();
     assert_eq!(rungs, [Some(0), Some(0), Some(0), Some(2)]);
-    assert_eq!(f.store.init_halving(NAME, 2).await.expect("again"), 0);
+    assert_eq!(f.store.init_halving(NAME, &search).await.expect("again"), 0);
 
     let paused = CellResult {
         steps: 10,
@@ -1307,4 +1312,65 @@ async fn halving_rungs_promotions_and_resumed_curves_are_kept(b: Backend) {
         Some(12.5 / 4.0 + 8.0 / 2.0),
         "segments add up"
     );
+}
+
+both_backends!(the_search_a_halving_started_with_is_recorded_once_as_given);
+/// The `[search]` settings the first halving run put the cells on rungs with read back exactly
+/// (rung fractions that are no short decimals included, and unset rungs as unset), per sweep,
+/// and a later start does not overwrite them: they are what the next run is compared with.
+async fn the_search_a_halving_started_with_is_recorded_once_as_given(b: Backend) {
+    let f = fixture(b).await;
+    assert_eq!(f.store.halving_search(NAME).await.expect("none yet"), None);
+    assert_eq!(f.store.max_rung(NAME).await.expect("no rung yet"), None);
+    f.start(3).await;
+    f.finish(3, &Outcome::Done(result())).await;
+
+    let started = SearchSpec {
+        strategy: Strategy::Halving,
+        reduction: 4,
+        rungs: Some(vec![1.0 / 27.0, 0.111, 1.0 / 3.0, 1.0]),
+        keep_per_row: 1,
+        min_tau: 0.25,
+    };
+    assert_eq!(f.store.init_halving(NAME, &started).await.expect("init"), 4);
+    assert_eq!(
+        f.store.halving_search(NAME).await.expect("recorded"),
+        Some(started.clone())
+    );
+    assert_eq!(
+        f.store.max_rung(NAME).await.expect("rungs"),
+        Some(3),
+        "the cell a grid run finished is on the last of four rungs"
+    );
+    let other = SearchSpec {
+        strategy: Strategy::Halving,
+        ..SearchSpec::default()
+    };
+    assert_eq!(f.store.init_halving(NAME, &other).await.expect("again"), 0);
+    assert_eq!(
+        f.store.halving_search(NAME).await.expect("kept"),
+        Some(started.clone()),
+        "the first start's settings stay recorded"
+    );
+
+    // Another sweep of the same store keeps its own record; rungs left unset stay unset.
+    let spec = parse_in(f.dir.path(), "other", &SWEEP);
+    f.store
+        .enqueue(&spec, &spec.cells())
+        .await
+        .expect("enqueue");
+    assert_eq!(f.store.halving_search("other").await.expect("none"), None);
+    f.store
+        .init_halving("other", &other)
+        .await
+        .expect("init other");
+    assert_eq!(
+        f.store.halving_search("other").await.expect("other"),
+        Some(other)
+    );
+    assert_eq!(
+        f.store.halving_search(NAME).await.expect("demo"),
+        Some(started)
+    );
+    assert_eq!(f.store.max_rung("other").await.expect("rungs"), Some(0));
 }

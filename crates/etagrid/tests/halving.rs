@@ -3,7 +3,7 @@
 //! steps), killed with `kill -9` between rungs and run again. The jobs go through
 //! tests/halving-worker.sh, which logs each job's segment and, while the test asks it to, holds
 //! the first job that continues from a rung so the run is killed with rung 0 decided and rung 1
-//! not yet trained.
+//! not yet trained. Before it runs again, runs with an edited `[search]` are refused.
 
 mod common;
 
@@ -105,6 +105,55 @@ fn wait_for(path: &Path, what: &str) {
     }
 }
 
+/// Runs of the stopped sweep with its `[search]` edited (other rungs; a grid) are refused before
+/// anything runs or changes, with an error naming the file, the key with its old and new values
+/// and what to do; the file is then put back as it was.
+fn edited_search_is_refused(p: &Project) {
+    let file = p.path("halving.toml");
+    let original = std::fs::read_to_string(&file).expect("sweep");
+    // Cell rows compare by their Debug text (CellRow has no PartialEq).
+    let stored = || format!("{:?}", (p.cells(), p.rungs(), p.jobs()));
+    let before = stored();
+    for (from, to, change) in [
+        (
+            "keep_per_row = 1\n",
+            "keep_per_row = 1\nrungs = [0.5, 1.0]\n",
+            "rungs: not set (default [1/9, 1/3, 1.0]) → [0.5, 1.0]",
+        ),
+        (
+            "strategy = \"halving\"",
+            "strategy = \"grid\"",
+            "strategy: \"halving\" → \"grid\"",
+        ),
+    ] {
+        assert!(original.contains(from));
+        std::fs::write(&file, original.replacen(from, to, 1)).expect("edit [search]");
+        let out = p
+            .cmd("edited", &["run", "halving.toml", "--no-report"])
+            .output()
+            .expect("run edited");
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.lines().any(|l| l.starts_with(
+                "error: halving.toml: [search] is not what sweep `halving` started its \
+                 successive halving with"
+            )),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("\n  {change}\n")),
+            "{change:?} not in {err}"
+        );
+        assert!(
+            err.contains("put the old values back in [search]") && err.contains("--state-dir"),
+            "{err}"
+        );
+        assert_eq!(stored(), before, "a refused run trains and stores nothing");
+    }
+    std::fs::write(&file, original).expect("put [search] back");
+}
+
 #[test]
 fn a_halving_sweep_killed_between_rungs_resumes_without_repeating_a_finished_rung() {
     killed_between_rungs(Project::new(None));
@@ -178,6 +227,7 @@ fn killed_between_rungs(p: Project) {
         .collect();
 
     std::fs::remove_file(p.path("hold")).expect("release");
+    edited_search_is_refused(&p);
     let out = p
         .cmd("second", &["run", "halving.toml", "--no-report"])
         .output()
