@@ -24,7 +24,7 @@ peak() {
 if [ "${1:-trec}" = trec ]; then
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 1 > "$OUT/gpu-util.csv" &
   SMI=$!
-  for mode in auto 1; do
+  for mode in ${ETAGRID_MODES:-auto 1}; do
     s=$(date +%s.%N)
     ETAGRID_PROFILE=0 "$B" --state-dir "/tmp/st-$mode" run bench/gpu/trec50-grid.toml --cells-per-worker "$mode" \
       --no-report > "$OUT/etagrid-$mode.log" 2>&1
@@ -44,7 +44,7 @@ if [ "${1:-trec}" = trec ]; then
       --label-column fine --max-len 32 --batch 32 --epochs 4 --warmup 50 --procs 8 --cells "${wave#,}" >> "$OUT/peft.jsonl"
   done
   kill $SMI
-  python3 - "$OUT" <<'PY'
+  python3 - "$OUT" "${ETAGRID_MODES:-auto 1}" <<'PY'
 import json, sqlite3, sys
 out = sys.argv[1]
 walls = {l.split()[1]: float(l.split()[-1]) for l in open(f"{out}/walls.txt")}
@@ -54,7 +54,7 @@ cells = [r for r in peft if r["mode"] == "train"]
 peft_wall = sum(w["wall_s"] for w in waves)
 samples = sum(r["steps"] for r in cells) * 32
 rows = []
-for mode in ("auto", "1"):
+for mode in sys.argv[2].split():
     db = sqlite3.connect(f"/tmp/st-{mode}/etagrid.sqlite")
     r = db.execute("SELECT COUNT(*), SUM(step), MAX(metric), MAX(pack_size) FROM cells WHERE state='done'").fetchone()
     best = db.execute("SELECT lr_a, lr_b, metric FROM cells WHERE state='done' ORDER BY metric DESC LIMIT 1").fetchone()
@@ -84,7 +84,7 @@ PY
       2>>"$OUT/peak.txt" >> "$OUT/roberta.jsonl"
     tail -1 "$OUT/peak.txt"
   done
-  python3 - "$OUT" <<'PY'
+  python3 - "$OUT" "${ETAGRID_MODES:-auto 1}" <<'PY'
 import json, sys
 out = sys.argv[1]
 rows = [json.loads(l) for l in open(f"{out}/roberta.jsonl") if l.strip()]

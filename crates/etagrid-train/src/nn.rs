@@ -543,8 +543,9 @@ pub fn attention(
 }
 
 /// softmax(q·kᵀ/√d, masked)·v with the probabilities' dropout from [`crate::dropout`]: the
-/// fused kernels draw their own masks, which would tie a cell's run to its pack. Scores and
-/// softmax in fp32, as SDPA's math path computes them for bf16 on a GPU.
+/// fused kernels draw their own masks, which would tie a cell's run to its pack. Scores in the
+/// compute dtype; the softmax accumulates in fp32 whatever its input (PyTorch's kernels do) and
+/// writes the compute dtype, so no fp32 copy of the [n, heads, t, t] scores is made.
 fn explicit_attention(
     q: &Tensor,
     k: &Tensor,
@@ -567,7 +568,6 @@ fn explicit_attention(
     };
     let mut scores = q
         .matmul(&k.transpose(-2, -1))
-        .to_kind(Kind::Float)
         .g_mul_scalar(1.0 / (d as f64).sqrt());
     if let Some(m) = mask {
         scores = scores.masked_fill(&m.logical_not(), f64::NEG_INFINITY);
@@ -576,7 +576,7 @@ fn explicit_attention(
         let later = Tensor::ones([t, k.size()[2]], (Kind::Bool, q.device())).triu(1);
         scores = scores.masked_fill(&later, f64::NEG_INFINITY);
     }
-    let probs = scores.softmax(-1, Kind::Float).to_kind(q.kind());
+    let probs = scores.softmax(-1, q.kind());
     crate::dropout::dropout(&probs, p_drop, true).matmul(&v)
 }
 

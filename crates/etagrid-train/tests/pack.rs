@@ -378,7 +378,10 @@ fn a_pack_paused_at_rungs_and_resumed_ends_as_one_uninterrupted_run() {
             let (JobOutcome::Finished(a), JobOutcome::Finished(b)) =
                 (&whole[&c.cell_id], &outcomes[&c.cell_id])
             else {
-                panic!("cell {i}: {:?} / {:?}", whole[&c.cell_id], outcomes[&c.cell_id]);
+                panic!(
+                    "cell {i}: {:?} / {:?}",
+                    whole[&c.cell_id], outcomes[&c.cell_id]
+                );
             };
             let mut pairs = vec![
                 ("metric", a.metric, b.metric),
