@@ -5,10 +5,11 @@
 //! a pack with and where it sits in it: packed and alone it would see other masks, and a cell
 //! that successive halving re-packs with fewer survivors would not continue the run it had in
 //! the grid. Here every dropout of a training forward draws, for each *seed* of the pack, one
-//! cell's mask — its b rows, the sequence dimensions at the train set's longest example —
+//! cell's mask — its b rows, the sequence dimensions at the length of that seed's own batch —
 //! from the generator seeded with (seed, step, site), where the site counts the dropout calls
-//! of the forward in order. Cell k multiplies its rows by its seed's mask, cut to the batch's
-//! length. So:
+//! of the forward in order. Cell k multiplies its rows by its seed's mask, padded with zeros
+//! when the pack's batch is longer (a pack of several seeds is padded to its longest batch; the
+//! positions past a row's own length are padding, which no real token reads). So:
 //! - a cell's masks are a function of its seed, the step and the place in the network, in any
 //!   pack, at any position, with any padding of the batch (packed = alone, bit for bit on the
 //!   CPU in fp32, dropout or not; a resumed run draws what an uninterrupted one drew);
@@ -29,21 +30,23 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use tch::{Device, Tensor};
 
-/// The pack's cells as dropout sees them: their seeds, and the train set's longest example.
+/// The pack's cells as dropout sees them: their seeds.
 pub struct SeededDropout {
     /// The pack's distinct seeds, in order of first appearance.
     seeds: Vec<u64>,
-    /// [K] int64: each cell's seed, as an index into `seeds` (None when there is one seed).
+    /// Each cell's seed, as an index into `seeds`.
+    cell_seed: Vec<usize>,
+    /// The same on the device, as [K] int64 (None when there is one seed).
     index: Option<Tensor>,
     cells: i64,
-    /// The length every sequence dimension is drawn at.
-    max_len: i64,
 }
 
 struct Active {
     plan: Rc<SeededDropout>,
     step: u64,
     site: u64,
+    /// Each seed's batch length this step, in the order of `plan.seeds`.
+    lens: Vec<i64>,
 }
 
 thread_local! {
@@ -60,35 +63,61 @@ impl Drop for Scope {
 }
 
 impl SeededDropout {
-    /// For a pack whose cell k has seed `cell_seeds[k]`, training on sequences of at most
-    /// `max_len` tokens.
-    pub fn new(cell_seeds: &[u64], max_len: i64, device: Device) -> Rc<SeededDropout> {
+    /// For a pack whose cell k has seed `cell_seeds[k]`.
+    pub fn new(cell_seeds: &[u64], device: Device) -> Rc<SeededDropout> {
         let mut seeds: Vec<u64> = Vec::new();
-        let index: Vec<i64> = cell_seeds
+        let cell_seed: Vec<usize> = cell_seeds
             .iter()
             .map(|s| match seeds.iter().position(|x| x == s) {
-                Some(i) => i as i64,
+                Some(i) => i,
                 None => {
                     seeds.push(*s);
-                    seeds.len() as i64 - 1
+                    seeds.len() - 1
                 }
             })
             .collect();
+        let index: Vec<i64> = cell_seed.iter().map(|&i| i as i64).collect();
         Rc::new(SeededDropout {
             index: (seeds.len() > 1).then(|| Tensor::from_slice(&index).to_device(device)),
+            cell_seed,
             seeds,
             cells: cell_seeds.len() as i64,
-            max_len,
         })
     }
 
-    /// Runs `f`, the training forward of step `step`, with its dropout masks drawn from here.
-    pub fn during<R>(self: &Rc<Self>, step: u64, f: impl FnOnce() -> R) -> R {
+    /// Each distinct seed's batch length for a step whose cell k trains on rows `rows[k]`, an
+    /// example being `len(i)` tokens long: the length a cell of that seed alone would pad to.
+    pub fn seed_lens(&self, rows: &[Vec<usize>], len: impl Fn(usize) -> usize) -> Vec<i64> {
+        self.seeds
+            .iter()
+            .enumerate()
+            .map(|(s, _)| {
+                let first = self.cell_seed.iter().position(|&c| c == s).unwrap_or(0);
+                rows[first]
+                    .iter()
+                    .map(|&i| len(i))
+                    .max()
+                    .unwrap_or(1)
+                    .max(1) as i64
+            })
+            .collect()
+    }
+
+    /// The number of distinct seeds.
+    pub fn seeds(&self) -> usize {
+        self.seeds.len()
+    }
+
+    /// Runs `f`, the training forward of step `step`, with its dropout masks drawn from here;
+    /// `lens[s]`: seed s's batch length this step (see [`Self::seed_lens`]; every sequence
+    /// dimension of its masks is drawn at that length).
+    pub fn during<R>(self: &Rc<Self>, step: u64, lens: Vec<i64>, f: impl FnOnce() -> R) -> R {
         ACTIVE.with(|a| {
             *a.borrow_mut() = Some(Active {
                 plan: Rc::clone(self),
                 step,
                 site: 0,
+                lens,
             })
         });
         let _scope = Scope;
@@ -131,29 +160,37 @@ impl Active {
             4 => &[2, 3],
             _ => &[],
         };
-        // One cell's draw: its rows, every sequence dimension at the set's longest.
-        let mut draw = shape.clone();
-        draw[0] = rows;
-        for &d in seq {
-            draw[d] = plan.max_len.max(shape[d]);
-        }
         let keep = 1.0 - p;
         let masks: Vec<Tensor> = plan
             .seeds
             .iter()
-            .map(|&seed| {
+            .zip(&self.lens)
+            .map(|(&seed, &len)| {
+                // One cell's draw: its rows, every sequence dimension at its seed's length.
+                let mut draw = shape.clone();
+                draw[0] = rows;
+                for &d in seq {
+                    draw[d] = len.min(shape[d]);
+                }
                 tch::manual_seed(site_seed(seed, self.step, site));
                 let mut m = Tensor::empty(draw.as_slice(), (x.kind(), x.device()));
-                m.bernoulli_float_(keep) * (1.0 / keep)
+                let m = m.bernoulli_float_(keep) * (1.0 / keep);
+                // Padded with zeros to the pack's length: positions no real token reads.
+                let mut pad = vec![0i64; 2 * shape.len()];
+                for &d in seq {
+                    pad[2 * (shape.len() - 1 - d) + 1] = shape[d] - draw[d];
+                }
+                if pad.iter().any(|&p| p > 0) {
+                    m.constant_pad_nd(pad.as_slice())
+                } else {
+                    m
+                }
             })
             .collect();
-        let mut mask = match &plan.index {
+        let mask = match &plan.index {
             None => masks[0].unsqueeze(0),
             Some(index) => Tensor::stack(&masks, 0).index_select(0, index),
         };
-        for &d in seq {
-            mask = mask.narrow(d as i64 + 1, 0, shape[d]);
-        }
         let mut per_cell = vec![k, rows];
         per_cell.extend_from_slice(&shape[1..]);
         (x.reshape(per_cell.as_slice()) * mask).reshape(shape.as_slice())
@@ -192,10 +229,10 @@ mod tests {
     fn a_cells_masks_are_the_same_alone_and_at_any_place_in_a_pack() {
         let _serial = serial();
         // One cell alone (seed 3) against a pack of three (seeds 1, 3, 3): rows of b = 2.
-        let alone = SeededDropout::new(&[3], 9, Device::Cpu);
-        let pack = SeededDropout::new(&[1, 3, 3], 9, Device::Cpu);
-        let a = alone.during(4, || dropout(&ones(2), 0.5, true));
-        let p = pack.during(4, || dropout(&ones(6), 0.5, true));
+        let alone = SeededDropout::new(&[3], Device::Cpu);
+        let pack = SeededDropout::new(&[1, 3, 3], Device::Cpu);
+        let a = alone.during(4, vec![5], || dropout(&ones(2), 0.5, true));
+        let p = pack.during(4, vec![5, 5], || dropout(&ones(6), 0.5, true));
         assert!(
             a.equal(&p.narrow(0, 2, 2)),
             "second cell differs from alone"
@@ -209,32 +246,47 @@ mod tests {
     }
 
     #[test]
-    fn a_shorter_batch_sees_the_first_positions_of_the_longer_ones_mask() {
+    fn in_a_pack_padded_longer_a_seed_keeps_its_mask_and_zeros_past_its_length() {
         let _serial = serial();
-        let plan = SeededDropout::new(&[0], 9, Device::Cpu);
-        let long = plan.during(1, || dropout(&ones(2), 0.3, true));
-        let short = plan.during(1, || {
-            dropout(
-                &Tensor::ones([2, 3, 7], (Kind::Float, Device::Cpu)),
-                0.3,
-                true,
-            )
-        });
-        assert!(short.equal(&long.narrow(1, 0, 3)));
+        // Seed 0's batch is 3 tokens long; the pack (seeds 0 and 1) is padded to 5.
+        let alone = SeededDropout::new(&[0], Device::Cpu);
+        let pack = SeededDropout::new(&[0, 1], Device::Cpu);
+        let x = |n: i64, t: i64| Tensor::ones([n, t, 7], (Kind::Float, Device::Cpu));
+        let a = alone.during(1, vec![3], || dropout(&x(2, 3), 0.3, true));
+        let p = pack.during(1, vec![3, 5], || dropout(&x(4, 5), 0.3, true));
+        let own = p.narrow(0, 0, 2);
+        assert!(own.narrow(1, 0, 3).equal(&a));
+        assert_eq!(
+            own.narrow(1, 3, 2).abs().sum(Kind::Float).double_value(&[]),
+            0.0
+        );
+        // Attention probabilities [n, heads, t, t]: both sequence dimensions.
+        let y = |n: i64, t: i64| Tensor::ones([n, 2, t, t], (Kind::Float, Device::Cpu));
+        let a = alone.during(2, vec![3], || dropout(&y(2, 3), 0.3, true));
+        let p = pack.during(2, vec![3, 5], || dropout(&y(4, 5), 0.3, true));
+        assert!(p.narrow(0, 0, 2).narrow(2, 0, 3).narrow(3, 0, 3).equal(&a));
     }
 
     #[test]
     fn sites_and_steps_draw_different_masks_and_evaluation_draws_none() {
         let _serial = serial();
-        let plan = SeededDropout::new(&[0], 5, Device::Cpu);
-        let (first, second) = plan.during(1, || {
+        let plan = SeededDropout::new(&[0], Device::Cpu);
+        let (first, second) = plan.during(1, vec![5], || {
             (dropout(&ones(2), 0.5, true), dropout(&ones(2), 0.5, true))
         });
         assert!(!first.equal(&second));
-        let next_step = plan.during(2, || dropout(&ones(2), 0.5, true));
+        let next_step = plan.during(2, vec![5], || dropout(&ones(2), 0.5, true));
         assert!(!first.equal(&next_step));
-        let eval = plan.during(1, || dropout(&ones(2), 0.5, false));
+        let eval = plan.during(1, vec![5], || dropout(&ones(2), 0.5, false));
         assert!(eval.equal(&ones(2)));
         assert!(!seeded(), "the scope ends with the forward");
+    }
+
+    #[test]
+    fn the_lengths_of_a_step_are_each_seeds_own_batchs_longest() {
+        let plan = SeededDropout::new(&[7, 8, 7], Device::Cpu);
+        let rows = vec![vec![0, 1], vec![2, 3], vec![0, 1]];
+        let lens = [3usize, 5, 2, 9];
+        assert_eq!(plan.seed_lens(&rows, |i| lens[i]), vec![5, 9]);
     }
 }

@@ -566,9 +566,10 @@ fn explicit_attention(
     } else {
         (k.shallow_clone(), v.shallow_clone())
     };
+    // The scale on q, the smaller operand ([.., t, d] against the scores' [.., t, t]).
     let mut scores = q
-        .matmul(&k.transpose(-2, -1))
-        .g_mul_scalar(1.0 / (d as f64).sqrt());
+        .g_mul_scalar(1.0 / (d as f64).sqrt())
+        .matmul(&k.transpose(-2, -1));
     if let Some(m) = mask {
         scores = scores.masked_fill(&m.logical_not(), f64::NEG_INFINITY);
     }

@@ -766,8 +766,7 @@ impl Ctx<'_> {
         // training with no dropout leaves libtorch's global generator alone).
         let masks = (self.model.base_dropout() || cells[0].config.lora.dropout > 0.0).then(|| {
             let seeds: Vec<u64> = cells.iter().map(|c| c.config.seed).collect();
-            let longest = self.data.train.ids.iter().map(Vec::len).max().unwrap_or(1);
-            SeededDropout::new(&seeds, longest as i64, self.device)
+            SeededDropout::new(&seeds, self.device)
         });
         let tr = &cells[0].config.train;
         let device = self.device;
@@ -779,14 +778,24 @@ impl Ctx<'_> {
         let mut resident = (device != Device::Cpu && !self.causal_lm)
             .then(|| ResidentBatches::new(&self.data.train, self.pad, device));
         for step in span.start..span.stop {
-            let (batch, rows) = match resident.as_mut() {
-                Some(r) => r.batch(orders, span.stop - step)?,
+            // Each seed's batch length, which its dropout masks are drawn at: on a GPU every
+            // batch is padded to the set's longest; on the CPU a pack of several seeds is padded
+            // to its longest batch, and each seed keeps its own batch's length.
+            let (batch, rows, lens) = match resident.as_mut() {
+                Some(r) => {
+                    let (b, rows) = r.batch(orders, span.stop - step)?;
+                    (b, rows, None)
+                }
                 None => {
                     let idx = orders.next();
+                    let lens = masks
+                        .as_ref()
+                        .filter(|m| m.seeds() > 1)
+                        .map(|m| m.seed_lens(&idx, |i| self.data.train.ids[i].len()));
                     let rows: Vec<&[usize]> = idx.iter().map(Vec::as_slice).collect();
                     let b =
                         pack_batch(&self.data.train, &rows, self.pad, 1, device, self.causal_lm);
-                    (b, idx[0].len())
+                    (b, idx[0].len(), lens)
                 }
             };
             samples += rows;
@@ -794,7 +803,11 @@ impl Ctx<'_> {
             // Masks are a function of the cells' seeds and the step: a run that paused before
             // the step draws what one that did not draws.
             let losses = match &masks {
-                Some(m) => m.during(step, || self.cell_losses(&batch, true))?,
+                Some(m) => {
+                    let t = batch.input_ids.size()[1];
+                    let lens = lens.unwrap_or_else(|| vec![t; m.seeds()]);
+                    m.during(step, lens, || self.cell_losses(&batch, true))?
+                }
                 None => self.cell_losses(&batch, true)?,
             };
             prof.mark(Phase::Forward);
