@@ -9,9 +9,10 @@
 //! | `embedding` | `lora_embedding_A`/`_B` (LoRA on embeddings) | `embedding_lr` (fixed, 1e-6) | wd |
 //!
 //! Every trainable tensor is stacked over K adapters (leading dimension), and the rates are
-//! per element, so K grid cells with different rates step in one call — and in a dozen kernels
-//! whatever the number of tensors (see [`Flat`]). A tensor that got no gradient steps as if its
-//! gradient were zero (PyTorch's AdamW skips it instead; every etagrid trainable gets one).
+//! per element, so K grid cells with different rates step in one call — in about 25 kernels
+//! whatever the number of tensors (the flat buffers, `Flat`). A tensor that got no gradient
+//! steps as if its gradient were zero (PyTorch's AdamW skips it instead; every etagrid
+//! trainable gets one).
 
 use crate::bert::{ParamRole, TrainParam};
 use etagrid_spec::protocol::ParamGroupInfo;
