@@ -46,11 +46,7 @@ pub(crate) async fn init(store: &Store, spec: &SweepSpec) -> Result<(), SchedErr
 /// Called before the run stores or trains anything. A sweep with no halving state passes
 /// whatever its strategy: a grid sweep runs as it always did, and a grid sweep turned halving
 /// starts its rungs here (cells a grid run finished go to the last rung).
-pub(crate) async fn check(
-    store: &Store,
-    spec: &SweepSpec,
-    url: &StoreUrl,
-) -> Result<(), SchedError> {
+pub async fn check(store: &Store, spec: &SweepSpec, url: &StoreUrl) -> Result<(), SchedError> {
     let recorded = store.halving_search(&spec.name).await?;
     let max_rung = match recorded {
         Some(_) => None,

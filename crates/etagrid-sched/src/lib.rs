@@ -33,6 +33,7 @@ pub use devices::{
 };
 pub use error::SchedError;
 pub use events::{record_event, terminal_outcome};
+pub use halving::check as check_search;
 pub use local::{run, RunOptions, WorkerCommand};
 pub use memfit::{cells_that_fit, MemoryFit};
 pub use prologue::RunSummary;

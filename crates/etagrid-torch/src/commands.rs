@@ -81,6 +81,9 @@ pub fn run(args: &RunArgs) -> Result<Exit> {
         let cells = spec.cells();
         let s = block_on(async {
             let store = Store::open(&args.db).await?;
+            // An edited [search] is refused here too: stored, it would be the sweep's text
+            // that a later run reads.
+            etagrid_sched::check_search(&store, &spec, &args.db).await?;
             let s = store.enqueue(&spec, &cells).await?;
             store.close().await;
             anyhow::Ok(s)

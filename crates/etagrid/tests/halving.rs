@@ -107,7 +107,7 @@ fn wait_for(path: &Path, what: &str) {
 
 /// Runs of the stopped sweep with its `[search]` edited (other rungs; a grid) are refused before
 /// anything runs or changes, with an error naming the file, the key with its old and new values
-/// and what to do; the file is then put back as it was.
+/// and what to do — `--enqueue-only` too; the file is then put back as it was.
 fn edited_search_is_refused(p: &Project) {
     let file = p.path("halving.toml");
     let original = std::fs::read_to_string(&file).expect("sweep");
@@ -128,28 +128,30 @@ fn edited_search_is_refused(p: &Project) {
     ] {
         assert!(original.contains(from));
         std::fs::write(&file, original.replacen(from, to, 1)).expect("edit [search]");
-        let out = p
-            .cmd("edited", &["run", "halving.toml", "--no-report"])
-            .output()
-            .expect("run edited");
-        let err = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{err}");
-        assert!(
-            err.lines().any(|l| l.starts_with(
-                "error: halving.toml: [search] is not what sweep `halving` started its \
+        for flag in ["--no-report", "--enqueue-only"] {
+            let out = p
+                .cmd("edited", &["run", "halving.toml", flag])
+                .output()
+                .expect("run edited");
+            let err = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{err}");
+            assert!(
+                err.lines().any(|l| l.starts_with(
+                    "error: halving.toml: [search] is not what sweep `halving` started its \
                  successive halving with"
-            )),
-            "{err}"
-        );
-        assert!(
-            err.contains(&format!("\n  {change}\n")),
-            "{change:?} not in {err}"
-        );
-        assert!(
-            err.contains("put the old values back in [search]") && err.contains("--state-dir"),
-            "{err}"
-        );
-        assert_eq!(stored(), before, "a refused run trains and stores nothing");
+                )),
+                "{err}"
+            );
+            assert!(
+                err.contains(&format!("\n  {change}\n")),
+                "{change:?} not in {err}"
+            );
+            assert!(
+                err.contains("put the old values back in [search]") && err.contains("--state-dir"),
+                "{err}"
+            );
+            assert_eq!(stored(), before, "a refused run trains and stores nothing");
+        }
     }
     std::fs::write(&file, original).expect("put [search] back");
 }
