@@ -234,9 +234,14 @@ fn outcome_of(
 pub fn terminal_outcome(ev: &WorkerEvent) -> Option<Outcome> {
     match ev {
         WorkerEvent::Finished { result } => Some(Outcome::Done(result.clone())),
-        WorkerEvent::Diverged { step, loss } => Some(Outcome::Diverged {
+        WorkerEvent::Diverged {
+            step,
+            loss,
+            device_s,
+        } => Some(Outcome::Diverged {
             step: *step,
             loss: *loss,
+            device_s: *device_s,
         }),
         WorkerEvent::Failed { error } => Some(Outcome::Failed(error.clone())),
         WorkerEvent::Paused { result } => Some(Outcome::Paused(result.clone())),

@@ -177,6 +177,10 @@ pub enum WorkerEvent {
         /// `"NaN"`, `"inf"` or `"-inf"` (a number or `null` is read too).
         #[serde(with = "non_finite")]
         loss: f64,
+        /// This cell's share of the worker's device time up to the divergence (the wall time
+        /// over the pack's cells, as [`CellResult::device_seconds`]). Absent from older lines.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device_s: Option<f64>,
     },
     Failed {
         error: String,

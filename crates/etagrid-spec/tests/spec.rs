@@ -703,6 +703,7 @@ fn all_events() -> Vec<(WorkerEvent, &'static str, bool)> {
             WorkerEvent::Diverged {
                 step: 7,
                 loss: f64::INFINITY,
+                device_s: Some(1.5),
             },
             "diverged",
             true,
@@ -755,12 +756,17 @@ fn worker_event_is_read_from_the_documented_json() {
 #[test]
 fn diverged_event_keeps_a_nan_or_infinite_loss_through_json() {
     for loss in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
-        let line =
-            serde_json::to_string(&WorkerEvent::Diverged { step: 3, loss }).expect("serialize");
+        let ev = WorkerEvent::Diverged {
+            step: 3,
+            loss,
+            device_s: Some(0.25),
+        };
+        let line = serde_json::to_string(&ev).expect("serialize");
         match serde_json::from_str::<WorkerEvent>(&line) {
             Ok(WorkerEvent::Diverged {
                 step: 3,
                 loss: back,
+                device_s: Some(0.25),
             }) => {
                 assert!(
                     back.is_nan() == loss.is_nan() && (loss.is_nan() || back == loss),
@@ -899,7 +905,12 @@ fn a_job_of_a_newer_protocol_is_refused_by_name_and_an_old_one_reads_as_version_
 fn diverged_event_with_a_null_loss_reads_as_nan() {
     let line = r#"{"event":"diverged","step":3,"loss":null}"#;
     match serde_json::from_str::<WorkerEvent>(line) {
-        Ok(WorkerEvent::Diverged { step: 3, loss }) => assert!(loss.is_nan()),
+        // An older line: no device time.
+        Ok(WorkerEvent::Diverged {
+            step: 3,
+            loss,
+            device_s: None,
+        }) => assert!(loss.is_nan()),
         other => panic!("read back as {other:?}"),
     }
 }
@@ -1195,11 +1206,11 @@ fn pack_lines_name_their_cell_and_old_lines_still_parse() {
         ev.cell.as_ref().map(|c| c.0.as_str()),
         Some("0123456789abcdef")
     );
-    assert!(matches!(ev.event, WorkerEvent::Diverged { step: 3, loss } if loss.is_nan()));
+    assert!(matches!(ev.event, WorkerEvent::Diverged { step: 3, loss, .. } if loss.is_nan()));
     let back: CellEvent =
         serde_json::from_str(&serde_json::to_string(&ev).expect("write")).expect("reread");
     assert_eq!(back.cell, ev.cell);
-    assert!(matches!(back.event, WorkerEvent::Diverged { step: 3, loss } if loss.is_nan()));
+    assert!(matches!(back.event, WorkerEvent::Diverged { step: 3, loss, .. } if loss.is_nan()));
     let old =
         r#"{"event":"train","step":10,"total_steps":20,"loss":0.5,"lr_a":0.001,"lr_b":0.016}"#;
     let ev: CellEvent = serde_json::from_str(old).expect("a one-cell line without `cell`");

@@ -206,6 +206,9 @@ pub enum Outcome {
     Diverged {
         step: u64,
         loss: f64,
+        /// The cell's share of its worker's device time until it diverged (None from a worker
+        /// that did not say): added to `device_s`.
+        device_s: Option<f64>,
     },
     Failed(String),
     /// The worker found its inputs bad (a data or model file changed after the run checked it):
@@ -630,9 +633,14 @@ impl Store {
             .bind(r.metrics.get(Measure::Mcc))
             .bind(r.pack_size.map(i64::from))
             .bind(r.device_seconds()),
-            Outcome::Diverged { step, loss } => sqlx::query(
+            Outcome::Diverged {
+                step,
+                loss,
+                device_s,
+            } => sqlx::query(
                 "UPDATE cells SET state = 'diverged', finished_at = CURRENT_TIMESTAMP, step = $3,
-                     train_loss = $4, error = 'loss became NaN or infinite'
+                     train_loss = $4, error = 'loss became NaN or infinite',
+                     device_s = CASE WHEN $5 IS NULL THEN device_s ELSE COALESCE(device_s, 0) + $5 END
                  WHERE sweep = $1 AND id = $2",
             )
             .bind(sweep)
@@ -640,7 +648,8 @@ impl Store {
             .bind(*step as i64)
             // SQLite stores NaN as NULL (PostgreSQL would keep it): NULL on both; keep the
             // infinite value if there is one.
-            .bind(if loss.is_nan() { None } else { Some(*loss) }),
+            .bind(if loss.is_nan() { None } else { Some(*loss) })
+            .bind(*device_s),
             Outcome::Failed(error) => sqlx::query(
                 "UPDATE cells SET state = 'failed', finished_at = CURRENT_TIMESTAMP, error = $3
                  WHERE sweep = $1 AND id = $2",

@@ -423,19 +423,30 @@ async fn finishing_done_stores_the_result(b: Backend) {
 both_backends!(finishing_diverged_sets_the_state_step_and_error);
 async fn finishing_diverged_sets_the_state_step_and_error(b: Backend) {
     let f = fixture(b).await;
-    for (i, loss, stored) in [(0, f64::INFINITY, Some(f64::INFINITY)), (1, f64::NAN, None)] {
+    // The diverged cell's device time counts like a finished one's; a worker that did not say
+    // (an older line) leaves it unknown.
+    for (i, loss, stored, device_s) in [
+        (0, f64::INFINITY, Some(f64::INFINITY), Some(2.5)),
+        (1, f64::NAN, None, None),
+    ] {
         f.store
             .start_cell(NAME, f.id(i), "cpu")
             .await
             .expect("start");
+        let diverged = Outcome::Diverged {
+            step: 7,
+            loss,
+            device_s,
+        };
         f.store
-            .finish_cell(NAME, f.id(i), &Outcome::Diverged { step: 7, loss })
+            .finish_cell(NAME, f.id(i), &diverged)
             .await
             .expect("finish");
         let row = f.row(i).await;
         assert_eq!(row.state, CellState::Diverged);
         assert_eq!(row.step, Some(7));
         assert_eq!(row.train_loss, stored, "loss {loss}");
+        assert_eq!(row.device_s, device_s, "loss {loss}");
         assert!(
             row.error.as_deref().is_some_and(|e| e.contains("NaN")),
             "{:?}",

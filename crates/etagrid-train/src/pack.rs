@@ -88,7 +88,7 @@ pub fn run_pack(
     };
     emit_started(&cells, &opt, &data, &shape, emit);
 
-    let mut state = PackState::new(k, device);
+    let mut state = PackState::new(k, device, started);
     if span.start > 0 {
         resume(&cells, span.start, &mut opt, &mut orders, &mut state)?;
     }
@@ -313,7 +313,15 @@ impl PackEnd<'_> {
         emit(&c.cell_id, e.event(total_steps));
         if !e.loss().is_finite() {
             let (step, loss) = (total_steps, e.loss());
-            emit(&c.cell_id, WorkerEvent::Diverged { step, loss });
+            let device_s = Some(device_share(self.started, self.k));
+            emit(
+                &c.cell_id,
+                WorkerEvent::Diverged {
+                    step,
+                    loss,
+                    device_s,
+                },
+            );
             return JobOutcome::Diverged { step, loss };
         }
         let result = self.result(c, e, train_loss, total_steps);
@@ -349,7 +357,15 @@ impl PackEnd<'_> {
         emit(&c.cell_id, e.event(step));
         if !e.loss().is_finite() {
             let loss = e.loss();
-            emit(&c.cell_id, WorkerEvent::Diverged { step, loss });
+            let device_s = Some(device_share(self.started, self.k));
+            emit(
+                &c.cell_id,
+                WorkerEvent::Diverged {
+                    step,
+                    loss,
+                    device_s,
+                },
+            );
             return JobOutcome::Diverged { step, loss };
         }
         if let Err(err) = checkpoint::save(&c.out_dir, opt, i as i64, info) {
@@ -977,10 +993,18 @@ struct PackState {
     /// Set once a cell's end is known (diverged); `None` while it trains.
     outcomes: Vec<Option<JobOutcome>>,
     last_train_loss: Vec<f64>,
+    /// When the worker started (a diverged cell's device time runs from there).
+    started: Instant,
+}
+
+/// A cell's share of its worker's device time so far: the wall time since `started` over the
+/// pack's `k` cells (as [`CellResult::device_seconds`] counts a finished cell's).
+fn device_share(started: Instant, k: usize) -> f64 {
+    started.elapsed().as_secs_f64() / k.max(1) as f64
 }
 
 impl PackState {
-    fn new(k: usize, device: Device) -> PackState {
+    fn new(k: usize, device: Device, started: Instant) -> PackState {
         let kk = k as i64;
         PackState {
             active: Tensor::ones([kk], (Kind::Bool, device)),
@@ -990,6 +1014,7 @@ impl PackState {
             acc_steps: 0,
             outcomes: (0..k).map(|_| None).collect(),
             last_train_loss: vec![f64::NAN; k],
+            started,
         }
     }
 
@@ -1019,7 +1044,15 @@ impl PackState {
         for (i, c) in cells.iter().enumerate() {
             if steps[i] > 0 && self.outcomes[i].is_none() {
                 let (step, loss) = (steps[i] as u64, losses[i]);
-                emit(&c.cell_id, WorkerEvent::Diverged { step, loss });
+                let device_s = Some(device_share(self.started, cells.len()));
+                emit(
+                    &c.cell_id,
+                    WorkerEvent::Diverged {
+                        step,
+                        loss,
+                        device_s,
+                    },
+                );
                 self.outcomes[i] = Some(JobOutcome::Diverged { step, loss });
             }
         }
