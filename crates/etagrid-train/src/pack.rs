@@ -312,17 +312,7 @@ impl PackEnd<'_> {
         let total_steps = self.total_steps;
         emit(&c.cell_id, e.event(total_steps));
         if !e.loss().is_finite() {
-            let (step, loss) = (total_steps, e.loss());
-            let device_s = Some(device_share(self.started, self.k));
-            emit(
-                &c.cell_id,
-                WorkerEvent::Diverged {
-                    step,
-                    loss,
-                    device_s,
-                },
-            );
-            return JobOutcome::Diverged { step, loss };
+            return diverged(c, total_steps, e.loss(), self.started, self.k, emit);
         }
         let result = self.result(c, e, train_loss, total_steps);
         if self.job.save_adapter {
@@ -356,17 +346,7 @@ impl PackEnd<'_> {
         let step = info.step;
         emit(&c.cell_id, e.event(step));
         if !e.loss().is_finite() {
-            let loss = e.loss();
-            let device_s = Some(device_share(self.started, self.k));
-            emit(
-                &c.cell_id,
-                WorkerEvent::Diverged {
-                    step,
-                    loss,
-                    device_s,
-                },
-            );
-            return JobOutcome::Diverged { step, loss };
+            return diverged(c, step, e.loss(), self.started, self.k, emit);
         }
         if let Err(err) = checkpoint::save(&c.out_dir, opt, i as i64, info) {
             let error = error_chain(&err);
@@ -997,10 +977,27 @@ struct PackState {
     started: Instant,
 }
 
-/// A cell's share of its worker's device time so far: the wall time since `started` over the
-/// pack's `k` cells (as [`CellResult::device_seconds`] counts a finished cell's).
-fn device_share(started: Instant, k: usize) -> f64 {
-    started.elapsed().as_secs_f64() / k.max(1) as f64
+/// Cell `c` diverged at `step` with `loss`: emits `diverged` with the cell's share of its
+/// worker's device time so far (the wall time since `started` over the pack's `k` cells, as
+/// [`CellResult::device_seconds`] counts a finished cell's).
+fn diverged(
+    c: &PackedCell,
+    step: u64,
+    loss: f64,
+    started: Instant,
+    k: usize,
+    emit: &mut dyn FnMut(&CellId, WorkerEvent),
+) -> JobOutcome {
+    let device_s = Some(started.elapsed().as_secs_f64() / k.max(1) as f64);
+    emit(
+        &c.cell_id,
+        WorkerEvent::Diverged {
+            step,
+            loss,
+            device_s,
+        },
+    );
+    JobOutcome::Diverged { step, loss }
 }
 
 impl PackState {
@@ -1044,16 +1041,7 @@ impl PackState {
         for (i, c) in cells.iter().enumerate() {
             if steps[i] > 0 && self.outcomes[i].is_none() {
                 let (step, loss) = (steps[i] as u64, losses[i]);
-                let device_s = Some(device_share(self.started, cells.len()));
-                emit(
-                    &c.cell_id,
-                    WorkerEvent::Diverged {
-                        step,
-                        loss,
-                        device_s,
-                    },
-                );
-                self.outcomes[i] = Some(JobOutcome::Diverged { step, loss });
+                self.outcomes[i] = Some(diverged(c, step, loss, self.started, cells.len(), emit));
             }
         }
         Ok(())
