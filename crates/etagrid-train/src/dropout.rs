@@ -11,8 +11,9 @@
 //! when the pack's batch is longer (a pack of several seeds is padded to its longest batch; the
 //! positions past a row's own length are padding, which no real token reads). So:
 //! - a cell's masks are a function of its seed, the step and the place in the network, in any
-//!   pack, at any position, with any padding of the batch (packed = alone, bit for bit on the
-//!   CPU in fp32, dropout or not; a resumed run draws what an uninterrupted one drew);
+//!   pack, at any position, with any padding of the batch (packed = alone on the CPU in fp32
+//!   within 1e-6, the rest being GEMMs of other shapes; a resumed run draws what an
+//!   uninterrupted one drew);
 //! - cells with the same seed see the same masks, as they see the same batches — as separate
 //!   runs started from one seed would (their generator streams are the same) — which is also
 //!   one draw per seed instead of one per cell.

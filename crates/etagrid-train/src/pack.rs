@@ -16,8 +16,8 @@
 //!
 //! Dropout is pack-invariant too: a cell's masks are drawn from its seed, the step and the place
 //! in the network ([`crate::dropout`]), so a cell ends with the same numbers in any pack and at any
-//! position in it, dropout or not (on the CPU in fp32, bit for bit; on a GPU up to the order of
-//! floating-point sums, which the kernels choose by shape).
+//! position in it, dropout or not, up to the order of floating-point sums, which the kernels
+//! choose by shape (on the CPU in fp32: within 1e-6, `tests/pack.rs`).
 
 use crate::bert::{Batch, ParamRole};
 use crate::checkpoint::{self, CheckpointInfo};
