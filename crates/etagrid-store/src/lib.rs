@@ -175,15 +175,23 @@ fn placeholder(backend: Backend, n: usize) -> String {
 #[must_use = "the lock is released when this is dropped"]
 #[derive(Debug)]
 pub struct RunLock {
-    conn: Option<AnyConnection>,
+    /// The sweep and the session holding its advisory lock (PostgreSQL).
+    conn: Option<(AnyConnection, String)>,
     /// On SQLite, `<db>.lock` with the sweep's byte locked (released when closed).
     _file: Option<std::fs::File>,
 }
 
 impl RunLock {
     /// Releases the lock now (dropping it also does, once the server sees the session end).
+    /// On PostgreSQL the lock is given back before the session is closed: a closing session's
+    /// locks go only when the server has finished with it, so another session could still see
+    /// the run holding the sweep for a moment after `release` returned.
     pub async fn release(self) -> Result<()> {
-        if let Some(conn) = self.conn {
+        if let Some((mut conn, sweep)) = self.conn {
+            sqlx::query("SELECT pg_advisory_unlock(hashtext('etagrid run'), hashtext($1))")
+                .bind(&sweep)
+                .execute(&mut conn)
+                .await?;
             conn.close().await?;
         }
         Ok(())
@@ -294,7 +302,7 @@ impl Store {
         .await?;
         if locked {
             Ok(Some(RunLock {
-                conn: Some(conn),
+                conn: Some((conn, sweep.to_owned())),
                 _file: None,
             }))
         } else {
