@@ -19,6 +19,15 @@ use etagrid_train::train::loss;
 use etagrid_train::weights::Weights;
 use tch::{Device, Kind, Tensor};
 
+/// libtorch's generator is one per process and this file's tests run as threads of one process:
+/// a test building a model (its adapters are drawn from the seeded generator) while another
+/// draws would start from other adapters. Every test takes its turn.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn setup() -> (
     etagrid_train::bert::BertForSequenceClassification,
     LoraPlusAdamW,
@@ -43,6 +52,7 @@ fn setup() -> (
 
 #[test]
 fn parameter_groups_have_the_same_members_rates_and_decay_as_peft() {
+    let _serial = serial();
     let (_model, opt, r) = setup();
     let groups = r["train"]["param_groups"].as_array().expect("groups");
     // PEFT's order: A, embedding (empty here), B, B without decay.
@@ -85,6 +95,7 @@ fn parameter_groups_have_the_same_members_rates_and_decay_as_peft() {
 
 #[test]
 fn three_adamw_steps_match_peft_within_1e_5() {
+    let _serial = serial();
     let (model, mut opt, r) = setup();
     let batch = reference_batch(&r);
     let want_losses: Vec<f64> =
@@ -123,8 +134,7 @@ fn three_steps_against_live_peft(fixture: &str, lora: LoraSpec, expect_embedding
     // concurrent tests would interleave their draws, so each run would start from other random
     // adapters; AdamW's m/√v then amplifies the reduction-order noise of near-zero gradients.
     // Serialised, every run is the same computation (deterministic, not a looser tolerance).
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_at_a_time = serial();
     tch::set_num_threads(1);
     let (lr, ratio, wd) = (1e-3, 16.0, 0.01);
     let dir = common::fixture(fixture);
