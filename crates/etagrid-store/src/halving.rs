@@ -42,7 +42,12 @@ impl Store {
         .bind(sweep)
         .bind(search.strategy.name())
         .bind(i64::from(search.reduction))
-        .bind(search.rungs.as_ref().map(|r| format!("{r:?}")))
+        .bind(
+            search
+                .rungs
+                .as_ref()
+                .map(|r| serde_json::Value::from(r.as_slice()).to_string()),
+        )
         .bind(search.keep_per_row as i64)
         .bind(search.min_tau)
         .execute(&mut *tx)
@@ -173,24 +178,14 @@ impl Store {
 
 /// The rung fractions [`Store::init_halving`] wrote (`[0.111, 0.333, 1.0]`: Rust's shortest
 /// decimals, which read back to the same `f64`s).
+/// The stored rungs: a JSON list of numbers (rows written as Rust's `{:?}` of the list read the
+/// same: for finite numbers it is the same text).
 fn parse_rungs(text: &str) -> Result<Vec<f64>> {
-    let bad = || {
+    serde_json::from_str(text).map_err(|e| {
         decode(format!(
-            "stored search rungs {text:?} are not a list of numbers"
+            "stored search rungs {text:?} are not a list of numbers: {e}"
         ))
-    };
-    let inner = text
-        .trim()
-        .strip_prefix('[')
-        .and_then(|t| t.strip_suffix(']'))
-        .ok_or_else(bad)?;
-    if inner.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    inner
-        .split(',')
-        .map(|f| f.trim().parse::<f64>().map_err(|_| bad()))
-        .collect()
+    })
 }
 
 fn decode(what: String) -> StoreError {
