@@ -66,17 +66,7 @@ impl Drop for Scope {
 impl SeededDropout {
     /// For a pack whose cell k has seed `cell_seeds[k]`.
     pub fn new(cell_seeds: &[u64], device: Device) -> Rc<SeededDropout> {
-        let mut seeds: Vec<u64> = Vec::new();
-        let cell_seed: Vec<usize> = cell_seeds
-            .iter()
-            .map(|s| match seeds.iter().position(|x| x == s) {
-                Some(i) => i,
-                None => {
-                    seeds.push(*s);
-                    seeds.len() - 1
-                }
-            })
-            .collect();
+        let (seeds, cell_seed) = seed_groups(cell_seeds);
         let index: Vec<i64> = cell_seed.iter().map(|&i| i as i64).collect();
         Rc::new(SeededDropout {
             index: (seeds.len() > 1).then(|| Tensor::from_slice(&index).to_device(device)),
@@ -124,6 +114,23 @@ impl SeededDropout {
         let _scope = Scope;
         f()
     }
+}
+
+/// The distinct seeds of a pack's cells in order of first appearance, and each cell's index
+/// among them (cells of one seed share their batches and their dropout masks).
+pub(crate) fn seed_groups(cell_seeds: &[u64]) -> (Vec<u64>, Vec<usize>) {
+    let mut seeds: Vec<u64> = Vec::new();
+    let group = cell_seeds
+        .iter()
+        .map(|s| match seeds.iter().position(|x| x == s) {
+            Some(i) => i,
+            None => {
+                seeds.push(*s);
+                seeds.len() - 1
+            }
+        })
+        .collect();
+    (seeds, group)
 }
 
 /// Whether the dropout of the current forward is seeded per cell (in a [`SeededDropout::during`]

@@ -75,11 +75,20 @@ struct Flat {
     lr: Tensor,
     /// [N] each element's weight decay (0 in the `B_no_decay` group).
     decay: Tensor,
-    /// [N] int32: the adapter (cell) each element belongs to.
+    /// [N] int64: the adapter (cell) each element belongs to.
     cell: Tensor,
     /// Lengths of the runs of one tensor and one adapter, in buffer order (tensor-major): the
     /// segments a per-adapter reduction sums over.
     runs: Tensor,
+}
+
+/// [total] int64, element i's adapter: the runs cycle through the K adapters (tensor by tensor,
+/// adapter by adapter), so the run indices mod K repeated by the run lengths. Built on the
+/// device, without a host vector as long as the buffer.
+fn cells_of_runs(k: i64, runs: &[i64], total: i64, device: tch::Device) -> Tensor {
+    let lens = Tensor::from_slice(runs).to_device(device);
+    let adapter = Tensor::arange(runs.len() as i64, (Kind::Int64, device)).remainder(k.max(1));
+    adapter.repeat_interleave_self_tensor(&lens, 0, Some(total))
 }
 
 pub struct LoraPlusAdamW {
@@ -121,7 +130,7 @@ impl LoraPlusAdamW {
             flat_p.zeros_like(),
             flat_p.zeros_like(),
         );
-        let (mut cell, mut runs) = (Vec::new(), Vec::new());
+        let mut runs = Vec::new();
         let mut offset = 0;
         let slots: Vec<Slot> = params
             .into_iter()
@@ -138,10 +147,7 @@ impl LoraPlusAdamW {
                 let mut p_view = view(&flat_p);
                 tch::no_grad(|| p_view.copy_(&param.tensor));
                 param.tensor.set_data(&p_view);
-                for c in 0..k {
-                    runs.push(len / k);
-                    cell.extend(std::iter::repeat_n(c as i32, (len / k) as usize));
-                }
+                runs.extend(std::iter::repeat_n(len / k, k as usize));
                 let slot = Slot {
                     group: Group::of(param.role),
                     m: view(&m),
@@ -163,7 +169,7 @@ impl LoraPlusAdamW {
                 v,
                 lr: Tensor::zeros([total], opts),
                 decay: Tensor::zeros([total], opts),
-                cell: Tensor::from_slice(&cell).to_device(device),
+                cell: cells_of_runs(k, &runs, total, device),
                 runs: Tensor::from_slice(&runs).to_device(device),
             },
             slots,
@@ -366,5 +372,20 @@ impl LoraPlusAdamW {
             let update = &f.m / denom * (&lr / bc1);
             let _ = f.p.g_sub_(&update);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_element_of_the_flat_buffer_knows_its_adapter() {
+        // Two tensors over K = 2 adapters: 3 elements an adapter, then 1.
+        let cells = cells_of_runs(2, &[3, 3, 1, 1], 8, tch::Device::Cpu);
+        assert_eq!(
+            Vec::<i64>::try_from(&cells).expect("i64"),
+            [0, 0, 0, 1, 1, 1, 0, 1]
+        );
     }
 }

@@ -709,16 +709,8 @@ struct StepRows {
 impl StepRows {
     /// One batch order per distinct seed of `cells`; cells of one seed share it.
     fn new(cells: &[PackedCell], examples: usize, batch_size: usize) -> StepRows {
-        let mut seeds: Vec<u64> = Vec::new();
-        for c in cells {
-            if !seeds.contains(&c.config.seed) {
-                seeds.push(c.config.seed);
-            }
-        }
-        let group = cells
-            .iter()
-            .map(|c| seeds.iter().position(|&s| s == c.config.seed).unwrap_or(0))
-            .collect();
+        let cell_seeds: Vec<u64> = cells.iter().map(|c| c.config.seed).collect();
+        let (seeds, group) = crate::dropout::seed_groups(&cell_seeds);
         StepRows {
             orders: seeds
                 .iter()
