@@ -6,7 +6,11 @@
 //!
 //! `k > 1` trains k adapters (grid cells) on one frozen base in one process: the batch is
 //! repeated k times (cells of one seed see the same batches), so a step processes k·batch samples.
+//! A model with dropout draws its masks as `etagrid run` does ([`crate::dropout`]: per seed, step
+//! and site; here the k cells share seed 0), which takes attention through the explicit softmax
+//! rather than SDPA's fused kernels.
 
+use crate::dropout::SeededDropout;
 use crate::model::{family, load_classifier, Batch};
 use crate::optim::LoraPlusAdamW;
 use crate::train::loss;
@@ -49,6 +53,8 @@ pub struct BenchResult {
     pub base_params: i64,
     pub trainable_params: i64,
     pub final_loss: f64,
+    /// "per-seed masks" (as `etagrid run`) or "none" (the model has no dropout).
+    pub dropout: &'static str,
 }
 
 pub fn train_throughput(o: &BenchOptions) -> Result<BenchResult, TrainError> {
@@ -96,8 +102,18 @@ pub fn train_throughput(o: &BenchOptions) -> Result<BenchResult, TrainError> {
         },
         labels: labels.repeat([o.k]),
     };
+    let masks = model
+        .base_dropout()
+        .then(|| SeededDropout::new(&vec![0; o.k as usize], device));
+    let mut n = 0u64;
     let mut step = || {
-        let l = loss(&model.forward(&batch, true), &batch.labels);
+        let forward = || model.forward(&batch, true);
+        let logits = match &masks {
+            Some(m) => m.during(n, vec![o.seq], forward),
+            None => forward(),
+        };
+        n += 1;
+        let l = loss(&logits, &batch.labels);
         opt.zero_grad();
         l.backward();
         opt.step(1.0);
@@ -137,5 +153,10 @@ pub fn train_throughput(o: &BenchOptions) -> Result<BenchResult, TrainError> {
         base_params,
         trainable_params,
         final_loss: last.double_value(&[]),
+        dropout: if masks.is_some() {
+            "per-seed masks"
+        } else {
+            "none"
+        },
     })
 }
