@@ -35,17 +35,20 @@ def main():
         w = line.split()
         walls[(w[0], w[1])] = float(w[5])
     sweeps = sorted({s for s, _ in walls}, key=lambda s: list(walls).index((s, "plain")) if (s, "plain") in walls else 0)
+    # Every halving run of a sweep gets its row: "halving" (the default policy) and others
+    # ("halving4": reduction 4), each beside the replay of the same policy.
+    runs = [(s, m) for s in sweeps for m in sorted({m for t, m in walls if t == s and m.startswith("halving")})]
     print("| sweep | full grid: best (η_A, λ) → metric | halving pick (η_A, λ) | pick's final, live (regret, pts) | pick in the full grid (regret, pts) | GPU wall grid → halving (share) | device-s grid → halving (share) | replay: regret (pts), share of steps | 1-D λ=16: regret (pts), share |")
     print("|---|---|---|---|---|---|---|---|---|")
     regrets = []
-    for s in sweeps:
+    for s, mode in runs:
         plain = cells(os.path.join(out, f"{s}-plain.sqlite"), f"{s}-plain")
-        hv_path = os.path.join(out, f"{s}-halving.sqlite")
-        hv = cells(hv_path, f"{s}-halving") if os.path.exists(hv_path) else []
+        hv_path = os.path.join(out, f"{s}-{mode}.sqlite")
+        hv = cells(hv_path, f"{s}-{mode}") if os.path.exists(hv_path) else []
         b, p = best(plain), best(hv)
         grid_s = sum(r["device_s"] or 0 for r in plain)
         hv_s = sum(r["device_s"] or 0 for r in hv)
-        rp = os.path.join(replay_dir, f"{s}-replay.json")
+        rp = os.path.join(replay_dir, f"{s}-replay.json" if mode == "halving" else f"{s}-replay-{mode}.json")
         rj = json.load(open(rp)) if os.path.exists(rp) and os.path.getsize(rp) > 0 else None
         fmt = lambda r: f"{r['lr_a']:.2e}, {r['lr_b'] / r['lr_a']:.0f}"
         regret = 100 * (b["metric"] - p["metric"]) if b and p else float("nan")
@@ -55,9 +58,9 @@ def main():
         if p:
             same = [r for r in plain if r["lr_a"] == p["lr_a"] and r["lr_b"] == p["lr_b"] and r["metric"] is not None]
             in_grid = same[0]["metric"] if same else None
-        wg, wh = walls.get((s, "plain"), float("nan")), walls.get((s, "halving"), float("nan"))
+        wg, wh = walls.get((s, "plain"), float("nan")), walls.get((s, mode), float("nan"))
         print("| " + " | ".join([
-            s,
+            s if mode == "halving" else f"{s} ({mode})",
             f"{fmt(b)} → {b['metric']:.4f}" if b else "-",
             fmt(p) if p else "-",
             f"{p['metric']:.4f} ({regret:+.2f})" if p else "-",

@@ -56,6 +56,45 @@ impl Packing {
         )
     }
 
+    /// The pack keys whose GPU packs take more than one cell, each with its GPU pack size and
+    /// its first `n` (at most that size) queued cells, in queue order: what a memory probe of
+    /// the key measures.
+    pub(crate) fn gpu_packs(
+        &self,
+        queue: &VecDeque<CellRow>,
+        n: usize,
+    ) -> Vec<(String, usize, Vec<String>)> {
+        let mut out: Vec<(String, usize, Vec<String>)> = Vec::new();
+        for r in queue {
+            let Some(key) = self.keys.get(&r.id) else {
+                continue;
+            };
+            let size = self.sizes.get(key).map_or(1, |s| s.0);
+            if size < 2 {
+                continue;
+            }
+            match out.iter_mut().find(|(k, _, _)| k == key) {
+                Some((_, _, ids)) if ids.len() < n.min(size) => ids.push(r.id.clone()),
+                Some(_) => {}
+                None => out.push((key.clone(), size, vec![r.id.clone()])),
+            }
+        }
+        out
+    }
+
+    /// GPU packs of `key` take at most `fit` cells (what its memory probe found fits). When
+    /// that splits the key's cells, they split evenly (36 cells, 35 fit: two packs of 18, not 35
+    /// and 1), so that the packs take as long as each other.
+    pub(crate) fn cap_gpu(&mut self, key: &str, fit: usize) {
+        let pending = self.keys.values().filter(|k| *k == key).count().max(1);
+        if let Some(s) = self.sizes.get_mut(key) {
+            if s.0 > fit {
+                let packs = pending.div_ceil(fit.max(1));
+                s.0 = pending.div_ceil(packs).min(fit.max(1));
+            }
+        }
+    }
+
     /// A cell that is retried after its pack of `n` crashed joins packs of at most `limit`.
     pub(crate) fn limit(&mut self, id: &str, limit: usize) {
         self.limit.insert(id.to_owned(), limit);
@@ -156,6 +195,26 @@ mod tests {
         assert_eq!(p.take(&mut q, true).len(), 3);
         assert_eq!(p.take(&mut q, false).len(), 1);
         assert_eq!(q.len(), 2);
+    }
+
+    #[test]
+    fn a_memory_cap_splits_a_keys_cells_into_even_packs() {
+        for (fit, want) in [
+            (35, vec![18, 18]),
+            (17, vec![12, 12, 12]),
+            (36, vec![36]),
+            (1, vec![1; 36]),
+        ] {
+            let (mut queue, current) = setup(36);
+            let mut p = Packing::new(&queue, &current, PackSize::Auto, Some(1));
+            let key = current.values().next().expect("a cell").pack_key();
+            p.cap_gpu(&key, fit);
+            let mut sizes = Vec::new();
+            while !queue.is_empty() {
+                sizes.push(p.take(&mut queue, true).len());
+            }
+            assert_eq!(sizes, want, "{fit} fit");
+        }
     }
 
     #[test]

@@ -3,11 +3,24 @@
 # job's cell ids, counts each cell's starts in STATE/cells/<sweep>/<cell>/starts, appends the pack's
 # size to STATE/packs, and names each cell in its lines. STATE/fake-mode `pack-crash-once`: the
 # first start of a pack finishes its first cell, then the worker dies by SIGKILL.
+# With `--probe-memory` (a memory probe of an `auto` pack on a GPU) it appends the probe's size
+# to STATE/probes and, in mode `probe-fit-3`, prints figures in which 3 cells fit (0.9 of
+# 1000 MiB, 100 MiB with the base, 250 MiB per cell); in any other mode the probe fails.
 set -u
 job="$2"
 dir="$(dirname "$job")"
 state="$(cd "$dir/../../.." && pwd)"
 mode="$(cat "$state/fake-mode" 2>/dev/null || echo ok)"
+if [ "${3:-}" = --probe-memory ]; then
+  n=$(grep -c '"cell_id"' "$job")
+  echo "$n" >> "$state/probes"
+  if [ "$mode" = probe-fit-3 ]; then
+    echo '{"cells":'"$n"',"before_mib":40,"model_mib":100,"peak_mib":'"$((100 + n * 250))"',"total_mib":1000}'
+    exit 0
+  fi
+  echo "CUDA out of memory (fake)" >&2
+  exit 1
+fi
 ids=$(grep -o '"cell_id": *"[0-9a-f]*"' "$job" | sed 's/.*"\([0-9a-f]*\)"$/\1/')
 first=""
 n_first=0

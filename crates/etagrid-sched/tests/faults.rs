@@ -325,6 +325,34 @@ fn packs_fill_from_pending_cells_and_every_cell_runs_once(b: Backend) {
     }
 }
 
+both_backends!(auto_packs_on_a_gpu_take_the_cells_a_memory_probe_says_fit);
+/// `cells_per_worker = "auto"` on a GPU: a probe of two cells measures the pack's memory before
+/// any cell starts, and packs take no more cells than fit, split evenly (3 fit: two packs of 2;
+/// without the probe the four cells would go in one pack). A probe that fails leaves packs of
+/// one cell. Either way every cell runs once.
+fn auto_packs_on_a_gpu_take_the_cells_a_memory_probe_says_fit(b: Backend) {
+    for (mode, packs) in [
+        ("probe-fit-3", vec![2, 2]),
+        ("probe-fail", vec![1, 1, 1, 1]),
+    ] {
+        let (s, mut opts) = pack_setup(b, mode);
+        opts.cells_per_worker = PackSize::Auto;
+        opts.slots = vec![SlotDevice::Gpu(0)];
+        let summary = run(&s.spec, &opts).expect("run");
+        assert_eq!((summary.done, summary.retried), (4, 0), "{mode}");
+        let probes = std::fs::read_to_string(s.dir.path().join("state/probes")).expect("probes");
+        assert_eq!(probes.trim(), "2", "{mode}: one probe, of two cells");
+        assert_eq!(s.packs(), packs, "{mode}");
+        for c in s.cells() {
+            assert_eq!(
+                (c.state, c.attempts, s.starts(&c.id)),
+                (CellState::Done, 1, 1),
+                "{mode}: the probe starts no cell"
+            );
+        }
+    }
+}
+
 both_backends!(a_gpu_named_by_its_mig_id_is_passed_to_the_worker_in_its_job_as_it_is);
 fn a_gpu_named_by_its_mig_id_is_passed_to_the_worker_in_its_job_as_it_is(b: Backend) {
     let s = setup(b, "ok", "");

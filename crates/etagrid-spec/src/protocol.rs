@@ -83,6 +83,42 @@ pub struct Segment {
 /// halving policy and its replay).
 pub use etagrid_search::fraction_step;
 
+/// What `etagrid-torch worker --probe-memory` prints (one JSON line): the GPU memory in use, by
+/// every process on the GPU, once the probe's base was loaded and after it trained one step and
+/// evaluated one batch with `cells` cells. The scheduler sizes `auto` packs from it
+/// ([`MemoryProbe::cells_that_fit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MemoryProbe {
+    pub cells: usize,
+    /// In use before the probe loaded anything (its own CUDA context included).
+    pub before_mib: u64,
+    /// In use once the frozen base and the cells' adapters were on the GPU.
+    pub model_mib: u64,
+    /// In use after one training step and one evaluation batch at the largest shapes (libtorch
+    /// keeps what it reserved, so this is the step's peak).
+    pub peak_mib: u64,
+    pub total_mib: u64,
+}
+
+impl MemoryProbe {
+    /// What one more cell of the pack adds (its batch's activations, adapters, moments and
+    /// evaluation rows), at least 1 MiB.
+    pub fn per_cell_mib(&self) -> u64 {
+        (self.peak_mib.saturating_sub(self.model_mib) / self.cells.max(1) as u64).max(1)
+    }
+
+    /// How many cells one pack worker may train on this GPU when `workers` pack workers share
+    /// it, keeping `usable` (e.g. 0.9) of its memory: each worker brings its own base (the
+    /// probe's `model_mib − before_mib`) and `per_cell_mib` per cell. At least 1 (a single cell
+    /// that does not fit fails as it would unpacked).
+    pub fn cells_that_fit(&self, usable: f64, workers: usize) -> usize {
+        let w = workers.max(1) as f64;
+        let base = self.model_mib.saturating_sub(self.before_mib) as f64;
+        let room = self.total_mib as f64 * usable - self.model_mib as f64 - (w - 1.0) * base;
+        ((room / w / self.per_cell_mib() as f64).floor().max(1.0)) as usize
+    }
+}
+
 /// One more cell of a packed [`WorkerJob`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PackedCell {
@@ -428,5 +464,40 @@ mod non_finite {
                 )),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MemoryProbe;
+
+    fn probe(cells: usize, before: u64, model: u64, peak: u64) -> MemoryProbe {
+        MemoryProbe {
+            cells,
+            before_mib: before,
+            model_mib: model,
+            peak_mib: peak,
+            total_mib: 1000,
+        }
+    }
+
+    /// One worker: (0.9 · 1000 − 100) / ((600 − 100) / 2) = 800 / 250 → 3 cells.
+    #[test]
+    fn a_pack_gets_the_cells_the_memory_left_after_its_base_holds() {
+        let p = probe(2, 40, 100, 600);
+        assert_eq!(p.per_cell_mib(), 250);
+        assert_eq!(p.cells_that_fit(0.9, 1), 3);
+        // Two workers on the GPU: the second base (60 MiB) comes off, the rest is shared:
+        // (900 − 100 − 60) / 2 / 250 → 1.
+        assert_eq!(p.cells_that_fit(0.9, 2), 1);
+        // Tiny cells: many fit; a cell that adds nothing counts as 1 MiB.
+        assert_eq!(probe(2, 40, 100, 110).cells_that_fit(0.9, 1), 160);
+        assert_eq!(probe(2, 40, 100, 100).per_cell_mib(), 1);
+    }
+
+    #[test]
+    fn a_pack_that_does_not_fit_still_gets_one_cell() {
+        assert_eq!(probe(2, 40, 100, 3000).cells_that_fit(0.9, 1), 1);
+        assert_eq!(probe(1, 40, 950, 990).cells_that_fit(0.9, 1), 1);
     }
 }

@@ -250,6 +250,7 @@ pub(crate) fn finish_run(
 /// The worker side of the protocol: one job (one cell or a pack) in, JSON lines out, each naming
 /// its cell.
 pub fn worker(job_path: &Path) -> Result<Exit> {
+    let job = read_job(job_path);
     let mut stdout = std::io::stdout().lock();
     let mut emit = |cell: Option<&CellId>, event: WorkerEvent| {
         let line = serde_json::to_string(&CellEvent {
@@ -265,12 +266,6 @@ pub fn worker(job_path: &Path) -> Result<Exit> {
             std::process::exit(1);
         }
     };
-    let job: Result<WorkerJob> = std::fs::read(job_path)
-        .with_context(|| format!("failed to read job file {}", job_path.display()))
-        .and_then(|b| {
-            serde_json::from_slice(&b)
-                .with_context(|| format!("failed to parse job file {}", job_path.display()))
-        });
     let mut input_error = false;
     let outcome = job.and_then(|job| {
         eprintln!(
@@ -309,6 +304,24 @@ pub fn worker(job_path: &Path) -> Result<Exit> {
             })
         }
     }
+}
+
+fn read_job(job_path: &Path) -> Result<WorkerJob> {
+    std::fs::read(job_path)
+        .with_context(|| format!("failed to read job file {}", job_path.display()))
+        .and_then(|b| {
+            serde_json::from_slice(&b)
+                .with_context(|| format!("failed to parse job file {}", job_path.display()))
+        })
+}
+
+/// `worker --probe-memory`: the GPU memory the job's pack takes, as one JSON line (the
+/// scheduler's `auto` pack size); trains one step, writes no file, reports no cell.
+pub fn probe_memory(job_path: &Path) -> Result<Exit> {
+    let job = read_job(job_path)?;
+    let probe = etagrid_train::memprobe::probe_memory(&job)?;
+    println!("{}", serde_json::to_string(&probe)?);
+    Ok(Exit::Ok)
 }
 
 pub fn predict(o: &etagrid_train::predict::PredictOptions) -> Result<Exit> {

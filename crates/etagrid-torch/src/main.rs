@@ -108,6 +108,10 @@ enum Command {
         /// SLURM mode: the sweep's `max_attempts`.
         #[arg(long, default_value_t = 3)]
         max_attempts: u32,
+        /// Measure the GPU memory the job's pack takes (one training step and one evaluation
+        /// batch; nothing written) and print it as one JSON line, for `auto` pack sizes.
+        #[arg(long, conflicts_with = "lease")]
+        probe_memory: bool,
     },
 }
 
@@ -185,8 +189,14 @@ fn main() -> ExitCode {
         }),
         Command::Worker {
             job,
+            probe_memory: true,
+            ..
+        } => commands::probe_memory(&job),
+        Command::Worker {
+            job,
             lease: Some(lease),
             max_attempts,
+            ..
         } => slurm::worker(&db, &job, lease, max_attempts),
         Command::Worker { job, .. } => commands::worker(&job),
     };

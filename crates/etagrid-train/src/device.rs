@@ -45,6 +45,31 @@ pub fn select_job(job: &WorkerJob) -> Result<Device, TrainError> {
     select(job.device)
 }
 
+/// The current GPU's memory in use (by every process on it) and its size, in bytes, from the
+/// CUDA runtime that libtorch loaded (`cudaMemGetInfo`, looked up at run time: this crate links
+/// no CUDA library). `None` without a usable GPU or when the runtime has no such symbol.
+/// libtorch's caching allocator keeps what it reserved, so after a step the figure includes the
+/// step's peak.
+pub fn cuda_memory_used() -> Option<(u64, u64)> {
+    if !init_cuda() {
+        return None;
+    }
+    type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
+    // SAFETY: dlsym on the process's global scope with a constant, NUL-terminated name; the
+    // symbol, when found, is the CUDA runtime's `cudaError_t cudaMemGetInfo(size_t*, size_t*)`,
+    // called with two valid pointers on the thread that uses the GPU.
+    #[allow(unsafe_code)]
+    unsafe {
+        let sym = libc::dlsym(libc::RTLD_DEFAULT, c"cudaMemGetInfo".as_ptr());
+        if sym.is_null() {
+            return None;
+        }
+        let f: MemGetInfo = std::mem::transmute(sym);
+        let (mut free, mut total) = (0usize, 0usize);
+        (f(&mut free, &mut total) == 0).then(|| ((total - free) as u64, total as u64))
+    }
+}
+
 pub fn describe(device: Device) -> String {
     match device {
         Device::Cuda(i) => format!(

@@ -15,6 +15,7 @@
 //!   `etagrid_data` (no tch), re-exported there.
 //! - [`metrics`]: accuracy, macro-F1 and MCC from a confusion matrix gathered on the device.
 //! - [`checkpoint`]: a cell's state at a rung of successive halving, to continue from.
+//! - [`memprobe`]: a pack's GPU memory, measured, for the scheduler's `auto` pack size.
 //! - [`pack`]: the train/eval loop of one worker job: K cells on one frozen base (K = 1: one cell).
 //! - [`train`]: losses, evaluation and the one-cell entry point.
 
@@ -35,6 +36,7 @@ pub mod export;
 pub mod gpt2;
 pub mod llama;
 pub mod lora;
+pub mod memprobe;
 pub mod metrics;
 pub mod model;
 pub mod nn;

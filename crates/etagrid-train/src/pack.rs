@@ -48,38 +48,29 @@ pub fn run_pack(
     emit: &mut dyn FnMut(&CellId, WorkerEvent),
 ) -> Result<Vec<(CellId, JobOutcome)>, TrainError> {
     let started = Instant::now();
-    job.check_protocol().map_err(TrainError::Pack)?;
-    let cells = job.cells();
-    check_packable(job, &cells)?;
+    let Setup {
+        cells,
+        device,
+        data,
+        model,
+        mut opt,
+        mut orders,
+        total_steps,
+        causal_lm,
+        data_s,
+        model_s,
+    } = Setup::new(job)?;
     let k = cells.len();
-    tch::set_num_threads(job.threads.max(1) as i32);
-    let device = device::select_job(job)?;
-    let cfg = &cells[0].config;
-    let tr = &cfg.train;
-    let causal_lm = cfg.task.lm.is_some();
-    let data = load_data(job, causal_lm)?;
-    let data_s = started.elapsed().as_secs_f64();
+    let tr = &cells[0].config.train;
     if !causal_lm {
         for c in &cells {
-            write_labels(&c.out_dir, &cfg.task.label_column, &data)?;
+            write_labels(&c.out_dir, &c.config.task.label_column, &data)?;
         }
     }
-    // A causal LM trains no head: the classifier's `score` is built (one row) but never used.
-    let classes = data.labels.labels.len().max(1);
-    let model = build_model(job, &cells, classes as i64, device)?;
-    let model_s = started.elapsed().as_secs_f64() - data_s;
-    check_max_len(job, model.as_ref())?;
-    let trainable = trainables(model.as_ref(), causal_lm);
-    let trainable_params: u64 = trainable.iter().map(|p| p.tensor.numel() as u64).sum();
-    let lr_a: Vec<f64> = cells.iter().map(|c| c.config.lr_a).collect();
-    let lr_b: Vec<f64> = cells.iter().map(|c| c.config.lr_b).collect();
-    let mut opt = LoraPlusAdamW::new(trainable, &lr_a, &lr_b, tr.weight_decay)
-        .with_embedding_lr(cfg.lora.embedding_lr);
-    let mut orders = StepRows::new(&cells, data.train.len(), tr.batch_size);
-    let total_steps = match tr.length {
-        TrainLength::Steps(s) => s,
-        TrainLength::Epochs(e) => ((e * orders.orders[0].per_epoch() as f64).ceil() as u64).max(1),
-    };
+    let trainable_params: u64 = trainables(model.as_ref(), causal_lm)
+        .iter()
+        .map(|p| p.tensor.numel() as u64)
+        .sum();
     let span = Span::of(job, total_steps)?;
     let shape = StartShape {
         device,
@@ -92,15 +83,7 @@ pub fn run_pack(
     if span.start > 0 {
         resume(&cells, span.start, &mut opt, &mut orders, &mut state)?;
     }
-    let ctx = Ctx {
-        model: model.as_ref(),
-        data: &data,
-        classes,
-        pad: model.pad_token_id(),
-        device,
-        k,
-        causal_lm,
-    };
+    let ctx = Ctx::new(model.as_ref(), &data, device, k, causal_lm);
     let trained = ctx.train(&cells, &mut opt, &mut orders, &mut state, span, emit)?;
     let live = state.outcomes.iter().any(Option::is_none);
     let eval_started = Instant::now();
@@ -160,12 +143,76 @@ pub fn run_pack(
     Ok(out)
 }
 
+/// A pack ready to train: its cells, device, data, model (adapters initialised), optimizer and
+/// batch orders. [`run_pack`] trains it; [`crate::memprobe`] measures one step of it.
+pub(crate) struct Setup {
+    pub cells: Vec<PackedCell>,
+    pub device: Device,
+    pub data: TaskData,
+    pub model: Box<dyn SequenceClassifier>,
+    pub opt: LoraPlusAdamW,
+    pub orders: StepRows,
+    pub total_steps: u64,
+    pub causal_lm: bool,
+    /// Seconds spent reading the data, and loading the weights and building the model.
+    pub data_s: f64,
+    pub model_s: f64,
+}
+
+impl Setup {
+    pub(crate) fn new(job: &WorkerJob) -> Result<Setup, TrainError> {
+        let started = Instant::now();
+        job.check_protocol().map_err(TrainError::Pack)?;
+        let cells = job.cells();
+        check_packable(job, &cells)?;
+        tch::set_num_threads(job.threads.max(1) as i32);
+        let device = device::select_job(job)?;
+        let cfg = &cells[0].config;
+        let tr = &cfg.train;
+        let causal_lm = cfg.task.lm.is_some();
+        let data = load_data(job, causal_lm)?;
+        let data_s = started.elapsed().as_secs_f64();
+        let classes = data.labels.labels.len().max(1);
+        let model = build_model(job, &cells, classes as i64, device)?;
+        let model_s = started.elapsed().as_secs_f64() - data_s;
+        check_max_len(job, model.as_ref())?;
+        let lr_a: Vec<f64> = cells.iter().map(|c| c.config.lr_a).collect();
+        let lr_b: Vec<f64> = cells.iter().map(|c| c.config.lr_b).collect();
+        let opt = LoraPlusAdamW::new(
+            trainables(model.as_ref(), causal_lm),
+            &lr_a,
+            &lr_b,
+            tr.weight_decay,
+        )
+        .with_embedding_lr(cfg.lora.embedding_lr);
+        let orders = StepRows::new(&cells, data.train.len(), tr.batch_size);
+        let total_steps = match tr.length {
+            TrainLength::Steps(s) => s,
+            TrainLength::Epochs(e) => {
+                ((e * orders.orders[0].per_epoch() as f64).ceil() as u64).max(1)
+            }
+        };
+        Ok(Setup {
+            cells,
+            device,
+            data,
+            model,
+            opt,
+            orders,
+            total_steps,
+            causal_lm,
+            data_s,
+            model_s,
+        })
+    }
+}
+
 /// The steps a job trains: `start..stop` of a budget of `total` (all of it without a segment).
 #[derive(Clone, Copy, Debug)]
-struct Span {
-    start: u64,
-    stop: u64,
-    total: u64,
+pub(crate) struct Span {
+    pub start: u64,
+    pub stop: u64,
+    pub total: u64,
 }
 
 impl Span {
@@ -281,7 +328,7 @@ struct StartShape {
 }
 
 /// What the training loop did: samples per cell and seconds.
-struct Trained {
+pub(crate) struct Trained {
     samples: usize,
     seconds: f64,
 }
@@ -571,7 +618,7 @@ fn pack_batch(
 /// could never run ahead of the device. Here the table is copied once; a step's batch is an
 /// `index_select` on the device — the tensors [`collate_to`] builds, padded to the set's longest
 /// example. The rows of the next steps are copied [`ResidentBatches::AHEAD`] steps at a time.
-struct ResidentBatches {
+pub(crate) struct ResidentBatches {
     ids: Tensor,
     types: Tensor,
     mask: Tensor,
@@ -700,7 +747,7 @@ impl Profile {
 }
 
 /// Each step's rows for every cell: one batch order per distinct seed, shared by its cells.
-struct StepRows {
+pub(crate) struct StepRows {
     orders: Vec<BatchOrder>,
     /// Cell k's order.
     group: Vec<usize>,
@@ -728,7 +775,7 @@ impl StepRows {
 }
 
 /// What the loss and the evaluation need to know of the pack.
-struct Ctx<'a> {
+pub(crate) struct Ctx<'a> {
     model: &'a dyn SequenceClassifier,
     data: &'a TaskData,
     classes: usize,
@@ -738,9 +785,29 @@ struct Ctx<'a> {
     causal_lm: bool,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(
+        model: &'a dyn SequenceClassifier,
+        data: &'a TaskData,
+        device: Device,
+        k: usize,
+        causal_lm: bool,
+    ) -> Ctx<'a> {
+        Ctx {
+            model,
+            data,
+            // A causal LM trains no head: the classifier's `score` is built (one row) but
+            // never used.
+            classes: data.labels.labels.len().max(1),
+            pad: model.pad_token_id(),
+            device,
+            k,
+            causal_lm,
+        }
+    }
+
     /// The training steps, with per-cell divergence, log points and periodic evaluations.
-    fn train(
+    pub(crate) fn train(
         &self,
         cells: &[PackedCell],
         opt: &mut LoraPlusAdamW,
@@ -952,7 +1019,7 @@ pub fn evaluate_pack(
 }
 
 /// The per-cell state of a pack on the device, read at log points.
-struct PackState {
+pub(crate) struct PackState {
     /// [K] bool: still training.
     active: Tensor,
     /// [K] Int64: the step a cell diverged at (0: not).
@@ -993,7 +1060,7 @@ fn diverged(
 }
 
 impl PackState {
-    fn new(k: usize, device: Device, started: Instant) -> PackState {
+    pub(crate) fn new(k: usize, device: Device, started: Instant) -> PackState {
         let kk = k as i64;
         PackState {
             active: Tensor::ones([kk], (Kind::Bool, device)),

@@ -8,14 +8,14 @@ use crate::devices::SlotDevice;
 use crate::events::{Action, Member, Pack, Recorder};
 use crate::halving;
 use crate::job::WorkerMsg;
-use crate::memfit::gpu_memory;
+use crate::memfit::{gpu_memory, MemoryFit};
 use crate::packing::Packing;
 use crate::progress::Progress;
 use crate::prologue::{cell_label, Prologue};
 use crate::sys::StopSignals;
 use crate::{RunSummary, SchedError};
 use etagrid_spec::protocol::WorkerEvent;
-use etagrid_spec::{CellConfig, SweepSpec};
+use etagrid_spec::{CellConfig, PackSize, SweepSpec};
 use etagrid_store::{CellRow, CellState, Outcome, Store};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -58,7 +58,6 @@ pub(super) async fn run_async(
         opts.cells_per_worker,
         Some(gpus.len().max(1)),
     );
-    say_packing(opts, &packing);
     let started = Instant::now();
     let (tx, rx) = mpsc::unbounded_channel();
     let mut d = Dispatcher {
@@ -75,7 +74,10 @@ pub(super) async fn run_async(
         stopping: 0,
         tx,
         wanted,
+        pack_fits: HashMap::new(),
     };
+    d.measure_packs().await;
+    say_packing(opts, &d.packing);
     d.start_probes().await;
     d.event_loop(rx).await?;
     d.progress.finish();
@@ -193,6 +195,8 @@ struct Dispatcher<'a> {
     tx: mpsc::UnboundedSender<WorkerMsg>,
     /// The ids of this sweep file's cells.
     wanted: HashSet<String>,
+    /// Pack key → the most cells a GPU pack of it may take, from its memory probe (`auto`).
+    pack_fits: HashMap<String, usize>,
 }
 
 fn wanted_set(ids: &HashSet<String>) -> HashSet<&str> {
@@ -200,6 +204,71 @@ fn wanted_set(ids: &HashSet<String>) -> HashSet<&str> {
 }
 
 impl Dispatcher<'_> {
+    /// `cells_per_worker = "auto"` on a GPU: measures, once per pack key and run, the memory a
+    /// pack of two of its cells takes on the first GPU (`worker --probe-memory`), and caps the
+    /// key's GPU packs at what fits beside the other workers the GPU may hold. A probe that
+    /// fails leaves packs of one cell, and says so.
+    async fn measure_packs(&mut self) {
+        let opts = self.opts;
+        let Some(gpu) = opts.slots.iter().find(|s| s.is_gpu()) else {
+            return;
+        };
+        if opts.cells_per_worker != PackSize::Auto {
+            return;
+        }
+        // The workers that may share the GPU: one at first when its memory is measured.
+        let workers = match opts.memory_fit {
+            Some(_) => 1,
+            None => opts.slots.iter().filter(|s| *s == gpu).count(),
+        };
+        let usable = opts
+            .memory_fit
+            .map_or(MemoryFit::default().usable_fraction, |f| f.usable_fraction);
+        for (key, size, ids) in self.packing.gpu_packs(&self.queue, 2) {
+            if let Some(&fit) = self.pack_fits.get(&key) {
+                self.packing.cap_gpu(&key, fit);
+                continue;
+            }
+            let cells: Vec<(String, CellConfig)> = ids
+                .iter()
+                .filter_map(|id| Some((id.clone(), self.current.get(id)?.clone())))
+                .collect();
+            let (fit, line) = match worker::probe_memory(self.spec, opts, &cells, gpu).await {
+                Ok(p) => {
+                    let fit = p.cells_that_fit(usable, workers);
+                    let line = format!(
+                        "{gpu}: a pack of {} cell(s) measured: {} MiB in use before it, {} MiB \
+                         with its base, {} MiB per cell, of {} MiB → packs of up to {} cell(s) \
+                         ({} to run{})",
+                        p.cells,
+                        p.before_mib,
+                        p.model_mib,
+                        p.per_cell_mib(),
+                        p.total_mib,
+                        fit.min(size),
+                        size,
+                        if workers > 1 {
+                            format!(", {workers} workers on the GPU")
+                        } else {
+                            String::new()
+                        }
+                    );
+                    (fit, line)
+                }
+                Err(why) => (
+                    1,
+                    format!(
+                        "{gpu}: the memory probe of a pack failed: {why}; packs of one cell \
+                         (set [resources] cells_per_worker to pack anyway)"
+                    ),
+                ),
+            };
+            self.progress.line(&line);
+            self.pack_fits.insert(key.clone(), fit);
+            self.packing.cap_gpu(&key, fit);
+        }
+    }
+
     /// Measures each GPU's first worker when the sweep leaves `cells_per_device` unset.
     async fn start_probes(&mut self) {
         let opts = self.opts;
@@ -285,6 +354,7 @@ impl Dispatcher<'_> {
             self.opts.cells_per_worker,
             Some(gpus.len().max(1)),
         );
+        self.measure_packs().await;
         Ok(true)
     }
 

@@ -6,7 +6,7 @@ use crate::events::{Pack, WorkerExit};
 use crate::job::{self, JobSettings, WorkerMsg};
 use crate::sys::{self, Kill};
 use crate::SchedError;
-use etagrid_spec::protocol::{JobDevice, Segment};
+use etagrid_spec::protocol::{JobDevice, MemoryProbe, Segment};
 use etagrid_spec::{CellConfig, SweepSpec};
 use etagrid_store::CellRow;
 use std::path::{Path, PathBuf};
@@ -76,15 +76,102 @@ pub(super) fn timeout(spec: &SweepSpec, cells: usize) -> String {
         .unwrap_or_default()
 }
 
-/// The last lines of a worker's log, to put the cause next to the failure.
+/// The last lines of a worker's log, to put the cause next to the failure, each cut short (see
+/// [`short_line`]).
 fn tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let last = &lines[lines.len().saturating_sub(3)..];
+    let last: Vec<String> = lines[lines.len().saturating_sub(3)..]
+        .iter()
+        .map(|l| short_line(l))
+        .collect();
     if last.is_empty() {
         String::new()
     } else {
         format!(": {}", last.join(" | "))
+    }
+}
+
+/// A log line as a status line may quote it: libtorch's errors carry the C++ backtrace after
+/// "Exception raised from" (in a Rust panic's message, on the same line, its newlines written
+/// `\n`), which is cut off, and what is left is cut at 600 characters. The log keeps it all.
+fn short_line(line: &str) -> String {
+    const MAX: usize = 600;
+    let line = ["\\nException raised from", "\nException raised from"]
+        .iter()
+        .filter_map(|m| line.find(m))
+        .min()
+        .map_or(line, |i| &line[..i]);
+    match line.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}… (the rest is in the log)", &line[..i]),
+        None => line.to_owned(),
+    }
+}
+
+/// Runs `etagrid-torch worker --probe-memory` on `cells` (the first cells of a pack key) on GPU
+/// `device` and returns what it measured, or why there is no figure (the line to show). Its job
+/// file and log are `probe-job.json` and `probe.log` in the first cell's directory; it writes
+/// nothing else.
+pub(super) async fn probe_memory(
+    spec: &SweepSpec,
+    opts: &RunOptions,
+    cells: &[(String, CellConfig)],
+    device: &SlotDevice,
+) -> Result<MemoryProbe, String> {
+    let settings = JobSettings {
+        device: JobDevice::Cuda,
+        cuda_visible_devices: device.cuda_visible_devices(),
+        threads: opts.threads_per_cell,
+        save_adapter: false,
+        segment: None,
+    };
+    let job = job::pack_job(spec, &opts.state_dir, cells, &settings)
+        .ok_or_else(|| "no cell to measure".to_string())?;
+    let job_path = job.out_dir.join("probe-job.json");
+    job::write_job(&job_path, &job).map_err(|e| e.to_string())?;
+    let log_path = job.out_dir.join("probe.log");
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| format!("cannot write {}: {e}", log_path.display()))?;
+    let mut cmd = Command::new(&opts.worker.program);
+    cmd.args(&opts.worker.args)
+        .arg("--job")
+        .arg(&job_path)
+        .arg("--probe-memory")
+        .env(
+            "CUDA_VISIBLE_DEVICES",
+            device.cuda_visible_devices().unwrap_or_default(),
+        )
+        .env(
+            "CUDA_DEVICE_ORDER",
+            std::env::var("CUDA_DEVICE_ORDER").unwrap_or_else(|_| "PCI_BUS_ID".into()),
+        )
+        .stdin(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true);
+    let limit = spec.cell_timeout.unwrap_or(Duration::from_secs(600));
+    let out = match tokio::time::timeout(limit, cmd.output()).await {
+        Err(_) => return Err(format!("timed out after {} s", limit.as_secs())),
+        Ok(Err(e)) => {
+            return Err(format!(
+                "could not start {}: {e}",
+                opts.worker.program.display()
+            ))
+        }
+        Ok(Ok(out)) => out,
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+    {
+        Some(p) if out.status.success() => Ok(p),
+        _ => Err(format!(
+            "{} ({}{})",
+            out.status,
+            log_path.display(),
+            tail(&log_path)
+        )),
     }
 }
 
@@ -152,4 +239,24 @@ pub(super) fn spawn_worker(
     let pid = job::start(cmd, slot, tx)
         .map_err(crate::error::io_err("start worker", &opts.worker.program))?;
     Ok((pid, log_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_line;
+
+    /// A CUDA out-of-memory panic, as a worker's log has it: one line, ending in libtorch's
+    /// C++ backtrace with its newlines escaped.
+    #[test]
+    fn a_quoted_log_line_keeps_libtorchs_message_without_its_backtrace() {
+        let oom = r#"called `Result::unwrap()` on an `Err` value: Torch("CUDA out of memory. Tried to allocate 8.33 GiB. GPU 0 has a total capacity of 139.80 GiB of which 4.27 GiB is free.\nException raised from malloc at /pytorch/c10/cuda/CUDACachingAllocator.cpp:1574 (most recent call first):\nframe #0: c10::Error::Error(c10::SourceLocation) + 0x9d")"#;
+        let short = short_line(oom);
+        assert!(short.ends_with("4.27 GiB is free."), "{short}");
+        assert!(!short.contains("frame #"), "{short}");
+        let long = "x".repeat(2000);
+        let cut = short_line(&long);
+        assert!(cut.starts_with(&"x".repeat(600)) && cut.ends_with("(the rest is in the log)"));
+        assert_eq!(cut.chars().filter(|&c| c == 'x').count(), 600);
+        assert_eq!(short_line("plain line"), "plain line");
+    }
 }
