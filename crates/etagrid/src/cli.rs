@@ -8,7 +8,7 @@
 #![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 use crate::common::{store_url, Exit};
-use crate::{export, init, replay, report, status};
+use crate::{export, init, refine, replay, report, status};
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use etagrid_data::ColumnChoice;
@@ -51,6 +51,10 @@ pub enum TchFree {
     Status(StatusArgs),
     /// Write a commented sweep file for a model and a data file, detecting the task's columns.
     Init(InitCommand),
+    /// Write a sweep file for a finer grid around a finished sweep's best point: η_A and λ at
+    /// half-octave steps (×2^±½), 3 × 3 points at full budget, next to the sweep's file as
+    /// <name>-refine.toml; run it with `etagrid run`.
+    Refine(RefineArgs),
     /// Copy a finished cell's adapter (PEFT format: adapter_config.json + adapter_model.safetensors,
     /// the trained head as modules_to_save) to a directory `peft.PeftModel.from_pretrained` loads.
     Export(ExportArgs),
@@ -59,6 +63,16 @@ pub enum TchFree {
     /// share of the grid's steps, beside the 1-D shortcut (one λ, full budget). Needs an eval at
     /// every rung step (see docs/halving.md).
     ReplayHalving(ReplayArgs),
+}
+
+#[derive(Args)]
+pub struct RefineArgs {
+    /// A sweep file or the name of a sweep in the store.
+    pub sweep: String,
+    /// The file to write [default: <name>-refine.toml beside the sweep's file]; it must be in
+    /// that directory, and must not exist.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -164,6 +178,13 @@ impl TchFree {
                 report::report(&db, &a.sweeps, &a.reports, a.out.as_deref(), a.color_floor)
             }
             TchFree::Best(a) => report::best(&db, &a.sweep, a.json),
+            TchFree::Refine(a) => refine::refine(
+                &db,
+                &refine::RefineArgs {
+                    sweep: &a.sweep,
+                    out: a.out.as_deref(),
+                },
+            ),
             TchFree::Status(a) => status::status(&db, a.sweep.as_deref()),
             TchFree::Init(a) => init::init(&init::InitArgs {
                 model: a.model,

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod common;
 pub mod export;
 pub mod init;
+pub mod refine;
 pub mod replay;
 pub mod report;
 pub mod status;

@@ -602,3 +602,91 @@ fn report_best_and_compare_read_the_store_and_an_unstarted_sweep_is_a_clear_erro
         );
     }
 }
+
+/// `etagrid refine`: a finished sweep's best point gives a 3 × 3 sweep at half-octave steps around
+/// it, next to the sweep's file, which runs like any sweep; its centre is the best cell again, so
+/// it ends with the same metric. An existing file is not overwritten, a file elsewhere (its paths
+/// would break) is refused, and an unstarted sweep is a clear error.
+#[test]
+fn refine_writes_a_half_octave_sweep_around_the_best_point_that_runs() {
+    let sb = Sandbox::new("lr_a = [1e-3, 1e-2]\nratio = [1, 16]", 4);
+    let out = sb.run(&["run", "tiny.toml", "--enqueue-only"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let early = sb.run(&["refine", "tiny"]);
+    assert_eq!(early.status.code(), Some(1));
+    assert!(
+        text(&early.stderr).contains("no cell has finished"),
+        "{}",
+        text(&early.stderr)
+    );
+
+    let run = sb.run(&["run", "tiny.toml", "--no-report"]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let best = sb.run(&["best", "tiny", "--json"]);
+    let best: serde_json::Value = serde_json::from_slice(&best.stdout).expect("best json");
+    let (a, l, m) = (
+        best["best"]["lr_a"].as_f64().expect("lr_a"),
+        best["best"]["lambda"].as_f64().expect("lambda"),
+        best["best"]["metric"].as_f64().expect("metric"),
+    );
+
+    let refine = sb.run(&["refine", "tiny"]);
+    assert!(refine.status.success(), "{}", text(&refine.stderr));
+    let file = sb.dir.path().join("tiny-refine.toml");
+    assert!(
+        text(&refine.stderr).contains("etagrid run"),
+        "{}",
+        text(&refine.stderr)
+    );
+    let spec = etagrid_spec::SweepSpec::load(&file).expect("the refined sweep loads");
+    assert_eq!(spec.name, "tiny-refine");
+    let cells = spec.cells();
+    assert_eq!(cells.len(), 9);
+    let close = |x: f64, y: f64| (x / y - 1.0).abs() < 1e-9;
+    for f in [0.5f64.sqrt(), 1.0, 2f64.sqrt()] {
+        assert!(
+            cells.iter().any(|c| close(c.config.lr_a, a * f)),
+            "η_A {}",
+            a * f
+        );
+        assert!(
+            cells
+                .iter()
+                .any(|c| close(c.config.lr_b / c.config.lr_a, l * f)),
+            "λ {}",
+            l * f
+        );
+    }
+    // Not again over the file, and not elsewhere.
+    let again = sb.run(&["refine", "tiny"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        text(&again.stderr).contains("exists"),
+        "{}",
+        text(&again.stderr)
+    );
+    let other = tempfile::tempdir().expect("tempdir");
+    let away = other.path().join("x.toml");
+    let away = sb.run(&["refine", "tiny", "--out", &away.display().to_string()]);
+    assert_eq!(away.status.code(), Some(1));
+    assert!(
+        text(&away.stderr).contains("directory"),
+        "{}",
+        text(&away.stderr)
+    );
+
+    let run = sb.run(&["run", "tiny-refine.toml", "--no-report"]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let refined = read_cells(&sb.dir.path().join("state/etagrid.sqlite"), "tiny-refine");
+    assert_eq!(refined.len(), 9);
+    assert!(refined.iter().all(|c| c.state == CellState::Done));
+    let centre = refined
+        .iter()
+        .find(|c| close(c.lr_a, a) && close(c.lr_b / c.lr_a, l))
+        .expect("the centre cell");
+    assert_eq!(
+        centre.metric,
+        Some(m),
+        "the centre is the best cell trained again"
+    );
+}

@@ -1,0 +1,182 @@
+//! `etagrid refine SWEEP`: a sweep file for a finer grid around a finished sweep's best point —
+//! η_A and λ at half-octave steps (×2^±½) around it, 3 × 3 points, each trained to its full
+//! budget — to run with `etagrid run` like any sweep. It is the sweep file the run used (as the
+//! store keeps it: comments, model, task, LoRA and training settings, seeds), with another name,
+//! the new `[grid]` and no `[search]`. Written next to that file, since its paths are relative to
+//! its directory; an existing file is never overwritten.
+
+use crate::common::sweep_name;
+use crate::report::{load_input, load_sweep};
+use anyhow::{bail, Context, Result};
+use etagrid_report::ReportModel;
+use etagrid_spec::grid::round_sig;
+use std::path::{Path, PathBuf};
+
+/// The points of the refined grid along one axis: `x·2^-½, x, x·2^½`, to the 10 significant
+/// digits a sweep's grid keeps ([`round_sig`]).
+pub fn half_octaves(x: f64) -> [f64; 3] {
+    [
+        x / std::f64::consts::SQRT_2,
+        x,
+        x * std::f64::consts::SQRT_2,
+    ]
+    .map(round_sig)
+}
+
+/// `text` (a sweep file) turned into the refined sweep `name` around (`lr_a`, `lambda`).
+pub fn refined_text(text: &str, name: &str, lr_a: f64, lambda: f64) -> Result<String> {
+    let mut doc: toml_edit::DocumentMut = text.parse()?;
+    doc["name"] = toml_edit::value(name);
+    let grid = doc["grid"]
+        .as_table_mut()
+        .context("the sweep file has no [grid] table")?;
+    grid.remove("lr_b");
+    let axis = |x: f64| {
+        let mut a = toml_edit::Array::new();
+        a.extend(half_octaves(x));
+        toml_edit::value(a)
+    };
+    grid["lr_a"] = axis(lr_a);
+    grid["ratio"] = axis(lambda);
+    doc.remove("search");
+    Ok(doc.to_string())
+}
+
+pub struct RefineArgs<'a> {
+    pub sweep: &'a str,
+    pub out: Option<&'a Path>,
+}
+
+/// `etagrid refine SWEEP [--out FILE]`.
+pub fn refine(db: &etagrid_store::StoreUrl, a: &RefineArgs) -> Result<crate::common::Exit> {
+    let name = sweep_name(a.sweep)?;
+    let input = load_input(db, &name, false)?;
+    let model = ReportModel::build(&input)?;
+    let Some(best) = model.best.clone() else {
+        bail!(
+            "sweep {name} has no finished cell to refine around: run it first (`etagrid status \
+             {name}` shows its cells)"
+        );
+    };
+    let (row, _) = load_sweep(db, &name)?;
+    // The sweep file given, else the one the store names (as the run was given it: relative to
+    // the directory the run started in).
+    let given = Path::new(a.sweep);
+    let source = if given.is_file() {
+        given.to_owned()
+    } else {
+        PathBuf::from(&row.source_path)
+    };
+    let dir = match source.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!(
+            "sweep {name} was run from {}, which is not a directory here: pass the sweep file \
+             itself (etagrid refine path/to/{name}.toml)",
+            source.display()
+        );
+    }
+    let new_name = format!("{name}-refine");
+    let out = match a.out {
+        Some(o) => o.to_owned(),
+        None => dir.join(format!("{new_name}.toml")),
+    };
+    let same_dir = |p: &Path| {
+        let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
+        let parent = parent.unwrap_or(Path::new("."));
+        parent.canonicalize().ok() == dir.canonicalize().ok()
+    };
+    if !same_dir(&out) {
+        bail!(
+            "--out {}: the refined sweep must sit in the directory of {} (its model and data \
+             paths are relative to it)",
+            out.display(),
+            source.display()
+        );
+    }
+    if out.exists() {
+        bail!(
+            "{} exists: remove it, or name another file in {} with --out",
+            out.display(),
+            dir.display()
+        );
+    }
+    let text = refined_text(&row.source_text, &new_name, best.lr_a, best.lambda)
+        .with_context(|| format!("sweep {name}'s file ({}) as stored", source.display()))?;
+    let header = format!(
+        "# Refined by `etagrid refine` around the best point of sweep {name}: η_A = {:.4e}, λ = \
+         {:.4} ({} = {:.4}); η_A and λ at half-octave steps (×2^±½), each cell at full budget.\n",
+        best.lr_a, best.lambda, model.metric, best.mean
+    );
+    std::fs::write(&out, header + &text).with_context(|| format!("write {}", out.display()))?;
+    let list = |x: f64| {
+        half_octaves(x)
+            .iter()
+            .map(|v| format!("{v:.4e}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    eprintln!(
+        "wrote {}: sweep {new_name}, η_A ∈ {{{}}} × λ ∈ {{{}}} around the best of {name} \
+         ({} = {:.4} at η_A = {:.4e}, λ = {:.4}); run it with `etagrid run {}`",
+        out.display(),
+        list(best.lr_a),
+        list(best.lambda),
+        model.metric,
+        best.mean,
+        best.lr_a,
+        best.lambda,
+        out.display()
+    );
+    let on_edge = |values: &[f64], v: f64| {
+        let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        v <= lo || v >= hi
+    };
+    if on_edge(&model.eta_a, best.lr_a) || on_edge(&model.lambdas, best.lambda) {
+        eprintln!(
+            "the best point is on the edge of {name}'s grid: the refined grid reaches half an \
+             octave past it; a wider grid may find more"
+        );
+    }
+    Ok(crate::common::Exit::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The refined file keeps the sweep's comments and settings, takes the new name and grid
+    /// (η_A and λ lists, no η_B list, same seeds) and drops `[search]`.
+    #[test]
+    fn the_refined_file_is_the_sweep_with_a_half_octave_grid_around_the_point() {
+        let text = "# my sweep\nname = \"s\"\n\n[model]\npath = \"m\" # the model\n\n[task]\n\
+                    train = \"t.csv\"\neval = \"e.csv\"\n\n[train]\nsteps = 9\n\n[grid]\n\
+                    lr_a = [1e-4, 1e-3]\nlr_b = [1e-3, 1e-2]\nseeds = [0, 1]\n\n[search]\n\
+                    strategy = \"halving\"\n";
+        let out = refined_text(text, "s-refine", 1e-3, 16.0).expect("refined");
+        assert!(out.starts_with("# my sweep\nname = \"s-refine\""), "{out}");
+        assert!(out.contains("path = \"m\" # the model"), "{out}");
+        assert!(!out.contains("[search]") && !out.contains("lr_b"), "{out}");
+        let spec =
+            etagrid_spec::SweepSpec::parse(Path::new("s-refine.toml"), &out).expect("parses");
+        assert_eq!(spec.name, "s-refine");
+        let cells = spec.cells();
+        assert_eq!(cells.len(), 3 * 3 * 2, "3 η_A × 3 λ × 2 seeds");
+        let close = |a: f64, b: f64| (a / b - 1.0).abs() < 1e-9;
+        for (want_a, want_l) in [
+            (1e-3 / 2f64.sqrt(), 16.0 / 2f64.sqrt()),
+            (1e-3, 16.0),
+            (1e-3 * 2f64.sqrt(), 16.0 * 2f64.sqrt()),
+        ] {
+            assert!(
+                cells.iter().any(|c| close(c.config.lr_a, want_a)
+                    && close(c.config.lr_b / c.config.lr_a, want_l)),
+                "no cell at η_A = {want_a}, λ = {want_l}"
+            );
+        }
+        assert_eq!(spec.search.strategy, etagrid_search::Strategy::Grid);
+    }
+}
