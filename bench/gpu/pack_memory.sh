@@ -18,7 +18,7 @@ for mode in auto 36; do
   e=$(date +%s.%N)
   kill $smi; wait $smi 2>/dev/null
   echo "== cells_per_worker=$mode: wall $(python3 -c "print(round($e - $s, 1))") s, GPU peak $(sort -n "$OUT/mem-$mode.txt" | tail -1) MiB"
-  grep -E "measured|memory probe|cells per worker" "$OUT/memory-$mode.log"
+  grep -E "measur|memory probe|MiB per cell|cells per worker" "$OUT/memory-$mode.log"
   python3 - "/tmp/mem-$mode/etagrid.sqlite" <<'PY'
 import sqlite3, sys
 db = sqlite3.connect(sys.argv[1])

@@ -83,8 +83,8 @@ impl Packing {
     }
 
     /// GPU packs of `key` take at most `fit` cells (what its memory probe found fits). When
-    /// that splits the key's cells, they split evenly (36 cells, 35 fit: two packs of 18, not 35
-    /// and 1), so that the packs take as long as each other.
+    /// that splits the key's cells, they go into as few packs as fit, of one size as close to
+    /// even as it allows (36 cells, 35 fit: 18 + 18, not 35 + 1; 8 fit: 8 × 4 + 4).
     pub(crate) fn cap_gpu(&mut self, key: &str, fit: usize) {
         let pending = self.keys.values().filter(|k| *k == key).count().max(1);
         if let Some(s) = self.sizes.get_mut(key) {
@@ -93,6 +93,11 @@ impl Packing {
                 s.0 = pending.div_ceil(packs).min(fit.max(1));
             }
         }
+    }
+
+    /// The most cells a GPU pack of `key` takes now.
+    pub(crate) fn gpu_size(&self, key: &str) -> usize {
+        self.sizes.get(key).map_or(1, |s| s.0)
     }
 
     /// A cell that is retried after its pack of `n` crashed joins packs of at most `limit`.

@@ -92,8 +92,12 @@ pub struct MemoryProbe {
     pub cells: usize,
     /// In use before the probe loaded anything (its own CUDA context included).
     pub before_mib: u64,
-    /// In use once the frozen base and the cells' adapters were on the GPU.
+    /// In use once the frozen base, the cells' adapters and the optimizer were on the GPU.
     pub model_mib: u64,
+    /// Of `model_mib`, what belongs to the cells rather than the base: the optimizer's buffers
+    /// (adapters, gradients, moments, rates) for all `cells` together.
+    #[serde(default)]
+    pub state_mib: u64,
     /// In use after one training step and one evaluation batch at the largest shapes (libtorch
     /// keeps what it reserved, so this is the step's peak).
     pub peak_mib: u64,
@@ -101,20 +105,30 @@ pub struct MemoryProbe {
 }
 
 impl MemoryProbe {
-    /// What one more cell of the pack adds (its batch's activations, adapters, moments and
+    /// What one more cell of the pack adds (its optimizer state, its batch's activations and
     /// evaluation rows), at least 1 MiB.
     pub fn per_cell_mib(&self) -> u64 {
-        (self.peak_mib.saturating_sub(self.model_mib) / self.cells.max(1) as u64).max(1)
+        let grown = self.peak_mib.saturating_sub(self.model_mib) + self.state_mib;
+        (grown / self.cells.max(1) as u64).max(1)
+    }
+
+    /// What a pack worker holds whatever its cells: its frozen base (and what libtorch keeps
+    /// for itself), in MiB.
+    pub fn base_mib(&self) -> u64 {
+        self.model_mib
+            .saturating_sub(self.before_mib)
+            .saturating_sub(self.state_mib)
     }
 
     /// How many cells one pack worker may train on this GPU when `workers` pack workers share
-    /// it, keeping `usable` (e.g. 0.9) of its memory: each worker brings its own base (the
-    /// probe's `model_mib − before_mib`) and `per_cell_mib` per cell. At least 1 (a single cell
-    /// that does not fit fails as it would unpacked).
+    /// it, keeping `usable` (e.g. 0.9) of its memory: each worker brings its own base
+    /// ([`MemoryProbe::base_mib`]) and `per_cell_mib` per cell. At least 1 (a single cell that
+    /// does not fit fails as it would unpacked).
     pub fn cells_that_fit(&self, usable: f64, workers: usize) -> usize {
         let w = workers.max(1) as f64;
-        let base = self.model_mib.saturating_sub(self.before_mib) as f64;
-        let room = self.total_mib as f64 * usable - self.model_mib as f64 - (w - 1.0) * base;
+        let base = self.base_mib() as f64;
+        let room =
+            self.total_mib as f64 * usable - (self.before_mib as f64 + base) - (w - 1.0) * base;
         ((room / w / self.per_cell_mib() as f64).floor().max(1.0)) as usize
     }
 }
@@ -476,6 +490,7 @@ mod tests {
             cells,
             before_mib: before,
             model_mib: model,
+            state_mib: 0,
             peak_mib: peak,
             total_mib: 1000,
         }
@@ -493,6 +508,20 @@ mod tests {
         // Tiny cells: many fit; a cell that adds nothing counts as 1 MiB.
         assert_eq!(probe(2, 40, 100, 110).cells_that_fit(0.9, 1), 160);
         assert_eq!(probe(2, 40, 100, 100).per_cell_mib(), 1);
+    }
+
+    /// The cells' optimizer state is on the GPU before the base is measured: it counts per
+    /// cell, not in the base. 2 cells' state of 100 MiB in the 100 MiB "with its base": base 0
+    /// beyond the 40 before, (600 − 100 + 100) / 2 = 300 MiB a cell, (900 − 40) / 300 → 2.
+    #[test]
+    fn the_cells_optimizer_state_counts_per_cell() {
+        let p = MemoryProbe {
+            state_mib: 100,
+            ..probe(2, 40, 140, 640)
+        };
+        assert_eq!((p.base_mib(), p.per_cell_mib()), (0, 300));
+        assert_eq!(p.cells_that_fit(0.9, 1), 2);
+        assert_eq!(probe(2, 40, 140, 640).cells_that_fit(0.9, 1), 3);
     }
 
     #[test]

@@ -2,8 +2,14 @@
 //! measured, for the scheduler's `auto` pack size. The probe sets up the job's cells exactly as
 //! their worker would (same data, base, adapters, optimizer, batch shapes: on a GPU every step
 //! is padded to the set's longest example), trains one step and evaluates the eval set's longest
-//! batch, then reads the GPU's memory in use ([`device::cuda_memory_used`]). Nothing is written:
-//! no labels, no checkpoint, no event; the cells stay pending.
+//! batch, then reads the GPU's memory in use ([`device::cuda_memory_used`]). It writes no
+//! labels, checkpoint or event (only the sweep's token cache, when it is not there yet, as any
+//! worker would); the cells stay pending.
+//!
+//! The figures are memory libtorch *reserved*, which is what a worker needs of the GPU; blocks
+//! freed while the model was built (weights converted, per-cell copies) stay reserved and may
+//! hold part of the step, so the growth per cell can come out low. On MiniLM it came out 10 %
+//! high (bench/RESULTS.md, 2026-12-01); the scheduler keeps 10 % of the GPU free besides.
 
 use crate::data::Encoded;
 use crate::pack::{evaluate_pack, Ctx, PackState, Setup, Span};
@@ -47,6 +53,7 @@ pub fn probe_memory(job: &WorkerJob) -> Result<MemoryProbe, TrainError> {
     let (before_mib, _) = used_mib(device)?;
     let mut s = Setup::new(job)?;
     let (model_mib, _) = used_mib(device)?;
+    let state_mib = s.opt.state_bytes().div_ceil(MIB);
     let k = s.cells.len();
     let ctx = Ctx::new(s.model.as_ref(), &s.data, device, k, false);
     let mut state = PackState::new(k, device, Instant::now());
@@ -76,6 +83,7 @@ pub fn probe_memory(job: &WorkerJob) -> Result<MemoryProbe, TrainError> {
         cells: k,
         before_mib,
         model_mib,
+        state_mib,
         peak_mib,
         total_mib,
     })

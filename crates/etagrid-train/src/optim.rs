@@ -108,6 +108,17 @@ pub struct LoraPlusAdamW {
 }
 
 impl LoraPlusAdamW {
+    /// The bytes of every tensor the optimizer holds for its K adapters (parameters, gradients,
+    /// moments, per-element rates, decay and adapter index): state that grows with the cells of a
+    /// pack, for the memory probe ([`crate::memprobe`]).
+    pub fn state_bytes(&self) -> u64 {
+        let f = &self.flat;
+        [&f.p, &f.g, &f.m, &f.v, &f.lr, &f.decay, &f.cell, &f.runs]
+            .iter()
+            .map(|t| (t.numel() * t.kind().elt_size_in_bytes()) as u64)
+            .sum()
+    }
+
     /// `lr_a[k]`, `lr_b[k]`: the rates of adapter k. Every parameter is stacked over the same
     /// K adapters (leading dimension) and is fp32 on one device; the model's tensors become
     /// views of the optimizer's flat buffer (their values are kept).

@@ -28,7 +28,7 @@ pub fn refined_text(text: &str, name: &str, lr_a: f64, lambda: f64) -> Result<St
     let mut doc: toml_edit::DocumentMut = text.parse()?;
     doc["name"] = toml_edit::value(name);
     let grid = doc["grid"]
-        .as_table_mut()
+        .as_table_like_mut()
         .context("the sweep file has no [grid] table")?;
     grid.remove("lr_b");
     let axis = |x: f64| {
@@ -36,8 +36,8 @@ pub fn refined_text(text: &str, name: &str, lr_a: f64, lambda: f64) -> Result<St
         a.extend(half_octaves(x));
         toml_edit::value(a)
     };
-    grid["lr_a"] = axis(lr_a);
-    grid["ratio"] = axis(lambda);
+    grid.insert("lr_a", axis(lr_a));
+    grid.insert("ratio", axis(lambda));
     doc.remove("search");
     Ok(doc.to_string())
 }
@@ -58,30 +58,44 @@ pub fn refine(db: &etagrid_store::StoreUrl, a: &RefineArgs) -> Result<crate::com
              {name}` shows its cells)"
         );
     };
+    let unfinished = model.cells_total - model.cells_done();
+    if unfinished > 0 {
+        eprintln!(
+            "note: {unfinished} of sweep {name}'s {} cells have not finished: its best point may \
+             still change",
+            model.cells_total
+        );
+    }
     let (row, _) = load_sweep(db, &name)?;
-    // The sweep file given, else the one the store names (as the run was given it: relative to
-    // the directory the run started in).
+    // The sweep file given, else the one the store names: as the run was given it, so a
+    // relative path holds only from the directory the run started in, which is checked.
     let given = Path::new(a.sweep);
     let source = if given.is_file() {
         given.to_owned()
     } else {
         PathBuf::from(&row.source_path)
     };
+    let is_it =
+        source.is_file() && etagrid_spec::SweepSpec::load(&source).is_ok_and(|s| s.name == name);
+    if !is_it {
+        bail!(
+            "sweep {name} was run as {}, which is not its sweep file from here: pass the sweep \
+             file itself (etagrid refine path/to/{name}.toml)",
+            source.display()
+        );
+    }
     let dir = match source.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    if !dir.is_dir() {
-        bail!(
-            "sweep {name} was run from {}, which is not a directory here: pass the sweep file \
-             itself (etagrid refine path/to/{name}.toml)",
-            source.display()
-        );
-    }
-    let new_name = format!("{name}-refine");
     let out = match a.out {
         Some(o) => o.to_owned(),
-        None => dir.join(format!("{new_name}.toml")),
+        None => dir.join(format!("{name}-refine.toml")),
+    };
+    // The new sweep is named after its file, as `etagrid init` names one.
+    let new_name = match out.file_stem().and_then(|s| s.to_str()) {
+        Some(stem) if !stem.is_empty() => stem.to_owned(),
+        _ => bail!("--out {}: give a file name like NAME.toml", out.display()),
     };
     let same_dir = |p: &Path| {
         let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
@@ -96,13 +110,7 @@ pub fn refine(db: &etagrid_store::StoreUrl, a: &RefineArgs) -> Result<crate::com
             source.display()
         );
     }
-    if out.exists() {
-        bail!(
-            "{} exists: remove it, or name another file in {} with --out",
-            out.display(),
-            dir.display()
-        );
-    }
+
     let text = refined_text(&row.source_text, &new_name, best.lr_a, best.lambda)
         .with_context(|| format!("sweep {name}'s file ({}) as stored", source.display()))?;
     let header = format!(
@@ -110,7 +118,20 @@ pub fn refine(db: &etagrid_store::StoreUrl, a: &RefineArgs) -> Result<crate::com
          {:.4} ({} = {:.4}); η_A and λ at half-octave steps (×2^±½), each cell at full budget.\n",
         best.lr_a, best.lambda, model.metric, best.mean
     );
-    std::fs::write(&out, header + &text).with_context(|| format!("write {}", out.display()))?;
+    // Written whole under a temporary name, then linked to its name, which fails if the name
+    // exists: no half-written file, and no file overwritten.
+    let tmp = out.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, header + &text).with_context(|| format!("write {}", tmp.display()))?;
+    let linked = std::fs::hard_link(&tmp, &out);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!(
+            "{} exists: remove it, or name another file in {} with --out",
+            out.display(),
+            dir.display()
+        ),
+        other => other.with_context(|| format!("write {}", out.display()))?,
+    }
     let list = |x: f64| {
         half_octaves(x)
             .iter()

@@ -665,6 +665,11 @@ fn refine_writes_a_half_octave_sweep_around_the_best_point_that_runs() {
         "{}",
         text(&again.stderr)
     );
+    // Another file in the same directory: its own sweep name.
+    let named = sb.run(&["refine", "tiny", "--out", "tiny-fine.toml"]);
+    assert!(named.status.success(), "{}", text(&named.stderr));
+    let fine = etagrid_spec::SweepSpec::load(&sb.dir.path().join("tiny-fine.toml")).expect("loads");
+    assert_eq!(fine.name, "tiny-fine");
     let other = tempfile::tempdir().expect("tempdir");
     let away = other.path().join("x.toml");
     let away = sb.run(&["refine", "tiny", "--out", &away.display().to_string()]);

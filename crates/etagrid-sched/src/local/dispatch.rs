@@ -233,39 +233,38 @@ impl Dispatcher<'_> {
                 .iter()
                 .filter_map(|id| Some((id.clone(), self.current.get(id)?.clone())))
                 .collect();
-            let (fit, line) = match worker::probe_memory(self.spec, opts, &cells, gpu).await {
-                Ok(p) => {
-                    let fit = p.cells_that_fit(usable, workers);
-                    let line = format!(
-                        "{gpu}: a pack of {} cell(s) measured: {} MiB in use before it, {} MiB \
-                         with its base, {} MiB per cell, of {} MiB → packs of up to {} cell(s) \
-                         ({} to run{})",
-                        p.cells,
-                        p.before_mib,
-                        p.model_mib,
-                        p.per_cell_mib(),
-                        p.total_mib,
-                        fit.min(size),
-                        size,
-                        if workers > 1 {
-                            format!(", {workers} workers on the GPU")
-                        } else {
-                            String::new()
-                        }
-                    );
-                    (fit, line)
-                }
-                Err(why) => (
-                    1,
-                    format!(
-                        "{gpu}: the memory probe of a pack failed: {why}; packs of one cell \
-                         (set [resources] cells_per_worker to pack anyway)"
-                    ),
+            self.progress.line(&format!(
+                "{gpu}: measuring the memory of a pack of {} cell(s) (cells_per_worker = \"auto\")",
+                cells.len()
+            ));
+            let probe = worker::probe_memory(self.spec, opts, &cells, gpu).await;
+            let fit = probe
+                .as_ref()
+                .map_or(1, |p| p.cells_that_fit(usable, workers));
+            self.pack_fits.insert(key.clone(), fit);
+            self.packing.cap_gpu(&key, fit);
+            let line = match probe {
+                Ok(p) => format!(
+                    "{gpu}: {} MiB in use before it, {} MiB for the base, {} MiB per cell, of {} \
+                     MiB → {} cell(s) fit{} → packs of {} ({size} cells to run per GPU)",
+                    p.before_mib,
+                    p.base_mib(),
+                    p.per_cell_mib(),
+                    p.total_mib,
+                    fit,
+                    if workers > 1 {
+                        format!(" per worker ({workers} on the GPU)")
+                    } else {
+                        String::new()
+                    },
+                    self.packing.gpu_size(&key),
+                ),
+                Err(why) => format!(
+                    "{gpu}: the memory probe of a pack failed: {why}; packs of one cell (set \
+                     [resources] cells_per_worker to pack anyway)"
                 ),
             };
             self.progress.line(&line);
-            self.pack_fits.insert(key.clone(), fit);
-            self.packing.cap_gpu(&key, fit);
         }
     }
 

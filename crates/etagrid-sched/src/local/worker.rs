@@ -80,6 +80,11 @@ pub(super) fn timeout(spec: &SweepSpec, cells: usize) -> String {
 /// [`short_line`]).
 fn tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
+    // An error printed with `{:#}` carries libtorch's backtrace on lines of its own.
+    let text = match text.find("\nException raised from") {
+        Some(i) => &text[..i],
+        None => &text[..],
+    };
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let last: Vec<String> = lines[lines.len().saturating_sub(3)..]
         .iter()
@@ -148,6 +153,9 @@ pub(super) async fn probe_memory(
         .stdin(std::process::Stdio::null())
         .stderr(log)
         .kill_on_drop(true);
+    // Its own process group, as a worker: a Ctrl-C at the terminal reaches the scheduler, which
+    // lets the probe end; it dies with the scheduler.
+    sys::own_group(&mut cmd, Kill::Now);
     let limit = spec.cell_timeout.unwrap_or(Duration::from_secs(600));
     let out = match tokio::time::timeout(limit, cmd.output()).await {
         Err(_) => return Err(format!("timed out after {} s", limit.as_secs())),
@@ -247,6 +255,23 @@ mod tests {
 
     /// A CUDA out-of-memory panic, as a worker's log has it: one line, ending in libtorch's
     /// C++ backtrace with its newlines escaped.
+    /// An error the worker printed with `{:#}`: libtorch's backtrace on lines of its own.
+    #[test]
+    fn a_logs_tail_stops_before_libtorchs_backtrace_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("probe.log");
+        std::fs::write(
+            &log,
+            "etagrid worker: sweep s\nerror: CUDA out of memory. Tried to allocate 8.33 GiB\n\
+             Exception raised from malloc at CUDACachingAllocator.cpp:1574:\n\
+             frame #0: c10::Error::Error() + 0x9d\nframe #1: <unknown function> + 0x4434a\n",
+        )
+        .expect("log");
+        let t = super::tail(&log);
+        assert!(t.ends_with("Tried to allocate 8.33 GiB"), "{t}");
+        assert!(!t.contains("frame #"), "{t}");
+    }
+
     #[test]
     fn a_quoted_log_line_keeps_libtorchs_message_without_its_backtrace() {
         let oom = r#"called `Result::unwrap()` on an `Err` value: Torch("CUDA out of memory. Tried to allocate 8.33 GiB. GPU 0 has a total capacity of 139.80 GiB of which 4.27 GiB is free.\nException raised from malloc at /pytorch/c10/cuda/CUDACachingAllocator.cpp:1574 (most recent call first):\nframe #0: c10::Error::Error(c10::SourceLocation) + 0x9d")"#;
