@@ -45,9 +45,10 @@ pub struct SweepSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PackSize {
     /// The scheduler decides: on a GPU, the pending cells that can share a base split over the
-    /// GPUs, one pack per GPU (at most [`PackSize::AUTO_MAX`] cells; more workers open when the
-    /// first one's measured memory allows, and a pack that crashes is retried in halves); on the
-    /// CPU one cell per worker (packing does not pay there: see README "Packed cells").
+    /// GPUs, one pack per GPU (at most [`PackSize::AUTO_MAX`] cells, and at most what a memory
+    /// probe of two cells says fits; more workers open when the first one's measured memory
+    /// allows, and a pack that crashes is retried in halves); on the CPU one cell per worker
+    /// (packing does not pay there: see README "Packed cells").
     #[default]
     Auto,
     /// At most this many cells a worker (1: no packing).
