@@ -56,6 +56,7 @@ pub fn run_pack(
         mut opt,
         mut orders,
         total_steps,
+        trainable_params,
         causal_lm,
         data_s,
         model_s,
@@ -67,10 +68,6 @@ pub fn run_pack(
             write_labels(&c.out_dir, &c.config.task.label_column, &data)?;
         }
     }
-    let trainable_params: u64 = trainables(model.as_ref(), causal_lm)
-        .iter()
-        .map(|p| p.tensor.numel() as u64)
-        .sum();
     let span = Span::of(job, total_steps)?;
     let shape = StartShape {
         device,
@@ -153,6 +150,8 @@ pub(crate) struct Setup {
     pub opt: LoraPlusAdamW,
     pub orders: StepRows,
     pub total_steps: u64,
+    /// The trainable tensors' elements, all cells together.
+    pub trainable_params: u64,
     pub causal_lm: bool,
     /// Seconds spent reading the data, and loading the weights and building the model.
     pub data_s: f64,
@@ -178,13 +177,10 @@ impl Setup {
         check_max_len(job, model.as_ref())?;
         let lr_a: Vec<f64> = cells.iter().map(|c| c.config.lr_a).collect();
         let lr_b: Vec<f64> = cells.iter().map(|c| c.config.lr_b).collect();
-        let opt = LoraPlusAdamW::new(
-            trainables(model.as_ref(), causal_lm),
-            &lr_a,
-            &lr_b,
-            tr.weight_decay,
-        )
-        .with_embedding_lr(cfg.lora.embedding_lr);
+        let trainable = trainables(model.as_ref(), causal_lm);
+        let trainable_params = trainable.iter().map(|p| p.tensor.numel() as u64).sum();
+        let opt = LoraPlusAdamW::new(trainable, &lr_a, &lr_b, tr.weight_decay)
+            .with_embedding_lr(cfg.lora.embedding_lr);
         let orders = StepRows::new(&cells, data.train.len(), tr.batch_size);
         let total_steps = match tr.length {
             TrainLength::Steps(s) => s,
@@ -200,6 +196,7 @@ impl Setup {
             opt,
             orders,
             total_steps,
+            trainable_params,
             causal_lm,
             data_s,
             model_s,

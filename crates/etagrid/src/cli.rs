@@ -178,13 +178,7 @@ impl TchFree {
                 report::report(&db, &a.sweeps, &a.reports, a.out.as_deref(), a.color_floor)
             }
             TchFree::Best(a) => report::best(&db, &a.sweep, a.json),
-            TchFree::Refine(a) => refine::refine(
-                &db,
-                &refine::RefineArgs {
-                    sweep: &a.sweep,
-                    out: a.out.as_deref(),
-                },
-            ),
+            TchFree::Refine(a) => refine::refine(&db, &a.sweep, a.out.as_deref()),
             TchFree::Status(a) => status::status(&db, a.sweep.as_deref()),
             TchFree::Init(a) => init::init(&init::InitArgs {
                 model: a.model,

@@ -6,7 +6,7 @@
 //! its directory; an existing file is never overwritten.
 
 use crate::common::sweep_name;
-use crate::report::{load_input, load_sweep};
+use crate::report::{input_of, load_sweep};
 use anyhow::{bail, Context, Result};
 use etagrid_report::ReportModel;
 use etagrid_spec::grid::round_sig;
@@ -42,16 +42,15 @@ pub fn refined_text(text: &str, name: &str, lr_a: f64, lambda: f64) -> Result<St
     Ok(doc.to_string())
 }
 
-pub struct RefineArgs<'a> {
-    pub sweep: &'a str,
-    pub out: Option<&'a Path>,
-}
-
 /// `etagrid refine SWEEP [--out FILE]`.
-pub fn refine(db: &etagrid_store::StoreUrl, a: &RefineArgs) -> Result<crate::common::Exit> {
-    let name = sweep_name(a.sweep)?;
-    let input = load_input(db, &name, false)?;
-    let model = ReportModel::build(&input)?;
+pub fn refine(
+    db: &etagrid_store::StoreUrl,
+    sweep: &str,
+    out: Option<&Path>,
+) -> Result<crate::common::Exit> {
+    let name = sweep_name(sweep)?;
+    let (row, cells) = load_sweep(db, &name)?;
+    let model = ReportModel::build(&input_of(db, &row, &cells, false)?)?;
     let Some(best) = model.best.clone() else {
         bail!(
             "sweep {name} has no finished cell to refine around: run it first (`etagrid status \
@@ -66,10 +65,9 @@ pub fn refine(db: &etagrid_store::StoreUrl, a: &RefineArgs) -> Result<crate::com
             model.cells_total
         );
     }
-    let (row, _) = load_sweep(db, &name)?;
     // The sweep file given, else the one the store names: as the run was given it, so a
     // relative path holds only from the directory the run started in, which is checked.
-    let given = Path::new(a.sweep);
+    let given = Path::new(sweep);
     let source = if given.is_file() {
         given.to_owned()
     } else {
@@ -88,7 +86,7 @@ pub fn refine(db: &etagrid_store::StoreUrl, a: &RefineArgs) -> Result<crate::com
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let out = match a.out {
+    let out = match out {
         Some(o) => o.to_owned(),
         None => dir.join(format!("{name}-refine.toml")),
     };

@@ -29,8 +29,18 @@ fn eval_curve(metric: &str) -> Option<(&'static str, ToMetric)> {
 /// chance level and eval-set size (when the task files are there) and, with `curves`, the
 /// curves the report draws.
 pub fn load_input(db: &StoreUrl, sweep: &str, curves: bool) -> Result<ReportInput> {
-    let name = sweep_name(sweep)?;
-    let (row, cells) = load_sweep(db, &name)?;
+    let (row, cells) = load_sweep(db, &sweep_name(sweep)?)?;
+    input_of(db, &row, &cells, curves)
+}
+
+/// [`load_input`] for a sweep row and cells already read with [`load_sweep`].
+pub fn input_of(
+    db: &StoreUrl,
+    row: &SweepRow,
+    cells: &[CellRow],
+    curves: bool,
+) -> Result<ReportInput> {
+    let name = row.name.clone();
     let (chance, n_eval) = match SweepSpec::parse(Path::new(&row.source_path), &row.source_text) {
         Ok(spec) => eval_stats(&spec).unwrap_or((None, None)),
         Err(_) => (None, None),
@@ -93,7 +103,7 @@ pub fn load_input(db: &StoreUrl, sweep: &str, curves: bool) -> Result<ReportInpu
         n_eval,
         curves: Default::default(),
         color_floor: None,
-        halving: halving_lines(db, &name, &cells)?,
+        halving: halving_lines(db, &name, cells)?,
     };
     if curves {
         let ids = etagrid_report::curve_cells(&input);

@@ -76,16 +76,14 @@ pub(super) fn timeout(spec: &SweepSpec, cells: usize) -> String {
         .unwrap_or_default()
 }
 
-/// The last lines of a worker's log, to put the cause next to the failure, each cut short (see
-/// [`short_line`]).
+/// The last lines of a worker's log before libtorch's backtrace (see [`before_backtrace`]), to
+/// put the cause next to the failure, each cut at 600 characters (see [`short_line`]).
 fn tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    // An error printed with `{:#}` carries libtorch's backtrace on lines of its own.
-    let text = match text.find("\nException raised from") {
-        Some(i) => &text[..i],
-        None => &text[..],
-    };
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lines: Vec<&str> = before_backtrace(&text)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
     let last: Vec<String> = lines[lines.len().saturating_sub(3)..]
         .iter()
         .map(|l| short_line(l))
@@ -97,16 +95,20 @@ fn tail(log: &Path) -> String {
     }
 }
 
-/// A log line as a status line may quote it: libtorch's errors carry the C++ backtrace after
-/// "Exception raised from" (in a Rust panic's message, on the same line, its newlines written
-/// `\n`), which is cut off, and what is left is cut at 600 characters. The log keeps it all.
+/// `text` up to libtorch's C++ backtrace, which follows "Exception raised from": on lines of
+/// its own in an error printed with `{:#}`, on the same line, its newlines written `\n`, in a
+/// Rust panic's message. The log keeps it all.
+fn before_backtrace(text: &str) -> &str {
+    ["\\nException raised from", "\nException raised from"]
+        .iter()
+        .filter_map(|m| text.find(m))
+        .min()
+        .map_or(text, |i| &text[..i])
+}
+
+/// A log line as a status line may quote it: cut at 600 characters.
 fn short_line(line: &str) -> String {
     const MAX: usize = 600;
-    let line = ["\\nException raised from", "\nException raised from"]
-        .iter()
-        .filter_map(|m| line.find(m))
-        .min()
-        .map_or(line, |i| &line[..i]);
     match line.char_indices().nth(MAX) {
         Some((i, _)) => format!("{}… (the rest is in the log)", &line[..i]),
         None => line.to_owned(),
@@ -251,7 +253,7 @@ pub(super) fn spawn_worker(
 
 #[cfg(test)]
 mod tests {
-    use super::short_line;
+    use super::{before_backtrace, short_line};
 
     /// A CUDA out-of-memory panic, as a worker's log has it: one line, ending in libtorch's
     /// C++ backtrace with its newlines escaped.
@@ -275,7 +277,7 @@ mod tests {
     #[test]
     fn a_quoted_log_line_keeps_libtorchs_message_without_its_backtrace() {
         let oom = r#"called `Result::unwrap()` on an `Err` value: Torch("CUDA out of memory. Tried to allocate 8.33 GiB. GPU 0 has a total capacity of 139.80 GiB of which 4.27 GiB is free.\nException raised from malloc at /pytorch/c10/cuda/CUDACachingAllocator.cpp:1574 (most recent call first):\nframe #0: c10::Error::Error(c10::SourceLocation) + 0x9d")"#;
-        let short = short_line(oom);
+        let short = short_line(before_backtrace(oom));
         assert!(short.ends_with("4.27 GiB is free."), "{short}");
         assert!(!short.contains("frame #"), "{short}");
         let long = "x".repeat(2000);
