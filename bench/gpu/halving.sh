@@ -4,9 +4,11 @@
 # MiniLM) and data/trec, data/mr carried. For each sweep of $SWEEPS (TASK-STEPS: TREC-50 and MR,
 # two budgets each; 36 cells) it runs the same cells three ways, each in its own store:
 #   plain    the full grid as a user runs it (eval at the end only): GPU-seconds and best cell;
-#   dense    the full grid evaluated at every rung step of the 4-rung ladder (1/27, 1/9, 1/3, 1),
-#            for `etagrid replay-halving` (offline replays of any policy, here or later);
-#   halving  [search] strategy = "halving" with the defaults (or HALVING_EXTRA), live.
+#   dense    the full grid evaluated every budget/$DENSE_DIV steps (default 27: the rungs of
+#            reductions 3 and 9; 16 for the default reduction 4's rungs, 1/16 and 1/4), for
+#            `etagrid replay-halving` (offline replays of any policy, here or later);
+#   halving  [search] strategy = "halving" with the defaults (or HALVING_EXTRA), live;
+#   halving3 the same with reduction = 3 (the default until 2026-12-01: rungs 1/9, 1/3).
 # Writes the table, the walls and results.tar.xz (logs, stores, statuses, replays, each worker's
 # log with its time split) under $OUT (few files: the device tool returns a handful).
 set -uo pipefail
@@ -41,12 +43,15 @@ for base in $SWEEPS; do
     # with the cells in it (the batch-32 sweeps above are launch-bound on an H200).
     mr256) data=mr; label=''; len=64; batch=256 ;;
     trec50b128) data=trec; label='label_column = "fine"'; len=32; batch=128 ;;
+    trec50b256) data=trec; label='label_column = "fine"'; len=32; batch=256 ;;
   esac
   for mode in $MODES; do
     eval_every=0; search=''
-    # Every rung step of 1/27, 1/9, 1/3 of the budget is a multiple of budget/27.
-    [ $mode = dense ] && eval_every=$((steps / 27))
+    # Every rung step of 1/27, 1/9, 1/3 of the budget is a multiple of budget/27; of 1/16 and
+    # 1/4 one of budget/16.
+    [ $mode = dense ] && eval_every=$((steps / ${DENSE_DIV:-27}))
     [ $mode = halving ] && search=$(printf '[search]\nstrategy = "halving"\n%b' "${HALVING_EXTRA:-}")
+    [ $mode = halving3 ] && search=$(printf '[search]\nstrategy = "halving"\nreduction = 3')
     [ $mode = halving4 ] && search=$(printf '[search]\nstrategy = "halving"\n%s' "$H4")
     f=$T/$s-$mode.toml
     sed -e "s/@NAME@/$s-$mode/" -e "s/minilm-f16/$MODEL/" -e "s/@TASK@/$data/g" -e "s/@LABEL@/$label/" -e "s/@STEPS@/$steps/" \
@@ -65,8 +70,12 @@ for base in $SWEEPS; do
   if [[ " $MODES " == *" dense "* ]]; then
     "$B" --state-dir /tmp/halving-$s-dense replay-halving "$s-dense" --json --one-d-lambda 16 \
       > "$R/$s-replay.json" 2> "$R/$s-replay.err"
-    "$B" --state-dir /tmp/halving-$s-dense replay-halving "$s-dense" --json --one-d-lambda 16 \
-      --reduction 4 --rungs "$R4" > "$R/$s-replay-halving4.json" 2>> "$R/$s-replay.err"
+    if [ "${DENSE_DIV:-27}" = 27 ]; then
+      "$B" --state-dir /tmp/halving-$s-dense replay-halving "$s-dense" --json --one-d-lambda 16 \
+        --reduction 4 --rungs "$R4" > "$R/$s-replay-halving4.json" 2>> "$R/$s-replay.err"
+      "$B" --state-dir /tmp/halving-$s-dense replay-halving "$s-dense" --json --one-d-lambda 16 \
+        --reduction 3 > "$R/$s-replay-halving3.json" 2>> "$R/$s-replay.err"
+    fi
   fi
 done
 cp "$OUT/walls.txt" "$R/"

@@ -15,7 +15,7 @@ fi
 LRA=${LRA:-"[3.90625e-3, 9.765625e-4]"}; RATIO=${RATIO:-"[1, 4, 16]"}
 for which in ${WHICH:-full subset}; do
   sed -e "s/@NAME@/inv-$which/" -e "s/minilm-f16/$MODEL/" -e "s/@TASK@/trec/g" -e 's/@LABEL@/label_column = "fine"/' \
-      -e "s/@STEPS@/${STEPS:-540}/" -e "s/@LEN@/32/" -e "s/@WARMUP@/${WARMUP:-54}/" -e "s/@EVAL@/0/" -e "s/^log_every = 10/log_every = 1/" -e "s/@SEARCH@//" $T/sweep.toml.in > $T/inv-$which.toml
+      -e "s/@STEPS@/${STEPS:-540}/" -e "s/@LEN@/32/" -e "s/@BATCH@/32/" -e "s/@WARMUP@/${WARMUP:-54}/" -e "s/@EVAL@/0/" -e "s/^log_every = 10/log_every = 1/" -e "s/@SEARCH@//" $T/sweep.toml.in > $T/inv-$which.toml
   if [ $which = subset ]; then
     python3 - "$T/inv-subset.toml" "$LRA" "$RATIO" <<'PY'
 import re, sys

@@ -23,8 +23,7 @@ impl fmt::Display for SearchChange {
 impl SearchSpec {
     /// The keys whose values differ from `recorded` in anything that moves a rung or changes a
     /// promotion: `strategy`, `reduction`, `rungs` (compared as [`SearchSpec::fractions`], so
-    /// rungs written out as the defaults they were are no change, and default rungs that follow
-    /// a new `reduction` are one), `keep_per_row` and `min_tau`. Empty when a run with `self`
+    /// rungs written out as the defaults they were are no change), `keep_per_row` and `min_tau`. Empty when a run with `self`
     /// continues exactly what `recorded` started.
     pub fn changes_from(&self, recorded: &SearchSpec) -> Vec<SearchChange> {
         let mut changes = Vec::new();
@@ -60,11 +59,11 @@ impl SearchSpec {
     /// `rungs` as the sweep file writes it, or the defaults it stands for when unset.
     fn rungs_text(&self) -> String {
         match &self.rungs {
-            Some(r) => format!("{r:?}"),
-            None => {
-                let k = u64::from(self.reduction);
-                format!("not set (default [1/{}, 1/{k}, 1.0])", k * k)
+            Some(r) if r.as_slice() == crate::DEFAULT_RUNGS => {
+                "[1/9, 1/3, 1.0] (the default)".into()
             }
+            Some(r) => format!("{r:?}"),
+            None => "not set (default [1/9, 1/3, 1.0])".into(),
         }
     }
 }
@@ -74,9 +73,12 @@ mod tests {
     use super::*;
     use crate::Strategy;
 
+    /// A halving section with reduction 3 (the default before 2026-12-01: a store may hold
+    /// sweeps it started).
     fn halving() -> SearchSpec {
         SearchSpec {
             strategy: Strategy::Halving,
+            reduction: 3,
             ..SearchSpec::default()
         }
     }
@@ -126,24 +128,62 @@ mod tests {
     }
 
     #[test]
-    fn a_new_reduction_names_the_default_rungs_that_follow_it() {
+    fn a_new_reduction_moves_no_default_rung() {
         let new = SearchSpec {
             reduction: 2,
             ..halving()
         };
-        assert_eq!(
-            lines(&new, &halving()),
-            [
-                "reduction: 3 → 2",
-                "rungs: not set (default [1/9, 1/3, 1.0]) → not set (default [1/4, 1/2, 1.0])",
-            ]
-        );
-        // With rungs given, the reduction still changes each cut, but no rung moves.
-        let given = |reduction| SearchSpec {
-            reduction,
-            rungs: Some(vec![0.5, 1.0]),
+        assert_eq!(lines(&new, &halving()), ["reduction: 3 → 2"]);
+        // A sweep an etagrid of before 2026-12-01 started with the defaults (reduction 3, rungs
+        // unset, read back from the store written out as [1/9, 1/3, 1]), run with today's.
+        let recorded = SearchSpec {
+            rungs: Some(SearchSpec::default_rungs_before_2026_12(3)),
             ..halving()
         };
-        assert_eq!(lines(&given(2), &given(3)), ["reduction: 3 → 2"]);
+        let today = SearchSpec {
+            strategy: Strategy::Halving,
+            ..SearchSpec::default()
+        };
+        assert_eq!(lines(&today, &recorded), ["reduction: 3 → 4"]);
+        // One it started with reduction 2 and rungs unset was on [1/4, 1/2, 1]: today's default
+        // rungs would move them, and the message gives the values to put back.
+        let recorded = SearchSpec {
+            reduction: 2,
+            rungs: Some(SearchSpec::default_rungs_before_2026_12(2)),
+            ..halving()
+        };
+        let again = SearchSpec {
+            reduction: 2,
+            ..today.clone()
+        };
+        assert_eq!(
+            lines(&again, &recorded),
+            ["rungs: [0.25, 0.5, 1.0] → not set (default [1/9, 1/3, 1.0])"]
+        );
+        // The default written out reads as such.
+        assert_eq!(
+            lines(
+                &again,
+                &SearchSpec {
+                    rungs: Some(vec![0.5, 1.0]),
+                    ..recorded
+                }
+            ),
+            ["rungs: [0.5, 1.0] → not set (default [1/9, 1/3, 1.0])"]
+        );
+        let written = SearchSpec {
+            rungs: Some(crate::DEFAULT_RUNGS.to_vec()),
+            ..again.clone()
+        };
+        assert_eq!(
+            lines(
+                &SearchSpec {
+                    rungs: Some(vec![0.5, 1.0]),
+                    ..again
+                },
+                &written
+            ),
+            ["rungs: [1/9, 1/3, 1.0] (the default) → [0.5, 1.0]"]
+        );
     }
 }

@@ -75,10 +75,12 @@ impl Strategy {
 pub struct SearchSpec {
     /// `grid` (default) or `halving`.
     pub strategy: Strategy,
-    /// The factor by which each rung cuts the points overall (default 3); at least 2.
+    /// The factor by which each rung cuts the points overall (default 4: each rung keeps the best
+    /// quarter, with the rows' guarantee; 3 until 2026-12-01, docs/halving.md says why); at
+    /// least 2. It does not move the default rungs.
     pub reduction: u32,
     /// The rungs as fractions of each cell's full step budget: strictly increasing, each in
-    /// (0, 1], the last 1.0. Default (`None`): `[1/reduction², 1/reduction, 1]`.
+    /// (0, 1], the last 1.0. Default (`None`): [`DEFAULT_RUNGS`], whatever the reduction.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rungs: Option<Vec<f64>>,
     /// At least the best `keep_per_row` finite points of every η_A row are promoted after the
@@ -93,7 +95,11 @@ pub struct SearchSpec {
 }
 
 /// [`SearchSpec::reduction`]'s default.
-pub const DEFAULT_REDUCTION: u32 = 3;
+pub const DEFAULT_REDUCTION: u32 = 4;
+/// [`SearchSpec::rungs`]' default: 1/9, 1/3 and all of the budget, whatever the reduction. Until
+/// 2026-12-01 the default rungs were `[1/r², 1/r, 1]` for reduction r; with r = 4 that puts the
+/// first rung at 1/16, where replays of real grids lost up to 0.62 points (docs/halving.md).
+pub const DEFAULT_RUNGS: [f64; 3] = [1.0 / 9.0, 1.0 / 3.0, 1.0];
 /// [`SearchSpec::keep_per_row`]'s default.
 pub const DEFAULT_KEEP_PER_ROW: usize = 2;
 /// [`SearchSpec::min_tau`]'s default.
@@ -147,15 +153,19 @@ impl SearchSpec {
         Ok(())
     }
 
-    /// The rungs as fractions of the step budget: `rungs`, or `[1/reduction², 1/reduction, 1]`.
+    /// The rungs as fractions of the step budget: `rungs`, or [`DEFAULT_RUNGS`].
     pub fn fractions(&self) -> Vec<f64> {
         match &self.rungs {
             Some(r) => r.clone(),
-            None => {
-                let k = f64::from(self.reduction.max(1));
-                vec![1.0 / (k * k), 1.0 / k, 1.0]
-            }
+            None => DEFAULT_RUNGS.to_vec(),
         }
+    }
+
+    /// The default rungs of an etagrid before 2026-12-01, `[1/r², 1/r, 1]` for reduction r: what
+    /// a halving sweep it started with `rungs` unset was put on (its store recorded no rungs).
+    pub fn default_rungs_before_2026_12(reduction: u32) -> Vec<f64> {
+        let k = f64::from(reduction.max(1));
+        vec![1.0 / (k * k), 1.0 / k, 1.0]
     }
 
     pub fn rung_count(&self) -> usize {
@@ -219,10 +229,10 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_grid_reduction_3_two_per_row_and_tau_half() {
+    fn defaults_are_grid_reduction_4_two_per_row_and_no_tau_stop() {
         let s = SearchSpec::default();
         assert_eq!(s.strategy, Strategy::Grid);
-        assert_eq!(s.reduction, 3);
+        assert_eq!(s.reduction, 4);
         assert_eq!(s.keep_per_row, 2);
         assert_eq!(s.min_tau, -1.0);
         assert_eq!(s.fractions(), vec![1.0 / 9.0, 1.0 / 3.0, 1.0]);
@@ -239,7 +249,7 @@ mod tests {
                 .expect("section");
         assert_eq!(s.strategy, Strategy::Halving);
         assert_eq!(s.rungs, Some(vec![0.25, 1.0]));
-        assert_eq!(s.reduction, 3);
+        assert_eq!(s.reduction, DEFAULT_REDUCTION);
         let e = toml::from_str::<SearchSpec>("reductoin = 4")
             .expect_err("unknown key")
             .to_string();
@@ -305,7 +315,10 @@ mod tests {
 
     #[test]
     fn rung_steps_round_up_and_stay_within_one_and_the_budget() {
-        let s = SearchSpec::default();
+        let s = SearchSpec {
+            reduction: 3,
+            ..SearchSpec::default()
+        };
         // 1/9 and 1/3 of 9 steps are exact: no step 2 from 1/9 · 9 = 1.0000000000000002.
         assert_eq!(
             (0..3).map(|r| s.rung_step(r, 9)).collect::<Vec<_>>(),
@@ -338,11 +351,17 @@ mod tests {
         let half = with_rungs(&[0.5, 1.0]);
         assert_eq!(half.rung_step(0, 9), 5);
         assert_eq!(half.rung_count(), 2);
-        let four = SearchSpec {
-            reduction: 4,
-            ..SearchSpec::default()
-        };
-        assert_eq!(four.fractions(), vec![1.0 / 16.0, 0.25, 1.0]);
-        assert_eq!(four.rung_step(0, 64), 4);
+        // The reduction moves no default rung (it did before 2026-12-01: 1/r², 1/r).
+        for reduction in [2, 3, 4, 9] {
+            let s = SearchSpec {
+                reduction,
+                ..SearchSpec::default()
+            };
+            assert_eq!(s.fractions(), DEFAULT_RUNGS.to_vec());
+        }
+        assert_eq!(
+            SearchSpec::default_rungs_before_2026_12(4),
+            vec![1.0 / 16.0, 0.25, 1.0]
+        );
     }
 }

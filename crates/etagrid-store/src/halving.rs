@@ -31,7 +31,9 @@ impl Store {
     /// Puts the sweep's cells on the rungs of a halving run with the settings `search`: cells
     /// not yet on one start at rung 0, except those a grid run of the same cells already
     /// finished (at full budget: the last rung). The first time, it also records `search` (see
-    /// [`Store::halving_search`]); later calls leave the record as it is. One transaction.
+    /// [`Store::halving_search`]), its rungs written out even when they are the default (a
+    /// default may change between versions); later calls leave the record as it is. One
+    /// transaction.
     pub async fn init_halving(&self, sweep: &str, search: &SearchSpec) -> Result<u64> {
         let last = search.rung_count() as i64 - 1;
         let mut tx = self.pool.begin().await?;
@@ -42,12 +44,7 @@ impl Store {
         .bind(sweep)
         .bind(search.strategy.name())
         .bind(i64::from(search.reduction))
-        .bind(
-            search
-                .rungs
-                .as_ref()
-                .map(|r| serde_json::Value::from(r.as_slice()).to_string()),
-        )
+        .bind(serde_json::Value::from(search.fractions().as_slice()).to_string())
         .bind(search.keep_per_row as i64)
         .bind(search.min_tau)
         .execute(&mut *tx)
@@ -66,7 +63,9 @@ impl Store {
 
     /// The `[search]` settings the sweep's halving started with (as [`Store::init_halving`]
     /// recorded them); `None` when it never ran as a halving sweep, or only with an etagrid that
-    /// did not record them (then [`Store::max_rung`] says whether its cells are on rungs).
+    /// did not record them (then [`Store::max_rung`] says whether its cells are on rungs). The
+    /// rungs always come back written out: a record without them was made by an etagrid of
+    /// before 2026-12-01 with `rungs` unset, whose default was `[1/r², 1/r, 1]`.
     pub async fn halving_search(&self, sweep: &str) -> Result<Option<SearchSpec>> {
         let Some(r) = sqlx::query(
             "SELECT strategy, reduction, rungs, keep_per_row, min_tau FROM halving_search
@@ -87,7 +86,12 @@ impl Store {
                 .ok_or_else(|| decode(format!("unknown search strategy {strategy:?}")))?,
             reduction: u32::try_from(reduction)
                 .map_err(|_| decode(format!("search reduction {reduction} out of range")))?,
-            rungs: rungs.as_deref().map(parse_rungs).transpose()?,
+            rungs: Some(match rungs.as_deref() {
+                Some(text) => parse_rungs(text)?,
+                None => {
+                    SearchSpec::default_rungs_before_2026_12(u32::try_from(reduction).unwrap_or(0))
+                }
+            }),
             keep_per_row: usize::try_from(keep_per_row)
                 .map_err(|_| decode(format!("search keep_per_row {keep_per_row} out of range")))?,
             min_tau: r.try_get("min_tau")?,

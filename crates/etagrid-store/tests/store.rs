@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
-use etagrid_search::{SearchSpec, Strategy};
+use etagrid_search::{SearchSpec, Strategy, DEFAULT_RUNGS};
 use etagrid_spec::protocol::{CellResult, Measure, Metrics, ParamGroupInfo};
 use etagrid_spec::testing::{self, edit};
 use etagrid_spec::{Cell, CellConfig, SweepSpec};
@@ -1327,8 +1327,10 @@ async fn halving_rungs_promotions_and_resumed_curves_are_kept(b: Backend) {
 
 both_backends!(the_search_a_halving_started_with_is_recorded_once_as_given);
 /// The `[search]` settings the first halving run put the cells on rungs with read back exactly
-/// (rung fractions that are no short decimals included, and unset rungs as unset), per sweep,
-/// and a later start does not overwrite them: they are what the next run is compared with.
+/// (rung fractions that are no short decimals included, and unset rungs written out as the
+/// default they stood for), per sweep, and a later start does not overwrite them: they are what
+/// the next run is compared with. A record without rungs (an etagrid of before 2026-12-01 with
+/// `rungs` unset) reads back as that version's default, `[1/r², 1/r, 1]`.
 async fn the_search_a_halving_started_with_is_recorded_once_as_given(b: Backend) {
     let f = fixture(b).await;
     assert_eq!(f.store.halving_search(NAME).await.expect("none yet"), None);
@@ -1364,7 +1366,8 @@ async fn the_search_a_halving_started_with_is_recorded_once_as_given(b: Backend)
         "the first start's settings stay recorded"
     );
 
-    // Another sweep of the same store keeps its own record; rungs left unset stay unset.
+    // Another sweep of the same store keeps its own record; rungs left unset are recorded as
+    // today's default.
     let spec = parse_in(f.dir.path(), "other", &SWEEP);
     f.store
         .enqueue(&spec, &spec.cells())
@@ -1375,13 +1378,30 @@ async fn the_search_a_halving_started_with_is_recorded_once_as_given(b: Backend)
         .init_halving("other", &other)
         .await
         .expect("init other");
+    let written = SearchSpec {
+        rungs: Some(DEFAULT_RUNGS.to_vec()),
+        ..other.clone()
+    };
     assert_eq!(
         f.store.halving_search("other").await.expect("other"),
-        Some(other)
+        Some(written)
     );
     assert_eq!(
         f.store.halving_search(NAME).await.expect("demo"),
         Some(started)
     );
     assert_eq!(f.store.max_rung("other").await.expect("rungs"), Some(0));
+
+    // As an older etagrid recorded it: no rungs, reduction 4 (then rungs 1/16, 1/4, 1).
+    sqlx::query("UPDATE halving_search SET rungs = NULL WHERE sweep = 'other'")
+        .execute(&pool_of(&f.db).await)
+        .await
+        .expect("unset the rungs");
+    assert_eq!(
+        f.store.halving_search("other").await.expect("older record"),
+        Some(SearchSpec {
+            rungs: Some(vec![1.0 / 16.0, 1.0 / 4.0, 1.0]),
+            ..other
+        })
+    );
 }

@@ -145,17 +145,20 @@ pub struct ExportArgs {
 pub struct ReplayArgs {
     /// A sweep file or the name of a sweep in the store.
     pub sweep: String,
-    /// The factor by which each rung cuts the points [default: 3].
+    /// The factor by which each rung cuts the points [default: the sweep's `[search]`
+    /// reduction, else 4].
     #[arg(long, value_name = "N")]
     pub reduction: Option<u32>,
     /// The rungs as fractions of the step budget, increasing, ending at 1
-    /// [default: 1/N², 1/N, 1 for --reduction N].
+    /// [default: the sweep's `[search]` rungs, else 1/9, 1/3, 1].
     #[arg(long, value_name = "F,F,…", value_delimiter = ',')]
     pub rungs: Option<Vec<f64>>,
-    /// At least this many best points of every η_A row are kept at each rung [default: 2].
+    /// At least this many best points of every η_A row are kept at each rung [default: the
+    /// sweep's `[search]` value, else 2].
     #[arg(long, value_name = "N")]
     pub keep_per_row: Option<usize>,
-    /// Pruning stops when Kendall's τ between two rungs' rankings is below this [default: 0.5].
+    /// Pruning stops when Kendall's τ between two rungs' rankings is below this [default: the
+    /// sweep's `[search]` value, else -1: never].
     #[arg(long, value_name = "X", allow_negative_numbers = true)]
     pub min_tau: Option<f64>,
     /// The λ = η_B/η_A of the 1-D shortcut compared with (the cells on that line, full budget).

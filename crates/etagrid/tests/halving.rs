@@ -118,7 +118,7 @@ fn edited_search_is_refused(p: &Project) {
         (
             "keep_per_row = 1\n",
             "keep_per_row = 1\nrungs = [0.5, 1.0]\n",
-            "rungs: not set (default [1/9, 1/3, 1.0]) → [0.5, 1.0]",
+            "rungs: [1/9, 1/3, 1.0] (the default) → [0.5, 1.0]",
         ),
         (
             "strategy = \"halving\"",
