@@ -4,7 +4,9 @@
 //! and `NAME::postgres` (the store in a fresh database of the `ETAGRID_TEST_PG` server; see
 //! `etagrid_store::testing`).
 
+use etagrid_sched::slurm::{run_task, TaskExit, TaskOptions};
 use etagrid_sched::{run, RunOptions, SchedError, SlotDevice, WorkerCommand};
+use etagrid_spec::protocol::{JobDevice, PackedCell, WorkerJob, PROTOCOL_VERSION};
 use etagrid_spec::{PackSize, SweepSpec};
 use etagrid_store::testing::{test_server, TestDatabase};
 use etagrid_store::{Backend, CellState, Store, StoreUrl};
@@ -348,6 +350,105 @@ fn auto_packs_on_a_gpu_take_the_cells_a_memory_probe_says_fit(b: Backend) {
                 (c.state, c.attempts, s.starts(&c.id)),
                 (CellState::Done, 1, 1),
                 "{mode}: the probe starts no cell"
+            );
+        }
+    }
+}
+
+both_backends!(a_slurm_task_with_an_auto_pack_trains_it_in_the_parts_a_memory_probe_says_fit);
+/// `cells_per_worker = "auto"` on SLURM GPU tasks (`etagrid worker --lease S --measure-pack`):
+/// before it claims anything the task measures a pack of two of its cells on its GPU, then
+/// trains its four cells in parts that fit (3 fit: 2 + 2), claiming each part when it starts
+/// it; a cell finished before (a requeued task) takes no room (3 left: one part). A probe that
+/// fails leaves parts of one cell; without `--measure-pack` the pack is trained whole. Every
+/// cell is claimed and finished once, and the probe starts none.
+fn a_slurm_task_with_an_auto_pack_trains_it_in_the_parts_a_memory_probe_says_fit(b: Backend) {
+    for (mode, measure, finished_before, packs, probes) in [
+        ("probe-fit-3", true, false, vec![2, 2], "2"),
+        ("probe-fit-3", true, true, vec![3], "2"),
+        ("probe-fail", true, false, vec![1, 1, 1, 1], "2"),
+        ("probe-fit-3", false, false, vec![4], ""),
+    ] {
+        let (s, opts) = pack_setup(b, mode);
+        let cells = s.spec.cells();
+        block_on(async {
+            let store = Store::open(&s.store).await.expect("store");
+            store.enqueue(&s.spec, &cells).await.expect("enqueue");
+            if finished_before {
+                let diverged = etagrid_store::Outcome::Diverged {
+                    step: 1,
+                    loss: f64::NAN,
+                    device_s: None,
+                };
+                store
+                    .finish_cell("faults", &cells[0].id.0, &diverged)
+                    .await
+                    .expect("finish");
+            }
+            store.close().await;
+        });
+        // The task's job file as the front end writes it: the four cells, on the CPU until the
+        // task knows what SLURM granted it.
+        let dir = |id: &str| s.dir.path().join("state/cells/faults").join(id);
+        let packed: Vec<PackedCell> = cells
+            .iter()
+            .map(|c| {
+                std::fs::create_dir_all(dir(&c.id.0)).expect("cell dir");
+                PackedCell {
+                    cell_id: c.id.clone(),
+                    config: c.config.clone(),
+                    out_dir: dir(&c.id.0),
+                }
+            })
+            .collect();
+        let job = WorkerJob {
+            protocol: PROTOCOL_VERSION,
+            sweep: s.spec.name.clone(),
+            cell_id: packed[0].cell_id.clone(),
+            config: packed[0].config.clone(),
+            model_dir: s.spec.model.dir.clone(),
+            out_dir: packed[0].out_dir.clone(),
+            device: JobDevice::Cpu,
+            cuda_visible_devices: None,
+            threads: 1,
+            save_adapter: false,
+            cache_dir: None,
+            pack: packed[1..].to_vec(),
+            segment: None,
+        };
+        let job_path = s.dir.path().join("state/task-0.json");
+        std::fs::write(&job_path, serde_json::to_string(&job).expect("job")).expect("write job");
+        let exit = run_task(&TaskOptions {
+            store: s.store.clone(),
+            job: job_path,
+            owner: "7_0".into(),
+            device_label: "cuda (task 7_0)".into(),
+            gpus: Some("0".into()),
+            lease: Duration::from_secs(60),
+            max_attempts: 3,
+            worker: opts.worker.clone(),
+            measure_pack: measure,
+        })
+        .expect("task");
+        assert_eq!(exit, TaskExit::Finished { failed: false }, "{mode}");
+        assert_eq!(s.packs(), packs, "{mode}, measured: {measure}");
+        let probed = std::fs::read_to_string(s.dir.path().join("state/probes")).unwrap_or_default();
+        assert_eq!(
+            probed.trim(),
+            probes,
+            "{mode}: one probe of two cells, or none"
+        );
+        for c in s.cells() {
+            let expected = if finished_before && c.id == cells[0].id.0 {
+                (CellState::Diverged, 0, 0)
+            } else {
+                (CellState::Done, 1, 1)
+            };
+            assert_eq!(
+                (c.state, c.attempts, s.starts(&c.id)),
+                expected,
+                "{mode}: {}",
+                c.id
             );
         }
     }

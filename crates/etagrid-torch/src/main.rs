@@ -108,6 +108,10 @@ enum Command {
         /// SLURM mode: the sweep's `max_attempts`.
         #[arg(long, default_value_t = 3)]
         max_attempts: u32,
+        /// SLURM mode: the pack's size came from `cells_per_worker = "auto"`; on a GPU, measure
+        /// what fits first and train the pack in parts of that size.
+        #[arg(long, requires = "lease")]
+        measure_pack: bool,
         /// Measure the GPU memory the job's pack takes (one training step and one evaluation
         /// batch; nothing written) and print it as one JSON line, for `auto` pack sizes.
         #[arg(long, conflicts_with = "lease")]
@@ -196,8 +200,9 @@ fn main() -> ExitCode {
             job,
             lease: Some(lease),
             max_attempts,
+            measure_pack,
             ..
-        } => slurm::worker(&db, &job, lease, max_attempts),
+        } => slurm::worker(&db, &job, lease, max_attempts, measure_pack),
         Command::Worker { job, .. } => commands::worker(&job),
     };
     etagrid::cli::exit(result)

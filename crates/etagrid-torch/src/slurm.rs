@@ -117,7 +117,13 @@ pub fn run(args: &RunArgs, s: &SlurmArgs) -> Result<Exit> {
 /// `etagrid_sched::slurm::run_task`). Exits 0 also when there was nothing to do (the cells are
 /// finished or held by another live task) and when a signal stopped it (the cells are back to
 /// pending).
-pub fn worker(db: &StoreUrl, job_path: &Path, lease: u64, max_attempts: u32) -> Result<Exit> {
+pub fn worker(
+    db: &StoreUrl,
+    job_path: &Path,
+    lease: u64,
+    max_attempts: u32,
+    measure_pack: bool,
+) -> Result<Exit> {
     let cvd = std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default();
     // The device is what SLURM granted this task, not what the submission asked for.
     let granted = etagrid_sched::granted_gpus(&|k| std::env::var(k).ok());
@@ -157,6 +163,7 @@ pub fn worker(db: &StoreUrl, job_path: &Path, lease: u64, max_attempts: u32) -> 
             program: std::env::current_exe().context("failed to find the etagrid executable")?,
             args: vec!["worker".into()],
         },
+        measure_pack,
     })?;
     match exit {
         // The worker was killed: end without exit handlers.

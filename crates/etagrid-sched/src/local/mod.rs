@@ -7,6 +7,8 @@ mod dispatch;
 mod probe;
 mod worker;
 
+pub(crate) use worker::run_probe;
+
 use crate::devices::SlotDevice;
 use crate::memfit::MemoryFit;
 use crate::{RunSummary, SchedError};

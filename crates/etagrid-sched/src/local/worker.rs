@@ -1,12 +1,12 @@
 //! A local worker process: its job file, its start, and what the dispatcher keeps of it.
 
-use super::RunOptions;
+use super::{RunOptions, WorkerCommand};
 use crate::devices::SlotDevice;
 use crate::events::{Pack, WorkerExit};
 use crate::job::{self, JobSettings, WorkerMsg};
 use crate::sys::{self, Kill};
 use crate::SchedError;
-use etagrid_spec::protocol::{JobDevice, MemoryProbe, Segment};
+use etagrid_spec::protocol::{JobDevice, MemoryProbe, Segment, WorkerJob};
 use etagrid_spec::{CellConfig, SweepSpec};
 use etagrid_store::CellRow;
 use std::path::{Path, PathBuf};
@@ -116,9 +116,7 @@ fn short_line(line: &str) -> String {
 }
 
 /// Runs `etagrid-torch worker --probe-memory` on `cells` (the first cells of a pack key) on GPU
-/// `device` and returns what it measured, or why there is no figure (the line to show). Its job
-/// file and log are `probe-job.json` and `probe.log` in the first cell's directory; it writes
-/// nothing else.
+/// `device` and returns what it measured, or why there is no figure (the line to show).
 pub(super) async fn probe_memory(
     spec: &SweepSpec,
     opts: &RunOptions,
@@ -134,19 +132,35 @@ pub(super) async fn probe_memory(
     };
     let job = job::pack_job(spec, &opts.state_dir, cells, &settings)
         .ok_or_else(|| "no cell to measure".to_string())?;
+    let limit = spec.cell_timeout.unwrap_or(Duration::from_secs(600));
+    run_probe(&opts.worker, &job, limit).await
+}
+
+/// Runs `worker --job probe-job.json --probe-memory` on `job` (a pack of the cells to measure,
+/// on the GPU its `cuda_visible_devices` names) and returns what it measured, or why there is
+/// no figure (the line to show). The job file and the log, `probe.log`, go into the first
+/// cell's directory; the probe writes nothing else. Used by the local dispatcher and by a SLURM
+/// task sizing its own pack.
+pub(crate) async fn run_probe(
+    worker: &WorkerCommand,
+    job: &WorkerJob,
+    limit: Duration,
+) -> Result<MemoryProbe, String> {
+    std::fs::create_dir_all(&job.out_dir)
+        .map_err(|e| format!("cannot create {}: {e}", job.out_dir.display()))?;
     let job_path = job.out_dir.join("probe-job.json");
-    job::write_job(&job_path, &job).map_err(|e| e.to_string())?;
+    job::write_job(&job_path, job).map_err(|e| e.to_string())?;
     let log_path = job.out_dir.join("probe.log");
     let log = std::fs::File::create(&log_path)
         .map_err(|e| format!("cannot write {}: {e}", log_path.display()))?;
-    let mut cmd = Command::new(&opts.worker.program);
-    cmd.args(&opts.worker.args)
+    let mut cmd = Command::new(&worker.program);
+    cmd.args(&worker.args)
         .arg("--job")
         .arg(&job_path)
         .arg("--probe-memory")
         .env(
             "CUDA_VISIBLE_DEVICES",
-            device.cuda_visible_devices().unwrap_or_default(),
+            job.cuda_visible_devices.clone().unwrap_or_default(),
         )
         .env(
             "CUDA_DEVICE_ORDER",
@@ -158,15 +172,9 @@ pub(super) async fn probe_memory(
     // Its own process group, as a worker: a Ctrl-C at the terminal reaches the scheduler, which
     // lets the probe end; it dies with the scheduler.
     sys::own_group(&mut cmd, Kill::Now);
-    let limit = spec.cell_timeout.unwrap_or(Duration::from_secs(600));
     let out = match tokio::time::timeout(limit, cmd.output()).await {
         Err(_) => return Err(format!("timed out after {} s", limit.as_secs())),
-        Ok(Err(e)) => {
-            return Err(format!(
-                "could not start {}: {e}",
-                opts.worker.program.display()
-            ))
-        }
+        Ok(Err(e)) => return Err(format!("could not start {}: {e}", worker.program.display())),
         Ok(Ok(out)) => out,
     };
     let text = String::from_utf8_lossy(&out.stdout);

@@ -104,7 +104,12 @@ pub fn run_slurm(spec: &SweepSpec, opts: &SlurmOptions) -> Result<RunSummary, Sc
 mod tests {
     use super::*;
 
-    fn opts(gres: Option<&str>, extra: &[&str], max_concurrent: Option<usize>) -> SlurmOptions {
+    /// Options of a front end that reaches nothing (the tests never submit).
+    pub(super) fn opts(
+        gres: Option<&str>,
+        extra: &[&str],
+        max_concurrent: Option<usize>,
+    ) -> SlurmOptions {
         SlurmOptions {
             store: StoreUrl::Postgres("postgres://h/db".into()),
             state_dir: PathBuf::from("/s"),

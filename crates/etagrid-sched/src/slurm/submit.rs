@@ -6,7 +6,7 @@ use crate::error::io_err;
 use crate::job::{self, JobSettings};
 use crate::SchedError;
 use etagrid_spec::protocol::JobDevice;
-use etagrid_spec::{CellConfig, SweepSpec};
+use etagrid_spec::{CellConfig, PackSize, SweepSpec};
 use etagrid_store::{unix_now, SlurmTask, StoreUrl};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -90,12 +90,18 @@ fn write_script(spec: &SweepSpec, opts: &SlurmOptions, dir: &Path) -> Result<Pat
     let script = format!(
         "#!/bin/bash\n# Written by `etagrid run --backend slurm` for sweep {name}: task i runs task-i.json.\n\
          # exec: SLURM's signals (--signal=B:USR2, SIGTERM on preemption) must reach the worker.\n\
-         exec {worker} worker --job {dir}/task-\"$SLURM_ARRAY_TASK_ID\".json --lease {lease} --max-attempts {max}\n",
+         exec {worker} worker --job {dir}/task-\"$SLURM_ARRAY_TASK_ID\".json --lease {lease} --max-attempts {max}{measure}\n",
         name = spec.name,
         worker = worker.join(" "),
         dir = sh_quote(&dir.to_string_lossy()),
         lease = opts.lease.as_secs().max(3),
         max = spec.max_attempts,
+        // `auto` on GPU tasks: each task measures its GPU before it trains its pack.
+        measure = if opts.cells_per_worker == PackSize::Auto && opts.gpu_requested() {
+            " --measure-pack"
+        } else {
+            ""
+        },
     );
     let path = dir.join("job.sh");
     std::fs::write(&path, script).map_err(io_err("write batch script", &path))?;
@@ -171,4 +177,35 @@ async fn sbatch(opts: &SlurmOptions, args: &[String]) -> Result<String, SchedErr
         )));
     }
     Ok(job_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::slurm::tests::opts;
+
+    #[test]
+    fn gpu_tasks_of_an_auto_pack_measure_it_and_no_others_do() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = crate::testing::sweep(2);
+        let gpu_auto = opts(Some("gpu:1"), &[], Some(4));
+        let fixed = SlurmOptions {
+            cells_per_worker: PackSize::Fixed(4),
+            ..opts(Some("gpu:1"), &[], Some(4))
+        };
+        for (o, measure) in [
+            (gpu_auto, true),
+            (opts(None, &["--gpus=1"], None), true),
+            (fixed, false),
+            (opts(None, &[], Some(4)), false),
+        ] {
+            let script = write_script(&spec, &o, dir.path()).expect("script");
+            let text = std::fs::read_to_string(script).expect("read");
+            assert_eq!(
+                text.contains("--lease 120 --max-attempts 3 --measure-pack\n"),
+                measure,
+                "{text}"
+            );
+        }
+    }
 }

@@ -5,10 +5,17 @@
 //! every third of it, since no scheduler runs next to the task. On SIGTERM (preemption,
 //! `scancel`, requeue) or SIGUSR2 (the time limit is near) it gives its unfinished cells back to
 //! pending and kills the worker.
+//!
+//! A pack whose size came from `cells_per_worker = "auto"` (`--measure-pack`) is measured first
+//! on the GPU SLURM granted: a memory probe of two of its cells, as the local dispatcher runs
+//! one, says how many fit, and the task trains its cells in parts of that size, one after the
+//! other, claiming each part's cells when it starts it (the rest stay pending, and the front end
+//! leaves them to this task while it lives).
 
 use crate::events::{Action, Applied, Member, Pack, Recorder, WorkerExit};
 use crate::job::{self, WorkerMsg};
-use crate::local::WorkerCommand;
+use crate::local::{run_probe, WorkerCommand};
+use crate::memfit::MemoryFit;
 use crate::prologue::cell_label;
 use crate::sys::{self, Kill, Stop, StopSignals};
 use crate::SchedError;
@@ -36,6 +43,9 @@ pub struct TaskOptions {
     pub max_attempts: u32,
     /// The worker to run, without `--job` (`etagrid worker`).
     pub worker: WorkerCommand,
+    /// The pack's size came from `cells_per_worker = "auto"`: on a GPU, measure what fits first
+    /// and train the pack in parts of that size (see the module's doc).
+    pub measure_pack: bool,
 }
 
 /// How a task ended.
@@ -75,23 +85,129 @@ async fn task(o: &TaskOptions) -> Result<TaskExit, SchedError> {
     let mut signals = StopSignals::new(true).map_err(SchedError::Runtime)?;
     let job = job::read_job(&o.job)?;
     let store = Store::open(&o.store).await?;
-    let claimed = claim_all(&store, &job, o).await;
-    let result = match claimed {
-        Ok(claimed) if claimed.is_empty() => Ok(TaskExit::Skipped),
-        Ok(claimed) => {
-            let mut run = TaskRun {
-                store: &store,
-                o,
-                sweep: &job.sweep,
-                pack: Pack::new(claimed.iter().map(|(_, m)| m.clone()).collect()),
-                failed: false,
-            };
-            run.run(&job, &claimed, &mut signals).await
-        }
-        Err(e) => Err(e),
-    };
+    let parts = parts_of(&store, &job, o).await?;
+    let result = run_parts(&store, o, &parts, &mut signals).await;
     store.close().await;
     result
+}
+
+/// Claims and trains each part in turn; stops at the first that a signal or a lost lease ends.
+async fn run_parts(
+    store: &Store,
+    o: &TaskOptions,
+    parts: &[WorkerJob],
+    signals: &mut StopSignals,
+) -> Result<TaskExit, SchedError> {
+    let mut exit = TaskExit::Skipped;
+    for part in parts {
+        let claimed = claim_all(store, part, o).await?;
+        if claimed.is_empty() {
+            continue;
+        }
+        let mut run = TaskRun {
+            store,
+            o,
+            sweep: &part.sweep,
+            pack: Pack::new(claimed.iter().map(|(_, m)| m.clone()).collect()),
+            failed: false,
+        };
+        exit = match (run.run(part, &claimed, signals).await?, exit) {
+            (TaskExit::Finished { failed }, TaskExit::Finished { failed: before }) => {
+                TaskExit::Finished {
+                    failed: failed || before,
+                }
+            }
+            (e @ TaskExit::Finished { .. }, _) => e,
+            (stopped, _) => return Ok(stopped),
+        };
+    }
+    Ok(exit)
+}
+
+/// The job's cells in the parts the task trains them in: all at once, or with
+/// [`TaskOptions::measure_pack`] on a GPU, its unfinished cells in parts of as many as a memory
+/// probe of two of them says fit (as even as one size allows: 36 cells of which 35 fit are
+/// 18 + 18). A probe that fails leaves parts of one cell, and says so.
+async fn parts_of(
+    store: &Store,
+    job: &WorkerJob,
+    o: &TaskOptions,
+) -> Result<Vec<WorkerJob>, SchedError> {
+    let whole = || Ok(vec![job.clone()]);
+    let Some(gpus) = o.gpus.clone().filter(|_| o.measure_pack) else {
+        return whole();
+    };
+    // A requeued task may find some of its cells finished: those need no room.
+    let finished: std::collections::HashSet<String> = store
+        .cells(&job.sweep)
+        .await?
+        .into_iter()
+        .filter(|r| r.state.is_final())
+        .map(|r| r.id)
+        .collect();
+    let cells: Vec<PackedCell> = job
+        .cells()
+        .into_iter()
+        .filter(|c| !finished.contains(&c.cell_id.0))
+        .collect();
+    if cells.len() <= 2 {
+        return whole();
+    }
+    let part = |cells: &[PackedCell]| WorkerJob {
+        cell_id: cells[0].cell_id.clone(),
+        config: cells[0].config.clone(),
+        out_dir: cells[0].out_dir.clone(),
+        pack: cells[1..].to_vec(),
+        device: JobDevice::Cuda,
+        cuda_visible_devices: Some(gpus.clone()),
+        ..job.clone()
+    };
+    let owner = &o.owner;
+    eprintln!(
+        "etagrid worker {owner}: measuring the memory of a pack of 2 of its {} cells on GPU {gpus} \
+         (cells_per_worker = \"auto\")",
+        cells.len()
+    );
+    let fit = match run_probe(&o.worker, &part(&cells[..2]), PROBE_LIMIT).await {
+        Ok(p) => {
+            let fit = p.cells_that_fit(MemoryFit::default().usable_fraction, 1);
+            eprintln!(
+                "etagrid worker {owner}: {} MiB in use before it, {} MiB for the base, {} MiB \
+                 per cell, of {} MiB → {fit} cell(s) fit",
+                p.before_mib,
+                p.base_mib(),
+                p.per_cell_mib(),
+                p.total_mib
+            );
+            fit
+        }
+        Err(why) => {
+            eprintln!(
+                "etagrid worker {owner}: the memory probe failed: {why}; training one cell at a \
+                 time (set [resources] cells_per_worker to pack anyway)"
+            );
+            1
+        }
+    };
+    let size = part_size(cells.len(), fit);
+    if size < cells.len() {
+        eprintln!(
+            "etagrid worker {owner}: training its {} cells in {} part(s) of up to {size}",
+            cells.len(),
+            cells.len().div_ceil(size)
+        );
+    }
+    Ok(cells.chunks(size).map(part).collect())
+}
+
+/// How long a memory probe may take (a worker's start, one step, one evaluation batch).
+const PROBE_LIMIT: Duration = Duration::from_secs(600);
+
+/// The size of the parts `n` cells are trained in when `fit` fit at once: as few parts as fit,
+/// of one size as even as that allows.
+fn part_size(n: usize, fit: usize) -> usize {
+    let parts = n.div_ceil(fit.max(1)).max(1);
+    n.div_ceil(parts).max(1)
 }
 
 /// Claims every cell of the job it may run; says why it skips the others.
@@ -362,5 +478,27 @@ impl TaskRun<'_> {
         }
         eprintln!("etagrid worker {}: {note}", self.o.owner);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::part_size;
+
+    #[test]
+    fn parts_are_as_few_as_fit_and_as_even_as_one_size_allows() {
+        for (n, fit, size) in [
+            (4, 3, 2),
+            (36, 35, 18),
+            (36, 36, 36),
+            (36, 100, 36),
+            (36, 8, 8),
+            (36, 17, 12),
+            (5, 1, 1),
+            (3, 0, 1),
+        ] {
+            assert_eq!(part_size(n, fit), size, "{n} cells, {fit} fit");
+            assert!(size <= fit.max(1), "{n}, {fit}");
+        }
     }
 }
