@@ -348,7 +348,7 @@ fn captions(h: &Heatmap<'_>, scale: Option<&ColorScale>) -> Vec<String> {
             format::metric(v)
         ));
     }
-    if m.cells_done() < m.cells_total {
+    if m.cells_done() + m.cells_pruned() < m.cells_total {
         notes.push(format!(
             "{} of {} cells done",
             m.cells_done(),

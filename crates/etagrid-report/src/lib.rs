@@ -116,6 +116,8 @@ pub struct ReportSummary {
     /// Best among points with lr_b == lr_a (relative tolerance 1e-9).
     pub best_on_diagonal: Option<BestCell>,
     pub cells_done: usize,
+    /// Cells successive halving pruned.
+    pub cells_pruned: usize,
     pub cells_total: usize,
 }
 
@@ -334,6 +336,7 @@ pub fn write_report(input: &ReportInput, out_dir: &Path) -> Result<ReportSummary
         best: model.best.as_ref().map(BestCell::from),
         best_on_diagonal: model.best_lambda1.as_ref().map(BestCell::from),
         cells_done: model.cells_done(),
+        cells_pruned: model.cells_pruned(),
         cells_total: model.cells_total,
     })
 }

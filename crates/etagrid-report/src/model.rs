@@ -332,7 +332,24 @@ impl ReportModel {
 
     /// Done cells.
     pub fn cells_done(&self) -> usize {
-        self.states.get("done").copied().unwrap_or(0)
+        self.state_count("done")
+    }
+
+    /// Cells successive halving pruned (finished at a rung: no result, nothing left to run).
+    pub fn cells_pruned(&self) -> usize {
+        self.state_count("pruned")
+    }
+
+    /// Cells that may still end with a result: pending, running or failed (a rerun retries).
+    pub fn cells_open(&self) -> usize {
+        ["pending", "running", "failed"]
+            .iter()
+            .map(|s| self.state_count(s))
+            .sum()
+    }
+
+    fn state_count(&self, state: &str) -> usize {
+        self.states.get(state).copied().unwrap_or(0)
     }
 }
 

@@ -114,6 +114,7 @@ mod tests {
             rungs: Some(vec![0.25, 1.0]),
             keep_per_row: 2,
             min_tau: 0.5,
+            refine: true,
         };
         assert_eq!(
             lines(&new, &old),
@@ -123,7 +124,8 @@ mod tests {
                 "rungs: [0.111, 0.333, 1.0] → [0.25, 1.0]",
                 "keep_per_row: 1 → 2",
                 "min_tau: -1.0 → 0.5",
-            ]
+            ],
+            "refine moves no rung: not a change"
         );
     }
 

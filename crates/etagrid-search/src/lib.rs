@@ -92,6 +92,11 @@ pub struct SearchSpec {
     /// the survivors of a rung are the best third, near-tied, and on the benchmark's real sweeps
     /// their τ between rungs was −0.5…0.3 while pruning lost nothing (docs/halving.md).
     pub min_tau: f64,
+    /// After the sweep finishes, `etagrid run` writes the sweep `<name>-refine` beside its file
+    /// (η_A and λ at half-octave steps around the best point, 3 × 3, full budget: `etagrid
+    /// refine`) and runs it too. Default false. Not a setting of the rungs: changing it on a
+    /// started sweep changes nothing of what it ran.
+    pub refine: bool,
 }
 
 /// [`SearchSpec::reduction`]'s default.
@@ -113,6 +118,7 @@ impl Default for SearchSpec {
             rungs: None,
             keep_per_row: DEFAULT_KEEP_PER_ROW,
             min_tau: DEFAULT_MIN_TAU,
+            refine: false,
         }
     }
 }

@@ -95,6 +95,8 @@ impl Store {
             keep_per_row: usize::try_from(keep_per_row)
                 .map_err(|_| decode(format!("search keep_per_row {keep_per_row} out of range")))?,
             min_tau: r.try_get("min_tau")?,
+            // Not recorded: it moves no rung (a run may turn it on or off).
+            refine: false,
         }))
     }
 

@@ -1344,6 +1344,7 @@ async fn the_search_a_halving_started_with_is_recorded_once_as_given(b: Backend)
         rungs: Some(vec![1.0 / 27.0, 0.111, 1.0 / 3.0, 1.0]),
         keep_per_row: 1,
         min_tau: 0.25,
+        refine: false,
     };
     assert_eq!(f.store.init_halving(NAME, &started).await.expect("init"), 4);
     assert_eq!(

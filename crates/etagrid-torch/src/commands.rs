@@ -150,7 +150,43 @@ pub fn run(args: &RunArgs) -> Result<Exit> {
         cells_per_worker: args.cells_per_worker.unwrap_or(spec.cells_per_worker),
     };
     let summary = etagrid_sched::run(&spec, &opts)?;
-    finish_run(args, &spec, &summary)
+    let exit = finish_run(args, &spec, &summary)?;
+    if spec.search.refine {
+        return refine_after(args, &spec, exit);
+    }
+    Ok(exit)
+}
+
+/// `[search] refine = true`: once the sweep has finished whole, its refined sweep (what `etagrid
+/// refine` writes: `<name>-refine.toml` beside it) runs too, with the same options. A rerun
+/// finds the file and continues that sweep.
+fn refine_after(args: &RunArgs, spec: &SweepSpec, exit: Exit) -> Result<Exit> {
+    if exit != Exit::Ok {
+        eprintln!(
+            "[search] refine: sweep {} did not finish whole, so it is not refined yet: rerun              `etagrid run {}` to finish it, and the refinement runs then",
+            spec.name,
+            args.sweep.display()
+        );
+        return Ok(exit);
+    }
+    let file = etagrid::refine::refined_for_run(&args.db, &args.sweep)?;
+    eprintln!(
+        "[search] refine: running {} (3 × 3 around the best point of {}, full budget)",
+        file.display(),
+        spec.name
+    );
+    run(&RunArgs {
+        sweep: file,
+        db: args.db.clone(),
+        state_dir: args.state_dir.clone(),
+        devices: args.devices.clone(),
+        cells_per_device: args.cells_per_device,
+        cells_per_worker: args.cells_per_worker,
+        report_dir: args.report_dir.clone(),
+        retry_failed: args.retry_failed,
+        save_adapters: args.save_adapters,
+        enqueue_only: false,
+    })
 }
 
 /// Everything a cell would load, checked before the sweep is written to the store (see

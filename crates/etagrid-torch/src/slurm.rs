@@ -109,7 +109,15 @@ pub fn run(args: &RunArgs, s: &SlurmArgs) -> Result<Exit> {
         cells_per_worker: args.cells_per_worker.unwrap_or(spec.cells_per_worker),
     };
     let summary = etagrid_sched::slurm::run_slurm(&spec, &opts)?;
-    finish_run(args, &spec, &summary)
+    let exit = finish_run(args, &spec, &summary)?;
+    if spec.search.refine && exit == Exit::Ok {
+        eprintln!(
+            "[search] refine: not run on SLURM (refinement runs with the local backend): `etagrid \
+             refine {}` writes the refined sweep, to run with `etagrid run --backend slurm`",
+            args.sweep.display()
+        );
+    }
+    Ok(exit)
 }
 
 /// `etagrid worker --job FILE --lease SECONDS`, as a SLURM task runs it: claims the cells of its

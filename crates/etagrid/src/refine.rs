@@ -48,6 +48,50 @@ pub fn refine(
     sweep: &str,
     out: Option<&Path>,
 ) -> Result<crate::common::Exit> {
+    write_refined(db, sweep, out, true)?;
+    Ok(crate::common::Exit::Ok)
+}
+
+/// For `[search] refine = true`, after `etagrid run` finished the sweep of file `sweep`: the
+/// refined sweep's file, `<name>-refine.toml` beside it — written now, or, when a run before
+/// wrote it (it names sweep `<name>-refine`), that file as it is, so a rerun continues the same
+/// refined sweep.
+pub fn refined_for_run(db: &etagrid_store::StoreUrl, sweep: &Path) -> Result<PathBuf> {
+    let spec = etagrid_spec::SweepSpec::load(sweep)?;
+    let dir = match sweep.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let out = dir.join(format!("{}-refine.toml", spec.name));
+    if out.exists() {
+        let theirs = etagrid_spec::SweepSpec::load(&out)
+            .with_context(|| format!("{} exists but is not a sweep file", out.display()))?;
+        if theirs.name != format!("{}-refine", spec.name) {
+            bail!(
+                "{} exists and is sweep {}, not the refinement of {}: move it away to refine",
+                out.display(),
+                theirs.name,
+                spec.name
+            );
+        }
+        eprintln!(
+            "refine: {} exists (written by an earlier run): running it as it is",
+            out.display()
+        );
+        return Ok(out);
+    }
+    write_refined(db, &sweep.to_string_lossy(), Some(&out), false)
+}
+
+/// Writes the refined sweep of `sweep` (a file or a stored name) to `out` (default
+/// `<name>-refine.toml` beside the sweep's file) and returns its path. `standalone`: the
+/// command `etagrid refine`, whose message says how to run the file.
+fn write_refined(
+    db: &etagrid_store::StoreUrl,
+    sweep: &str,
+    out: Option<&Path>,
+    standalone: bool,
+) -> Result<PathBuf> {
     let name = sweep_name(sweep)?;
     let (row, cells) = load_sweep(db, &name)?;
     let model = ReportModel::build(&input_of(db, &row, &cells, false)?)?;
@@ -57,7 +101,7 @@ pub fn refine(
              {name}` shows its cells)"
         );
     };
-    let unfinished = model.cells_total - model.cells_done();
+    let unfinished = model.cells_open();
     if unfinished > 0 {
         eprintln!(
             "note: {unfinished} of sweep {name}'s {} cells have not finished: its best point may \
@@ -139,7 +183,7 @@ pub fn refine(
     };
     eprintln!(
         "wrote {}: sweep {new_name}, η_A ∈ {{{}}} × λ ∈ {{{}}} around the best of {name} \
-         ({} = {:.4} at η_A = {:.4e}, λ = {:.4}); run it with `etagrid run {}`",
+         ({} = {:.4} at η_A = {:.4e}, λ = {:.4}){}",
         out.display(),
         list(best.lr_a),
         list(best.lambda),
@@ -147,7 +191,11 @@ pub fn refine(
         best.mean,
         best.lr_a,
         best.lambda,
-        out.display()
+        if standalone {
+            format!("; run it with `etagrid run {}`", out.display())
+        } else {
+            String::new()
+        }
     );
     let on_edge = |values: &[f64], v: f64| {
         let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
@@ -160,7 +208,7 @@ pub fn refine(
              octave past it; a wider grid may find more"
         );
     }
-    Ok(crate::common::Exit::Ok)
+    Ok(out)
 }
 
 #[cfg(test)]

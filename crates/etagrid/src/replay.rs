@@ -33,6 +33,7 @@ impl ReplayOptions {
             rungs: self.rungs.clone().or(d.rungs),
             keep_per_row: self.keep_per_row.unwrap_or(d.keep_per_row),
             min_tau: self.min_tau.unwrap_or(d.min_tau),
+            refine: false,
         };
         // The spec's keys are the flags here: search.rungs → --rungs.
         spec.validate().map_err(|e| {

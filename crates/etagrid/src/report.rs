@@ -196,10 +196,14 @@ pub fn report_one(
     let s = etagrid_report::write_report(&input, &dir)
         .with_context(|| format!("failed to write the report to {}", dir.display()))?;
     eprintln!(
-        "report: {} ({} of {} cells done)",
+        "report: {} ({} of {} cells done{})",
         s.index.display(),
         s.cells_done,
-        s.cells_total
+        s.cells_total,
+        match s.cells_pruned {
+            0 => String::new(),
+            n => format!(", {n} pruned by successive halving"),
+        }
     );
     if let Some(b) = &s.best {
         eprintln!(

@@ -38,6 +38,28 @@ impl Sandbox {
     fn cells(&self) -> Vec<etagrid_store::CellRow> {
         read_cells(&self.dir.path().join("state/etagrid.sqlite"), "tiny")
     }
+
+    /// Sweep tiny's best point, as `etagrid best --json` names it: (η_A, λ, metric).
+    fn best(&self) -> (f64, f64, f64) {
+        let best = self.run(&["best", "tiny", "--json"]);
+        let best: serde_json::Value = serde_json::from_slice(&best.stdout).expect("best json");
+        let field = |k: &str| best["best"][k].as_f64().expect(k);
+        (field("lr_a"), field("lambda"), field("metric"))
+    }
+}
+
+/// x and y equal within a relative 1e-9 (grid values printed to 10 significant digits).
+fn close(x: f64, y: f64) -> bool {
+    (x / y - 1.0).abs() < 1e-9
+}
+
+/// The metric of the cell at (η_A = `a`, λ = `l`) among `cells`.
+fn metric_at(cells: &[etagrid_store::CellRow], a: f64, l: f64) -> Option<f64> {
+    cells
+        .iter()
+        .find(|c| close(c.lr_a, a) && close(c.lr_b / c.lr_a, l))
+        .expect("the cell at the point")
+        .metric
 }
 
 #[test]
@@ -622,13 +644,7 @@ fn refine_writes_a_half_octave_sweep_around_the_best_point_that_runs() {
 
     let run = sb.run(&["run", "tiny.toml", "--no-report"]);
     assert!(run.status.success(), "{}", text(&run.stderr));
-    let best = sb.run(&["best", "tiny", "--json"]);
-    let best: serde_json::Value = serde_json::from_slice(&best.stdout).expect("best json");
-    let (a, l, m) = (
-        best["best"]["lr_a"].as_f64().expect("lr_a"),
-        best["best"]["lambda"].as_f64().expect("lambda"),
-        best["best"]["metric"].as_f64().expect("metric"),
-    );
+    let (a, l, m) = sb.best();
 
     let refine = sb.run(&["refine", "tiny"]);
     assert!(refine.status.success(), "{}", text(&refine.stderr));
@@ -642,7 +658,6 @@ fn refine_writes_a_half_octave_sweep_around_the_best_point_that_runs() {
     assert_eq!(spec.name, "tiny-refine");
     let cells = spec.cells();
     assert_eq!(cells.len(), 9);
-    let close = |x: f64, y: f64| (x / y - 1.0).abs() < 1e-9;
     for f in [0.5f64.sqrt(), 1.0, 2f64.sqrt()] {
         assert!(
             cells.iter().any(|c| close(c.config.lr_a, a * f)),
@@ -685,13 +700,67 @@ fn refine_writes_a_half_octave_sweep_around_the_best_point_that_runs() {
     let refined = read_cells(&sb.dir.path().join("state/etagrid.sqlite"), "tiny-refine");
     assert_eq!(refined.len(), 9);
     assert!(refined.iter().all(|c| c.state == CellState::Done));
-    let centre = refined
-        .iter()
-        .find(|c| close(c.lr_a, a) && close(c.lr_b / c.lr_a, l))
-        .expect("the centre cell");
     assert_eq!(
-        centre.metric,
+        metric_at(&refined, a, l),
         Some(m),
         "the centre is the best cell trained again"
     );
+}
+
+/// `[search] refine = true`: one `etagrid run` of a halving sweep also writes and runs its
+/// refinement, the 3 × 3 sweep `tiny-refine` beside it, whose centre is the halving pick trained
+/// again at full budget: the same metric (a cell paused at rungs and resumed ends as one that
+/// never stopped). A rerun continues that file and trains nothing; a file of that name that is
+/// another sweep is refused.
+#[test]
+fn a_halving_sweep_with_refine_runs_its_refinement_in_the_same_run() {
+    let sb = Sandbox::new("lr_a = [1e-3, 1e-2]\nratio = [1, 4, 16]", 9);
+    let file = sb.dir.path().join("tiny.toml");
+    let sweep = std::fs::read_to_string(&file).expect("sweep");
+    let with_search = format!("{sweep}[search]\nstrategy = \"halving\"\nrefine = true\n");
+    std::fs::write(&file, with_search).expect("write sweep");
+    let run = sb.run(&["run", "tiny.toml", "--no-report"]);
+    let err = text(&run.stderr);
+    assert!(run.status.success(), "{err}");
+    assert!(err.contains("[search] refine: running"), "{err}");
+    assert!(
+        sb.cells().iter().any(|c| c.pruned),
+        "halving pruned nothing"
+    );
+
+    let (a, l, m) = sb.best();
+    let db = sb.dir.path().join("state/etagrid.sqlite");
+    let refined = read_cells(&db, "tiny-refine");
+    assert_eq!(refined.len(), 9);
+    assert!(
+        refined
+            .iter()
+            .all(|c| c.state == CellState::Done && c.attempts == 1),
+        "{refined:?}"
+    );
+    assert_eq!(
+        metric_at(&refined, a, l),
+        Some(m),
+        "the centre is the pick trained again"
+    );
+
+    let again = sb.run(&["run", "tiny.toml", "--no-report"]);
+    let err = text(&again.stderr);
+    assert!(again.status.success(), "{err}");
+    assert!(err.contains("written by an earlier run"), "{err}");
+    let after = read_cells(&db, "tiny-refine");
+    assert!(
+        after.iter().all(|c| c.attempts == 1),
+        "retrained: {after:?}"
+    );
+
+    // A file of the refinement's name that is another sweep is not run over.
+    let other = std::fs::read_to_string(sb.dir.path().join("tiny-refine.toml"))
+        .expect("refined file")
+        .replace("name = \"tiny-refine\"", "name = \"mine\"");
+    std::fs::write(sb.dir.path().join("tiny-refine.toml"), other).expect("write");
+    let refused = sb.run(&["run", "tiny.toml", "--no-report"]);
+    let err = text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert!(err.contains("not the refinement of tiny"), "{err}");
 }
