@@ -4,8 +4,8 @@
 # MiniLM) and data/trec, data/mr carried. For each sweep of $SWEEPS (TASK-STEPS: TREC-50 and MR,
 # two budgets each; 36 cells) it runs the same cells three ways, each in its own store:
 #   plain    the full grid as a user runs it (eval at the end only): GPU-seconds and best cell;
-#   dense    the full grid evaluated every budget/$DENSE_DIV steps (default 27: the rungs of
-#            reductions 3 and 9; 16 for the default reduction 4's rungs, 1/16 and 1/4), for
+#   dense    the full grid evaluated every budget/$DENSE_DIV steps (default 27: the default
+#            rungs 1/9, 1/3 and those at 1/27, 2/27, 7/27; 16: rungs at 1/16, 1/4), for
 #            `etagrid replay-halving` (offline replays of any policy, here or later);
 #   halving  [search] strategy = "halving" with the defaults (or HALVING_EXTRA), live;
 #   halving3 the same with reduction = 3 (the default until 2026-12-01: rungs 1/9, 1/3).

@@ -5,7 +5,9 @@
 # first start of a pack finishes its first cell, then the worker dies by SIGKILL.
 # With `--probe-memory` (a memory probe of an `auto` pack on a GPU) it appends the probe's size
 # to STATE/probes and, in mode `probe-fit-3`, prints figures in which 3 cells fit (0.9 of
-# 1000 MiB, 100 MiB with the base, 250 MiB per cell); in any other mode the probe fails.
+# 1000 MiB, 100 MiB with the base, 250 MiB per cell); in any other mode the probe fails. Mode
+# `probe-fit-3-usr2` probes as `probe-fit-3`, then the first pack sends SIGUSR2 to its parent (a
+# SLURM task: "the time limit is near") and waits to be killed.
 set -u
 job="$2"
 dir="$(dirname "$job")"
@@ -14,7 +16,7 @@ mode="$(cat "$state/fake-mode" 2>/dev/null || echo ok)"
 if [ "${3:-}" = --probe-memory ]; then
   n=$(grep -c '"cell_id"' "$job")
   echo "$n" >> "$state/probes"
-  if [ "$mode" = probe-fit-3 ]; then
+  if [ "$mode" = probe-fit-3 ] || [ "$mode" = probe-fit-3-usr2 ]; then
     echo '{"cells":'"$n"',"before_mib":40,"model_mib":100,"peak_mib":'"$((100 + n * 250))"',"total_mib":1000}'
     exit 0
   fi
@@ -33,6 +35,12 @@ for id in $ids; do
   count=$((count + 1))
 done
 echo "$count" >> "$state/packs"
+if [ "$mode" = probe-fit-3-usr2 ] && [ ! -e "$state/usr2-sent" ]; then
+  touch "$state/usr2-sent"
+  kill -USR2 "$PPID"
+  sleep 60
+  exit 1
+fi
 for id in $ids; do
   echo '{"cell":"'"$id"'","event":"started","device":"fake","total_steps":1,"train_examples":1,"eval_examples":1,"trainable_params":1,"groups":[]}'
 done

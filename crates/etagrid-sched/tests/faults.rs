@@ -387,49 +387,7 @@ fn a_slurm_task_with_an_auto_pack_trains_it_in_the_parts_a_memory_probe_says_fit
             }
             store.close().await;
         });
-        // The task's job file as the front end writes it: the four cells, on the CPU until the
-        // task knows what SLURM granted it.
-        let dir = |id: &str| s.dir.path().join("state/cells/faults").join(id);
-        let packed: Vec<PackedCell> = cells
-            .iter()
-            .map(|c| {
-                std::fs::create_dir_all(dir(&c.id.0)).expect("cell dir");
-                PackedCell {
-                    cell_id: c.id.clone(),
-                    config: c.config.clone(),
-                    out_dir: dir(&c.id.0),
-                }
-            })
-            .collect();
-        let job = WorkerJob {
-            protocol: PROTOCOL_VERSION,
-            sweep: s.spec.name.clone(),
-            cell_id: packed[0].cell_id.clone(),
-            config: packed[0].config.clone(),
-            model_dir: s.spec.model.dir.clone(),
-            out_dir: packed[0].out_dir.clone(),
-            device: JobDevice::Cpu,
-            cuda_visible_devices: None,
-            threads: 1,
-            save_adapter: false,
-            cache_dir: None,
-            pack: packed[1..].to_vec(),
-            segment: None,
-        };
-        let job_path = s.dir.path().join("state/task-0.json");
-        std::fs::write(&job_path, serde_json::to_string(&job).expect("job")).expect("write job");
-        let exit = run_task(&TaskOptions {
-            store: s.store.clone(),
-            job: job_path,
-            owner: "7_0".into(),
-            device_label: "cuda (task 7_0)".into(),
-            gpus: Some("0".into()),
-            lease: Duration::from_secs(60),
-            max_attempts: 3,
-            worker: opts.worker.clone(),
-            measure_pack: measure,
-        })
-        .expect("task");
+        let exit = slurm_task(&s, &opts.worker, measure);
         assert_eq!(exit, TaskExit::Finished { failed: false }, "{mode}");
         assert_eq!(s.packs(), packs, "{mode}, measured: {measure}");
         let probed = std::fs::read_to_string(s.dir.path().join("state/probes")).unwrap_or_default();
@@ -451,6 +409,111 @@ fn a_slurm_task_with_an_auto_pack_trains_it_in_the_parts_a_memory_probe_says_fit
                 c.id
             );
         }
+    }
+}
+
+/// A SLURM task listens for SIGUSR2 (and SIGTERM) process-wide, and one test sends SIGUSR2 to
+/// this process: the tests' tasks take turns.
+static SLURM_TASKS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs a SLURM task ("7_0") on the four cells of `s` as one job file, as the front end writes
+/// it (on the CPU until the task knows what SLURM granted it), with GPU 0 granted.
+fn slurm_task(s: &Setup, worker: &WorkerCommand, measure_pack: bool) -> TaskExit {
+    let _turn = SLURM_TASKS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = |id: &str| s.dir.path().join("state/cells/faults").join(id);
+    let packed: Vec<PackedCell> = s
+        .spec
+        .cells()
+        .iter()
+        .map(|c| {
+            std::fs::create_dir_all(dir(&c.id.0)).expect("cell dir");
+            PackedCell {
+                cell_id: c.id.clone(),
+                config: c.config.clone(),
+                out_dir: dir(&c.id.0),
+            }
+        })
+        .collect();
+    let job = WorkerJob {
+        protocol: PROTOCOL_VERSION,
+        sweep: s.spec.name.clone(),
+        cell_id: packed[0].cell_id.clone(),
+        config: packed[0].config.clone(),
+        model_dir: s.spec.model.dir.clone(),
+        out_dir: packed[0].out_dir.clone(),
+        device: JobDevice::Cpu,
+        cuda_visible_devices: None,
+        threads: 1,
+        save_adapter: false,
+        cache_dir: None,
+        pack: packed[1..].to_vec(),
+        segment: None,
+    };
+    let job_path = s.dir.path().join("state/task-0.json");
+    std::fs::write(&job_path, serde_json::to_string(&job).expect("job")).expect("write job");
+    run_task(&TaskOptions {
+        store: s.store.clone(),
+        job: job_path,
+        owner: "7_0".into(),
+        device_label: "cuda (task 7_0)".into(),
+        gpus: Some("0".into()),
+        lease: Duration::from_secs(60),
+        max_attempts: 3,
+        worker: worker.clone(),
+        measure_pack,
+    })
+    .expect("task")
+}
+
+both_backends!(a_slurm_task_stopped_in_its_first_part_gives_the_later_parts_back_untried);
+/// SIGUSR2 (the SLURM time limit is near) while the first of two parts trains: the task gives
+/// that part's cells back to pending (the attempt counted, as for any cell the limit stops) and
+/// takes the second part's cells off its list in the store without claiming them — they are not
+/// counted as cells a task ended without claiming (taken for a store the task cannot reach),
+/// and the front end can give them to another task at once.
+fn a_slurm_task_stopped_in_its_first_part_gives_the_later_parts_back_untried(b: Backend) {
+    let (s, opts) = pack_setup(b, "probe-fit-3-usr2");
+    let cells = s.spec.cells();
+    let ids: Vec<String> = cells.iter().map(|c| c.id.0.clone()).collect();
+    block_on(async {
+        let store = Store::open(&s.store).await.expect("store");
+        store.enqueue(&s.spec, &cells).await.expect("enqueue");
+        let tasks: Vec<etagrid_store::SlurmTask> = ids
+            .iter()
+            .map(|id| etagrid_store::SlurmTask {
+                job_id: "7".into(),
+                array_index: 0,
+                cell_id: id.clone(),
+            })
+            .collect();
+        store
+            .record_slurm_tasks("faults", &tasks, 0)
+            .await
+            .expect("record");
+        store.close().await;
+    });
+    let exit = slurm_task(&s, &opts.worker, true);
+    assert_eq!(exit, TaskExit::Released);
+    assert_eq!(s.packs(), vec![2], "the second part never started");
+    let listed: Vec<String> = block_on(async {
+        let store = Store::open(&s.store).await.expect("store");
+        let t = store.slurm_tasks("faults").await.expect("tasks");
+        store.close().await;
+        let mut listed: Vec<String> = t.into_iter().map(|t| t.cell_id).collect();
+        listed.sort();
+        listed
+    });
+    let mut first_part = ids[..2].to_vec();
+    first_part.sort();
+    assert_eq!(listed, first_part, "the first part's cells stay listed");
+    for c in s.cells() {
+        let first = ids[..2].contains(&c.id);
+        assert_eq!(
+            (c.state, c.attempts),
+            (CellState::Pending, i64::from(first)),
+            "{}",
+            c.id
+        );
     }
 }
 

@@ -326,6 +326,35 @@ impl Store {
         Ok(())
     }
 
+    /// Takes `cells` off array task `job_id`_`array_index`'s list: the task gives them back
+    /// untried (it stopped before it reached them), so they count neither as covered by it nor
+    /// as cells a task ended without claiming. Returns how many rows it removed.
+    pub async fn forget_slurm_task_cells(
+        &self,
+        sweep: &str,
+        job_id: &str,
+        array_index: i64,
+        cells: &[String],
+    ) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let mut removed = 0;
+        for cell in cells {
+            removed += sqlx::query(
+                "DELETE FROM slurm_tasks WHERE sweep = $1 AND job_id = $2 AND array_index = $3 \
+                 AND cell_id = $4",
+            )
+            .bind(sweep)
+            .bind(job_id)
+            .bind(array_index)
+            .bind(cell)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(removed)
+    }
+
     /// Every array task submitted for the sweep, oldest first. Job ids are numbers stored as
     /// text: sorted as numbers here (as text "100" would come before "99").
     pub async fn slurm_tasks(&self, sweep: &str) -> Result<Vec<SlurmTask>> {

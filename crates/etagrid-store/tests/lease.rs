@@ -298,6 +298,23 @@ async fn submitted_tasks_read_back_with_their_slurm_ids(b: Backend) {
     let back = f.store.slurm_tasks(NAME).await.expect("tasks");
     assert_eq!(back, tasks);
     assert_eq!(back[1].slurm_id(), "41_1");
+    // A task gives back a cell it never reached: only its own row of that cell goes.
+    let forget = |job: &'static str, index: i64, cell: &str| {
+        let cells = vec![cell.to_owned()];
+        let store = &f.store;
+        async move {
+            store
+                .forget_slurm_task_cells(NAME, job, index, &cells)
+                .await
+                .expect("forget")
+        }
+    };
+    assert_eq!(forget("41", 0, f.id(1)).await, 0, "not task 41_0's cell");
+    assert_eq!(forget("41", 1, f.id(1)).await, 1);
+    assert_eq!(
+        f.store.slurm_tasks(NAME).await.expect("tasks"),
+        tasks[..1].to_vec()
+    );
 }
 
 both_backends!(requeue_failed_gives_back_only_failed_cells_with_attempts_left);

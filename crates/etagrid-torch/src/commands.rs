@@ -163,9 +163,19 @@ pub fn run(args: &RunArgs) -> Result<Exit> {
 fn refine_after(args: &RunArgs, spec: &SweepSpec, exit: Exit) -> Result<Exit> {
     if exit != Exit::Ok {
         eprintln!(
-            "[search] refine: sweep {} did not finish whole, so it is not refined yet: rerun              `etagrid run {}` to finish it, and the refinement runs then",
+            "[search] refine: sweep {} did not finish whole, so it is not refined yet: rerun \
+             `etagrid run {}` to finish it (with --retry-failed for cells out of attempts), and \
+             the refinement runs then",
             spec.name,
             args.sweep.display()
+        );
+        return Ok(exit);
+    }
+    if etagrid::refine::best_point(&args.db, &spec.name)?.is_none() {
+        eprintln!(
+            "[search] refine: no cell of sweep {} has a result (all diverged?): nothing to refine \
+             around",
+            spec.name
         );
         return Ok(exit);
     }

@@ -52,10 +52,18 @@ pub fn refine(
     Ok(crate::common::Exit::Ok)
 }
 
+/// The best point (η_A, λ) of stored sweep `name`, or `None` when no cell has a result.
+pub fn best_point(db: &etagrid_store::StoreUrl, name: &str) -> Result<Option<(f64, f64)>> {
+    let (row, cells) = load_sweep(db, name)?;
+    let model = ReportModel::build(&input_of(db, &row, &cells, false)?)?;
+    Ok(model.best.map(|b| (b.lr_a, b.lambda)))
+}
+
 /// For `[search] refine = true`, after `etagrid run` finished the sweep of file `sweep`: the
 /// refined sweep's file, `<name>-refine.toml` beside it — written now, or, when a run before
-/// wrote it (it names sweep `<name>-refine`), that file as it is, so a rerun continues the same
-/// refined sweep.
+/// wrote it (it names sweep `<name>-refine`) around today's best point, that file as it is, so
+/// a rerun continues the same refined sweep. One written around another point (the sweep's
+/// best moved since) is refused.
 pub fn refined_for_run(db: &etagrid_store::StoreUrl, sweep: &Path) -> Result<PathBuf> {
     let spec = etagrid_spec::SweepSpec::load(sweep)?;
     let dir = match sweep.parent() {
@@ -73,6 +81,32 @@ pub fn refined_for_run(db: &etagrid_store::StoreUrl, sweep: &Path) -> Result<Pat
                 theirs.name,
                 spec.name
             );
+        }
+        let centre = |values: Vec<f64>| {
+            let mut v = values;
+            v.sort_by(f64::total_cmp);
+            v.dedup();
+            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        };
+        let cells = theirs.cells();
+        let theirs_at = (
+            centre(cells.iter().map(|c| c.config.lr_a).collect()),
+            centre(cells.iter().map(|c| c.config.ratio()).collect()),
+        );
+        let best = best_point(db, &spec.name)?;
+        let same = |x: f64, y: f64| (x / y - 1.0).abs() < 1e-6;
+        match best {
+            Some((a, l)) if same(theirs_at.0, a) && same(theirs_at.1, l) => {}
+            Some((a, l)) => bail!(
+                "{} was written around η_A = {:.4e}, λ = {:.4}, but the best point of {} is now \
+                 η_A = {a:.4e}, λ = {l:.4}: remove the file (its sweep stays in the store) to \
+                 refine around the new best point",
+                out.display(),
+                theirs_at.0,
+                theirs_at.1,
+                spec.name
+            ),
+            None => {}
         }
         eprintln!(
             "refine: {} exists (written by an earlier run): running it as it is",

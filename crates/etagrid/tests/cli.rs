@@ -754,6 +754,27 @@ fn a_halving_sweep_with_refine_runs_its_refinement_in_the_same_run() {
         "retrained: {after:?}"
     );
 
+    // A refinement written around another point (the sweep's best moved since) is refused.
+    let refine_file = sb.dir.path().join("tiny-refine.toml");
+    let text_of = std::fs::read_to_string(&refine_file).expect("refined file");
+    let moved: String = text_of
+        .lines()
+        .map(|l| {
+            if l.starts_with("lr_a = [") {
+                "lr_a = [1e-5, 2e-5, 4e-5]".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&refine_file, moved).expect("write");
+    let stale = sb.run(&["run", "tiny.toml", "--no-report"]);
+    let err = text(&stale.stderr);
+    assert_eq!(stale.status.code(), Some(1), "{err}");
+    assert!(err.contains("was written around η_A = 2.0000e-5"), "{err}");
+    std::fs::write(&refine_file, &text_of).expect("put it back");
+
     // A file of the refinement's name that is another sweep is not run over.
     let other = std::fs::read_to_string(sb.dir.path().join("tiny-refine.toml"))
         .expect("refined file")

@@ -10,7 +10,10 @@
 //! on the GPU SLURM granted: a memory probe of two of its cells, as the local dispatcher runs
 //! one, says how many fit, and the task trains its cells in parts of that size, one after the
 //! other, claiming each part's cells when it starts it (the rest stay pending, and the front end
-//! leaves them to this task while it lives).
+//! leaves them to this task while it lives). A task stopped before a part (a signal during the
+//! probe or between parts, a lost lease) takes that part's cells off its list in the store:
+//! they go to other tasks at once, and it is not counted as a task that ended without claiming
+//! them (which the front end takes for a store it cannot reach).
 
 use crate::events::{Action, Applied, Member, Pack, Recorder, WorkerExit};
 use crate::job::{self, WorkerMsg};
@@ -85,10 +88,54 @@ async fn task(o: &TaskOptions) -> Result<TaskExit, SchedError> {
     let mut signals = StopSignals::new(true).map_err(SchedError::Runtime)?;
     let job = job::read_job(&o.job)?;
     let store = Store::open(&o.store).await?;
-    let parts = parts_of(&store, &job, o).await?;
-    let result = run_parts(&store, o, &parts, &mut signals).await;
+    let result = match parts_of(&store, &job, o, &mut signals).await {
+        Ok(Some(parts)) => run_parts(&store, o, &parts, &mut signals).await,
+        // Stopped while measuring: nothing claimed, every cell given back untried.
+        Ok(None) => forget(&store, o, std::slice::from_ref(&job))
+            .await
+            .map(|()| TaskExit::Released),
+        Err(e) => Err(e),
+    };
     store.close().await;
     result
+}
+
+/// A stop signal that came in already, without waiting for one.
+async fn pending_stop(signals: &mut StopSignals) -> Option<Stop> {
+    tokio::select! {
+        biased;
+        stop = signals.recv() => Some(stop),
+        () = std::future::ready(()) => None,
+    }
+}
+
+/// Takes the cells of `parts`, which this task never started, off its list in the store (see
+/// the module's doc). A no-op outside an array task (no `<job>_<index>` owner).
+async fn forget(store: &Store, o: &TaskOptions, parts: &[WorkerJob]) -> Result<(), SchedError> {
+    let Some((job_id, index)) = o
+        .owner
+        .rsplit_once('_')
+        .and_then(|(j, i)| Some((j, i.parse::<i64>().ok()?)))
+    else {
+        return Ok(());
+    };
+    let cells: Vec<String> = parts
+        .iter()
+        .flat_map(WorkerJob::cells)
+        .map(|c| c.cell_id.0)
+        .collect();
+    let Some(first) = parts.first() else {
+        return Ok(());
+    };
+    store
+        .forget_slurm_task_cells(&first.sweep, job_id, index, &cells)
+        .await?;
+    eprintln!(
+        "etagrid worker {}: {} cell(s) not reached, given back to the front end untried",
+        o.owner,
+        cells.len()
+    );
+    Ok(())
 }
 
 /// Claims and trains each part in turn; stops at the first that a signal or a lost lease ends.
@@ -99,7 +146,17 @@ async fn run_parts(
     signals: &mut StopSignals,
 ) -> Result<TaskExit, SchedError> {
     let mut exit = TaskExit::Skipped;
-    for part in parts {
+    for (k, part) in parts.iter().enumerate() {
+        if k > 0 {
+            if let Some(stop) = pending_stop(signals).await {
+                eprintln!(
+                    "etagrid worker {}: stopped ({stop:?}) between parts",
+                    o.owner
+                );
+                forget(store, o, &parts[k..]).await?;
+                return Ok(TaskExit::Released);
+            }
+        }
         let claimed = claim_all(store, part, o).await?;
         if claimed.is_empty() {
             continue;
@@ -118,7 +175,10 @@ async fn run_parts(
                 }
             }
             (e @ TaskExit::Finished { .. }, _) => e,
-            (stopped, _) => return Ok(stopped),
+            (stopped, _) => {
+                forget(store, o, &parts[k + 1..]).await?;
+                return Ok(stopped);
+            }
         };
     }
     Ok(exit)
@@ -128,12 +188,14 @@ async fn run_parts(
 /// [`TaskOptions::measure_pack`] on a GPU, its unfinished cells in parts of as many as a memory
 /// probe of two of them says fit (as even as one size allows: 36 cells of which 35 fit are
 /// 18 + 18). A probe that fails leaves parts of one cell, and says so.
+/// `None`: a stop signal came while the probe ran (it is killed; nothing was claimed).
 async fn parts_of(
     store: &Store,
     job: &WorkerJob,
     o: &TaskOptions,
-) -> Result<Vec<WorkerJob>, SchedError> {
-    let whole = || Ok(vec![job.clone()]);
+    signals: &mut StopSignals,
+) -> Result<Option<Vec<WorkerJob>>, SchedError> {
+    let whole = || Ok(Some(vec![job.clone()]));
     let Some(gpus) = o.gpus.clone().filter(|_| o.measure_pack) else {
         return whole();
     };
@@ -168,7 +230,15 @@ async fn parts_of(
          (cells_per_worker = \"auto\")",
         cells.len()
     );
-    let fit = match run_probe(&o.worker, &part(&cells[..2]), PROBE_LIMIT).await {
+    let probe_job = part(&cells[..2]);
+    let probe = tokio::select! {
+        p = run_probe(&o.worker, &probe_job, PROBE_LIMIT) => p,
+        stop = signals.recv() => {
+            eprintln!("etagrid worker {owner}: stopped ({stop:?}) while measuring");
+            return Ok(None);
+        }
+    };
+    let fit = match probe {
         Ok(p) => {
             let fit = p.cells_that_fit(MemoryFit::default().usable_fraction, 1);
             eprintln!(
@@ -197,7 +267,7 @@ async fn parts_of(
             cells.len().div_ceil(size)
         );
     }
-    Ok(cells.chunks(size).map(part).collect())
+    Ok(Some(cells.chunks(size).map(part).collect()))
 }
 
 /// How long a memory probe may take (a worker's start, one step, one evaluation batch).
