@@ -111,12 +111,26 @@ impl Prologue {
     }
 }
 
-/// "3 done, 1 failed": the sweep's cells by state.
+/// "3 done, 1 failed": the sweep's cells by state; cells successive halving pruned (stored
+/// done at their rung) are counted apart: "1 done, 5 pruned".
 async fn counts_line(store: &Store, sweep: &str) -> Result<String, SchedError> {
     let counts = store.counts(sweep).await?;
+    let pruned = store
+        .cells(sweep)
+        .await?
+        .iter()
+        .filter(|c| c.pruned)
+        .count() as i64;
     Ok(CellState::ALL
         .iter()
-        .filter_map(|s| counts.get(s).map(|n| format!("{n} {}", s.as_str())))
+        .filter_map(|s| counts.get(s).map(|&n| (*s, n)))
+        .flat_map(|(s, n)| match s {
+            CellState::Done if pruned > 0 => vec![
+                format!("{} done", n - pruned),
+                format!("{pruned} pruned by successive halving"),
+            ],
+            _ => vec![format!("{n} {}", s.as_str())],
+        })
         .collect::<Vec<_>>()
         .join(", "))
 }
