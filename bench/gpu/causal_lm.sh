@@ -2,7 +2,7 @@
 # On the GPU machine: a random-init Llama at SmolLM2-135M's shape (config + tokenizer carried in
 # .gpu/smol-cfg), then the dialogue causal_lm sweep bench/gpu/dialog-gpu.toml on it.
 set -uo pipefail
-export LD_LIBRARY_PATH="$(python3 -c 'import os, torch; print(os.path.dirname(torch.__file__))')/lib"
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 python3 - <<'PY'
 import shutil, torch, transformers as tf
 torch.manual_seed(0)

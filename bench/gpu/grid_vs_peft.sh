@@ -5,11 +5,9 @@
 #   bash bench/gpu/grid_vs_peft.sh trec     # the 36-cell TREC-50 sweep: packed, unpacked, PEFT ×8
 #   bash bench/gpu/grid_vs_peft.sh roberta  # RoBERTa-base 32×128 step speed: K = 1, 4, 16, 32 vs PEFT
 set -uo pipefail
-export LD_LIBRARY_PATH="$(python3 -c 'import os, torch; print(os.path.dirname(torch.__file__))')/lib"
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 B=./.gpu/etagrid
-OUT=${OUT:-/tmp/out}
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
-date -u +%Y-%m-%dT%H:%MZ | tee -a "$OUT/machine.txt"
+record_machine
 
 # Peak GPU memory of a command, in MiB above what was in use before it (nvidia-smi every 0.1 s).
 peak() {

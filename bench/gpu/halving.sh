@@ -12,13 +12,11 @@
 # Writes the table, the walls and results.tar.xz (logs, stores, statuses, replays, each worker's
 # log with its time split) under $OUT (few files: the device tool returns a handful).
 set -uo pipefail
-export LD_LIBRARY_PATH="$(python3 -c 'import os, torch; print(os.path.dirname(torch.__file__))')/lib"
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 B=$PWD/.gpu/etagrid
-OUT=${OUT:-/tmp/out}
 T=bench/gpu/halving
 R=/tmp/halving-results; rm -rf "$R"; mkdir -p "$R"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
-date -u +%Y-%m-%dT%H:%MZ | tee -a "$OUT/machine.txt"
+record_machine
 SWEEPS=${SWEEPS:-"trec50-540 trec50-2160 mr-540 mr-2160"}
 # NODROP=1: the same sweeps on a copy of MiniLM with its dropout off (names end in -nodrop), to
 # separate the policy from the dropout draws that re-packing changes.

@@ -5,7 +5,7 @@
 # same yardstick for both). PEFT also reports torch.cuda.max_memory_allocated (tensors only), which
 # etagrid cannot read through tch. Needs vs_peft.sh's models in /tmp (it builds them if missing).
 set -uo pipefail
-export LD_LIBRARY_PATH="$(python3 -c 'import os, torch; print(os.path.dirname(torch.__file__))')/lib"
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 B=./.gpu/etagrid-bench
 SECS=${SECS:-6}
 OUTF="$OUT/mem_vs_peft.txt"

@@ -4,11 +4,9 @@
 # `auto` (a memory probe sizes the packs), then with one pack of all 36 cells forced. Prints each
 # run's probe line, packs, cell states, wall time and the GPU's peak memory.
 set -uo pipefail
-export LD_LIBRARY_PATH="$(python3 -c 'import os, torch; print(os.path.dirname(torch.__file__))')/lib"
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 B=./.gpu/etagrid
-OUT=${OUT:-/tmp/out}
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
-date -u +%Y-%m-%dT%H:%MZ | tee -a "$OUT/machine.txt"
+record_machine
 for mode in auto 36; do
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$OUT/mem-$mode.txt" &
   smi=$!

@@ -2,7 +2,7 @@
 # Runs on the GPU machine through the device tool, over a copy of the working tree with
 # .gpu/ (stripped etagrid + etagrid-torch binaries, fp16 MiniLM) and data/mr carried. Writes results under $OUT.
 set -uo pipefail
-export LD_LIBRARY_PATH="$(python3 -c 'import os, torch; print(os.path.dirname(torch.__file__))')/lib"
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 B=./.gpu/etagrid
 nvidia-smi -L
 ldd "$B" | grep -E "not found|fontconfig|freetype" && echo "WARNING: missing libraries"

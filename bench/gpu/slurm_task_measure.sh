@@ -7,11 +7,10 @@
 # fit, and leave every cell done once. Runs on the GPU machine from the repository root with .gpu/
 # unpacked and data/mr carried; writes the task's log, the status and the GPU peak under $OUT.
 set -uo pipefail
-export LD_LIBRARY_PATH="$(python3 -c 'import os, torch; print(os.path.dirname(torch.__file__))')/lib"
-B=$PWD/.gpu/etagrid; OUT=${OUT:-/tmp/out}; st=/tmp/slurm-task-measure
-rm -rf "$st"; mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
-date -u +%Y-%m-%dT%H:%MZ | tee -a "$OUT/machine.txt"
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+B=$PWD/.gpu/etagrid; st=/tmp/slurm-task-measure
+rm -rf "$st"
+record_machine
 "$B" --state-dir "$st" run bench/gpu/mr-memory.toml --enqueue-only 2>&1 | tee "$OUT/enqueue.log"
 python3 - "$st" "$PWD/.gpu/minilm-f16" <<'PY'
 import json, sqlite3, sys

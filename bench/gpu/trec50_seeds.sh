@@ -3,9 +3,8 @@
 # accuracy a random variable; a pack draws its masks together, so packed and unpacked agree in
 # distribution, not bit for bit). Runs on the GPU machine like grid_vs_peft.sh; writes under $OUT.
 set -uo pipefail
-export LD_LIBRARY_PATH="$(python3 -c 'import os, torch; print(os.path.dirname(torch.__file__))')/lib"
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 B=./.gpu/etagrid
-OUT=${OUT:-/tmp/out}
 for mode in auto 1; do
   s=$(date +%s.%N)
   "$B" --state-dir "/tmp/seeds-$mode" run bench/gpu/trec50-seeds.toml --cells-per-worker "$mode" --no-report \

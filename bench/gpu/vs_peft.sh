@@ -6,7 +6,7 @@
 # architecture, saved by transformers from the same config. Writes $OUT/vs_peft.jsonl.
 set -uo pipefail
 export MODELS=${MODELS:-"roberta-base gpt2 llama-1b"}
-export LD_LIBRARY_PATH="$(python3 -c 'import os, torch; print(os.path.dirname(torch.__file__))')/lib"
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 B=./.gpu/etagrid-bench
 OUTF="$OUT/vs_peft.jsonl"
 SECS=${SECS:-10}

@@ -4,8 +4,8 @@
 # cells, so a smaller pack — from scratch. Prints each common cell's final metric and eval loss in
 # both and whether they are the same bits. NODROP=1: MiniLM with its dropout off.
 set -uo pipefail
-export LD_LIBRARY_PATH="$(python3 -c 'import os, torch; print(os.path.dirname(torch.__file__))')/lib"
-B=${ETAGRID_BIN:-$PWD/.gpu/etagrid}; OUT=${OUT:-/tmp/out}; T=bench/gpu/halving
+source "$(dirname "${BASH_SOURCE[0]}")/../env.sh"
+B=${ETAGRID_BIN:-$PWD/.gpu/etagrid}; T=bench/gpu/halving
 MODEL=minilm-f16
 if [ "${NODROP:-0}" = 1 ]; then
   MODEL=minilm-f16-nodrop
