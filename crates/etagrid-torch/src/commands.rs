@@ -49,6 +49,7 @@ pub fn plan(sweep: &Path) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
+#[derive(Clone)]
 pub struct RunArgs {
     pub sweep: PathBuf,
     pub db: StoreUrl,
@@ -171,15 +172,14 @@ fn refine_after(args: &RunArgs, spec: &SweepSpec, exit: Exit) -> Result<Exit> {
         );
         return Ok(exit);
     }
-    if etagrid::refine::best_point(&args.db, &spec.name)?.is_none() {
+    let Some(file) = etagrid::refine::refined_for_run(&args.db, &args.sweep)? else {
         eprintln!(
             "[search] refine: no cell of sweep {} has a result (all diverged?): nothing to refine \
              around",
             spec.name
         );
         return Ok(exit);
-    }
-    let file = etagrid::refine::refined_for_run(&args.db, &args.sweep)?;
+    };
     eprintln!(
         "[search] refine: running {} (3 × 3 around the best point of {}, full budget)",
         file.display(),
@@ -187,15 +187,8 @@ fn refine_after(args: &RunArgs, spec: &SweepSpec, exit: Exit) -> Result<Exit> {
     );
     run(&RunArgs {
         sweep: file,
-        db: args.db.clone(),
-        state_dir: args.state_dir.clone(),
-        devices: args.devices.clone(),
-        cells_per_device: args.cells_per_device,
-        cells_per_worker: args.cells_per_worker,
-        report_dir: args.report_dir.clone(),
-        retry_failed: args.retry_failed,
-        save_adapters: args.save_adapters,
         enqueue_only: false,
+        ..args.clone()
     })
 }
 

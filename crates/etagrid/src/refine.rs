@@ -48,24 +48,40 @@ pub fn refine(
     sweep: &str,
     out: Option<&Path>,
 ) -> Result<crate::common::Exit> {
-    write_refined(db, sweep, out, true)?;
+    write_refined(&Stored::load(db, sweep)?, sweep, out, true)?;
     Ok(crate::common::Exit::Ok)
 }
 
-/// The best point (η_A, λ) of stored sweep `name`, or `None` when no cell has a result.
-pub fn best_point(db: &etagrid_store::StoreUrl, name: &str) -> Result<Option<(f64, f64)>> {
-    let (row, cells) = load_sweep(db, name)?;
-    let model = ReportModel::build(&input_of(db, &row, &cells, false)?)?;
-    Ok(model.best.map(|b| (b.lr_a, b.lambda)))
+/// A sweep as the store has it: its row, and its report model (the best point).
+struct Stored {
+    name: String,
+    row: etagrid_store::SweepRow,
+    model: ReportModel,
+}
+
+impl Stored {
+    /// Sweep `sweep` (a file or a stored name), read once.
+    fn load(db: &etagrid_store::StoreUrl, sweep: &str) -> Result<Stored> {
+        let name = sweep_name(sweep)?;
+        let (row, cells) = load_sweep(db, &name)?;
+        let model = ReportModel::build(&input_of(db, &row, &cells, false)?)?;
+        Ok(Stored { name, row, model })
+    }
 }
 
 /// For `[search] refine = true`, after `etagrid run` finished the sweep of file `sweep`: the
 /// refined sweep's file, `<name>-refine.toml` beside it — written now, or, when a run before
 /// wrote it (it names sweep `<name>-refine`) around today's best point, that file as it is, so
 /// a rerun continues the same refined sweep. One written around another point (the sweep's
-/// best moved since) is refused.
-pub fn refined_for_run(db: &etagrid_store::StoreUrl, sweep: &Path) -> Result<PathBuf> {
+/// best moved since) is refused. `None`: no cell has a result, so there is no point to refine
+/// around.
+pub fn refined_for_run(db: &etagrid_store::StoreUrl, sweep: &Path) -> Result<Option<PathBuf>> {
     let spec = etagrid_spec::SweepSpec::load(sweep)?;
+    let stored = Stored::load(db, &sweep.to_string_lossy())?;
+    let Some(best) = &stored.model.best else {
+        return Ok(None);
+    };
+    let (a, l) = (best.lr_a, best.lambda);
     let dir = match sweep.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -93,11 +109,9 @@ pub fn refined_for_run(db: &etagrid_store::StoreUrl, sweep: &Path) -> Result<Pat
             centre(cells.iter().map(|c| c.config.lr_a).collect()),
             centre(cells.iter().map(|c| c.config.ratio()).collect()),
         );
-        let best = best_point(db, &spec.name)?;
         let same = |x: f64, y: f64| (x / y - 1.0).abs() < 1e-6;
-        match best {
-            Some((a, l)) if same(theirs_at.0, a) && same(theirs_at.1, l) => {}
-            Some((a, l)) => bail!(
+        if !(same(theirs_at.0, a) && same(theirs_at.1, l)) {
+            bail!(
                 "{} was written around η_A = {:.4e}, λ = {:.4}, but the best point of {} is now \
                  η_A = {a:.4e}, λ = {l:.4}: remove the file (its sweep stays in the store) to \
                  refine around the new best point",
@@ -105,30 +119,27 @@ pub fn refined_for_run(db: &etagrid_store::StoreUrl, sweep: &Path) -> Result<Pat
                 theirs_at.0,
                 theirs_at.1,
                 spec.name
-            ),
-            None => {}
+            );
         }
         eprintln!(
             "refine: {} exists (written by an earlier run): running it as it is",
             out.display()
         );
-        return Ok(out);
+        return Ok(Some(out));
     }
-    write_refined(db, &sweep.to_string_lossy(), Some(&out), false)
+    write_refined(&stored, &sweep.to_string_lossy(), Some(&out), false).map(Some)
 }
 
-/// Writes the refined sweep of `sweep` (a file or a stored name) to `out` (default
-/// `<name>-refine.toml` beside the sweep's file) and returns its path. `standalone`: the
-/// command `etagrid refine`, whose message says how to run the file.
+/// Writes the refined sweep of `stored` (given as `sweep`, a file or a stored name) to `out`
+/// (default `<name>-refine.toml` beside the sweep's file) and returns its path. `standalone`:
+/// the command `etagrid refine`, whose message says how to run the file.
 fn write_refined(
-    db: &etagrid_store::StoreUrl,
+    stored: &Stored,
     sweep: &str,
     out: Option<&Path>,
     standalone: bool,
 ) -> Result<PathBuf> {
-    let name = sweep_name(sweep)?;
-    let (row, cells) = load_sweep(db, &name)?;
-    let model = ReportModel::build(&input_of(db, &row, &cells, false)?)?;
+    let Stored { name, row, model } = stored;
     let Some(best) = model.best.clone() else {
         bail!(
             "sweep {name} has no finished cell to refine around: run it first (`etagrid status \
@@ -152,7 +163,7 @@ fn write_refined(
         PathBuf::from(&row.source_path)
     };
     let is_it =
-        source.is_file() && etagrid_spec::SweepSpec::load(&source).is_ok_and(|s| s.name == name);
+        source.is_file() && etagrid_spec::SweepSpec::load(&source).is_ok_and(|s| &s.name == name);
     if !is_it {
         bail!(
             "sweep {name} was run as {}, which is not its sweep file from here: pass the sweep \

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{read_cells, text, tiny_sweep, train_fixture, CPU_RESOURCES};
+use common::{failed_with, read_cells, text, tiny_sweep, train_fixture, CPU_RESOURCES};
 use etagrid_store::CellState;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -635,12 +635,7 @@ fn refine_writes_a_half_octave_sweep_around_the_best_point_that_runs() {
     let out = sb.run(&["run", "tiny.toml", "--enqueue-only"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let early = sb.run(&["refine", "tiny"]);
-    assert_eq!(early.status.code(), Some(1));
-    assert!(
-        text(&early.stderr).contains("no cell has finished"),
-        "{}",
-        text(&early.stderr)
-    );
+    failed_with(&early, &["no cell has finished"]);
 
     let run = sb.run(&["run", "tiny.toml", "--no-report"]);
     assert!(run.status.success(), "{}", text(&run.stderr));
@@ -674,12 +669,7 @@ fn refine_writes_a_half_octave_sweep_around_the_best_point_that_runs() {
     }
     // Not again over the file, and not elsewhere.
     let again = sb.run(&["refine", "tiny"]);
-    assert_eq!(again.status.code(), Some(1));
-    assert!(
-        text(&again.stderr).contains("exists"),
-        "{}",
-        text(&again.stderr)
-    );
+    failed_with(&again, &["exists"]);
     // Another file in the same directory: its own sweep name.
     let named = sb.run(&["refine", "tiny", "--out", "tiny-fine.toml"]);
     assert!(named.status.success(), "{}", text(&named.stderr));
@@ -688,12 +678,7 @@ fn refine_writes_a_half_octave_sweep_around_the_best_point_that_runs() {
     let other = tempfile::tempdir().expect("tempdir");
     let away = other.path().join("x.toml");
     let away = sb.run(&["refine", "tiny", "--out", &away.display().to_string()]);
-    assert_eq!(away.status.code(), Some(1));
-    assert!(
-        text(&away.stderr).contains("directory"),
-        "{}",
-        text(&away.stderr)
-    );
+    failed_with(&away, &["directory"]);
 
     let run = sb.run(&["run", "tiny-refine.toml", "--no-report"]);
     assert!(run.status.success(), "{}", text(&run.stderr));
@@ -776,9 +761,7 @@ fn a_halving_sweep_with_refine_runs_its_refinement_in_the_same_run() {
         .join("\n");
     std::fs::write(&refine_file, moved).expect("write");
     let stale = sb.run(&["run", "tiny.toml", "--no-report"]);
-    let err = text(&stale.stderr);
-    assert_eq!(stale.status.code(), Some(1), "{err}");
-    assert!(err.contains("was written around η_A = 2.0000e-5"), "{err}");
+    failed_with(&stale, &["was written around η_A = 2.0000e-5"]);
     std::fs::write(&refine_file, &text_of).expect("put it back");
 
     // A file of the refinement's name that is another sweep is not run over.
@@ -787,7 +770,5 @@ fn a_halving_sweep_with_refine_runs_its_refinement_in_the_same_run() {
         .replace("name = \"tiny-refine\"", "name = \"mine\"");
     std::fs::write(sb.dir.path().join("tiny-refine.toml"), other).expect("write");
     let refused = sb.run(&["run", "tiny.toml", "--no-report"]);
-    let err = text(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(1), "{err}");
-    assert!(err.contains("not the refinement of tiny"), "{err}");
+    failed_with(&refused, &["not the refinement of tiny"]);
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{read_cells, text, tiny_sweep, with_store, CPU_RESOURCES};
+use common::{failed_with, read_cells, text, tiny_sweep, with_store, CPU_RESOURCES};
 use etagrid_store::{CellRow, CellState};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -317,12 +317,7 @@ fn a_sweep_without_evals_at_the_rung_steps_is_refused_naming_the_step() {
     assert_eq!(r["rung_steps"], serde_json::json!([4, STEPS]));
     // A rung flag that is not a rung list is refused, naming the flag.
     let out = sb.run(&["replay-halving", "sparse", "--rungs", "0.5,0.3,1"]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = text(&out.stderr);
-    assert!(
-        err.contains("--rungs must increase and end at 1.0"),
-        "{err}"
-    );
+    failed_with(&out, &["--rungs must increase and end at 1.0"]);
 }
 
 #[test]
@@ -342,11 +337,5 @@ fn an_unfinished_sweep_is_refused() {
             "{err}"
         );
     }
-    let out = sb.run(&["replay-halving", "nosuch"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("nosuch"),
-        "{}",
-        text(&out.stderr)
-    );
+    failed_with(&sb.run(&["replay-halving", "nosuch"]), &["nosuch"]);
 }

@@ -263,8 +263,6 @@ pub(super) fn spawn_worker(
 mod tests {
     use super::{before_backtrace, short_line};
 
-    /// A CUDA out-of-memory panic, as a worker's log has it: one line, ending in libtorch's
-    /// C++ backtrace with its newlines escaped.
     /// An error the worker printed with `{:#}`: libtorch's backtrace on lines of its own.
     #[test]
     fn a_logs_tail_stops_before_libtorchs_backtrace_lines() {
@@ -282,6 +280,8 @@ mod tests {
         assert!(!t.contains("frame #"), "{t}");
     }
 
+    /// A CUDA out-of-memory panic, as a worker's log has it: one line, ending in libtorch's
+    /// C++ backtrace with its newlines escaped.
     #[test]
     fn a_quoted_log_line_keeps_libtorchs_message_without_its_backtrace() {
         let oom = r#"called `Result::unwrap()` on an `Err` value: Torch("CUDA out of memory. Tried to allocate 8.33 GiB. GPU 0 has a total capacity of 139.80 GiB of which 4.27 GiB is free.\nException raised from malloc at /pytorch/c10/cuda/CUDACachingAllocator.cpp:1574 (most recent call first):\nframe #0: c10::Error::Error(c10::SourceLocation) + 0x9d")"#;

@@ -5,6 +5,7 @@
 
 use etagrid_store::{CellRow, Store, StoreUrl};
 use std::path::{Path, PathBuf};
+use std::process::Output;
 
 /// This crate's directory.
 pub fn manifest() -> &'static Path {
@@ -61,6 +62,17 @@ eval_every = {eval_every}
 "#,
         head = sweep_head(name),
     )
+}
+
+/// Asserts that `out` is a run that failed (exit status 1) with every one of `wants` in its
+/// stderr, and returns the stderr.
+pub fn failed_with(out: &Output, wants: &[&str]) -> String {
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for want in wants {
+        assert!(err.contains(want), "{want:?} not in:\n{err}");
+    }
+    err
 }
 
 /// A process's output as text.
