@@ -6,7 +6,7 @@
 
 use etagrid_sched::slurm::{run_task, TaskExit, TaskOptions};
 use etagrid_sched::{run, RunOptions, SchedError, SlotDevice, WorkerCommand};
-use etagrid_spec::protocol::{JobDevice, PackedCell, WorkerJob, PROTOCOL_VERSION};
+use etagrid_spec::protocol::{JobDevice, PackedCell, Segment, WorkerJob, PROTOCOL_VERSION};
 use etagrid_spec::{PackSize, SweepSpec};
 use etagrid_store::testing::{test_server, TestDatabase};
 use etagrid_store::{Backend, CellState, Store, StoreUrl};
@@ -234,13 +234,17 @@ fn a_worker_that_cannot_start_fails_its_cells_and_leaves_none_queued(b: Backend)
 }
 
 /// A 4-cell sweep run by the pack stand-in (tests/fake-pack-worker.sh), one CPU slot, packs of 4.
+/// The pack tests' sweep file: four cells of one step, packed by four.
+fn pack_toml() -> String {
+    "name = \"faults\"\n[model]\npath = \"m\"\n[task]\ntrain = \"t.csv\"\neval = \"e.csv\"\n\
+     [train]\nsteps = 1\n[grid]\nlr_a = [1e-4, 1e-3, 1e-2, 1e-1]\nlr_b = [1e-3]\n\
+     [resources]\ncells_per_worker = 4\n"
+        .to_owned()
+}
+
 fn pack_setup(b: Backend, mode: &str) -> (Setup, RunOptions) {
     let mut s = setup(b, mode, "cells_per_worker = 4");
-    let toml =
-        "name = \"faults\"\n[model]\npath = \"m\"\n[task]\ntrain = \"t.csv\"\neval = \"e.csv\"\n\
-                [train]\nsteps = 1\n[grid]\nlr_a = [1e-4, 1e-3, 1e-2, 1e-1]\nlr_b = [1e-3]\n\
-                [resources]\ncells_per_worker = 4\n";
-    s.spec = SweepSpec::parse(&s.dir.path().join("faults.toml"), toml).expect("spec");
+    s.spec = SweepSpec::parse(&s.dir.path().join("faults.toml"), &pack_toml()).expect("spec");
     let mut opts = s.opts(false);
     opts.worker.args = vec![Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fake-pack-worker.sh")
@@ -419,6 +423,17 @@ static SLURM_TASKS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Runs a SLURM task ("7_0") on the four cells of `s` as one job file, as the front end writes
 /// it (on the CPU until the task knows what SLURM granted it), with GPU 0 granted.
 fn slurm_task(s: &Setup, worker: &WorkerCommand, measure_pack: bool) -> TaskExit {
+    slurm_task_for(s, worker, measure_pack, None)
+}
+
+/// [`slurm_task`] with the job's segment of the budget (a halving rung's), as the front end
+/// writes it.
+fn slurm_task_for(
+    s: &Setup,
+    worker: &WorkerCommand,
+    measure_pack: bool,
+    segment: Option<Segment>,
+) -> TaskExit {
     let _turn = SLURM_TASKS.lock().unwrap_or_else(|e| e.into_inner());
     let dir = |id: &str| s.dir.path().join("state/cells/faults").join(id);
     let packed: Vec<PackedCell> = s
@@ -447,7 +462,7 @@ fn slurm_task(s: &Setup, worker: &WorkerCommand, measure_pack: bool) -> TaskExit
         save_adapter: false,
         cache_dir: None,
         pack: packed[1..].to_vec(),
-        segment: None,
+        segment,
     };
     let job_path = s.dir.path().join("state/task-0.json");
     std::fs::write(&job_path, serde_json::to_string(&job).expect("job")).expect("write job");
@@ -514,6 +529,74 @@ fn a_slurm_task_stopped_in_its_first_part_gives_the_later_parts_back_untried(b: 
             "{}",
             c.id
         );
+    }
+}
+
+both_backends!(a_slurm_task_trains_halving_cells_only_on_the_rung_it_was_submitted_for);
+/// A halving sweep on SLURM: a task trains its cells' segment of the budget for the rung it
+/// was submitted for. One that starts after its cells went on to another rung (it was queued
+/// while another task trained them, and the rung was decided) must not train them with its
+/// old segment: it skips them unclaimed, attempts untouched, and takes them off its list in the
+/// store (the front end submits them again, and counts no task that "ended without claiming").
+/// With the segment of the cells' rung the same task claims and trains them.
+fn a_slurm_task_trains_halving_cells_only_on_the_rung_it_was_submitted_for(b: Backend) {
+    let (mut s, opts) = pack_setup(b, "ok");
+    let toml = format!(
+        "{}[search]\nstrategy = \"halving\"\nrungs = [0.5, 1.0]\n",
+        pack_toml()
+    );
+    s.spec = SweepSpec::parse(&s.spec.source, &toml).expect("spec");
+    let cells = s.spec.cells();
+    let ids: Vec<String> = cells.iter().map(|c| c.id.0.clone()).collect();
+    block_on(async {
+        let store = Store::open(&s.store).await.expect("store");
+        store.enqueue(&s.spec, &cells).await.expect("enqueue");
+        store
+            .init_halving("faults", &s.spec.search)
+            .await
+            .expect("rungs");
+        let tasks: Vec<etagrid_store::SlurmTask> = ids
+            .iter()
+            .map(|id| etagrid_store::SlurmTask {
+                job_id: "7".into(),
+                array_index: 0,
+                cell_id: id.clone(),
+            })
+            .collect();
+        store
+            .record_slurm_tasks("faults", &tasks, 0)
+            .await
+            .expect("record");
+        store.close().await;
+    });
+    // The cells are on the first rung; a task for the second (continue from 1/2 to the end).
+    let second = Segment {
+        resume_from: Some(0.5),
+        pause_at: None,
+    };
+    let exit = slurm_task_for(&s, &opts.worker, false, Some(second));
+    assert_eq!(exit, TaskExit::Skipped);
+    assert!(s.packs().is_empty(), "no worker started: {:?}", s.packs());
+    for c in s.cells() {
+        assert_eq!((c.state, c.attempts), (CellState::Pending, 0), "{}", c.id);
+    }
+    let listed = block_on(async {
+        let store = Store::open(&s.store).await.expect("store");
+        let t = store.slurm_tasks("faults").await.expect("tasks");
+        store.close().await;
+        t
+    });
+    assert!(listed.is_empty(), "taken off the task's list: {listed:?}");
+
+    let first = Segment {
+        resume_from: None,
+        pause_at: Some(0.5),
+    };
+    let exit = slurm_task_for(&s, &opts.worker, false, Some(first));
+    assert_eq!(exit, TaskExit::Finished { failed: false });
+    assert_eq!(s.packs(), vec![4]);
+    for c in s.cells() {
+        assert_eq!((c.attempts, s.starts(&c.id)), (1, 1), "{}", c.id);
     }
 }
 

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{text, tiny_sweep, with_store};
+use common::{text, tiny_sweep, with_store, CPU_RESOURCES};
 use etagrid_store::testing::TestDatabase;
 use etagrid_store::{CellRow, CellState, SlurmTask, Store, StoreUrl};
 use std::path::Path;
@@ -596,4 +596,95 @@ fn a_pack_task_killed_mid_training_gets_its_cells_retried_in_smaller_packs_and_f
             "{logs}"
         );
     }
+}
+
+/// Successive halving on SLURM (3 × 3 grid, rungs at 1, 3 and 9 steps): the front end submits
+/// each rung's cells, makes each promotion once none of the rung is left to run, and submits
+/// the promoted cells with the next rung's segment. The result is the local backend's to the
+/// last bit — the same sweep run by `etagrid run` on a SQLite store, both one thread a cell:
+/// the same promotions, the same cells pruned at the same rungs and steps, the same metrics.
+/// Every cell is claimed once per rung it reached, and a rerun of the front end trains nothing.
+#[test]
+fn a_halving_sweep_runs_rung_by_rung_and_ends_as_the_local_run_of_it() {
+    let name = "slurm-halving";
+    let sb = Sandbox::new(name, "", 9, 0);
+    let sweep = tiny_sweep(
+        name,
+        "lr_a = [1e-3, 3e-3, 1e-2]\nlr_b = [1e-2, 3e-2, 1e-1]\nseeds = [0]",
+        9,
+        0,
+    ) + CPU_RESOURCES
+        + "[search]\nstrategy = \"halving\"\nkeep_per_row = 1\nmin_tau = -1.0\n";
+    std::fs::write(sb.dir.path().join("sweep.toml"), &sweep).expect("write sweep");
+    let out = sb.run();
+    let err = text(&out.stderr);
+    let logs = sb.task_logs();
+    assert!(out.status.success(), "{err}\n{logs}");
+    assert!(err.contains("paused at step 1"), "{err}");
+    // Each rung is submitted after the promotion before it (arrays of at most the cluster's
+    // MaxArraySize = 4 tasks).
+    let (first, rest) = err
+        .split_once("rung 1/3: 9 points")
+        .expect("rung 1 decided");
+    let (second, third) = rest.split_once("rung 2/3:").expect("rung 2 decided");
+    for (rung, text) in [(1, first), (2, second), (3, third)] {
+        assert!(text.contains("submitted job array"), "rung {rung}: {err}");
+    }
+
+    let local_db = sb.dir.path().join("local.sqlite");
+    let local = Command::new(env!("CARGO_BIN_EXE_etagrid"))
+        .current_dir(sb.dir.path())
+        .arg("--state-dir")
+        .arg(sb.dir.path().join("local-state"))
+        .arg("--db")
+        .arg(&local_db)
+        .args(["run", "sweep.toml", "--no-report"])
+        .output()
+        .expect("local run");
+    assert!(local.status.success(), "{}", text(&local.stderr));
+    let local_store = || StoreUrl::parse(&local_db.display().to_string()).expect("sqlite url");
+    let outcome = |rows: Vec<CellRow>| -> Vec<_> {
+        rows.into_iter()
+            .map(|c| {
+                let metric = c.metric.map(f64::to_bits);
+                (c.id, c.state, c.rung, c.step, c.pruned, metric)
+            })
+            .collect()
+    };
+    let on_slurm = outcome(sb.cells());
+    let at_home = outcome(with_store(local_store(), async |s| {
+        s.cells(name).await.expect("cells")
+    }));
+    assert_eq!(on_slurm, at_home, "SLURM against the local run");
+    let rungs = |rows: Vec<etagrid_store::RungRow>| -> Vec<_> {
+        rows.into_iter()
+            .map(|r| (r.rung, r.points, r.promoted, r.reason))
+            .collect()
+    };
+    let slurm_rungs = rungs(sb.store(async |s| s.halving_rungs(name).await.expect("rungs")));
+    assert_eq!(slurm_rungs.len(), 2, "two promotions: {slurm_rungs:?}");
+    let local_rungs = rungs(with_store(local_store(), async |s| {
+        s.halving_rungs(name).await.expect("rungs")
+    }));
+    assert_eq!(slurm_rungs, local_rungs);
+    let cells = sb.cells();
+    assert!(cells.iter().any(|c| c.pruned), "{cells:#?}");
+    assert!(cells.iter().any(|c| c.rung == Some(2) && !c.pruned));
+    for c in &cells {
+        let reached = c.rung.expect("on a rung") + 1;
+        assert_eq!(
+            logs.matches(&format!("claimed cell {} ", c.id)).count() as i64,
+            reached,
+            "cell {} claimed once per rung it reached: {logs}",
+            c.id
+        );
+        // A promotion counts a cell's attempts afresh: one a rung.
+        assert_eq!(c.attempts, 1, "cell {}", c.id);
+    }
+
+    let again = sb.run();
+    let err = text(&again.stderr);
+    assert!(again.status.success(), "{err}");
+    assert!(!err.contains("submitted job array"), "{err}");
+    assert_eq!(outcome(sb.cells()), on_slurm);
 }

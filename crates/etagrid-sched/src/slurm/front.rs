@@ -1,17 +1,22 @@
 //! The SLURM front end: submits packs of pending cells as job arrays and watches the store (the
-//! truth) and `squeue` until every cell is finished.
+//! truth) and `squeue` until every cell is finished. A successive-halving sweep runs rung by
+//! rung, as on the local backend: the tasks of a rung train their cells to its end and pause
+//! them there; when no cell of the rung is left to run, the front end makes the promotion
+//! (`halving::advance`, recorded in the store) and submits the promoted cells, re-packed.
 
 use super::squeue::{is_live, max_array_size, split_arrays, task_states};
 use super::submit::{submit_array, TaskCells};
 use super::SlurmOptions;
+use crate::halving;
 use crate::packing::Packing;
 use crate::progress::Progress;
 use crate::prologue::{cell_label, Prologue};
 use crate::sys::StopSignals;
 use crate::{RunSummary, SchedError};
+use etagrid_spec::protocol::Segment;
 use etagrid_spec::{CellConfig, SweepSpec};
 use etagrid_store::{unix_now, CellRow, CellState, Outcome, Store};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 pub(super) async fn front_end(
@@ -19,9 +24,15 @@ pub(super) async fn front_end(
     opts: &SlurmOptions,
 ) -> Result<RunSummary, SchedError> {
     let prologue = Prologue::open(spec, &opts.store, opts.retry_failed).await?;
+    halving::init(&prologue.store, spec).await?;
     let max = i64::from(spec.max_attempts);
     // As in a local run, a rerun retries failed cells that have attempts left.
     prologue.store.requeue_failed(&spec.name, max).await?;
+    // Stopped between rungs (every cell of a rung paused, the promotion not made): made now.
+    let wanted: HashSet<&str> = prologue.cells.iter().map(|c| c.id.0.as_str()).collect();
+    for line in halving::advance(&prologue.store, spec, &wanted).await? {
+        eprintln!("{line}");
+    }
     let job_name = format!("etagrid-{}", spec.name);
     let current: HashMap<String, CellConfig> = prologue
         .cells
@@ -33,11 +44,12 @@ pub(super) async fn front_end(
         total: prologue.cells.len(),
         ..Default::default()
     };
-    let mut last: HashMap<String, CellState> = HashMap::new();
+    let mut last: HashMap<String, (CellState, Option<i64>)> = HashMap::new();
     for r in rows.iter().filter(|r| current.contains_key(&r.id)) {
-        summary.skipped += usize::from(r.state.is_final());
+        // A halving cell pruned at a rung is final whatever its state.
+        summary.skipped += usize::from(r.state.is_final() || r.pruned);
         summary.exhausted += usize::from(r.state == CellState::Failed && r.attempts >= max);
-        last.insert(r.id.clone(), r.state);
+        last.insert(r.id.clone(), (r.state, r.rung));
     }
     let to_run = prologue.cells.len() - summary.skipped - summary.exhausted;
     eprintln!(
@@ -102,8 +114,9 @@ struct Front<'a> {
     max_array: usize,
     /// Before the first submission (to say it re-attached to an earlier one's tasks).
     first: bool,
-    /// Each cell's state at the last poll, to say what changed.
-    last: HashMap<String, CellState>,
+    /// Each cell's state and rung at the last poll, to say what changed (a halving cell is
+    /// `done` at the end of each rung it reaches).
+    last: HashMap<String, (CellState, Option<i64>)>,
     summary: RunSummary,
 }
 
@@ -125,6 +138,9 @@ impl Front<'_> {
             let (reported, left) = self.report().await?;
             changed |= reported;
             if left == 0 {
+                if self.next_rung().await? {
+                    continue;
+                }
                 return Ok(false);
             }
             delay = if changed {
@@ -137,6 +153,27 @@ impl Front<'_> {
                 _ = signals.recv() => return Ok(true),
             }
         }
+    }
+
+    /// Successive halving, when no cell is left to run: makes the promotion that is due (see
+    /// `halving::advance`). True when it promoted cells, which are now pending.
+    async fn next_rung(&mut self) -> Result<bool, SchedError> {
+        if halving::of(self.spec).is_none() {
+            return Ok(false);
+        }
+        let wanted: HashSet<&str> = self.current.keys().map(String::as_str).collect();
+        for line in halving::advance(self.store, self.spec, &wanted).await? {
+            self.progress.line(&line);
+        }
+        let promoted = self
+            .store
+            .cells_in_state(&self.spec.name, CellState::Pending)
+            .await?
+            .iter()
+            .filter(|r| wanted.contains(r.id.as_str()) && !r.pruned)
+            .count();
+        self.progress.add_cells(promoted as u64);
+        Ok(promoted > 0)
     }
 
     /// What SLURM still runs; cells of dead tasks taken back; pending cells submitted. A failed
@@ -259,9 +296,32 @@ impl Front<'_> {
             }
             self.first = false;
         }
-        let packs = self.packs(queue);
+        // The cells of a halving rung train its segment of their budget; cells of two rungs
+        // are never in one task (rungs are synchronous, so this is one rung at a time anyway).
+        let mut by_rung: BTreeMap<Option<i64>, VecDeque<CellRow>> = BTreeMap::new();
+        for r in queue {
+            by_rung.entry(r.rung).or_default().push_back(r);
+        }
+        for (rung, queue) in by_rung {
+            let segment =
+                halving::of(spec).map(|search| halving::segment(search, rung.unwrap_or(0)));
+            let packs = self.packs(queue);
+            changed |= self.submit_packs(&packs, segment).await?;
+        }
+        Ok(changed)
+    }
+
+    /// Submits `packs` as job arrays (split at the cluster's `MaxArraySize`), each task
+    /// training `segment` of its cells' budget (a halving rung) or all of it.
+    async fn submit_packs(
+        &mut self,
+        packs: &[TaskCells],
+        segment: Option<Segment>,
+    ) -> Result<bool, SchedError> {
+        let spec = self.spec;
+        let mut changed = false;
         for range in split_arrays(packs.len(), self.max_array) {
-            let tasks = submit_array(spec, self.opts, &packs[range]).await?;
+            let tasks = submit_array(spec, self.opts, &packs[range], segment).await?;
             self.store
                 .record_slurm_tasks(&spec.name, &tasks, unix_now())
                 .await?;
@@ -346,13 +406,21 @@ impl Front<'_> {
             if matches!(r.state, CellState::Pending | CellState::Running) {
                 left += 1;
             }
-            if self.last.insert(r.id.clone(), r.state) == Some(r.state) {
+            let now = (r.state, r.rung);
+            if self.last.insert(r.id.clone(), now) == Some(now) {
                 continue;
             }
             changed = true;
             self.say_state(r);
         }
         Ok((changed, left))
+    }
+
+    /// Whether `r` is a halving cell paused at the end of a rung before the last (`done` in
+    /// the store until the promotion prunes or promotes it), not one that finished.
+    fn paused_at_rung(&self, r: &CellRow) -> bool {
+        let last = halving::of(self.spec).map(|s| s.rung_count() as i64 - 1);
+        matches!((r.rung, last), (Some(rung), Some(last)) if rung < last)
     }
 
     fn say_state(&mut self, r: &CellRow) {
@@ -363,6 +431,20 @@ impl Front<'_> {
                 r.device.as_deref().unwrap_or("?"),
                 r.attempts
             ),
+            CellState::Done if r.pruned || self.paused_at_rung(r) => {
+                self.summary.paused += 1;
+                format!(
+                    "cell {label}: {} at step {}  {}={:.4}",
+                    if r.pruned {
+                        "pruned by successive halving"
+                    } else {
+                        "paused"
+                    },
+                    r.step.unwrap_or(0),
+                    self.spec.task.metric.name(),
+                    r.metric.unwrap_or(f64::NAN),
+                )
+            }
             CellState::Done => {
                 self.summary.done += 1;
                 format!(

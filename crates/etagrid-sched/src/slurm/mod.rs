@@ -11,7 +11,10 @@
 //! treats the store as the truth, takes cells back from tasks that ended without finishing them
 //! (attempt counted), resubmits pending cells that no live task will run, and ends when every
 //! cell is done, diverged or failed. Job ids go to the store, so a rerun of the front end
-//! re-attaches to queued and running tasks instead of submitting their cells again.
+//! re-attaches to queued and running tasks instead of submitting their cells again. A
+//! successive-halving sweep runs rung by rung: each rung's tasks train their cells' segment of
+//! the budget and pause them; the front end decides the rung when none is left to run and
+//! submits the promoted cells (see `front.rs`).
 
 mod front;
 mod squeue;
@@ -85,14 +88,6 @@ impl SlurmOptions {
 }
 
 pub fn run_slurm(spec: &SweepSpec, opts: &SlurmOptions) -> Result<RunSummary, SchedError> {
-    if crate::halving::of(spec).is_some() {
-        return Err(SchedError::Halving(format!(
-            "{}: [search] strategy = \"halving\" runs on the local backend only (its rungs are \
-             synchronous, decided by one scheduler): run it without `--backend slurm`, or use \
-             strategy = \"grid\" on SLURM",
-            spec.source.display()
-        )));
-    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -131,19 +126,6 @@ mod tests {
             progress: false,
             cells_per_worker: PackSize::Auto,
         }
-    }
-
-    #[test]
-    fn a_halving_sweep_is_refused_before_anything_is_submitted() {
-        let mut spec = crate::testing::sweep(2);
-        spec.search.strategy = etagrid_search::Strategy::Halving;
-        // The store URL is unreachable: the refusal comes before any connection or sbatch.
-        let err = run_slurm(&spec, &opts(None, &[], None)).expect_err("refused");
-        let msg = err.to_string();
-        assert!(
-            msg.contains("sweep.toml") && msg.contains("local backend only"),
-            "{msg}"
-        );
     }
 
     #[test]

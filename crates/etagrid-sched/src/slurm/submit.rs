@@ -5,7 +5,7 @@ use super::SlurmOptions;
 use crate::error::io_err;
 use crate::job::{self, JobSettings};
 use crate::SchedError;
-use etagrid_spec::protocol::JobDevice;
+use etagrid_spec::protocol::{JobDevice, Segment};
 use etagrid_spec::{CellConfig, PackSize, SweepSpec};
 use etagrid_store::{unix_now, SlurmTask, StoreUrl};
 use std::path::{Path, PathBuf};
@@ -20,9 +20,10 @@ pub(super) async fn submit_array(
     spec: &SweepSpec,
     opts: &SlurmOptions,
     packs: &[TaskCells],
+    segment: Option<Segment>,
 ) -> Result<Vec<SlurmTask>, SchedError> {
     let dir = submission_dir(spec, opts)?;
-    write_task_files(spec, opts, &dir, packs)?;
+    write_task_files(spec, opts, &dir, packs, segment)?;
     let script = write_script(spec, opts, &dir)?;
     let args = sbatch_args(spec, opts, &dir, &script, packs.len());
     let job_id = sbatch(opts, &args).await?;
@@ -55,20 +56,22 @@ fn submission_dir(spec: &SweepSpec, opts: &SlurmOptions) -> Result<PathBuf, Sche
     }
 }
 
-/// `task-<i>.json`: the job of pack i. Its device is the CPU until the task knows what SLURM
-/// granted it (the task writes the job it runs with its device).
+/// `task-<i>.json`: the job of pack i, training `segment` of its cells' budget (a halving
+/// rung) or all of it. Its device is the CPU until the task knows what SLURM granted it (the
+/// task writes the job it runs with its device).
 fn write_task_files(
     spec: &SweepSpec,
     opts: &SlurmOptions,
     dir: &Path,
     packs: &[TaskCells],
+    segment: Option<Segment>,
 ) -> Result<(), SchedError> {
     let settings = JobSettings {
         device: JobDevice::Cpu,
         cuda_visible_devices: None,
         threads: opts.cpus_per_task.max(1),
         save_adapter: opts.save_adapters,
-        segment: None,
+        segment,
     };
     for (i, pack) in packs.iter().enumerate() {
         let p = dir.join(format!("task-{i}.json"));

@@ -112,13 +112,6 @@ async fn pending_stop(signals: &mut StopSignals) -> Option<Stop> {
 /// Takes the cells of `parts`, which this task never started, off its list in the store (see
 /// the module's doc). A no-op outside an array task (no `<job>_<index>` owner).
 async fn forget(store: &Store, o: &TaskOptions, parts: &[WorkerJob]) -> Result<(), SchedError> {
-    let Some((job_id, index)) = o
-        .owner
-        .rsplit_once('_')
-        .and_then(|(j, i)| Some((j, i.parse::<i64>().ok()?)))
-    else {
-        return Ok(());
-    };
     let cells: Vec<String> = parts
         .iter()
         .flat_map(WorkerJob::cells)
@@ -127,15 +120,56 @@ async fn forget(store: &Store, o: &TaskOptions, parts: &[WorkerJob]) -> Result<(
     let Some(first) = parts.first() else {
         return Ok(());
     };
-    store
-        .forget_slurm_task_cells(&first.sweep, job_id, index, &cells)
-        .await?;
-    eprintln!(
-        "etagrid worker {}: {} cell(s) not reached, given back to the front end untried",
-        o.owner,
-        cells.len()
-    );
+    if forget_cells(store, o, &first.sweep, &cells).await? {
+        eprintln!(
+            "etagrid worker {}: {} cell(s) not reached, given back to the front end untried",
+            o.owner,
+            cells.len()
+        );
+    }
     Ok(())
+}
+
+/// Takes `cells` off this task's list in the store; false outside an array task.
+async fn forget_cells(
+    store: &Store,
+    o: &TaskOptions,
+    sweep: &str,
+    cells: &[String],
+) -> Result<bool, SchedError> {
+    let Some((job_id, index)) = o
+        .owner
+        .rsplit_once('_')
+        .and_then(|(j, i)| Some((j, i.parse::<i64>().ok()?)))
+    else {
+        return Ok(false);
+    };
+    store
+        .forget_slurm_task_cells(sweep, job_id, index, cells)
+        .await?;
+    Ok(true)
+}
+
+/// The cells of `job` that are on another successive-halving rung than the one it was
+/// submitted to train (its segment): a task that started late, after its cells' rung was
+/// decided and they were promoted, must not train them with the old rung's segment. Empty for
+/// a grid sweep.
+async fn off_rung(store: &Store, job: &WorkerJob) -> Result<Vec<(String, i64)>, SchedError> {
+    let Some(search) = store.halving_search(&job.sweep).await? else {
+        return Ok(Vec::new());
+    };
+    let ours: std::collections::HashSet<String> =
+        job.cells().into_iter().map(|c| c.cell_id.0).collect();
+    Ok(store
+        .cells(&job.sweep)
+        .await?
+        .into_iter()
+        .filter(|r| ours.contains(&r.id))
+        .filter_map(|r| {
+            let rung = r.rung.unwrap_or(0);
+            (Some(crate::halving::segment(&search, rung)) != job.segment).then_some((r.id, rung))
+        })
+        .collect())
 }
 
 /// Claims and trains each part in turn; stops at the first that a signal or a lost lease ends.
@@ -288,9 +322,24 @@ async fn claim_all(
 ) -> Result<Vec<(PackedCell, Member)>, SchedError> {
     let (sweep, owner) = (job.sweep.as_str(), o.owner.as_str());
     let lease_s = lease_secs(o.lease);
+    let off_rung = off_rung(store, job).await?;
+    if !off_rung.is_empty() {
+        for (id, rung) in &off_rung {
+            eprintln!(
+                "etagrid worker {owner}: cell {id} is on successive-halving rung {} now, not the \
+                 one this task was submitted for: skipped (the front end submits it again)",
+                rung + 1
+            );
+        }
+        let ids: Vec<String> = off_rung.iter().map(|(id, _)| id.clone()).collect();
+        forget_cells(store, o, sweep, &ids).await?;
+    }
     let mut claimed: Vec<(PackedCell, Member)> = Vec::new();
     for cell in job.cells() {
         let id = cell.cell_id.0.clone();
+        if off_rung.iter().any(|(c, _)| *c == id) {
+            continue;
+        }
         let claim = store
             .claim(
                 sweep,
