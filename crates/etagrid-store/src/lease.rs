@@ -44,6 +44,13 @@ pub struct SlurmTask {
     pub cell_id: String,
 }
 
+/// The `(job id, array index)` of a lease owner that is an array task (`<job>_<index>`, as
+/// `squeue` prints it), whose row in `slurm_tasks` lists the cells it was submitted with.
+fn array_task(owner: &str) -> Option<(&str, i64)> {
+    let (job, index) = owner.rsplit_once('_')?;
+    Some((job, index.parse().ok()?))
+}
+
 impl SlurmTask {
     /// The task's id as SLURM prints it (`squeue -r -o %i`, `sacct -o JobID`).
     pub fn slurm_id(&self) -> String {
@@ -96,10 +103,21 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = row {
+            let attempt = row.try_get("attempts")?;
+            if let Some((job_id, index)) = array_task(owner) {
+                sqlx::query(
+                    "UPDATE slurm_tasks SET claimed = 1 WHERE sweep = $1 AND job_id = $2 \
+                     AND array_index = $3 AND cell_id = $4",
+                )
+                .bind(sweep)
+                .bind(job_id)
+                .bind(index)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
             drop_curves_and_commit(tx, sweep, id).await?;
-            return Ok(Claim::Claimed {
-                attempt: row.try_get("attempts")?,
-            });
+            return Ok(Claim::Claimed { attempt });
         }
         tx.rollback().await?;
         let row = sqlx::query(
@@ -355,13 +373,25 @@ impl Store {
         Ok(removed)
     }
 
-    /// Every array task submitted for the sweep, oldest first. Job ids are numbers stored as
-    /// text: sorted as numbers here (as text "100" would come before "99").
+    /// Every array task submitted for the sweep, oldest first (one row per cell of its pack).
     pub async fn slurm_tasks(&self, sweep: &str) -> Result<Vec<SlurmTask>> {
-        let sql =
-            "SELECT job_id, array_index, cell_id, submitted_at FROM slurm_tasks WHERE sweep = $1";
+        self.slurm_task_rows(sweep, "").await
+    }
+
+    /// The (task, cell) rows of the sweep whose task never claimed the cell ([`Store::claim`]
+    /// marks the row of the task that claims it), oldest first.
+    pub async fn unclaimed_slurm_tasks(&self, sweep: &str) -> Result<Vec<SlurmTask>> {
+        self.slurm_task_rows(sweep, " AND claimed = 0").await
+    }
+
+    /// Job ids are numbers stored as text: sorted as numbers here (as text "100" would come
+    /// before "99").
+    async fn slurm_task_rows(&self, sweep: &str, filter: &str) -> Result<Vec<SlurmTask>> {
+        let sql = format!(
+            "SELECT job_id, array_index, cell_id, submitted_at FROM slurm_tasks WHERE sweep = $1{filter}"
+        );
         let mut tasks = self
-            .sweep_rows(sql, sweep, |r| {
+            .sweep_rows(&sql, sweep, |r| {
                 let submitted: i64 = r.try_get("submitted_at")?;
                 Ok((
                     submitted,

@@ -317,6 +317,44 @@ async fn submitted_tasks_read_back_with_their_slurm_ids(b: Backend) {
     );
 }
 
+both_backends!(a_claim_marks_the_claiming_tasks_row_and_no_other);
+/// The front end counts the tasks that ended without claiming a cell from the rows a claim did
+/// not mark: the claiming array task's own row, not another task's row of the same cell, nor a
+/// row of a task that only released it, nor anything for an owner that is no array task.
+async fn a_claim_marks_the_claiming_tasks_row_and_no_other(b: Backend) {
+    let f = fixture(b).await;
+    let row = |job: &str, index: i64, cell: usize| SlurmTask {
+        job_id: job.into(),
+        array_index: index,
+        cell_id: f.id(cell).into(),
+    };
+    let tasks = vec![row("41", 0, 0), row("41", 0, 1), row("42", 0, 0)];
+    f.store
+        .record_slurm_tasks(NAME, &tasks, T0)
+        .await
+        .expect("record");
+    // The rows of one task come in no particular order.
+    let sorted = |mut rows: Vec<SlurmTask>| {
+        rows.sort_by(|a, b| (&a.job_id, &a.cell_id).cmp(&(&b.job_id, &b.cell_id)));
+        rows
+    };
+    let unclaimed = || async { sorted(f.store.unclaimed_slurm_tasks(NAME).await.expect("rows")) };
+    let tasks = sorted(tasks);
+    assert_eq!(unclaimed().await, tasks);
+    f.claim(0, "41_0", T0).await;
+    assert_eq!(unclaimed().await, vec![row("41", 0, 1), row("42", 0, 0)]);
+    // Released with a refund (attempt not counted): the task did claim it.
+    f.store
+        .release(NAME, f.id(0), "41_0", true, "SIGTERM")
+        .await
+        .expect("release");
+    assert_eq!(unclaimed().await, vec![row("41", 0, 1), row("42", 0, 0)]);
+    // An owner outside an array (a task run by hand) marks no row.
+    f.claim(1, "pid77", T0).await;
+    assert_eq!(unclaimed().await, vec![row("41", 0, 1), row("42", 0, 0)]);
+    assert_eq!(sorted(f.store.slurm_tasks(NAME).await.expect("all")), tasks);
+}
+
 both_backends!(requeue_failed_gives_back_only_failed_cells_with_attempts_left);
 async fn requeue_failed_gives_back_only_failed_cells_with_attempts_left(b: Backend) {
     let f = fixture(b).await;

@@ -261,10 +261,13 @@ impl Front<'_> {
             .collect();
         // Tasks that ended without ever claiming the cell (the worker could not reach the store,
         // or read another one) count no attempt; stop resubmitting after `max_attempts` of them
-        // instead of submitting a new array every poll.
-        let mut ended: HashMap<String, i64> = HashMap::new();
-        for t in tasks.iter().filter(|t| !live(&t.slurm_id())) {
-            *ended.entry(t.cell_id.clone()).or_default() += 1;
+        // instead of submitting a new array every poll. A claim marks the task's row, so a
+        // refunded attempt or a halving promotion (attempts counted afresh) is no such task.
+        let mut unclaimed_by: HashMap<String, i64> = HashMap::new();
+        for t in self.store.unclaimed_slurm_tasks(&spec.name).await? {
+            if !live(&t.slurm_id()) {
+                *unclaimed_by.entry(t.cell_id).or_default() += 1;
+            }
         }
         let mut changed = false;
         let mut queue = VecDeque::new();
@@ -276,7 +279,7 @@ impl Front<'_> {
             if !self.current.contains_key(&r.id) || covered.contains(&r.id) {
                 continue;
             }
-            let unclaimed = ended.get(&r.id).copied().unwrap_or(0) - r.attempts;
+            let unclaimed = unclaimed_by.get(&r.id).copied().unwrap_or(0);
             if unclaimed >= self.max {
                 self.fail_unclaimed(&r, unclaimed).await?;
                 changed = true;
