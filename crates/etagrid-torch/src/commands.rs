@@ -153,15 +153,20 @@ pub fn run(args: &RunArgs) -> Result<Exit> {
     let summary = etagrid_sched::run(&spec, &opts)?;
     let exit = finish_run(args, &spec, &summary)?;
     if spec.search.refine {
-        return refine_after(args, &spec, exit);
+        return refine_after(args, &spec, exit, run);
     }
     Ok(exit)
 }
 
 /// `[search] refine = true`: once the sweep has finished whole, its refined sweep (what `etagrid
-/// refine` writes: `<name>-refine.toml` beside it) runs too, with the same options. A rerun
-/// finds the file and continues that sweep.
-fn refine_after(args: &RunArgs, spec: &SweepSpec, exit: Exit) -> Result<Exit> {
+/// refine` writes: `<name>-refine.toml` beside it) runs too, with the same options, through
+/// `rerun` (the backend's own run). A rerun finds the file and continues that sweep.
+pub(crate) fn refine_after(
+    args: &RunArgs,
+    spec: &SweepSpec,
+    exit: Exit,
+    rerun: impl FnOnce(&RunArgs) -> Result<Exit>,
+) -> Result<Exit> {
     if exit != Exit::Ok {
         eprintln!(
             "[search] refine: sweep {} did not finish whole, so it is not refined yet: rerun \
@@ -185,7 +190,7 @@ fn refine_after(args: &RunArgs, spec: &SweepSpec, exit: Exit) -> Result<Exit> {
         file.display(),
         spec.name
     );
-    run(&RunArgs {
+    rerun(&RunArgs {
         sweep: file,
         enqueue_only: false,
         ..args.clone()

@@ -1,7 +1,7 @@
 //! `etagrid run --backend slurm` and the SLURM side of `etagrid worker` (`--lease`). The
 //! scheduling is in `etagrid_sched::slurm`; this is the command-line glue.
 
-use crate::commands::{check_inputs, finish_run, RunArgs};
+use crate::commands::{check_inputs, finish_run, refine_after, RunArgs};
 use crate::common::Exit;
 use anyhow::{bail, Context, Result};
 use etagrid_sched::slurm::{lease_owner, run_task, SlurmOptions, TaskExit, TaskOptions};
@@ -110,12 +110,9 @@ pub fn run(args: &RunArgs, s: &SlurmArgs) -> Result<Exit> {
     };
     let summary = etagrid_sched::slurm::run_slurm(&spec, &opts)?;
     let exit = finish_run(args, &spec, &summary)?;
-    if spec.search.refine && exit == Exit::Ok {
-        eprintln!(
-            "[search] refine: not run on SLURM (refinement runs with the local backend): `etagrid \
-             refine {}` writes the refined sweep, to run with `etagrid run --backend slurm`",
-            args.sweep.display()
-        );
+    if spec.search.refine && !summary.stopped_by_signal {
+        // The refined sweep goes to SLURM too, watched by this same front end.
+        return refine_after(args, &spec, exit, |refined| run(refined, s));
     }
     Ok(exit)
 }

@@ -619,7 +619,7 @@ fn a_halving_sweep_runs_rung_by_rung_and_ends_as_the_local_run_of_it() {
         // One attempt a rung: a promoted cell's earlier tasks (which claimed it) must not count
         // as tasks that ended without claiming it.
         + "max_attempts = 1\n"
-        + "[search]\nstrategy = \"halving\"\nkeep_per_row = 1\nmin_tau = -1.0\n";
+        + "[search]\nstrategy = \"halving\"\nkeep_per_row = 1\nmin_tau = -1.0\nrefine = true\n";
     std::fs::write(sb.dir.path().join("sweep.toml"), &sweep).expect("write sweep");
     let out = sb.run();
     let err = text(&out.stderr);
@@ -636,6 +636,37 @@ fn a_halving_sweep_runs_rung_by_rung_and_ends_as_the_local_run_of_it() {
         assert!(text.contains("submitted job array"), "rung {rung}: {err}");
     }
 
+    // `refine = true`: the refined sweep (3 × 3 around the pick, full budget) went to SLURM
+    // too, in the same run, its centre the pick trained again.
+    let refine = format!("{name}-refine");
+    assert!(
+        err.contains(&format!("[search] refine: running ./{refine}.toml")),
+        "{err}"
+    );
+    let refined = sb.store(async |s| s.cells(&refine).await.expect("refined cells"));
+    assert_eq!(refined.len(), 9);
+    assert!(
+        refined.iter().all(|c| c.state == CellState::Done),
+        "{refined:#?}"
+    );
+    let pick = sb
+        .cells()
+        .into_iter()
+        .filter(|c| c.state == CellState::Done && !c.pruned && c.rung == Some(2))
+        .max_by(|a, b| a.metric.partial_cmp(&b.metric).expect("finite"))
+        .expect("a pick");
+    // The refined file gives η_A and λ as decimal text: the same point within rounding.
+    let close = |x: f64, y: f64| (x / y - 1.0).abs() < 1e-9;
+    let centre = refined
+        .iter()
+        .find(|c| close(c.lr_a, pick.lr_a) && close(c.lr_b, pick.lr_b))
+        .expect("the refined sweep's centre is the pick's point");
+    assert_eq!(
+        centre.metric, pick.metric,
+        "the centre is the pick trained again"
+    );
+
+    // The same sweep on the local backend (it finds the refined file and runs it as it is).
     let local_db = sb.dir.path().join("local.sqlite");
     let local = Command::new(env!("CARGO_BIN_EXE_etagrid"))
         .current_dir(sb.dir.path())
