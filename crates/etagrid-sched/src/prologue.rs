@@ -4,7 +4,7 @@
 
 use crate::SchedError;
 use etagrid_spec::{Cell, SweepSpec};
-use etagrid_store::{CellState, EnqueueSummary, RunLock, Store, StoreUrl};
+use etagrid_store::{EnqueueSummary, RunLock, Store, StoreUrl};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunSummary {
@@ -104,35 +104,11 @@ impl Prologue {
             "sweep {}: {how} in {:.1} s — {}",
             spec.name,
             started.elapsed().as_secs_f64(),
-            counts_line(&self.store, &spec.name).await?
+            self.store.state_counts(&spec.name).await?.line(false)
         );
         self.store.close().await;
         Ok(())
     }
-}
-
-/// "3 done, 1 failed": the sweep's cells by state; cells successive halving pruned (stored
-/// done at their rung) are counted apart: "1 done, 5 pruned".
-async fn counts_line(store: &Store, sweep: &str) -> Result<String, SchedError> {
-    let counts = store.counts(sweep).await?;
-    let pruned = store
-        .cells(sweep)
-        .await?
-        .iter()
-        .filter(|c| c.pruned)
-        .count() as i64;
-    Ok(CellState::ALL
-        .iter()
-        .filter_map(|s| counts.get(s).map(|&n| (*s, n)))
-        .flat_map(|(s, n)| match s {
-            CellState::Done if pruned > 0 => vec![
-                format!("{} done", n - pruned),
-                format!("{pruned} pruned by successive halving"),
-            ],
-            _ => vec![format!("{n} {}", s.as_str())],
-        })
-        .collect::<Vec<_>>()
-        .join(", "))
 }
 
 /// A cell as the progress lines name it.

@@ -531,6 +531,23 @@ impl Store {
         Ok(counts.into_iter().collect())
     }
 
+    /// The sweep's cells by state, with those successive halving pruned (stored `done` at their
+    /// rung) apart: two counting queries, no rows read.
+    pub async fn state_counts(&self, sweep: &str) -> Result<StateCounts> {
+        let by_state = self.counts(sweep).await?;
+        let pruned = self
+            .sweep_rows(
+                "SELECT COUNT(*) AS n FROM cells WHERE sweep = $1 AND pruned = 1",
+                sweep,
+                |r| r.try_get::<i64, _>("n").map_err(Into::into),
+            )
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(0);
+        Ok(StateCounts { by_state, pruned })
+    }
+
     /// Marks a cell running on `device` and counts the attempt, if it may start: it must be
     /// pending or failed and not leased by a SLURM task (a task may have claimed it since the
     /// caller read its queue). Returns false, changing nothing, when it may not.
@@ -699,6 +716,44 @@ impl Store {
 
 /// Drops the cell's curves (those of earlier attempts: a started or claimed cell has one curve)
 /// past the step its segment continues from, and commits `tx`, which started the cell.
+/// A sweep's cells by state ([`Store::state_counts`]); `pruned` of the `done` ones were pruned by
+/// successive halving at a rung.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StateCounts {
+    pub by_state: BTreeMap<CellState, i64>,
+    pub pruned: i64,
+}
+
+impl StateCounts {
+    /// "2 done, 7 pruned by successive halving, 1 failed": every state in
+    /// [`CellState::ALL`]'s order, with `zeros` the states no cell is in too ("0 pending").
+    pub fn line(&self, zeros: bool) -> String {
+        CellState::ALL
+            .iter()
+            .map(|s| (*s, self.by_state.get(s).copied().unwrap_or(0)))
+            .filter(|&(_, n)| zeros || n > 0)
+            .flat_map(|(s, n)| match s {
+                CellState::Done if self.pruned > 0 => vec![
+                    format!("{} done", n - self.pruned),
+                    format!("{} pruned by successive halving", self.pruned),
+                ],
+                _ => vec![format!("{n} {}", s.as_str())],
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Every cell of the sweep.
+    pub fn total(&self) -> i64 {
+        self.by_state.values().sum()
+    }
+
+    /// The cells in state `s` (pruned ones included in `done`).
+    pub fn of(&self, s: CellState) -> i64 {
+        self.by_state.get(&s).copied().unwrap_or(0)
+    }
+}
+
 async fn drop_curves_and_commit(
     mut tx: sqlx::Transaction<'_, sqlx::Any>,
     sweep: &str,

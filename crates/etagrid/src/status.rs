@@ -28,16 +28,11 @@ pub fn status(db: &StoreUrl, sweep: Option<&str>) -> Result<Exit> {
             names
         };
         for name in names {
-            let counts = store.counts(&name).await?;
-            let total: i64 = counts.values().sum();
-            let n = |s: CellState| counts.get(&s).copied().unwrap_or(0);
+            let counts = store.state_counts(&name).await?;
             println!(
-                "sweep {name}: {total} cells — {}",
-                CellState::ALL
-                    .iter()
-                    .map(|s| format!("{} {}", n(*s), s.as_str()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "sweep {name}: {} cells — {}",
+                counts.total(),
+                counts.line(true)
             );
             let tasks = store.slurm_tasks(&name).await?;
             if let Some(last) = tasks.last() {
@@ -102,7 +97,7 @@ pub fn status(db: &StoreUrl, sweep: Option<&str>) -> Result<Exit> {
                      the run that started them died; the next `etagrid run` returns them to pending"
                 );
             }
-            let left = n(CellState::Pending) + n(CellState::Running);
+            let left = counts.of(CellState::Pending) + counts.of(CellState::Running);
             let active = running.len() - stale;
             if active == 0 && stale > 0 {
                 // No ETA: nothing is running.

@@ -718,6 +718,17 @@ fn a_halving_sweep_with_refine_runs_its_refinement_in_the_same_run() {
         )),
         "{err}"
     );
+    // So does `etagrid status`'s header, which names every state.
+    let status = sb.run(&["status", "tiny"]);
+    let out = text(&status.stdout);
+    assert!(
+        out.contains(&format!(
+            "sweep tiny: 6 cells — 0 pending, 0 running, {} done, {pruned} pruned by successive \
+             halving, 0 failed, 0 diverged",
+            6 - pruned
+        )),
+        "{out}"
+    );
 
     let (a, l, m) = sb.best();
     let db = sb.dir.path().join("state/etagrid.sqlite");
