@@ -9,8 +9,9 @@
 #            `etagrid replay-halving` (offline replays of any policy, here or later);
 #   halving  [search] strategy = "halving" with the defaults (or HALVING_EXTRA), live;
 #   halving3 the same with reduction = 3 (the default until 2026-12-01: rungs 1/9, 1/3).
-# Writes the table, the walls and results.tar.xz (logs, stores, statuses, replays, each worker's
-# log with its time split) under $OUT (few files: the device tool returns a handful).
+# Writes the table, the walls and results.tar.xz (logs with each line stamped with the seconds
+# since the run started, stores, statuses, replays, each worker's log with its time split) under
+# $OUT (few files: the device tool returns a handful).
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 B=$PWD/.gpu/etagrid
@@ -57,13 +58,15 @@ for base in $SWEEPS; do
       | python3 -c "import sys; t=sys.stdin.read(); print(t.replace('@SEARCH@', sys.argv[1]))" "$search" > "$f"
     st=/tmp/halving-$s-$mode
     t0=$(date +%s.%N)
-    "$B" --state-dir "$st" run "$f" --no-report > "$OUT/$s-$mode.log" 2>&1
-    rc=$?
+    # Each line of the run's output stamped with the seconds since it started (its timeline).
+    "$B" --state-dir "$st" run "$f" --no-report 2>&1 | python3 -u bench/gpu/stamp.py > "$OUT/$s-$mode.log"
+    rc=${PIPESTATUS[0]}
     echo "$s $mode rc $rc wall_s $(python3 -c "print(round($(date +%s.%N) - $t0, 2))")" | tee -a "$OUT/walls.txt"
     cp "$st/etagrid.sqlite" "$R/$s-$mode.sqlite"
     mv "$OUT/$s-$mode.log" "$R/"
     "$B" --state-dir "$st" status "$s-$mode" > "$R/$s-$mode.status" 2>&1
     for l in "$st"/cells/*/*/worker.log; do echo "== $l"; grep "cell(s):" "$l"; done > "$R/$s-$mode.workers" 2>/dev/null
+    for l in "$st"/cells/*/*/worker.log "$st"/cells/*/*/probe.log; do [ -f "$l" ] && { echo "== $l ($(stat -c %y "$l"))"; cat "$l"; }; done > "$R/$s-$mode.workerlogs" 2>/dev/null
   done
   if [[ " $MODES " == *" dense "* ]]; then
     "$B" --state-dir /tmp/halving-$s-dense replay-halving "$s-dense" --json --one-d-lambda 16 \
