@@ -233,7 +233,6 @@ fn a_worker_that_cannot_start_fails_its_cells_and_leaves_none_queued(b: Backend)
     }
 }
 
-/// A 4-cell sweep run by the pack stand-in (tests/fake-pack-worker.sh), one CPU slot, packs of 4.
 /// The pack tests' sweep file: four cells of one step, packed by four.
 fn pack_toml() -> String {
     "name = \"faults\"\n[model]\npath = \"m\"\n[task]\ntrain = \"t.csv\"\neval = \"e.csv\"\n\
@@ -242,6 +241,7 @@ fn pack_toml() -> String {
         .to_owned()
 }
 
+/// A 4-cell sweep run by the pack stand-in (tests/fake-pack-worker.sh), one CPU slot, packs of 4.
 fn pack_setup(b: Backend, mode: &str) -> (Setup, RunOptions) {
     let mut s = setup(b, mode, "cells_per_worker = 4");
     s.spec = SweepSpec::parse(&s.dir.path().join("faults.toml"), &pack_toml()).expect("spec");

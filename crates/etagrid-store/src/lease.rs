@@ -23,6 +23,9 @@ pub enum Claim {
     Exhausted { attempts: i64 },
     /// No such cell in the store.
     Missing,
+    /// A successive-halving cell on another rung (`rung`, 0-based) than the claimer was
+    /// submitted to train ([`Store::claim_on_rung`]): it moved on since.
+    OtherRung { rung: i64 },
 }
 
 /// A cell some worker holds.
@@ -42,6 +45,33 @@ pub struct SlurmTask {
     pub job_id: String,
     pub array_index: i64,
     pub cell_id: String,
+}
+
+/// Marks array task `owner`'s row of cell `id` as reached (`claimed`), inserting it when the
+/// front end has not recorded its submission yet (a task can start before `sbatch` returns).
+async fn mark_reached(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    sweep: &str,
+    id: &str,
+    owner: &str,
+    now: i64,
+) -> Result<()> {
+    let Some((job_id, index)) = array_task(owner) else {
+        return Ok(());
+    };
+    sqlx::query(
+        "INSERT INTO slurm_tasks (sweep, job_id, array_index, cell_id, submitted_at, claimed)
+         VALUES ($1, $2, $3, $4, $5, 1)
+         ON CONFLICT (sweep, job_id, array_index, cell_id) DO UPDATE SET claimed = 1",
+    )
+    .bind(sweep)
+    .bind(job_id)
+    .bind(index)
+    .bind(id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// The `(job id, array index)` of a lease owner that is an array task (`<job>_<index>`, as
@@ -82,12 +112,36 @@ impl Store {
         lease_s: i64,
         max_attempts: i64,
     ) -> Result<Claim> {
+        self.claim_on_rung(sweep, id, owner, device, now, lease_s, max_attempts, None)
+            .await
+    }
+
+    /// [`Store::claim`], of a successive-halving cell only while it is on rung `rung` (0-based;
+    /// `None`: any): a task submitted to train one rung's segment must not take a cell that
+    /// moved on to the next rung since (it was queued while another task trained it, and the
+    /// rung was decided) — checked in the claiming statement itself. An array task's claim also
+    /// marks its row in `slurm_tasks` (inserting it when the front end has not recorded it yet),
+    /// as does finding the cell finished, held or out of attempts: the front end counts the
+    /// tasks that ended without reaching a cell from the rows left unmarked.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn claim_on_rung(
+        &self,
+        sweep: &str,
+        id: &str,
+        owner: &str,
+        device: &str,
+        now: i64,
+        lease_s: i64,
+        max_attempts: i64,
+        rung: Option<i64>,
+    ) -> Result<Claim> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
             "UPDATE cells SET state = 'running', lease_owner = $3, lease_expires = $4,
                  device = $5, attempts = attempts + 1, started_at = CURRENT_TIMESTAMP,
                  finished_at = NULL, error = NULL, step = 0
              WHERE sweep = $1 AND id = $2 AND attempts < $6
+               AND ($8 < 0 OR COALESCE(rung, 0) = $8)
                AND (state = 'pending'
                     OR (state = 'running' AND lease_owner IS NOT NULL
                         AND (lease_expires < $7 OR lease_owner = $3)))
@@ -100,28 +154,19 @@ impl Store {
         .bind(device)
         .bind(max_attempts)
         .bind(now)
+        .bind(rung.unwrap_or(-1))
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = row {
             let attempt = row.try_get("attempts")?;
-            if let Some((job_id, index)) = array_task(owner) {
-                sqlx::query(
-                    "UPDATE slurm_tasks SET claimed = 1 WHERE sweep = $1 AND job_id = $2 \
-                     AND array_index = $3 AND cell_id = $4",
-                )
-                .bind(sweep)
-                .bind(job_id)
-                .bind(index)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            }
+            mark_reached(&mut tx, sweep, id, owner, now).await?;
             drop_curves_and_commit(tx, sweep, id).await?;
             return Ok(Claim::Claimed { attempt });
         }
         tx.rollback().await?;
         let row = sqlx::query(
-            "SELECT state, attempts, lease_owner, lease_expires FROM cells WHERE sweep = $1 AND id = $2",
+            "SELECT state, attempts, lease_owner, lease_expires, rung FROM cells
+             WHERE sweep = $1 AND id = $2",
         )
         .bind(sweep)
         .bind(id)
@@ -132,7 +177,11 @@ impl Store {
         };
         let state = CellState::parse(row.try_get("state")?)?;
         let attempts: i64 = row.try_get("attempts")?;
-        Ok(match state {
+        let on = row.try_get::<Option<i64>, _>("rung")?.unwrap_or(0);
+        let claim = match state {
+            CellState::Pending | CellState::Running if rung.is_some_and(|r| r != on) => {
+                return Ok(Claim::OtherRung { rung: on });
+            }
             CellState::Done | CellState::Diverged | CellState::Failed => Claim::Finished(state),
             CellState::Running => Claim::Held {
                 owner: row
@@ -141,7 +190,11 @@ impl Store {
                 expires: row.try_get::<Option<i64>, _>("lease_expires")?.unwrap_or(0),
             },
             CellState::Pending => Claim::Exhausted { attempts },
-        })
+        };
+        let mut tx = self.pool.begin().await?;
+        mark_reached(&mut tx, sweep, id, owner, now).await?;
+        tx.commit().await?;
+        Ok(claim)
     }
 
     /// Extends `owner`'s lease to `now + lease_s`. False when the lease is no longer `owner`'s
@@ -302,9 +355,10 @@ impl Store {
     /// Failed cells with attempts left go back to pending (a rerun of the SLURM front end
     /// retries them, as a local run does).
     pub async fn requeue_failed(&self, sweep: &str, max_attempts: i64) -> Result<u64> {
+        // A halving cell pruned at a rung is final, failed or not: its rung was decided.
         let r = sqlx::query(
             "UPDATE cells SET state = 'pending', lease_owner = NULL, lease_expires = NULL
-             WHERE sweep = $1 AND state = 'failed' AND attempts < $2",
+             WHERE sweep = $1 AND state = 'failed' AND attempts < $2 AND pruned = 0",
         )
         .bind(sweep)
         .bind(max_attempts)
@@ -334,6 +388,8 @@ impl Store {
                 }
                 sql.push_str(&format!("($1, $2, ${}, ${}, ${})", p, p + 1, p + 2));
             }
+            // A task that started (and claimed) before this was written has its row already.
+            sql.push_str(" ON CONFLICT (sweep, job_id, array_index, cell_id) DO NOTHING");
             let mut q = sqlx::query(&sql).bind(sweep).bind(now);
             for t in chunk {
                 q = q.bind(&t.job_id).bind(t.array_index).bind(&t.cell_id);

@@ -531,13 +531,14 @@ impl Store {
         Ok(counts.into_iter().collect())
     }
 
-    /// The sweep's cells by state, with those successive halving pruned (stored `done` at their
-    /// rung) apart: two counting queries, no rows read.
+    /// The sweep's cells by state, with the `done` ones successive halving pruned at their rung
+    /// apart (a cell that failed or diverged on a rung is pruned too, and counted as such): two
+    /// counting queries, no rows read.
     pub async fn state_counts(&self, sweep: &str) -> Result<StateCounts> {
         let by_state = self.counts(sweep).await?;
         let pruned = self
             .sweep_rows(
-                "SELECT COUNT(*) AS n FROM cells WHERE sweep = $1 AND pruned = 1",
+                "SELECT COUNT(*) AS n FROM cells WHERE sweep = $1 AND state = 'done' AND pruned = 1",
                 sweep,
                 |r| r.try_get::<i64, _>("n").map_err(Into::into),
             )
@@ -714,8 +715,6 @@ impl Store {
     }
 }
 
-/// Drops the cell's curves (those of earlier attempts: a started or claimed cell has one curve)
-/// past the step its segment continues from, and commits `tx`, which started the cell.
 /// A sweep's cells by state ([`Store::state_counts`]); `pruned` of the `done` ones were pruned by
 /// successive halving at a rung.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -754,6 +753,8 @@ impl StateCounts {
     }
 }
 
+/// Drops the cell's curves (those of earlier attempts: a started or claimed cell has one curve)
+/// past the step its segment continues from, and commits `tx`, which started the cell.
 async fn drop_curves_and_commit(
     mut tx: sqlx::Transaction<'_, sqlx::Any>,
     sweep: &str,

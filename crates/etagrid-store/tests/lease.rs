@@ -352,7 +352,96 @@ async fn a_claim_marks_the_claiming_tasks_row_and_no_other(b: Backend) {
     // An owner outside an array (a task run by hand) marks no row.
     f.claim(1, "pid77", T0).await;
     assert_eq!(unclaimed().await, vec![row("41", 0, 1), row("42", 0, 0)]);
+    // A task that finds its cell held by another reached it too: it is no task that could not
+    // reach the store.
+    assert!(matches!(f.claim(1, "41_0", T0).await, Claim::Held { .. }));
+    assert_eq!(unclaimed().await, vec![row("42", 0, 0)]);
     assert_eq!(sorted(f.store.slurm_tasks(NAME).await.expect("all")), tasks);
+
+    // A task can start, and claim, before the front end has recorded its submission: the claim
+    // writes the row, and the front end's record of it later leaves it marked.
+    f.store
+        .release(NAME, f.id(1), "pid77", true, "stop")
+        .await
+        .expect("release");
+    assert_eq!(f.claim(1, "43_0", T0).await, Claim::Claimed { attempt: 1 });
+    f.store
+        .record_slurm_tasks(NAME, &[row("43", 0, 1)], T0)
+        .await
+        .expect("record after the claim");
+    assert_eq!(unclaimed().await, vec![row("42", 0, 0)]);
+}
+
+both_backends!(a_task_claims_a_halving_cell_only_on_the_rung_it_was_submitted_for);
+/// A SLURM task of a halving sweep claims a cell only while it is on the task's rung, checked in
+/// the claiming statement: a cell promoted since (pending on the next rung) is `OtherRung` and
+/// left as it was. A failed cell the promotion pruned is final: `requeue_failed` (a rerun of the
+/// front end) leaves it failed.
+async fn a_task_claims_a_halving_cell_only_on_the_rung_it_was_submitted_for(b: Backend) {
+    let f = fixture(b).await;
+    let search = etagrid_search::SearchSpec {
+        strategy: etagrid_search::Strategy::Halving,
+        rungs: Some(vec![0.5, 1.0]),
+        ..etagrid_search::SearchSpec::default()
+    };
+    assert_eq!(f.store.init_halving(NAME, &search).await.expect("rungs"), 2);
+    let claim = |i: usize, owner: &'static str, rung: i64| {
+        let (store, id) = (&f.store, f.id(i).to_owned());
+        async move {
+            store
+                .claim_on_rung(NAME, &id, owner, "cpu", T0, LEASE, MAX, Some(rung))
+                .await
+                .expect("claim")
+        }
+    };
+    assert_eq!(claim(0, "1_0", 1).await, Claim::OtherRung { rung: 0 });
+    assert_eq!(
+        (f.row(0).await.state, f.row(0).await.attempts),
+        (CellState::Pending, 0)
+    );
+    // Rung 0: cell 0 fails (one attempt of three used), cell 1 pauses at its end.
+    assert_eq!(claim(0, "1_0", 0).await, Claim::Claimed { attempt: 1 });
+    assert_eq!(claim(1, "1_1", 0).await, Claim::Claimed { attempt: 1 });
+    let failed = Outcome::Failed("bad batch".into());
+    let paused = Outcome::Paused(CellResult {
+        steps: 10,
+        ..result()
+    });
+    for (i, owner, outcome) in [(0, "1_0", &failed), (1, "1_1", &paused)] {
+        f.store
+            .finish_leased(NAME, f.id(i), owner, outcome)
+            .await
+            .expect("finish");
+    }
+    let decided = etagrid_store::RungRow {
+        rung: 0,
+        points: 2,
+        promoted: 1,
+        tau: None,
+        stopped_pruning: false,
+        reason: "rung 1/2".into(),
+    };
+    f.store
+        .promote(NAME, &decided, &[f.id(1).to_owned()], &[f.id(0).to_owned()])
+        .await
+        .expect("promote");
+    // A task of rung 0 that started late finds cell 1 on rung 1: not claimed, nothing changed.
+    let before = f.row(1).await;
+    assert_eq!(claim(1, "2_0", 0).await, Claim::OtherRung { rung: 1 });
+    let after = f.row(1).await;
+    assert_eq!(
+        (after.state, after.attempts, after.rung, after.resume_step),
+        (
+            before.state,
+            before.attempts,
+            before.rung,
+            before.resume_step
+        )
+    );
+    assert_eq!(claim(1, "3_0", 1).await, Claim::Claimed { attempt: 1 });
+    assert_eq!(f.store.requeue_failed(NAME, MAX).await.expect("requeue"), 0);
+    let pruned = f.row(0).await;
+    assert_eq!((pruned.state, pruned.pruned), (CellState::Failed, true));
 }
 
 both_backends!(requeue_failed_gives_back_only_failed_cells_with_attempts_left);

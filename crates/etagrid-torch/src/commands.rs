@@ -169,11 +169,10 @@ pub(crate) fn refine_after(
 ) -> Result<Exit> {
     if exit != Exit::Ok {
         eprintln!(
-            "[search] refine: sweep {} did not finish whole, so it is not refined yet: rerun \
-             `etagrid run {}` to finish it (with --retry-failed for cells out of attempts), and \
-             the refinement runs then",
-            spec.name,
-            args.sweep.display()
+            "[search] refine: sweep {} did not finish whole, so it is not refined yet: run the \
+             same `etagrid run` again to finish it (with --retry-failed for cells out of \
+             attempts), and the refinement runs then",
+            spec.name
         );
         return Ok(exit);
     }

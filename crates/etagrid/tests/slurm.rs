@@ -603,9 +603,9 @@ fn a_pack_task_killed_mid_training_gets_its_cells_retried_in_smaller_packs_and_f
 /// the promoted cells with the next rung's segment. The result is the local backend's to the
 /// last bit — the same sweep run by `etagrid run` on a SQLite store, both one thread a cell:
 /// the same promotions, the same cells pruned at the same rungs and steps, the same metrics.
-/// Every cell is claimed once per rung it reached (with `max_attempts = 1`: a task that claimed
-/// a cell of an earlier rung is no task that ended without claiming it), and a rerun of the
-/// front end trains nothing.
+/// Every cell is claimed once per rung it reached (with `max_attempts = 2`: the tasks that
+/// claimed a cell on earlier rungs are no tasks that ended without claiming it), and a rerun of
+/// the front end trains nothing.
 #[test]
 fn a_halving_sweep_runs_rung_by_rung_and_ends_as_the_local_run_of_it() {
     let name = "slurm-halving";
@@ -616,9 +616,9 @@ fn a_halving_sweep_runs_rung_by_rung_and_ends_as_the_local_run_of_it() {
         9,
         0,
     ) + CPU_RESOURCES
-        // One attempt a rung: a promoted cell's earlier tasks (which claimed it) must not count
-        // as tasks that ended without claiming it.
-        + "max_attempts = 1\n"
+        // Two attempts a rung: a cell that reaches the last rung had two tasks before (which
+        // claimed it), and they must not count as tasks that ended without claiming it.
+        + "max_attempts = 2\n"
         + "[search]\nstrategy = \"halving\"\nkeep_per_row = 1\nmin_tau = -1.0\nrefine = true\n";
     std::fs::write(sb.dir.path().join("sweep.toml"), &sweep).expect("write sweep");
     let out = sb.run();
@@ -626,6 +626,7 @@ fn a_halving_sweep_runs_rung_by_rung_and_ends_as_the_local_run_of_it() {
     let logs = sb.task_logs();
     assert!(out.status.success(), "{err}\n{logs}");
     assert!(err.contains("paused at step 1"), "{err}");
+    assert!(!err.contains("failed"), "no cell failed: {err}");
     // Each rung is submitted after the promotion before it (arrays of at most the cluster's
     // MaxArraySize = 4 tasks).
     let (first, rest) = err

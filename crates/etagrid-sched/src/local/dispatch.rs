@@ -110,8 +110,9 @@ fn queue_of(spec: &SweepSpec, p: &Prologue, rows: &[CellRow]) -> (VecDeque<CellR
             // A halving cell pruned at a rung is final whatever its state.
             let skip = r.state.is_final() || leased || r.pruned;
             summary.skipped += usize::from(skip);
-            let exhausted =
-                r.state == CellState::Failed && r.attempts >= i64::from(spec.max_attempts);
+            let exhausted = !r.pruned
+                && r.state == CellState::Failed
+                && r.attempts >= i64::from(spec.max_attempts);
             summary.exhausted += usize::from(exhausted);
             !skip && !exhausted
         })

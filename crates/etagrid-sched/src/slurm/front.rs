@@ -45,13 +45,15 @@ pub(super) async fn front_end(
         ..Default::default()
     };
     let mut last: HashMap<String, (CellState, Option<i64>)> = HashMap::new();
+    let mut to_run = 0;
     for r in rows.iter().filter(|r| current.contains_key(&r.id)) {
-        // A halving cell pruned at a rung is final whatever its state.
-        summary.skipped += usize::from(r.state.is_final() || r.pruned);
-        summary.exhausted += usize::from(r.state == CellState::Failed && r.attempts >= max);
+        match Start::of(r, max) {
+            Start::Skipped => summary.skipped += 1,
+            Start::Exhausted => summary.exhausted += 1,
+            Start::ToRun => to_run += 1,
+        }
         last.insert(r.id.clone(), (r.state, r.rung));
     }
-    let to_run = prologue.cells.len() - summary.skipped - summary.exhausted;
     eprintln!(
         "sweep {}: {} cells ({} new, {} already in the store), {} to run on SLURM as job arrays named {job_name}",
         spec.name,
@@ -97,6 +99,29 @@ pub(super) async fn front_end(
         prologue.finish(spec, "finished", started).await?;
     }
     Ok(summary)
+}
+
+/// What the front end makes of a cell of the sweep when it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// Done or diverged, or pruned by successive halving (final whatever its state).
+    Skipped,
+    /// Failed with no attempt left (`--retry-failed` gives it more).
+    Exhausted,
+    /// Pending, running in a task, or failed with attempts left.
+    ToRun,
+}
+
+impl Start {
+    fn of(r: &CellRow, max_attempts: i64) -> Start {
+        if r.state.is_final() || r.pruned {
+            Start::Skipped
+        } else if r.state == CellState::Failed && r.attempts >= max_attempts {
+            Start::Exhausted
+        } else {
+            Start::ToRun
+        }
+    }
 }
 
 /// The front end's state between polls.
@@ -276,7 +301,8 @@ impl Front<'_> {
             .cells_in_state(&spec.name, CellState::Pending)
             .await?
         {
-            if !self.current.contains_key(&r.id) || covered.contains(&r.id) {
+            // A pruned cell is final: its rung was decided without it.
+            if !self.current.contains_key(&r.id) || covered.contains(&r.id) || r.pruned {
                 continue;
             }
             let unclaimed = unclaimed_by.get(&r.id).copied().unwrap_or(0);
@@ -363,6 +389,9 @@ impl Front<'_> {
         self.progress
             .line(&format!("cell {}: failed: {why}", self.label(&r.id)));
         self.summary.failed += 1;
+        // Said and counted here: the next report must not say it again.
+        self.last.insert(r.id.clone(), (CellState::Failed, r.rung));
+        self.progress.cell_finished();
         Ok(())
     }
 
@@ -406,7 +435,7 @@ impl Front<'_> {
             if !self.current.contains_key(&r.id) {
                 continue;
             }
-            if matches!(r.state, CellState::Pending | CellState::Running) {
+            if matches!(r.state, CellState::Pending | CellState::Running) && !r.pruned {
                 left += 1;
             }
             let now = (r.state, r.rung);
@@ -475,5 +504,43 @@ impl Front<'_> {
             self.progress.cell_finished();
         }
         self.progress.line(&line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{pending_rows, sweep};
+
+    #[test]
+    fn a_cell_failed_on_a_halving_rung_and_pruned_is_skipped_not_exhausted_or_to_run() {
+        let rows = pending_rows(&sweep(1));
+        let row = |state, attempts, pruned| CellRow {
+            state,
+            attempts,
+            pruned,
+            ..rows[0].clone()
+        };
+        let max = 2;
+        for (r, start) in [
+            (row(CellState::Pending, 0, false), Start::ToRun),
+            (row(CellState::Running, 1, false), Start::ToRun),
+            (row(CellState::Failed, 1, false), Start::ToRun),
+            (row(CellState::Failed, 2, false), Start::Exhausted),
+            (row(CellState::Done, 1, false), Start::Skipped),
+            (row(CellState::Diverged, 1, false), Start::Skipped),
+            // Pruned at a rung: final whatever its state, counted once (it was both "skipped"
+            // and "exhausted", and the count of cells to run went below zero).
+            (row(CellState::Failed, 2, true), Start::Skipped),
+            (row(CellState::Failed, 1, true), Start::Skipped),
+            (row(CellState::Done, 1, true), Start::Skipped),
+        ] {
+            assert_eq!(
+                Start::of(&r, max),
+                start,
+                "{:?}",
+                (r.state, r.attempts, r.pruned)
+            );
+        }
     }
 }

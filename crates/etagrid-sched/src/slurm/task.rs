@@ -150,26 +150,20 @@ async fn forget_cells(
     Ok(true)
 }
 
-/// The cells of `job` that are on another successive-halving rung than the one it was
-/// submitted to train (its segment): a task that started late, after its cells' rung was
-/// decided and they were promoted, must not train them with the old rung's segment. Empty for
-/// a grid sweep.
-async fn off_rung(store: &Store, job: &WorkerJob) -> Result<Vec<(String, i64)>, SchedError> {
+/// The successive-halving rung (0-based) `job` was submitted to train, from its segment and the
+/// settings the store recorded for the sweep; `None` for a grid sweep (no rung to check). A job
+/// whose segment is no rung of those settings (a grid job of a sweep turned halving) gets a rung
+/// no cell is on, so it claims none.
+async fn job_rung(store: &Store, job: &WorkerJob) -> Result<Option<i64>, SchedError> {
     let Some(search) = store.halving_search(&job.sweep).await? else {
-        return Ok(Vec::new());
+        return Ok(None);
     };
-    let ours: std::collections::HashSet<String> =
-        job.cells().into_iter().map(|c| c.cell_id.0).collect();
-    Ok(store
-        .cells(&job.sweep)
-        .await?
-        .into_iter()
-        .filter(|r| ours.contains(&r.id))
-        .filter_map(|r| {
-            let rung = r.rung.unwrap_or(0);
-            (Some(crate::halving::segment(&search, rung)) != job.segment).then_some((r.id, rung))
-        })
-        .collect())
+    let rungs = search.rung_count() as i64;
+    Ok(Some(
+        (0..rungs)
+            .find(|&r| Some(crate::halving::segment(&search, r)) == job.segment)
+            .unwrap_or(i64::MAX),
+    ))
 }
 
 /// Claims and trains each part in turn; stops at the first that a signal or a lost lease ends.
@@ -322,26 +316,13 @@ async fn claim_all(
 ) -> Result<Vec<(PackedCell, Member)>, SchedError> {
     let (sweep, owner) = (job.sweep.as_str(), o.owner.as_str());
     let lease_s = lease_secs(o.lease);
-    let off_rung = off_rung(store, job).await?;
-    if !off_rung.is_empty() {
-        for (id, rung) in &off_rung {
-            eprintln!(
-                "etagrid worker {owner}: cell {id} is on successive-halving rung {} now, not the \
-                 one this task was submitted for: skipped (the front end submits it again)",
-                rung + 1
-            );
-        }
-        let ids: Vec<String> = off_rung.iter().map(|(id, _)| id.clone()).collect();
-        forget_cells(store, o, sweep, &ids).await?;
-    }
+    let rung = job_rung(store, job).await?;
+    let mut moved_on = Vec::new();
     let mut claimed: Vec<(PackedCell, Member)> = Vec::new();
     for cell in job.cells() {
         let id = cell.cell_id.0.clone();
-        if off_rung.iter().any(|(c, _)| *c == id) {
-            continue;
-        }
         let claim = store
-            .claim(
+            .claim_on_rung(
                 sweep,
                 &id,
                 owner,
@@ -349,6 +330,7 @@ async fn claim_all(
                 unix_now(),
                 lease_s,
                 i64::from(o.max_attempts),
+                rung,
             )
             .await?;
         let why = match claim {
@@ -373,6 +355,14 @@ async fn claim_all(
                 "cell {id} used up its attempts ({attempts} of {}): skipped",
                 o.max_attempts
             ),
+            Claim::OtherRung { rung } => {
+                moved_on.push(id.clone());
+                format!(
+                    "cell {id} is on successive-halving rung {} now, not the one this task was \
+                     submitted for: skipped (the front end submits it again)",
+                    rung + 1
+                )
+            }
             Claim::Missing => {
                 // Not a skip: this task reads another store than its front end wrote (the URL
                 // did not reach it, e.g. `--export=NONE`). Exit non-zero so it shows.
@@ -389,6 +379,11 @@ async fn claim_all(
             }
         };
         eprintln!("etagrid worker {owner}: {why}");
+    }
+    // Off this task's list, so that the front end neither waits for this task to end before it
+    // submits them again nor counts it as a task that ended without claiming them.
+    if !moved_on.is_empty() {
+        forget_cells(store, o, sweep, &moved_on).await?;
     }
     Ok(claimed)
 }
