@@ -480,6 +480,22 @@ fn slurm_task_for(
     .expect("task")
 }
 
+/// Records, as the front end does when it submits, that task 7_0 was given the cells `ids`.
+async fn list_for_task_7_0(store: &Store, ids: &[String]) {
+    let tasks: Vec<etagrid_store::SlurmTask> = ids
+        .iter()
+        .map(|id| etagrid_store::SlurmTask {
+            job_id: "7".into(),
+            array_index: 0,
+            cell_id: id.clone(),
+        })
+        .collect();
+    store
+        .record_slurm_tasks("faults", &tasks, 0)
+        .await
+        .expect("record");
+}
+
 both_backends!(a_slurm_task_stopped_in_its_first_part_gives_the_later_parts_back_untried);
 /// SIGUSR2 (the SLURM time limit is near) while the first of two parts trains: the task gives
 /// that part's cells back to pending (the attempt counted, as for any cell the limit stops) and
@@ -493,18 +509,7 @@ fn a_slurm_task_stopped_in_its_first_part_gives_the_later_parts_back_untried(b: 
     block_on(async {
         let store = Store::open(&s.store).await.expect("store");
         store.enqueue(&s.spec, &cells).await.expect("enqueue");
-        let tasks: Vec<etagrid_store::SlurmTask> = ids
-            .iter()
-            .map(|id| etagrid_store::SlurmTask {
-                job_id: "7".into(),
-                array_index: 0,
-                cell_id: id.clone(),
-            })
-            .collect();
-        store
-            .record_slurm_tasks("faults", &tasks, 0)
-            .await
-            .expect("record");
+        list_for_task_7_0(&store, &ids).await;
         store.close().await;
     });
     let exit = slurm_task(&s, &opts.worker, true);
@@ -555,18 +560,7 @@ fn a_slurm_task_trains_halving_cells_only_on_the_rung_it_was_submitted_for(b: Ba
             .init_halving("faults", &s.spec.search)
             .await
             .expect("rungs");
-        let tasks: Vec<etagrid_store::SlurmTask> = ids
-            .iter()
-            .map(|id| etagrid_store::SlurmTask {
-                job_id: "7".into(),
-                array_index: 0,
-                cell_id: id.clone(),
-            })
-            .collect();
-        store
-            .record_slurm_tasks("faults", &tasks, 0)
-            .await
-            .expect("record");
+        list_for_task_7_0(&store, &ids).await;
         store.close().await;
     });
     // The cells are on the first rung; a task for the second (continue from 1/2 to the end).
