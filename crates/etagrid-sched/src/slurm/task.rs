@@ -14,6 +14,11 @@
 //! probe or between parts, a lost lease) takes that part's cells off its list in the store:
 //! they go to other tasks at once, and it is not counted as a task that ended without claiming
 //! them (which the front end takes for a store it cannot reach).
+//!
+//! A task of a successive-halving sweep trains its job's segment of the budget, the rung it was
+//! submitted for: it claims a cell only while the cell is on that rung (checked in the claiming
+//! statement), and takes a cell that moved on since (promoted while the task waited in the
+//! queue) off its list the same way.
 
 use crate::events::{Action, Applied, Member, Pack, Recorder, WorkerExit};
 use crate::job::{self, WorkerMsg};
