@@ -513,7 +513,7 @@ mod tests {
                 let (store, id) = (&store, &id);
                 async move {
                     store
-                        .claim("s", id, owner, "cpu", now, 60, 3)
+                        .claim("s", id, owner, "cpu", now, 60, 3, None)
                         .await
                         .expect("claim")
                 }

@@ -4,7 +4,7 @@
 
 use crate::SchedError;
 use etagrid_spec::{Cell, SweepSpec};
-use etagrid_store::{EnqueueSummary, RunLock, Store, StoreUrl};
+use etagrid_store::{CellRow, CellState, EnqueueSummary, RunLock, Store, StoreUrl};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunSummary {
@@ -111,7 +111,68 @@ impl Prologue {
     }
 }
 
+/// What a run (local or SLURM) makes of a cell of its sweep when it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// Done or diverged, or pruned by successive halving (final whatever its state).
+    Skipped,
+    /// Failed with no attempt left (`--retry-failed` gives it more).
+    Exhausted,
+    /// Pending, running in a task, or failed with attempts left.
+    ToRun,
+}
+
+impl Start {
+    pub(crate) fn of(r: &CellRow, max_attempts: i64) -> Start {
+        if r.state.is_final() || r.pruned {
+            Start::Skipped
+        } else if r.state == CellState::Failed && r.attempts >= max_attempts {
+            Start::Exhausted
+        } else {
+            Start::ToRun
+        }
+    }
+}
+
 /// A cell as the progress lines name it.
 pub(crate) fn cell_label(id: &str, lr_a: f64, lr_b: f64) -> String {
     format!("{id} η_A={lr_a:.2e} η_B={lr_b:.2e}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{pending_rows, sweep};
+
+    #[test]
+    fn a_cell_failed_on_a_halving_rung_and_pruned_is_skipped_not_exhausted_or_to_run() {
+        let rows = pending_rows(&sweep(1));
+        let row = |state, attempts, pruned| CellRow {
+            state,
+            attempts,
+            pruned,
+            ..rows[0].clone()
+        };
+        let max = 2;
+        for (r, start) in [
+            (row(CellState::Pending, 0, false), Start::ToRun),
+            (row(CellState::Running, 1, false), Start::ToRun),
+            (row(CellState::Failed, 1, false), Start::ToRun),
+            (row(CellState::Failed, 2, false), Start::Exhausted),
+            (row(CellState::Done, 1, false), Start::Skipped),
+            (row(CellState::Diverged, 1, false), Start::Skipped),
+            // Pruned at a rung: final whatever its state, counted once (it was both "skipped"
+            // and "exhausted", and the count of cells to run went below zero).
+            (row(CellState::Failed, 2, true), Start::Skipped),
+            (row(CellState::Failed, 1, true), Start::Skipped),
+            (row(CellState::Done, 1, true), Start::Skipped),
+        ] {
+            assert_eq!(
+                Start::of(&r, max),
+                start,
+                "{:?}",
+                (r.state, r.attempts, r.pruned)
+            );
+        }
+    }
 }

@@ -24,7 +24,7 @@ pub enum Claim {
     /// No such cell in the store.
     Missing,
     /// A successive-halving cell on another rung (`rung`, 0-based) than the claimer was
-    /// submitted to train ([`Store::claim_on_rung`]): it moved on since.
+    /// submitted to train (the `rung` of [`Store::claim`]): it moved on since.
     OtherRung { rung: i64 },
 }
 
@@ -101,30 +101,16 @@ impl Store {
     /// lease expired or whose owner is `owner` itself (an earlier incarnation of the same requeued
     /// task, which SLURM never runs twice at once). Counts the attempt and drops the curves of
     /// earlier attempts. `device` is recorded in the cell's `device` column.
+    ///
+    /// With `rung` (0-based), a successive-halving cell only while it is on that rung: a task
+    /// submitted to train one rung's segment must not take a cell that moved on to the next rung
+    /// since (it was queued while another task trained it, and the rung was decided) — checked
+    /// in the claiming statement itself. An array task's claim also marks its row in
+    /// `slurm_tasks` (inserting it when the front end has not recorded it yet), as does finding
+    /// the cell finished, held or out of attempts: the front end counts the tasks that ended
+    /// without reaching a cell from the rows left unmarked.
     #[allow(clippy::too_many_arguments)]
     pub async fn claim(
-        &self,
-        sweep: &str,
-        id: &str,
-        owner: &str,
-        device: &str,
-        now: i64,
-        lease_s: i64,
-        max_attempts: i64,
-    ) -> Result<Claim> {
-        self.claim_on_rung(sweep, id, owner, device, now, lease_s, max_attempts, None)
-            .await
-    }
-
-    /// [`Store::claim`], of a successive-halving cell only while it is on rung `rung` (0-based;
-    /// `None`: any): a task submitted to train one rung's segment must not take a cell that
-    /// moved on to the next rung since (it was queued while another task trained it, and the
-    /// rung was decided) — checked in the claiming statement itself. An array task's claim also
-    /// marks its row in `slurm_tasks` (inserting it when the front end has not recorded it yet),
-    /// as does finding the cell finished, held or out of attempts: the front end counts the
-    /// tasks that ended without reaching a cell from the rows left unmarked.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn claim_on_rung(
         &self,
         sweep: &str,
         id: &str,

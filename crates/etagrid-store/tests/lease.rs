@@ -47,6 +47,7 @@ impl F {
                 now,
                 LEASE,
                 MAX,
+                None,
             )
             .await
             .expect("claim")
@@ -389,7 +390,7 @@ async fn a_task_claims_a_halving_cell_only_on_the_rung_it_was_submitted_for(b: B
         let (store, id) = (&f.store, f.id(i).to_owned());
         async move {
             store
-                .claim_on_rung(NAME, &id, owner, "cpu", T0, LEASE, MAX, Some(rung))
+                .claim(NAME, &id, owner, "cpu", T0, LEASE, MAX, Some(rung))
                 .await
                 .expect("claim")
         }

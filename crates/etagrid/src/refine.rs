@@ -76,8 +76,8 @@ impl Stored {
 /// best moved since) is refused. `None`: no cell has a result, so there is no point to refine
 /// around.
 pub fn refined_for_run(db: &etagrid_store::StoreUrl, sweep: &Path) -> Result<Option<PathBuf>> {
-    let spec = etagrid_spec::SweepSpec::load(sweep)?;
     let stored = Stored::load(db, &sweep.to_string_lossy())?;
+    let name = &stored.name;
     let Some(best) = &stored.model.best else {
         return Ok(None);
     };
@@ -86,16 +86,16 @@ pub fn refined_for_run(db: &etagrid_store::StoreUrl, sweep: &Path) -> Result<Opt
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let out = dir.join(format!("{}-refine.toml", spec.name));
+    let out = dir.join(format!("{name}-refine.toml"));
     if out.exists() {
         let theirs = etagrid_spec::SweepSpec::load(&out)
             .with_context(|| format!("{} exists but is not a sweep file", out.display()))?;
-        if theirs.name != format!("{}-refine", spec.name) {
+        if theirs.name != format!("{name}-refine") {
             bail!(
                 "{} exists and is sweep {}, not the refinement of {}: move it away to refine",
                 out.display(),
                 theirs.name,
-                spec.name
+                name
             );
         }
         let centre = |values: Vec<f64>| {
@@ -118,7 +118,7 @@ pub fn refined_for_run(db: &etagrid_store::StoreUrl, sweep: &Path) -> Result<Opt
                 out.display(),
                 theirs_at.0,
                 theirs_at.1,
-                spec.name
+                name
             );
         }
         eprintln!(

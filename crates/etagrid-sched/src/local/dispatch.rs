@@ -11,7 +11,7 @@ use crate::job::WorkerMsg;
 use crate::memfit::{gpu_memory, MemoryFit};
 use crate::packing::Packing;
 use crate::progress::Progress;
-use crate::prologue::{cell_label, Prologue};
+use crate::prologue::{cell_label, Prologue, Start};
 use crate::sys::StopSignals;
 use crate::{RunSummary, SchedError};
 use etagrid_spec::protocol::WorkerEvent;
@@ -105,16 +105,17 @@ fn queue_of(spec: &SweepSpec, p: &Prologue, rows: &[CellRow]) -> (VecDeque<CellR
         .filter(|r| wanted.contains(r.id.as_str()))
         .filter(|r| {
             // Still running after recover_running: leased by a SLURM task, which finishes it.
-            let leased = r.state == CellState::Running;
-            summary.leased += usize::from(leased);
-            // A halving cell pruned at a rung is final whatever its state.
-            let skip = r.state.is_final() || leased || r.pruned;
-            summary.skipped += usize::from(skip);
-            let exhausted = !r.pruned
-                && r.state == CellState::Failed
-                && r.attempts >= i64::from(spec.max_attempts);
-            summary.exhausted += usize::from(exhausted);
-            !skip && !exhausted
+            if r.state == CellState::Running {
+                summary.leased += 1;
+                summary.skipped += 1;
+                return false;
+            }
+            match Start::of(r, i64::from(spec.max_attempts)) {
+                Start::Skipped => summary.skipped += 1,
+                Start::Exhausted => summary.exhausted += 1,
+                Start::ToRun => return true,
+            }
+            false
         })
         .cloned()
         .collect();

@@ -10,7 +10,7 @@ use super::SlurmOptions;
 use crate::halving;
 use crate::packing::Packing;
 use crate::progress::Progress;
-use crate::prologue::{cell_label, Prologue};
+use crate::prologue::{cell_label, Prologue, Start};
 use crate::sys::StopSignals;
 use crate::{RunSummary, SchedError};
 use etagrid_spec::protocol::Segment;
@@ -99,29 +99,6 @@ pub(super) async fn front_end(
         prologue.finish(spec, "finished", started).await?;
     }
     Ok(summary)
-}
-
-/// What the front end makes of a cell of the sweep when it starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Start {
-    /// Done or diverged, or pruned by successive halving (final whatever its state).
-    Skipped,
-    /// Failed with no attempt left (`--retry-failed` gives it more).
-    Exhausted,
-    /// Pending, running in a task, or failed with attempts left.
-    ToRun,
-}
-
-impl Start {
-    fn of(r: &CellRow, max_attempts: i64) -> Start {
-        if r.state.is_final() || r.pruned {
-            Start::Skipped
-        } else if r.state == CellState::Failed && r.attempts >= max_attempts {
-            Start::Exhausted
-        } else {
-            Start::ToRun
-        }
-    }
 }
 
 /// The front end's state between polls.
@@ -504,43 +481,5 @@ impl Front<'_> {
             self.progress.cell_finished();
         }
         self.progress.line(&line);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testing::{pending_rows, sweep};
-
-    #[test]
-    fn a_cell_failed_on_a_halving_rung_and_pruned_is_skipped_not_exhausted_or_to_run() {
-        let rows = pending_rows(&sweep(1));
-        let row = |state, attempts, pruned| CellRow {
-            state,
-            attempts,
-            pruned,
-            ..rows[0].clone()
-        };
-        let max = 2;
-        for (r, start) in [
-            (row(CellState::Pending, 0, false), Start::ToRun),
-            (row(CellState::Running, 1, false), Start::ToRun),
-            (row(CellState::Failed, 1, false), Start::ToRun),
-            (row(CellState::Failed, 2, false), Start::Exhausted),
-            (row(CellState::Done, 1, false), Start::Skipped),
-            (row(CellState::Diverged, 1, false), Start::Skipped),
-            // Pruned at a rung: final whatever its state, counted once (it was both "skipped"
-            // and "exhausted", and the count of cells to run went below zero).
-            (row(CellState::Failed, 2, true), Start::Skipped),
-            (row(CellState::Failed, 1, true), Start::Skipped),
-            (row(CellState::Done, 1, true), Start::Skipped),
-        ] {
-            assert_eq!(
-                Start::of(&r, max),
-                start,
-                "{:?}",
-                (r.state, r.attempts, r.pruned)
-            );
-        }
     }
 }

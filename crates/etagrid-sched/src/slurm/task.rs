@@ -327,7 +327,7 @@ async fn claim_all(
     for cell in job.cells() {
         let id = cell.cell_id.0.clone();
         let claim = store
-            .claim_on_rung(
+            .claim(
                 sweep,
                 &id,
                 owner,
