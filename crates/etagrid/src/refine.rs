@@ -23,6 +23,21 @@ pub fn half_octaves(x: f64) -> [f64; 3] {
     .map(round_sig)
 }
 
+/// The point a refined sweep was written around: the middle of its distinct η_A and of its
+/// distinct λ (the inverse of [`refined_text`]; NaN for an axis with no value).
+pub fn refined_centre(spec: &etagrid_spec::SweepSpec) -> (f64, f64) {
+    let middle = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.dedup();
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let cells = spec.cells();
+    (
+        middle(cells.iter().map(|c| c.config.lr_a).collect()),
+        middle(cells.iter().map(|c| c.config.ratio()).collect()),
+    )
+}
+
 /// `text` (a sweep file) turned into the refined sweep `name` around (`lr_a`, `lambda`).
 pub fn refined_text(text: &str, name: &str, lr_a: f64, lambda: f64) -> Result<String> {
     let mut doc: toml_edit::DocumentMut = text.parse()?;
@@ -98,17 +113,7 @@ pub fn refined_for_run(db: &etagrid_store::StoreUrl, sweep: &Path) -> Result<Opt
                 name
             );
         }
-        let centre = |values: Vec<f64>| {
-            let mut v = values;
-            v.sort_by(f64::total_cmp);
-            v.dedup();
-            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-        };
-        let cells = theirs.cells();
-        let theirs_at = (
-            centre(cells.iter().map(|c| c.config.lr_a).collect()),
-            centre(cells.iter().map(|c| c.config.ratio()).collect()),
-        );
+        let theirs_at = refined_centre(&theirs);
         let same = |x: f64, y: f64| (x / y - 1.0).abs() < 1e-6;
         if !(same(theirs_at.0, a) && same(theirs_at.1, l)) {
             bail!(
@@ -290,5 +295,11 @@ mod tests {
             );
         }
         assert_eq!(spec.search.strategy, etagrid_search::Strategy::Grid);
+        // What a rerun reads back from the file to check it was written around today's best.
+        let (a, l) = refined_centre(&spec);
+        assert!(
+            close(a, 1e-3) && close(l, 16.0),
+            "centre read back: {a}, {l}"
+        );
     }
 }
