@@ -31,6 +31,9 @@ pub fn plan(sweep: &Path) -> Result<Exit> {
         spec.task.metric.name(),
         spec.task.eval
     );
+    if let Some(line) = search_line(&spec) {
+        println!("{line}");
+    }
     println!(
         "{:>5}  {:<16}  {:>10}  {:>10}  {:>8}  {:>5}",
         "#", "cell", "η_A", "η_B", "λ", "seed"
@@ -47,6 +50,61 @@ pub fn plan(sweep: &Path) -> Result<Exit> {
         );
     }
     Ok(Exit::Ok)
+}
+
+/// For a halving sweep, what `plan` says of its search: the rungs (as fractions of a cell's
+/// budget, and as steps when the budget is given in steps) and what each rung keeps.
+fn search_line(spec: &SweepSpec) -> Option<String> {
+    let s = &spec.search;
+    if s.strategy != etagrid_search::Strategy::Halving {
+        return None;
+    }
+    let fraction = |f: f64| {
+        let n = (1.0 / f).round();
+        if f < 1.0 && n > 1.0 && (n * f - 1.0).abs() < 1e-9 {
+            format!("1/{n}")
+        } else if f >= 1.0 {
+            "1".to_owned()
+        } else {
+            format!("{f:.3}")
+        }
+    };
+    let fractions: Vec<String> = s.fractions().into_iter().map(fraction).collect();
+    let steps = match spec.train.length {
+        etagrid_spec::TrainLength::Steps(total) => {
+            let at: Vec<String> = (0..s.rung_count())
+                .map(|r| s.rung_step(r, total).to_string())
+                .collect();
+            format!(" (steps {})", at.join(", "))
+        }
+        etagrid_spec::TrainLength::Epochs(_) => String::new(),
+    };
+    let tau = if s.min_tau > -1.0 {
+        format!(
+            "; pruning stops when Kendall's τ between rungs is below {}",
+            s.min_tau
+        )
+    } else {
+        String::new()
+    };
+    let rows = match s.keep_per_row {
+        0 => String::new(),
+        k => format!(
+            " and, at the first, the best {k} of every η_A row as well (fewer later, none at the \
+             last)"
+        ),
+    };
+    Some(format!(
+        "search: successive halving, rungs at {} of each cell's budget{steps}; each promotion \
+         keeps the best 1/{} of the points{rows}{tau}{}",
+        fractions.join(", "),
+        s.reduction,
+        if s.refine {
+            "; then a 3 × 3 refinement around the best point (`refine = true`)"
+        } else {
+            ""
+        }
+    ))
 }
 
 #[derive(Clone)]

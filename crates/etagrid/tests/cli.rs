@@ -159,6 +159,66 @@ fn plan_prints_every_cell_without_running_anything() {
     );
 }
 
+/// A halving sweep's plan says where its rungs are (as fractions and as steps) and what each
+/// promotion keeps, before the cells; a grid sweep's plan has no such line (above).
+#[test]
+fn plan_of_a_halving_sweep_names_its_rungs_and_what_they_keep() {
+    let sb = Sandbox::new(
+        "lr_a = { log2 = [-12, -10] }\nratio = [1, 16]\nseeds = [0]\n\n[search]\n\
+         strategy = \"halving\"\nreduction = 3\nrungs = [0.25, 0.5, 1.0]",
+        8,
+    );
+    let out = sb.run(&["plan", "tiny.toml"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line = stdout.lines().nth(1).unwrap_or_default();
+    assert!(
+        line.starts_with("search: successive halving, rungs at 1/4, 1/2, 1 of each cell's budget (steps 2, 4, 8)")
+            && line.contains("keeps the best 1/3 of the points")
+            && line.contains("the best 2 of every η_A row"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.lines().count(), 3 + 6, "{stdout}");
+}
+
+/// Every sweep shipped in `sweeps/` parses, validates and finds its model and data (which
+/// `scripts/setup.sh` fetches): `etagrid plan` on each exits 0 and lists its cells.
+#[test]
+fn every_shipped_sweep_plans() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sweeps");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("sweeps/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "{files:?}");
+    for f in &files {
+        let out = Command::new(env!("CARGO_BIN_EXE_etagrid"))
+            .arg("plan")
+            .arg(f)
+            .output()
+            .expect("run etagrid plan");
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains(" cells = "),
+            "{}: {}{}",
+            f.display(),
+            stdout,
+            text(&out.stderr)
+        );
+        let halving = std::fs::read_to_string(f)
+            .expect("read")
+            .contains("strategy = \"halving\"");
+        assert_eq!(
+            stdout.contains("search: successive halving"),
+            halving,
+            "{}: {stdout}",
+            f.display()
+        );
+    }
+}
+
 #[test]
 fn a_bad_sweep_file_fails_with_the_file_key_and_line() {
     let sb = Sandbox::new("lr_a = [1e-3]\nlr_b = [1e-3]\nlerning_rate = 3", 4);
