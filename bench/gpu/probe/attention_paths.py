@@ -8,7 +8,10 @@ no etagrid code). For a pack of K cells of b rows each, per layer, forward + bac
             per seed drawn from a generator seeded per (seed, step, site), broadcast over the
             seed's cells;
   per-cell  one SDPA call per cell, the generator seeded per (seed, step, site) before each: the
-            kernel's draws then depend on the cell's own rows only.
+            kernel's draws then depend on the cell's own rows only. The cells' rows are slices,
+            whose backward writes each cell's gradient into a zeroed tensor of the whole pack;
+  per-cell-split  the same, the rows taken with torch.split, whose backward is one cat
+            (added 2026-12-01 afternoon).
 
 It also checks that per-cell is pack-invariant: a cell's output in a pack equals its output when
 its rows are run alone (same seed), bit for bit. Prints one line per shape.
@@ -19,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 torch.backends.cuda.matmul.allow_tf32 = True
-dev = "cuda"
+import os
+dev = os.environ.get("PROBE_DEVICE", "cuda")
 P = 0.1
 
 
@@ -63,6 +67,14 @@ def per_cell(q, k, v, mask, cells, site):
     return torch.cat(outs, 0)
 
 
+def per_cell_split(q, k, v, mask, cells, site):
+    outs = []
+    for qc, kc, vc, mc in zip(q.chunk(cells), k.chunk(cells), v.chunk(cells), mask.chunk(cells)):
+        torch.manual_seed(site_seed(0, site))
+        outs.append(F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mc, dropout_p=P))
+    return torch.cat(outs, 0)
+
+
 def timed(f, args, cells, reps=20):
     for i in range(3):
         f(*args, cells, i).float().sum().backward()
@@ -74,14 +86,25 @@ def timed(f, args, cells, reps=20):
     return 1e3 * (time.perf_counter() - t0) / reps
 
 
-def invariant(k, b, h, t, d):
+def kernel_ms(f, args, cells, reps=10):
+    """GPU kernel time alone (the profiler's device time), so Python's launch overhead does not count."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(reps):
+            f(*args, cells, i).float().sum().backward()
+        torch.cuda.synchronize()
+    return sum(e.self_device_time_total for e in prof.key_averages()) / 1e3 / reps
+
+
+def invariant(k, b, h, t, d, f=per_cell):
     q, kk, v, mask = inputs(k, b, h, t, d)
     with torch.no_grad():
-        packed = per_cell(q, kk, v, mask, k, 7)
+        packed = f(q, kk, v, mask, k, 7)
         c = k - 1
         sl = slice(c * b, (c + 1) * b)
         # Alone: the cell's rows as tensors of their own (as a worker of one cell has them).
-        alone = per_cell(q[sl].clone(), kk[sl].clone(), v[sl].clone(), mask[sl].clone(), 1, 7)
+        alone = f(q[sl].clone(), kk[sl].clone(), v[sl].clone(), mask[sl].clone(), 1, 7)
     return torch.equal(packed[sl], alone)
 
 
@@ -93,9 +116,16 @@ for name, (k, b, h, t, d) in {
     "MiniLM MR K=5 32x64": (5, 32, 12, 64, 32),
 }.items():
     args = inputs(k, b, h, t, d)
-    ms = {f.__name__: timed(f, args, k) for f in (fused, explicit, per_cell)}
+    ms = {f.__name__: timed(f, args, k) for f in (fused, explicit, per_cell, per_cell_split)}
     print(
         f"{name:26} fwd+bwd ms per layer: fused {ms['fused']:.3f}  explicit {ms['explicit']:.3f}  "
-        f"per-cell {ms['per_cell']:.3f}  | per-cell pack-invariant: {invariant(k, b, h, t, d)}",
+        f"per-cell {ms['per_cell']:.3f}  per-cell-split {ms['per_cell_split']:.3f}  | pack-invariant: "
+        f"per-cell {invariant(k, b, h, t, d)}, per-cell-split {invariant(k, b, h, t, d, per_cell_split)}",
+        flush=True,
+    )
+    ks = {f.__name__: kernel_ms(f, args, k) for f in (fused, explicit, per_cell_split)}
+    print(
+        f"{'':26} kernel ms per layer:  fused {ks['fused']:.3f}  explicit {ks['explicit']:.3f}  "
+        f"per-cell-split {ks['per_cell_split']:.3f}",
         flush=True,
     )

@@ -18,10 +18,19 @@
 //!   runs started from one seed would (their generator streams are the same) — which is also
 //!   one draw per seed instead of one per cell.
 //!
-//! Attention-probability dropout needs the probabilities themselves, so a seeded training
-//! forward computes attention explicitly ([`crate::nn::attention`]) instead of with the fused
-//! kernels, which draw their own masks; memory then grows with the square of the sequence
-//! length, as transformers' "eager" attention does.
+//! Attention-probability dropout takes one of two paths ([`AttentionDropout`]), both a function of
+//! the cell's seed, the step and the site only:
+//! - *explicit*: the probabilities written out ([`crate::nn::attention`]) and masked like any
+//!   other dropout; memory grows with the square of the sequence length, as transformers'
+//!   "eager" attention does;
+//! - *per cell*: one fused scaled-dot-product-attention call per cell, libtorch's generator
+//!   seeded with (seed, step, site) before each, so the kernel's own draws see the cell's rows
+//!   alone. Fewer bytes move than on the explicit path, but it is one launch per cell: it pays on
+//!   a GPU at long sequences (RoBERTa-base at 128 tokens, K = 16: 1.9 ms of kernels a layer
+//!   against 3.3 explicit; at 32–64 tokens MiniLM's explicit path is the faster; bench/RESULTS.md
+//!   2026-12-01 afternoon). The fused kernels draw other masks than `bernoulli`, so the two paths
+//!   give a cell different (equally likely) runs: the path is chosen from the device and the
+//!   sequence length, which every pack of a sweep shares, never from the pack.
 //!
 //! The masks come from a scope around the forward, like `tch::no_grad` (a thread-local): the
 //! model code calls [`dropout`] where it would call `Tensor::dropout`, and outside a scope
@@ -29,7 +38,82 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
 use tch::{Device, Tensor};
+
+/// How a seeded training forward computes attention with dropout on its probabilities (see the
+/// module's documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionDropout {
+    /// Per cell on a GPU for sequences of at least [`PER_CELL_MIN_LEN`] tokens, explicit
+    /// otherwise (the default).
+    Auto,
+    /// Always the explicit path.
+    Explicit,
+    /// Always one fused call per cell.
+    PerCell,
+}
+
+/// The shortest sequence at which [`AttentionDropout::Auto`] takes the per-cell path on a GPU.
+pub const PER_CELL_MIN_LEN: i64 = 128;
+
+/// The process's choice, set by [`AttentionDropout::set`] (a test comparing the paths); unset,
+/// `ETAGRID_ATTENTION` (a bench comparing them), else [`AttentionDropout::Auto`].
+static ATTENTION: AtomicU8 = AtomicU8::new(0);
+
+impl AttentionDropout {
+    /// `auto`, `explicit` or `per-cell` (the values of `ETAGRID_ATTENTION`).
+    pub fn parse(s: &str) -> Option<AttentionDropout> {
+        match s {
+            "auto" => Some(AttentionDropout::Auto),
+            "explicit" => Some(AttentionDropout::Explicit),
+            "per-cell" => Some(AttentionDropout::PerCell),
+            _ => None,
+        }
+    }
+
+    /// Sets the path of every seeded forward of this process from now on.
+    pub fn set(self) {
+        let code = match self {
+            AttentionDropout::Auto => 1,
+            AttentionDropout::Explicit => 2,
+            AttentionDropout::PerCell => 3,
+        };
+        ATTENTION.store(code, Ordering::Relaxed);
+    }
+
+    /// The path this process's seeded forwards take.
+    pub fn current() -> AttentionDropout {
+        match ATTENTION.load(Ordering::Relaxed) {
+            1 => AttentionDropout::Auto,
+            2 => AttentionDropout::Explicit,
+            3 => AttentionDropout::PerCell,
+            _ => {
+                static FROM_ENV: OnceLock<AttentionDropout> = OnceLock::new();
+                *FROM_ENV.get_or_init(|| match std::env::var("ETAGRID_ATTENTION") {
+                    Err(_) => AttentionDropout::Auto,
+                    Ok(v) => AttentionDropout::parse(&v).unwrap_or_else(|| {
+                        eprintln!(
+                            "etagrid: ETAGRID_ATTENTION={v:?} is not auto, explicit or per-cell; \
+                             using auto"
+                        );
+                        AttentionDropout::Auto
+                    }),
+                })
+            }
+        }
+    }
+
+    /// Whether attention over `t` tokens on `device` takes the per-cell path.
+    fn per_cell(self, device: Device, t: i64) -> bool {
+        match self {
+            AttentionDropout::Auto => device.is_cuda() && t >= PER_CELL_MIN_LEN,
+            AttentionDropout::Explicit => false,
+            AttentionDropout::PerCell => true,
+        }
+    }
+}
 
 /// The pack's cells as dropout sees them: their seeds.
 pub struct SeededDropout {
@@ -40,6 +124,7 @@ pub struct SeededDropout {
     /// The same on the device, as [K] int64 (None when there is one seed).
     index: Option<Tensor>,
     cells: i64,
+    attention: AttentionDropout,
 }
 
 struct Active {
@@ -64,8 +149,18 @@ impl Drop for Scope {
 }
 
 impl SeededDropout {
-    /// For a pack whose cell k has seed `cell_seeds[k]`.
+    /// For a pack whose cell k has seed `cell_seeds[k]`, attention on this process's path
+    /// ([`AttentionDropout::current`]).
     pub fn new(cell_seeds: &[u64], device: Device) -> Rc<SeededDropout> {
+        SeededDropout::with_attention(cell_seeds, device, AttentionDropout::current())
+    }
+
+    /// The same, attention on the path `attention`.
+    pub fn with_attention(
+        cell_seeds: &[u64],
+        device: Device,
+        attention: AttentionDropout,
+    ) -> Rc<SeededDropout> {
         let (seeds, cell_seed) = seed_groups(cell_seeds);
         let index: Vec<i64> = cell_seed.iter().map(|&i| i as i64).collect();
         Rc::new(SeededDropout {
@@ -73,6 +168,7 @@ impl SeededDropout {
             cell_seed,
             seeds,
             cells: cell_seeds.len() as i64,
+            attention,
         })
     }
 
@@ -134,9 +230,32 @@ pub(crate) fn seed_groups(cell_seeds: &[u64]) -> (Vec<u64>, Vec<usize>) {
 }
 
 /// Whether the dropout of the current forward is seeded per cell (in a [`SeededDropout::during`]
-/// scope): attention then takes the explicit path.
+/// scope): attention then takes the per-cell or the explicit path ([`AttentionDropout`]).
 pub fn seeded() -> bool {
     ACTIVE.with(|a| a.borrow().is_some())
+}
+
+/// Attention with dropout `p` on its probabilities, one fused call per cell, when a seeded
+/// forward is on the per-cell path for `q` ([n, heads, t, d]); `None` otherwise (the caller takes
+/// the explicit path). `sdpa(q, k, v, mask)` is the fused attention of one cell's rows with
+/// dropout `p`; each call sees the cell's rows cut to its seed's batch length, and its output
+/// is padded back with zeros (positions no real token reads). Counts as one dropout site.
+pub(crate) fn per_cell_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    sdpa: impl Fn(&Tensor, &Tensor, &Tensor, Option<&Tensor>) -> Tensor,
+) -> Option<Tensor> {
+    ACTIVE.with(|a| {
+        let mut a = a.borrow_mut();
+        let active = a.as_mut()?;
+        let t = q.size()[2];
+        if !active.plan.attention.per_cell(q.device(), t) {
+            return None;
+        }
+        Some(active.per_cell(q, k, v, mask, sdpa))
+    })
 }
 
 /// Dropout of `x` with probability `p` when `train`, scaled by 1/(1 − p) as `Tensor::dropout`.
@@ -202,6 +321,54 @@ impl Active {
         let mut per_cell = vec![k, rows];
         per_cell.extend_from_slice(&shape[1..]);
         (x.reshape(per_cell.as_slice()) * mask).reshape(shape.as_slice())
+    }
+}
+
+impl Active {
+    fn per_cell(
+        &mut self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        sdpa: impl Fn(&Tensor, &Tensor, &Tensor, Option<&Tensor>) -> Tensor,
+    ) -> Tensor {
+        let site = self.site;
+        self.site += 1;
+        let plan = &self.plan;
+        let t = q.size()[2];
+        let rows = q.size()[0] / plan.cells;
+        // `split`, not `narrow`: its backward is one cat of the cells' gradients, where each
+        // narrow's would write its cell's into a zeroed tensor of the whole pack.
+        let (qs, ks, vs) = (q.split(rows, 0), k.split(rows, 0), v.split(rows, 0));
+        let masks = mask.map(|m| m.split(rows, 0));
+        let outs: Vec<Tensor> = (0..plan.cells as usize)
+            .map(|c| {
+                let s = plan.cell_seed[c];
+                let len = self.lens[s].min(t);
+                let cut = |x: &Tensor, dim: i64| {
+                    if len < x.size()[dim as usize] {
+                        x.narrow(dim, 0, len)
+                    } else {
+                        x.shallow_clone()
+                    }
+                };
+                let m = masks.as_ref().map(|m| cut(&m[c], 3));
+                tch::manual_seed(site_seed(plan.seeds[s], self.step, site));
+                let o = sdpa(
+                    &cut(&qs[c], 2),
+                    &cut(&ks[c], 2),
+                    &cut(&vs[c], 2),
+                    m.as_ref(),
+                );
+                if len < t {
+                    o.constant_pad_nd([0, 0, 0, t - len])
+                } else {
+                    o
+                }
+            })
+            .collect();
+        Tensor::cat(&outs, 0)
     }
 }
 
@@ -288,6 +455,117 @@ mod tests {
         let eval = plan.during(1, vec![5], || dropout(&ones(2), 0.5, false));
         assert!(eval.equal(&ones(2)));
         assert!(!seeded(), "the scope ends with the forward");
+    }
+
+    /// q, k, v [n, 2 heads, t, 4] drawn from `seed`, needing gradients; every key unmasked.
+    fn qkv(n: i64, t: i64, seed: i64) -> (Tensor, Tensor, Tensor, Tensor) {
+        tch::manual_seed(seed);
+        let x = || Tensor::randn([n, 2, t, 4], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let mask = Tensor::ones([n, 1, 1, t], (Kind::Bool, Device::Cpu));
+        (x(), x(), x(), mask)
+    }
+
+    /// Attention with dropout 0.5 on the per-cell path for a pack of `seeds`.
+    fn per_cell(seeds: &[u64], lens: Vec<i64>, x: &(Tensor, Tensor, Tensor, Tensor)) -> Tensor {
+        let plan = SeededDropout::with_attention(seeds, Device::Cpu, AttentionDropout::PerCell);
+        plan.during(3, lens, || {
+            crate::nn::attention(&x.0, &x.1, &x.2, Some(&x.3), 0.5, false, false)
+        })
+    }
+
+    fn rows(x: &Tensor, start: i64, n: i64) -> Tensor {
+        x.narrow(0, start, n)
+            .detach()
+            .copy()
+            .set_requires_grad(true)
+    }
+
+    #[test]
+    fn per_cell_attention_of_a_cell_is_the_same_alone_and_in_a_pack_gradients_too() {
+        let _serial = serial();
+        // Seeds 1, 3, 3 with b = 2 rows each; the second cell alone is seed 3 on its rows.
+        let packed_in = qkv(6, 5, 11);
+        let alone_in = (
+            rows(&packed_in.0, 2, 2),
+            rows(&packed_in.1, 2, 2),
+            rows(&packed_in.2, 2, 2),
+            packed_in.3.narrow(0, 2, 2),
+        );
+        let packed = per_cell(&[1, 3, 3], vec![5, 5], &packed_in);
+        let alone = per_cell(&[3], vec![5], &alone_in);
+        assert_eq!(packed.size(), [6, 5, 8]);
+        assert!(packed.narrow(0, 2, 2).allclose(&alone, 1e-6, 1e-7, false));
+        // Dropout happened: without it the output is another.
+        let plain = SeededDropout::with_attention(&[3], Device::Cpu, AttentionDropout::PerCell)
+            .during(3, vec![5], || {
+                crate::nn::attention(
+                    &alone_in.0,
+                    &alone_in.1,
+                    &alone_in.2,
+                    Some(&alone_in.3),
+                    0.0,
+                    false,
+                    false,
+                )
+            });
+        assert!(!plain.allclose(&alone, 1e-3, 1e-3, false));
+        // The gradients of the cell's rows are the ones it gets alone.
+        packed.narrow(0, 2, 2).sum(Kind::Float).backward();
+        alone.sum(Kind::Float).backward();
+        for (p, a) in [(&packed_in.0, &alone_in.0), (&packed_in.2, &alone_in.2)] {
+            assert!(p
+                .grad()
+                .narrow(0, 2, 2)
+                .allclose(&a.grad(), 1e-6, 1e-7, false));
+        }
+        // The other cells' rows get none from it.
+        assert_eq!(
+            packed_in
+                .0
+                .grad()
+                .narrow(0, 0, 2)
+                .abs()
+                .sum(Kind::Float)
+                .double_value(&[]),
+            0.0
+        );
+    }
+
+    #[test]
+    fn per_cell_attention_draws_at_the_seeds_own_length_and_zeros_past_it() {
+        let _serial = serial();
+        // Seed 0's batch is 3 tokens long; the pack (seeds 0 and 1) is padded to 5.
+        let packed_in = qkv(4, 5, 12);
+        let cut = |x: &Tensor| rows(x, 0, 2).narrow(2, 0, 3);
+        let alone_in = (
+            cut(&packed_in.0),
+            cut(&packed_in.1),
+            cut(&packed_in.2),
+            packed_in.3.narrow(0, 0, 2).narrow(3, 0, 3),
+        );
+        let packed = per_cell(&[0, 1], vec![3, 5], &packed_in);
+        let alone = per_cell(&[0], vec![3], &alone_in);
+        let own = packed.narrow(0, 0, 2);
+        assert!(own.narrow(1, 0, 3).allclose(&alone, 1e-6, 1e-7, false));
+        assert_eq!(
+            own.narrow(1, 3, 2).abs().sum(Kind::Float).double_value(&[]),
+            0.0
+        );
+    }
+
+    #[test]
+    fn auto_takes_the_per_cell_path_on_a_gpu_at_long_sequences_only() {
+        let auto = AttentionDropout::Auto;
+        assert!(auto.per_cell(Device::Cuda(0), PER_CELL_MIN_LEN));
+        assert!(!auto.per_cell(Device::Cuda(0), PER_CELL_MIN_LEN - 1));
+        assert!(!auto.per_cell(Device::Cpu, 512));
+        assert!(AttentionDropout::PerCell.per_cell(Device::Cpu, 2));
+        assert!(!AttentionDropout::Explicit.per_cell(Device::Cuda(0), 512));
+        assert_eq!(
+            AttentionDropout::parse("per-cell"),
+            Some(AttentionDropout::PerCell)
+        );
+        assert_eq!(AttentionDropout::parse("fused"), None);
     }
 
     #[test]

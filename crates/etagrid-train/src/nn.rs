@@ -534,10 +534,14 @@ pub fn attention(
 ) -> Tensor {
     let s = q.size();
     let (n, heads, t, d) = (s[0], s[1], s[2], s[3]);
-    let context = if p_drop > 0.0 && crate::dropout::seeded() {
-        explicit_attention(q, k, v, mask, p_drop, causal)
-    } else {
+    let sdpa = |q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>| {
         Tensor::scaled_dot_product_attention(q, k, v, mask, p_drop, causal, None, gqa)
+    };
+    let context = if p_drop > 0.0 && crate::dropout::seeded() {
+        crate::dropout::per_cell_attention(q, k, v, mask, sdpa)
+            .unwrap_or_else(|| explicit_attention(q, k, v, mask, p_drop, causal))
+    } else {
+        sdpa(q, k, v, mask)
     };
     context.transpose(1, 2).reshape([n, t, heads * d])
 }

@@ -9,6 +9,7 @@
 
 use etagrid_spec::protocol::{JobDevice, PackedCell, Segment, WorkerEvent, WorkerJob};
 use etagrid_spec::{CellId, SweepSpec};
+use etagrid_train::dropout::AttentionDropout;
 use etagrid_train::{run_job, run_pack, JobOutcome};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -157,8 +158,46 @@ fn rel(a: f64, b: f64) -> f64 {
 #[test]
 fn packed_cells_end_with_the_numbers_they_get_alone() {
     let _serial = serial();
+    packed_equals_alone();
+}
+
+/// The same on the GPU's path for long sequences: attention's dropout drawn by one fused call per
+/// cell (`AttentionDropout::PerCell`; on the CPU only when asked for). On the CPU libtorch's
+/// attention draws its dropout mask with `bernoulli_` over the probabilities' shape from the
+/// generator the path seeded, which is what the explicit path draws, so a cell's run there is the
+/// explicit path's up to rounding (on a GPU the fused kernels draw other masks).
+#[test]
+fn packed_cells_end_with_the_numbers_they_get_alone_with_fused_attention_per_cell() {
+    let _serial = serial();
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            AttentionDropout::Auto.set();
+        }
+    }
+    let _reset = Reset;
+    AttentionDropout::Explicit.set();
+    let explicit = packed_equals_alone();
+    AttentionDropout::PerCell.set();
+    let per_cell = packed_equals_alone();
+    assert_eq!(explicit.len(), per_cell.len());
+    for (i, (e, p)) in explicit.iter().zip(&per_cell).enumerate() {
+        assert_eq!(e.len(), p.len(), "cell {i}");
+        for ((se, le), (sp, lp)) in e.iter().zip(p) {
+            assert_eq!(se, sp);
+            assert!(rel(*le, *lp) <= 1e-5, "cell {i} step {se}: {le} vs {lp}");
+        }
+    }
+    // Other kernels ran: the last bits differ somewhere.
+    assert_ne!(explicit, per_cell, "the per-cell path was not taken");
+}
+
+/// Trains the 4 cells packed and one by one, checks they agree; returns each finished cell's
+/// train and eval curve alone (eval steps + 1000).
+fn packed_equals_alone() -> Vec<Vec<(u64, f64)>> {
     let d = tempfile::tempdir().expect("tempdir");
     let (spec, cells) = cells(d.path());
+    let mut curves = Vec::new();
 
     let packed_job = job(&spec, &cells, "packed");
     let mut packed_events: BTreeMap<CellId, Vec<WorkerEvent>> = BTreeMap::new();
@@ -252,6 +291,7 @@ fn packed_cells_end_with_the_numbers_they_get_alone() {
                 let (ca, cp) = (curve(&alone_events), curve(pack_events));
                 assert_eq!(ca.len(), cp.len(), "cell {i}: {ca:?} vs {cp:?}");
                 assert!(ca.len() >= 4, "train and eval points: {ca:?}");
+                curves.push(ca.clone());
                 for ((sa, la), (sp, lp)) in ca.iter().zip(&cp) {
                     assert_eq!(sa, sp);
                     assert!(rel(*la, *lp) <= 1e-5, "cell {i} step {sa}: {la} vs {lp}");
@@ -285,6 +325,7 @@ fn packed_cells_end_with_the_numbers_they_get_alone() {
         JobOutcome::Diverged { .. }
     ));
     eprintln!("largest relative difference of a saved tensor, packed vs alone: {worst:.2e}");
+    curves
 }
 
 #[test]
