@@ -338,37 +338,45 @@ impl Active {
         let plan = &self.plan;
         let t = q.size()[2];
         let rows = q.size()[0] / plan.cells;
-        // `split`, not `narrow`: its backward is one cat of the cells' gradients, where each
-        // narrow's would write its cell's into a zeroed tensor of the whole pack.
-        let (qs, ks, vs) = (q.split(rows, 0), k.split(rows, 0), v.split(rows, 0));
+        // q, k and v are [n, heads, t, d] views of the projections' [n, t, heads, d]: split in
+        // that layout, each cell's gradient goes back into it by one cat, with no transposing
+        // copy after it (the attention kernels return gradients and output in their input's
+        // layout). `split`, not `narrow`: its backward is that one cat, where each narrow's would
+        // write its cell's gradient into a zeroed tensor of the whole pack.
+        let cells = |x: &Tensor| x.transpose(1, 2).split(rows, 0);
+        let (qs, ks, vs) = (cells(q), cells(k), cells(v));
         let masks = mask.map(|m| m.split(rows, 0));
         let outs: Vec<Tensor> = (0..plan.cells as usize)
             .map(|c| {
                 let s = plan.cell_seed[c];
                 let len = self.lens[s].min(t);
-                let cut = |x: &Tensor, dim: i64| {
-                    if len < x.size()[dim as usize] {
-                        x.narrow(dim, 0, len)
+                // A cell's [rows, t, heads, d] cut to its seed's length, as [rows, heads, len, d].
+                let cut = |x: &Tensor| {
+                    let x = if len < t {
+                        x.narrow(1, 0, len)
                     } else {
                         x.shallow_clone()
-                    }
+                    };
+                    x.transpose(1, 2)
                 };
-                let m = masks.as_ref().map(|m| cut(&m[c], 3));
+                let m = masks.as_ref().map(|m| {
+                    if len < t {
+                        m[c].narrow(3, 0, len)
+                    } else {
+                        m[c].shallow_clone()
+                    }
+                });
                 tch::manual_seed(site_seed(plan.seeds[s], self.step, site));
-                let o = sdpa(
-                    &cut(&qs[c], 2),
-                    &cut(&ks[c], 2),
-                    &cut(&vs[c], 2),
-                    m.as_ref(),
-                );
+                // Back to [rows, len, heads, d], padded with zeros to the pack's length.
+                let o = sdpa(&cut(&qs[c]), &cut(&ks[c]), &cut(&vs[c]), m.as_ref()).transpose(1, 2);
                 if len < t {
-                    o.constant_pad_nd([0, 0, 0, t - len])
+                    o.constant_pad_nd([0, 0, 0, 0, 0, t - len])
                 } else {
                     o
                 }
             })
             .collect();
-        Tensor::cat(&outs, 0)
+        Tensor::cat(&outs, 0).transpose(1, 2)
     }
 }
 
