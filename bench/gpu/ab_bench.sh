@@ -9,11 +9,7 @@ set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 OLD=$1 NEW=$2
 record_machine
-python3 - <<'PY'
-import torch, transformers as tf
-torch.manual_seed(0)
-tf.RobertaForSequenceClassification(tf.RobertaConfig(num_labels=3)).save_pretrained("/tmp/rb-ab")
-PY
+random_roberta /tmp/rb-ab
 J="$OUT/ab.jsonl"
 : > "$J"
 tag() { python3 -c "import json,sys; r=json.loads(sys.stdin.read().strip().splitlines()[-1]); r['variant']='$1'; print(json.dumps(r))" >> "$J"; }

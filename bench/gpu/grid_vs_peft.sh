@@ -9,16 +9,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 B=./.gpu/etagrid
 record_machine
 
-# Peak GPU memory of a command, in MiB above what was in use before it (nvidia-smi every 0.1 s).
-peak() {
-  local base; base=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
-  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > /tmp/mem.txt &
-  local smi=$!
-  "$@"
-  kill $smi; wait $smi 2>/dev/null
-  echo "peak_mib $(( $(sort -n /tmp/mem.txt | tail -1) - base ))" >&2
-}
-
 if [ "${1:-trec}" = trec ]; then
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 1 > "$OUT/gpu-util.csv" &
   SMI=$!
@@ -66,11 +56,7 @@ for name, wall, n, s, best, pack in rows:
           f"{best[0]:.3g}, {best[1]:.3g} → {best[2]:.4f}  ({pack})")
 PY
 else
-  python3 - <<'PY'
-import torch, transformers as tf
-torch.manual_seed(0)
-tf.RobertaForSequenceClassification(tf.RobertaConfig(num_labels=3)).save_pretrained("/tmp/roberta-base")
-PY
+  random_roberta /tmp/roberta-base
   : > "$OUT/roberta.jsonl"
   for procs in 1 4; do
     peak python3 .gpu/peft_baseline.py --seconds 10 --model roberta-base --batch 32 --seq 128 --procs $procs \

@@ -8,22 +8,9 @@
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 record_machine
-python3 - <<'PY'
-import torch, transformers as tf
-torch.manual_seed(0)
-tf.RobertaForSequenceClassification(tf.RobertaConfig(num_labels=3)).save_pretrained("/tmp/rb-drop")
-PY
+random_roberta /tmp/rb-drop
 J="$OUT/attention.jsonl"
 : > "$J"
-# Runs "$@" with the GPU's memory polled every 100 ms; the peak over the idle GPU goes to /tmp/peak.
-peak() {
-  local base; base=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
-  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > /tmp/mem.txt &
-  local smi=$!
-  "$@"
-  kill $smi; wait $smi 2>/dev/null
-  echo $(( $(sort -n /tmp/mem.txt | tail -1) - base )) > /tmp/peak
-}
 tag() { python3 -c "import json,sys; r=json.loads(sys.stdin.read().strip().splitlines()[-1]); r['variant']='$1'; r['peak_mib']=int(open('/tmp/peak').read()); print(json.dumps(r))" >> "$J"; }
 peft() { peak python3 .gpu/peft_baseline.py --seconds "${SECONDS_PER:-10}" --model roberta-base --batch 32 --seq 128 "$@"; }
 ours() { ETAGRID_ATTENTION=$1 peak ./.gpu/etagrid-bench --seconds "${SECONDS_PER:-10}" --model /tmp/rb-drop --targets query,value --batch 32 --seq 128 --k "$2"; }

@@ -16,11 +16,7 @@ echo "rc ${PIPESTATUS[0]} wall_s $(python3 -c "print(round($(date +%s.%N) - $s, 
 tail -4 "$OUT/run.log"
 ./.gpu/etagrid --state-dir /tmp/uh status trec50-halving-gpu > "$OUT/status.txt" 2>&1
 cp /tmp/uh-report/*/heatmap*.png "$OUT/" 2>/dev/null; ls /tmp/uh-report/* | head -20 > "$OUT/report-files.txt"
-python3 - <<'PY'
-import torch, transformers as tf
-torch.manual_seed(0)
-tf.RobertaForSequenceClassification(tf.RobertaConfig(num_labels=3)).save_pretrained("/tmp/rb")
-PY
+random_roberta /tmp/rb
 : > "$OUT/variance.jsonl"
 for i in 1 2 3; do
   python3 .gpu/peft_baseline.py --seconds 10 --model roberta-base --batch 32 --seq 128 | tail -n 1 >> "$OUT/variance.jsonl"
