@@ -338,11 +338,12 @@ impl Active {
         let plan = &self.plan;
         let t = q.size()[2];
         let rows = q.size()[0] / plan.cells;
-        // q, k and v are [n, heads, t, d] views of the projections' [n, t, heads, d]: split in
-        // that layout, each cell's gradient goes back into it by one cat, with no transposing
-        // copy after it (the attention kernels return gradients and output in their input's
-        // layout). `split`, not `narrow`: its backward is that one cat, where each narrow's would
-        // write its cell's gradient into a zeroed tensor of the whole pack.
+        // q, k and v are [n, heads, t, d], usually views of the projections' [n, t, heads, d]:
+        // split in that layout, each cell's gradient goes back into it by one cat, with no
+        // transposing copy after it (the attention kernels return gradients and output in their
+        // input's layout; any other layout gives the same numbers). `split`, not `narrow`: its
+        // backward is that one cat, where each narrow's would write its cell's gradient into a
+        // zeroed tensor of the whole pack.
         let cells = |x: &Tensor| x.transpose(1, 2).split(rows, 0);
         let (qs, ks, vs) = (cells(q), cells(k), cells(v));
         let masks = mask.map(|m| m.split(rows, 0));
@@ -350,22 +351,17 @@ impl Active {
             .map(|c| {
                 let s = plan.cell_seed[c];
                 let len = self.lens[s].min(t);
-                // A cell's [rows, t, heads, d] cut to its seed's length, as [rows, heads, len, d].
-                let cut = |x: &Tensor| {
-                    let x = if len < t {
-                        x.narrow(1, 0, len)
+                // The first `len` positions of dimension `dim` (the sequence's, of length t).
+                let head = |x: &Tensor, dim: i64| {
+                    if len < t {
+                        x.narrow(dim, 0, len)
                     } else {
                         x.shallow_clone()
-                    };
-                    x.transpose(1, 2)
-                };
-                let m = masks.as_ref().map(|m| {
-                    if len < t {
-                        m[c].narrow(3, 0, len)
-                    } else {
-                        m[c].shallow_clone()
                     }
-                });
+                };
+                // A cell's [rows, t, heads, d] cut to its seed's length, as [rows, heads, len, d].
+                let cut = |x: &Tensor| head(x, 1).transpose(1, 2);
+                let m = masks.as_ref().map(|m| head(&m[c], 3));
                 tch::manual_seed(site_seed(plan.seeds[s], self.step, site));
                 // Back to [rows, len, heads, d], padded with zeros to the pack's length.
                 let o = sdpa(&cut(&qs[c]), &cut(&ks[c]), &cut(&vs[c]), m.as_ref()).transpose(1, 2);
