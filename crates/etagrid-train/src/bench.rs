@@ -7,10 +7,11 @@
 //! `k > 1` trains k adapters (grid cells) on one frozen base in one process: the batch is
 //! repeated k times (cells of one seed see the same batches), so a step processes k·batch samples.
 //! A model with dropout draws its masks as `etagrid run` does ([`crate::dropout`]: per seed, step
-//! and site; here the k cells share seed 0), which takes attention through the explicit softmax
-//! rather than SDPA's fused kernels.
+//! and site; here the k cells share seed 0; attention on the path `ETAGRID_ATTENTION` picks). The
+//! rows have no padding (as the peer's), so attention gets no mask, as transformers then gives
+//! it none; `ETAGRID_BENCH_PAD=1` pads every other row after half its length.
 
-use crate::dropout::SeededDropout;
+use crate::dropout::{SeedLen, SeededDropout};
 use crate::model::{family, load_classifier, Batch};
 use crate::optim::LoraPlusAdamW;
 use crate::train::loss;
@@ -85,6 +86,7 @@ pub fn train_throughput(o: &BenchOptions) -> Result<BenchResult, TrainError> {
         .unwrap_or(1000);
     let ids = Tensor::randint_low(5, vocab.min(1000), [o.batch, o.seq], (Kind::Int64, device));
     let labels = Tensor::randint_low(0, 3, [o.batch], (Kind::Int64, device));
+    let padded = std::env::var("ETAGRID_BENCH_PAD").is_ok_and(|v| v == "1");
     let batch = Batch {
         input_ids: ids.repeat([o.k, 1]),
         token_type_ids: Tensor::zeros([o.k * o.batch, o.seq], (Kind::Int64, device)),
@@ -92,7 +94,7 @@ pub fn train_throughput(o: &BenchOptions) -> Result<BenchResult, TrainError> {
             // ETAGRID_BENCH_PAD=1: every other row is padded after half its length, as real
             // batches of unequal texts are (the attention mask then has zeros).
             let m = Tensor::ones([o.k * o.batch, o.seq], (Kind::Int64, device));
-            if std::env::var("ETAGRID_BENCH_PAD").is_ok_and(|v| v == "1") {
+            if padded {
                 let _ = m
                     .slice(0, 0, o.k * o.batch, 2)
                     .narrow(1, o.seq / 2, o.seq - o.seq / 2)
@@ -105,11 +107,12 @@ pub fn train_throughput(o: &BenchOptions) -> Result<BenchResult, TrainError> {
     let masks = model
         .base_dropout()
         .then(|| SeededDropout::new(&vec![0; o.k as usize], device));
+    let lens = [SeedLen { len: o.seq, padded }];
     let mut n = 0u64;
     let mut step = || {
         let forward = || model.forward(&batch, true);
         let logits = match &masks {
-            Some(m) => m.during(n, vec![o.seq], forward),
+            Some(m) => m.during(n, lens, forward),
             None => forward(),
         };
         n += 1;

@@ -10,7 +10,7 @@
 //! - the head: BERT's classifier reads the pooler (dense + tanh on `[CLS]`); RoBERTa's reads
 //!   `[CLS]` through its own dense + tanh (`classifier.dense`) and `classifier.out_proj`, no pooler.
 
-use crate::dropout::dropout;
+use crate::dropout::{dropout, dropout_add};
 use crate::model::{
     config_error, default_dropout, default_initializer_range, read_config, LoadedClassifier,
     SequenceClassifier,
@@ -183,17 +183,29 @@ impl BertSelfAttention {
         })
     }
 
-    /// The attention context [n, t, hidden]; `mask` [n, 1, 1, t].
-    fn forward(&self, x: &Tensor, mask: &Tensor, c: &BertConfig, train: bool) -> Tensor {
+    /// The attention context [n, tq, hidden] of the positions `xq` ([n, tq, hidden], `x`'s first
+    /// tq) over all of `x` ([n, t, hidden]); `mask` [n, 1, 1, t].
+    fn forward(
+        &self,
+        xq: &Tensor,
+        x: &Tensor,
+        mask: &Tensor,
+        c: &BertConfig,
+        train: bool,
+    ) -> Tensor {
         let heads = c.num_attention_heads;
         let dh = c.hidden_size / heads;
-        let split = |l: &Linear| split_heads(&l.forward(x, train), heads, dh);
+        let split = |l: &Linear, x: &Tensor| split_heads(&l.forward(x, train), heads, dh);
         let p_drop = if train {
             c.attention_probs_dropout_prob
         } else {
             0.0
         };
-        let (q, k, v) = (split(&self.query), split(&self.key), split(&self.value));
+        let (q, k, v) = (
+            split(&self.query, xq),
+            split(&self.key, x),
+            split(&self.value, x),
+        );
         attention(&q, &k, &v, Some(mask), p_drop, false, false)
     }
 }
@@ -216,8 +228,8 @@ impl BertOutput {
     }
 
     fn forward(&self, x: &Tensor, residual: &Tensor, p_drop: f64, train: bool) -> Tensor {
-        let y = dropout(&self.dense.forward(x, train), p_drop, train);
-        self.layer_norm.forward(&(y + residual))
+        let y = dropout_add(&self.dense.forward(x, train), residual, p_drop, train);
+        self.layer_norm.forward(&y)
     }
 }
 
@@ -253,10 +265,28 @@ impl BertLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor, c: &BertConfig, train: bool) -> Tensor {
+    /// The layer's output [n, t, hidden] for `x` [n, t, hidden]; with `first_only`, that of the
+    /// first position alone, [n, 1, hidden]. Attention mixes positions only through its keys and
+    /// values; the query and all that follows it are per position. So a last layer read only at
+    /// `[CLS]` needs its query and everything after attention at that position alone: the same
+    /// numbers for `[CLS]` (the dropout masks too, [`crate::dropout`] draws them at full length
+    /// and cuts), for about a sixth of the layer's work.
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        c: &BertConfig,
+        train: bool,
+        first_only: bool,
+    ) -> Tensor {
         let p = c.hidden_dropout_prob;
-        let ctx = self.attention.self_.forward(x, mask, c, train);
-        let attn = self.attention.output.forward(&ctx, x, p, train);
+        let xq = if first_only {
+            x.narrow(1, 0, 1)
+        } else {
+            x.shallow_clone()
+        };
+        let ctx = self.attention.self_.forward(&xq, x, mask, c, train);
+        let attn = self.attention.output.forward(&ctx, &xq, p, train);
         let inter = self.intermediate.forward(&attn, train).gelu("none");
         self.output.forward(&inter, &attn, p, train)
     }
@@ -442,8 +472,10 @@ impl BertForSequenceClassification {
         let mut x = self.bert.embeddings.forward(batch, c, train);
         // [n, 1, 1, t] boolean: true where a key may be attended to.
         let mask = batch.attention_mask.gt(0).reshape([n, 1, 1, t]);
-        for layer in &self.bert.encoder.layer {
-            x = layer.forward(&x, &mask, c, train);
+        let layers = &self.bert.encoder.layer;
+        for (i, layer) in layers.iter().enumerate() {
+            // Only the last layer's first position is read.
+            x = layer.forward(&x, &mask, c, train, i + 1 == layers.len());
         }
         x.select(1, 0)
     }
@@ -493,5 +525,53 @@ impl SequenceClassifier for BertForSequenceClassification {
         } else {
             self.config.max_position_embeddings
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dropout::SeededDropout;
+    use etagrid_spec::{InitScheme, TargetModules};
+
+    /// The last layer read only at the first position gives that position's numbers: in a
+    /// training forward with every dropout on (the masks cut from the full draws) and in its
+    /// gradients.
+    #[test]
+    fn a_layer_computed_at_its_first_position_alone_gives_that_positions_numbers() {
+        let _serial = crate::dropout::tests::serial();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert");
+        let config = BertConfig::load(&dir).expect("config");
+        let weights = Weights::load(&dir, Device::Cpu, Kind::Float).expect("weights");
+        let mut lora = LoraSpec::new(4, 8.0, TargetModules::list(&["query", "value"]));
+        lora.dropout = 0.2;
+        lora.init = InitScheme::Loraplus;
+        tch::manual_seed(3);
+        let model = BertForSequenceClassification::load(config, &weights, 3, &lora, 2, Device::Cpu)
+            .expect("model");
+        let c = &model.config;
+        let (n, t) = (4, 6);
+        let mask = Tensor::ones([n, 1, 1, t], (Kind::Bool, Device::Cpu));
+        let _ = mask.narrow(0, 1, 1).narrow(3, 4, 2).fill_(0);
+        let x = Tensor::randn([n, t, c.hidden_size], (Kind::Float, Device::Cpu));
+        let layer = model.bert.encoder.layer.last().expect("a layer");
+        let plan = SeededDropout::new(&[7, 8], Device::Cpu);
+        let run = |first_only: bool| {
+            let x = x.copy().set_requires_grad(true);
+            let y = plan.during(4, vec![6, 6], || {
+                layer.forward(&x, &mask, c, true, first_only)
+            });
+            let cls = y.narrow(1, 0, 1);
+            cls.sum(Kind::Float).backward();
+            (cls.detach(), x.grad())
+        };
+        let (full, full_grad) = run(false);
+        let (first, first_grad) = run(true);
+        assert_eq!(first.size(), [n, 1, c.hidden_size]);
+        assert!(first.allclose(&full, 1e-5, 1e-6, false));
+        assert!(first_grad.allclose(&full_grad, 1e-5, 1e-6, false));
+        // Dropout was on: without the scope the output is another.
+        let plain = layer.forward(&x, &mask, c, false, true);
+        assert!(!plain.allclose(&first, 1e-3, 1e-3, false));
     }
 }

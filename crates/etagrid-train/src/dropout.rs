@@ -9,7 +9,9 @@
 //! from the generator seeded with (seed, step, site), where the site counts the dropout calls
 //! of the forward in order. Cell k multiplies its rows by its seed's mask, padded with zeros
 //! when the pack's batch is longer (a pack of several seeds is padded to its longest batch; the
-//! positions past a row's own length are padding, which no real token reads). So:
+//! positions past a row's own length are padding, which no real token reads), cut when the
+//! tensor holds only the first positions of the sequence (a last layer computed at `[CLS]`
+//! alone: it gets the first positions of the mask a full layer would). So:
 //! - a cell's masks are a function of its seed, the step and the place in the network, in any
 //!   pack, at any position, with any padding of the batch (packed = alone on the CPU in fp32
 //!   within 1e-6, the rest being GEMMs of other shapes; a resumed run draws what an
@@ -127,12 +129,31 @@ pub struct SeededDropout {
     attention: AttentionDropout,
 }
 
+/// A seed's batch in one step, as its masks and its attention see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeedLen {
+    /// The batch's length, its longest row in tokens: every sequence dimension of the seed's
+    /// masks is drawn at this length.
+    pub len: i64,
+    /// Whether a row is shorter than `len` (the rest of it padding that attention masks out).
+    /// A batch without padding attends without a mask on the per-cell path, as transformers
+    /// drops a mask of all ones: the same numbers, and cuDNN's kernel is faster without one.
+    pub padded: bool,
+}
+
+/// A length alone: padding assumed, so the attention mask is kept.
+impl From<i64> for SeedLen {
+    fn from(len: i64) -> SeedLen {
+        SeedLen { len, padded: true }
+    }
+}
+
 struct Active {
     plan: Rc<SeededDropout>,
     step: u64,
     site: u64,
-    /// Each seed's batch length this step, in the order of `plan.seeds`.
-    lens: Vec<i64>,
+    /// Each seed's batch this step, in the order of `plan.seeds`.
+    lens: Vec<SeedLen>,
 }
 
 thread_local! {
@@ -172,20 +193,21 @@ impl SeededDropout {
         })
     }
 
-    /// Each distinct seed's batch length for a step whose cell k trains on rows `rows[k]`, an
-    /// example being `len(i)` tokens long: the length a cell of that seed alone would pad to.
-    pub fn seed_lens(&self, rows: &[Vec<usize>], len: impl Fn(usize) -> usize) -> Vec<i64> {
+    /// Each distinct seed's batch for a step whose cell k trains on rows `rows[k]`, an example
+    /// being `len(i)` tokens long: the length a cell of that seed alone would pad to, and
+    /// whether a row is shorter.
+    pub fn seed_lens(&self, rows: &[Vec<usize>], len: impl Fn(usize) -> usize) -> Vec<SeedLen> {
         self.seeds
             .iter()
             .enumerate()
             .map(|(s, _)| {
                 let first = self.cell_seed.iter().position(|&c| c == s).unwrap_or(0);
-                rows[first]
-                    .iter()
-                    .map(|&i| len(i))
-                    .max()
-                    .unwrap_or(1)
-                    .max(1) as i64
+                let lens: Vec<usize> = rows[first].iter().map(|&i| len(i)).collect();
+                let longest = lens.iter().copied().max().unwrap_or(1).max(1);
+                SeedLen {
+                    len: longest as i64,
+                    padded: lens.iter().any(|&l| l < longest),
+                }
             })
             .collect()
     }
@@ -196,15 +218,20 @@ impl SeededDropout {
     }
 
     /// Runs `f`, the training forward of step `step`, with its dropout masks drawn from here;
-    /// `lens[s]`: seed s's batch length this step (see [`Self::seed_lens`]; every sequence
-    /// dimension of its masks is drawn at that length).
-    pub fn during<R>(self: &Rc<Self>, step: u64, lens: Vec<i64>, f: impl FnOnce() -> R) -> R {
+    /// `lens[s]`: seed s's batch this step (see [`Self::seed_lens`]; a bare length is a batch
+    /// that may be padded).
+    pub fn during<R, L: Into<SeedLen>>(
+        self: &Rc<Self>,
+        step: u64,
+        lens: impl IntoIterator<Item = L>,
+        f: impl FnOnce() -> R,
+    ) -> R {
         ACTIVE.with(|a| {
             *a.borrow_mut() = Some(Active {
                 plan: Rc::clone(self),
                 step,
                 site: 0,
-                lens,
+                lens: lens.into_iter().map(Into::into).collect(),
             })
         });
         let _scope = Scope;
@@ -250,8 +277,12 @@ pub(crate) fn per_cell_attention(
     ACTIVE.with(|a| {
         let mut a = a.borrow_mut();
         let active = a.as_mut()?;
-        let t = q.size()[2];
-        if !active.plan.attention.per_cell(q.device(), t) {
+        // Queries of the first positions only (a last layer read at `[CLS]`) take the explicit
+        // path, cheap at one query: it draws the probabilities' masks at full length and cuts
+        // them, as for every other dropout, where a fused kernel would draw other ones for the
+        // shorter shape.
+        let (tq, t) = (q.size()[2], k.size()[2]);
+        if tq < t || !active.plan.attention.per_cell(q.device(), t) {
             return None;
         }
         Some(active.per_cell(q, k, v, mask, sdpa))
@@ -266,17 +297,36 @@ pub fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
         return x.shallow_clone();
     }
     ACTIVE.with(|a| match a.borrow_mut().as_mut() {
-        Some(active) => active.apply(x, p),
+        Some(active) => active.apply(x, None, p),
         None => x.dropout(p, true),
     })
 }
 
+/// `dropout(x, p, train) + residual` (`residual` of `x`'s shape), with the masks of
+/// [`dropout`]. On a GPU, in a seeded forward, the mask's product and the sum are one fused
+/// multiply-add (`addcmul`, rounded once where the two operations round twice): one pass over
+/// the activations less. Elsewhere it is the product then the sum, so the CPU's numbers (the
+/// reference tests', the quickstart's) are those of the two operations.
+pub fn dropout_add(x: &Tensor, residual: &Tensor, p: f64, train: bool) -> Tensor {
+    if !train || p <= 0.0 {
+        return x + residual;
+    }
+    ACTIVE.with(|a| match a.borrow_mut().as_mut() {
+        Some(active) => active.apply(x, Some((residual, x.device().is_cuda())), p),
+        None => x.dropout(p, true) + residual,
+    })
+}
+
 impl Active {
-    fn apply(&mut self, x: &Tensor, p: f64) -> Tensor {
+    /// Dropout of `x` at the next site; with `residual`, plus it — fused when the flag is set.
+    fn apply(&mut self, x: &Tensor, residual: Option<(&Tensor, bool)>, p: f64) -> Tensor {
         let site = self.site;
         self.site += 1;
         if p >= 1.0 {
-            return x.zeros_like();
+            return match residual {
+                Some((r, _)) => r + x.zeros_like(),
+                None => x.zeros_like(),
+            };
         }
         let plan = &self.plan;
         let shape = x.size();
@@ -292,20 +342,27 @@ impl Active {
             .seeds
             .iter()
             .zip(&self.lens)
-            .map(|(&seed, &len)| {
+            .map(|(&seed, &SeedLen { len, .. })| {
                 // One cell's draw: its rows, every sequence dimension at its seed's length.
                 let mut draw = shape.clone();
                 draw[0] = rows;
                 for &d in seq {
-                    draw[d] = len.min(shape[d]);
+                    draw[d] = len;
                 }
                 tch::manual_seed(site_seed(seed, self.step, site));
                 let mut m = Tensor::empty(draw.as_slice(), (x.kind(), x.device()));
-                let m = m.bernoulli_float_(keep) * (1.0 / keep);
+                let mut m = m.bernoulli_float_(keep) * (1.0 / keep);
+                // A sequence dimension shorter than the seed's batch holds its first positions
+                // (the pack's own length is never shorter): the draw cut to them.
+                for &d in seq {
+                    if shape[d] < len {
+                        m = m.narrow(d as i64, 0, shape[d]);
+                    }
+                }
                 // Padded with zeros to the pack's length: positions no real token reads.
                 let mut pad = vec![0i64; 2 * shape.len()];
                 for &d in seq {
-                    pad[2 * (shape.len() - 1 - d) + 1] = shape[d] - draw[d];
+                    pad[2 * (shape.len() - 1 - d) + 1] = (shape[d] - len).max(0);
                 }
                 if pad.iter().any(|&p| p > 0) {
                     m.constant_pad_nd(pad.as_slice())
@@ -320,7 +377,13 @@ impl Active {
         };
         let mut per_cell = vec![k, rows];
         per_cell.extend_from_slice(&shape[1..]);
-        (x.reshape(per_cell.as_slice()) * mask).reshape(shape.as_slice())
+        let xs = x.reshape(per_cell.as_slice());
+        let out = match residual {
+            None => xs * mask,
+            Some((r, false)) => xs * mask + r.reshape(per_cell.as_slice()),
+            Some((r, true)) => r.reshape(per_cell.as_slice()).addcmul(&xs, &mask),
+        };
+        out.reshape(shape.as_slice())
     }
 }
 
@@ -346,11 +409,14 @@ impl Active {
         // zeroed tensor of the whole pack.
         let cells = |x: &Tensor| x.transpose(1, 2).split(rows, 0);
         let (qs, ks, vs) = (cells(q), cells(k), cells(v));
-        let masks = mask.map(|m| m.split(rows, 0));
+        // A boolean mask made additive once for the pack (SDPA would convert it in every call,
+        // to the same values), then cut per cell; a cell whose seed's batch has no padding
+        // attends without one.
+        let masks = mask.map(|m| additive(m, q.kind()).split(rows, 0));
         let outs: Vec<Tensor> = (0..plan.cells as usize)
             .map(|c| {
                 let s = plan.cell_seed[c];
-                let len = self.lens[s].min(t);
+                let len = self.lens[s].len.min(t);
                 // The first `len` positions of dimension `dim` (the sequence's, of length t).
                 let head = |x: &Tensor, dim: i64| {
                     if len < t {
@@ -361,7 +427,10 @@ impl Active {
                 };
                 // A cell's [rows, t, heads, d] cut to its seed's length, as [rows, heads, len, d].
                 let cut = |x: &Tensor| head(x, 1).transpose(1, 2);
-                let m = masks.as_ref().map(|m| head(&m[c], 3));
+                let m = match &masks {
+                    Some(m) if self.lens[s].padded => Some(head(&m[c], 3)),
+                    _ => None,
+                };
                 tch::manual_seed(site_seed(plan.seeds[s], self.step, site));
                 // Back to [rows, len, heads, d], padded with zeros to the pack's length.
                 let o = sdpa(&cut(&qs[c]), &cut(&ks[c]), &cut(&vs[c]), m.as_ref()).transpose(1, 2);
@@ -374,6 +443,16 @@ impl Active {
             .collect();
         Tensor::cat(&outs, 0).transpose(1, 2)
     }
+}
+
+/// A boolean attention mask (true: may attend) as the additive one SDPA makes of it, 0 and −∞ in
+/// `kind`; a mask that is not boolean is already additive.
+fn additive(mask: &Tensor, kind: tch::Kind) -> Tensor {
+    if mask.kind() != tch::Kind::Bool {
+        return mask.shallow_clone();
+    }
+    Tensor::zeros(mask.size(), (kind, mask.device()))
+        .masked_fill(&mask.logical_not(), f64::NEG_INFINITY)
 }
 
 /// The generator's seed for dropout site `site` of step `step` of the cells seeded `seed`
@@ -389,14 +468,15 @@ pub fn site_seed(seed: u64, step: u64, site: u64) -> i64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tch::Kind;
 
-    /// The tests seed libtorch's one generator; as threads of one process they take turns.
+    /// The tests seed libtorch's one generator; as threads of one process they take turns (the
+    /// other modules' tests that draw masks too).
     static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-    fn serial() -> std::sync::MutexGuard<'static, ()> {
+    pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
         SERIAL.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -447,6 +527,57 @@ mod tests {
     }
 
     #[test]
+    fn a_tensor_of_the_first_positions_gets_the_first_positions_of_the_full_draw() {
+        let _serial = serial();
+        let plan = SeededDropout::new(&[2, 3], Device::Cpu);
+        let x = |n: i64, t: i64| Tensor::ones([n, t, 7], (Kind::Float, Device::Cpu));
+        let full = plan.during(1, vec![5, 3], || dropout(&x(4, 5), 0.5, true));
+        let first = plan.during(1, vec![5, 3], || dropout(&x(4, 1), 0.5, true));
+        assert!(first.equal(&full.narrow(1, 0, 1)));
+        // Attention probabilities [n, heads, tq, t] with queries at the first position.
+        let y = |tq: i64| Tensor::ones([4, 2, tq, 5], (Kind::Float, Device::Cpu));
+        let full = plan.during(2, vec![5, 3], || dropout(&y(5), 0.5, true));
+        let first = plan.during(2, vec![5, 3], || dropout(&y(1), 0.5, true));
+        assert!(first.equal(&full.narrow(2, 0, 1)));
+        // Seed 3's batch is 3 long: zeros past it, as for the full tensor.
+        assert!(
+            first
+                .narrow(0, 2, 2)
+                .narrow(3, 3, 2)
+                .eq(0.0)
+                .all()
+                .int64_value(&[])
+                == 1
+        );
+    }
+
+    #[test]
+    fn queries_of_the_first_position_get_the_first_row_of_the_full_attention() {
+        let _serial = serial();
+        // Queries of the first position only, keys and values of all 5; seeds 1, 3, 3.
+        let x = qkv(6, 5, 14);
+        let first = (
+            x.0.narrow(2, 0, 1),
+            x.1.shallow_clone(),
+            x.2.shallow_clone(),
+            x.3.copy(),
+        );
+        let on = |path: AttentionDropout, x: &(Tensor, Tensor, Tensor, Tensor)| {
+            SeededDropout::with_attention(&[1, 3, 3], Device::Cpu, path).during(
+                3,
+                vec![5, 5],
+                || crate::nn::attention(&x.0, &x.1, &x.2, Some(&x.3), 0.5, false, false),
+            )
+        };
+        let full = on(AttentionDropout::Explicit, &x);
+        let cut = on(AttentionDropout::Explicit, &first);
+        assert_eq!(cut.size(), [6, 1, 8]);
+        assert!(cut.allclose(&full.narrow(1, 0, 1), 1e-6, 1e-7, false));
+        // The per-cell path leaves them to the explicit one, whose masks those are.
+        assert!(on(AttentionDropout::PerCell, &first).equal(&cut));
+    }
+
+    #[test]
     fn sites_and_steps_draw_different_masks_and_evaluation_draws_none() {
         let _serial = serial();
         let plan = SeededDropout::new(&[0], Device::Cpu);
@@ -470,7 +601,11 @@ mod tests {
     }
 
     /// Attention with dropout 0.5 on the per-cell path for a pack of `seeds`.
-    fn per_cell(seeds: &[u64], lens: Vec<i64>, x: &(Tensor, Tensor, Tensor, Tensor)) -> Tensor {
+    fn per_cell<L: Into<SeedLen>>(
+        seeds: &[u64],
+        lens: Vec<L>,
+        x: &(Tensor, Tensor, Tensor, Tensor),
+    ) -> Tensor {
         let plan = SeededDropout::with_attention(seeds, Device::Cpu, AttentionDropout::PerCell);
         plan.during(3, lens, || {
             crate::nn::attention(&x.0, &x.1, &x.2, Some(&x.3), 0.5, false, false)
@@ -577,6 +712,77 @@ mod tests {
         let plan = SeededDropout::new(&[7, 8, 7], Device::Cpu);
         let rows = vec![vec![0, 1], vec![2, 3], vec![0, 1]];
         let lens = [3usize, 5, 2, 9];
-        assert_eq!(plan.seed_lens(&rows, |i| lens[i]), vec![5, 9]);
+        let seen = plan.seed_lens(&rows, |i| lens[i]);
+        assert_eq!(seen.iter().map(|l| l.len).collect::<Vec<_>>(), vec![5, 9]);
+        assert!(
+            seen.iter().all(|l| l.padded),
+            "3 < 5 and 2 < 9: both padded"
+        );
+        let even = plan.seed_lens(&[vec![1, 1], vec![0, 2], vec![1, 1]], |i| lens[i]);
+        assert_eq!(
+            even,
+            vec![
+                SeedLen {
+                    len: 5,
+                    padded: false
+                },
+                SeedLen {
+                    len: 3,
+                    padded: true
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_seed_without_padding_attends_without_a_mask_to_the_same_numbers() {
+        let _serial = serial();
+        let x = qkv(4, 5, 13);
+        let with_mask = per_cell(&[0, 1], vec![5, 5], &x);
+        let unpadded = SeedLen {
+            len: 5,
+            padded: false,
+        };
+        let without = per_cell(&[0, 1], vec![unpadded, unpadded], &x);
+        assert!(with_mask.equal(&without));
+        // A mask that is used: padding after 3 tokens in every row changes the output.
+        let padded = x.3.copy();
+        let _ = padded.narrow(3, 3, 2).fill_(0);
+        let y = (
+            x.0.shallow_clone(),
+            x.1.shallow_clone(),
+            x.2.shallow_clone(),
+            padded,
+        );
+        assert!(!per_cell(&[0, 1], vec![5, 5], &y).allclose(&with_mask, 1e-3, 1e-3, false));
+    }
+
+    #[test]
+    fn dropout_add_is_dropout_plus_the_residual_fused_or_not() {
+        let _serial = serial();
+        tch::manual_seed(5);
+        let x = Tensor::randn([6, 5, 7], (Kind::Float, Device::Cpu));
+        let r = Tensor::randn([6, 5, 7], (Kind::Float, Device::Cpu));
+        let plan = SeededDropout::new(&[1, 3, 3], Device::Cpu);
+        let apart = plan.during(2, vec![5, 5], || dropout(&x, 0.3, true)) + &r;
+        // On the CPU: the product then the sum, the same numbers.
+        let sum = plan.during(2, vec![5, 5], || dropout_add(&x, &r, 0.3, true));
+        assert!(sum.equal(&apart));
+        // Fused (the GPU's path, forced here): the same masks, rounded once.
+        let fused = plan.during(2, vec![5, 5], || {
+            ACTIVE.with(|a| {
+                a.borrow_mut()
+                    .as_mut()
+                    .map(|a| a.apply(&x, Some((&r, true)), 0.3))
+            })
+        });
+        let fused = fused.expect("in a scope");
+        assert!(fused.allclose(&apart, 1e-6, 1e-6, false));
+        assert!(
+            !fused.allclose(&(&x + &r), 1e-3, 1e-3, false),
+            "nothing dropped"
+        );
+        // Outside training: the plain sum.
+        assert!(dropout_add(&x, &r, 0.3, false).equal(&(&x + &r)));
     }
 }

@@ -69,11 +69,26 @@ impl LoraAdapter {
         let x = crate::dropout::dropout(x, self.dropout, train);
         let xk = x.reshape([k, -1, in_features]);
         // Parameters stay fp32; in a bf16 forward they are cast per use, as under autocast.
-        let (a, b) = (self.a.to_kind(x.kind()), self.b.to_kind(x.kind()));
+        let (a, b) = (
+            self.a.to_kind(x.kind()),
+            scaled(&self.b, self.scaling, x.kind()),
+        );
         let h = xk.bmm(&a.transpose(1, 2)).bmm(&b.transpose(1, 2));
         let last = shape.len() - 1;
         shape[last] = self.b.size()[1];
-        (h * self.scaling).reshape(shape.as_slice())
+        h.reshape(shape.as_slice())
+    }
+}
+
+/// `b · scaling` in `kind`, the scaling applied in fp32 to B (an adapter's small [out, r]
+/// factor) rather than to the path's output ([tokens, out], as PEFT does): one pass over the
+/// activations less in the forward and in the backward, the same product (exactly so when the
+/// scaling is a power of two, as α/r usually is; none at all when it is 1).
+fn scaled(b: &Tensor, scaling: f64, kind: Kind) -> Tensor {
+    if scaling == 1.0 {
+        b.to_kind(kind)
+    } else {
+        (b * scaling).to_kind(kind)
     }
 }
 
@@ -185,7 +200,7 @@ impl Targets {
 
 /// LoRA on an embedding layer, as PEFT's `lora.Embedding`: A [K, r, vocab], B [K, dim, r] (PEFT's
 /// `lora_embedding_A` / `lora_embedding_B` layouts), output = embedding(ids, W) +
-/// embedding(ids, Aᵀ)·Bᵀ·scaling. Initialised as PEFT does whatever the `init` scheme: A zero,
+/// embedding(ids, Aᵀ)·(B·scaling)ᵀ. Initialised as PEFT does whatever the `init` scheme: A zero,
 /// B standard normal. No dropout (PEFT applies none to embeddings). Rows at `padding_idx`
 /// get no gradient, as in `F.embedding(..., padding_idx=…)`.
 pub struct EmbeddingAdapter {
@@ -222,10 +237,10 @@ impl EmbeddingAdapter {
             .map(|(i, ids_k)| {
                 let i = i as i64;
                 let a_t = self.a.get(i).transpose(0, 1).to_kind(kind); // [vocab, r]
-                let b_t = self.b.get(i).transpose(0, 1).to_kind(kind); // [r, dim]
+                let b_t = scaled(&self.b.get(i), self.scaling, kind).transpose(0, 1); // [r, dim]
                 Tensor::embedding(&a_t, ids_k, padding_idx, false, false).matmul(&b_t)
             })
             .collect();
-        Tensor::cat(&delta, 0) * self.scaling
+        Tensor::cat(&delta, 0)
     }
 }

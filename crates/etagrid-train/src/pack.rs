@@ -22,7 +22,7 @@
 use crate::bert::{Batch, ParamRole};
 use crate::checkpoint::{self, CheckpointInfo};
 use crate::data::{collate_lm_to, collate_to, load_tokenizer, BatchOrder, Encoded, TaskData};
-use crate::dropout::SeededDropout;
+use crate::dropout::{SeedLen, SeededDropout};
 use crate::export::save_peft_adapter;
 use crate::metrics::{Confusion, EvalMetrics};
 use crate::model::{load_classifier, model_type, SequenceClassifier};
@@ -842,7 +842,6 @@ impl<'a> Ctx<'a> {
                     let idx = orders.next();
                     let lens = masks
                         .as_ref()
-                        .filter(|m| m.seeds() > 1)
                         .map(|m| m.seed_lens(&idx, |i| self.data.train.ids[i].len()));
                     let rows: Vec<&[usize]> = idx.iter().map(Vec::as_slice).collect();
                     let b =
@@ -857,7 +856,8 @@ impl<'a> Ctx<'a> {
             let losses = match &masks {
                 Some(m) => {
                     let t = batch.input_ids.size()[1];
-                    let lens = lens.unwrap_or_else(|| vec![t; m.seeds()]);
+                    // Resident batches: every seed's at the set's longest, maybe padded.
+                    let lens = lens.unwrap_or_else(|| vec![SeedLen::from(t); m.seeds()]);
                     m.during(step, lens, || self.cell_losses(&batch, true))?
                 }
                 None => self.cell_losses(&batch, true)?,
