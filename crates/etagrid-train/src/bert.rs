@@ -195,17 +195,26 @@ impl BertSelfAttention {
     ) -> Tensor {
         let heads = c.num_attention_heads;
         let dh = c.hidden_size / heads;
-        let split = |l: &Linear, x: &Tensor| split_heads(&l.forward(x, train), heads, dh);
+        let split = |y: &Tensor| split_heads(y, heads, dh);
         let p_drop = if train {
             c.attention_probs_dropout_prob
         } else {
             0.0
         };
-        let (q, k, v) = (
-            split(&self.query, xq),
-            split(&self.key, x),
-            split(&self.value, x),
-        );
+        // The projections that read the same positions share their adapters' A product.
+        let (q, k, v) = if xq.size() == x.size() {
+            match &Linear::forward_all(&[&self.query, &self.key, &self.value], x, train)[..] {
+                [q, k, v] => (split(q), split(k), split(v)),
+                _ => unreachable!("three layers, three outputs"),
+            }
+        } else {
+            let kv = Linear::forward_all(&[&self.key, &self.value], x, train);
+            (
+                split(&self.query.forward(xq, train)),
+                split(&kv[0]),
+                split(&kv[1]),
+            )
+        };
         attention(&q, &k, &v, Some(mask), p_drop, false, false)
     }
 }

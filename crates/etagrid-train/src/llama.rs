@@ -163,9 +163,10 @@ pub struct LlamaAttention {
 impl Sublayer for LlamaAttention {
     fn forward(&self, x: &Tensor, cx: &DecoderContext) -> Tensor {
         let hd = self.head_dim;
-        let q = split_heads(&self.q_proj.forward(x, cx.train), self.heads, hd);
-        let k = split_heads(&self.k_proj.forward(x, cx.train), self.kv_heads, hd);
-        let v = split_heads(&self.v_proj.forward(x, cx.train), self.kv_heads, hd);
+        let qkv = Linear::forward_all(&[&self.q_proj, &self.k_proj, &self.v_proj], x, cx.train);
+        let q = split_heads(&qkv[0], self.heads, hd);
+        let k = split_heads(&qkv[1], self.kv_heads, hd);
+        let v = split_heads(&qkv[2], self.kv_heads, hd);
         let ctx = match cx.rope {
             Some(rope) => causal_attention(&rope.apply(&q), &rope.apply(&k), &v, 0.0),
             None => causal_attention(&q, &k, &v, 0.0),
@@ -190,7 +191,8 @@ pub struct LlamaMlp {
 
 impl Sublayer for LlamaMlp {
     fn forward(&self, x: &Tensor, cx: &DecoderContext) -> Tensor {
-        let gated = self.gate_proj.forward(x, cx.train).silu() * self.up_proj.forward(x, cx.train);
+        let gu = Linear::forward_all(&[&self.gate_proj, &self.up_proj], x, cx.train);
+        let gated = gu[0].silu() * &gu[1];
         self.down_proj.forward(&gated, cx.train)
     }
 }
