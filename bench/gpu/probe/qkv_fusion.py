@@ -18,21 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from sdpa_backends import ms  # kernel time of one call under the profiler (this directory)
+
 K, ROWS, H, T, D, R, P = 16, 32, 12, 128, 64, 8, 0.1
 HID = H * D
-
-
-def ms(f, n=20):
-    for _ in range(5):
-        f()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(n):
-            f()
-        torch.cuda.synchronize()
-    cuda = torch.autograd.DeviceType.CUDA
-    us = sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == cuda)
-    return us / 1e3 / n
 
 
 def attention(q, k, v):
