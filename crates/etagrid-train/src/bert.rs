@@ -203,10 +203,8 @@ impl BertSelfAttention {
         };
         // The projections that read the same positions share their adapters' A product.
         let (q, k, v) = if xq.size() == x.size() {
-            match &Linear::forward_all(&[&self.query, &self.key, &self.value], x, train)[..] {
-                [q, k, v] => (split(q), split(k), split(v)),
-                _ => unreachable!("three layers, three outputs"),
-            }
+            let qkv = Linear::forward_all(&[&self.query, &self.key, &self.value], x, train);
+            (split(&qkv[0]), split(&qkv[1]), split(&qkv[2]))
         } else {
             let kv = Linear::forward_all(&[&self.key, &self.value], x, train);
             (

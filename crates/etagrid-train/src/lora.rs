@@ -63,21 +63,24 @@ impl LoraAdapter {
 
     /// The adapter path for `x` of shape [K·b, ..., in]: returns [K·b, ..., out].
     pub fn delta(&self, x: &Tensor, train: bool) -> Tensor {
-        let k = self.k();
-        let mut shape = x.size();
-        let in_features = shape[shape.len() - 1];
         let x = crate::dropout::dropout(x, self.dropout, train);
-        let xk = x.reshape([k, -1, in_features]);
         // Parameters stay fp32; in a bf16 forward they are cast per use, as under autocast.
-        let (a, b) = (
-            self.a.to_kind(x.kind()),
-            scaled(&self.b, self.scaling, x.kind()),
-        );
-        let h = xk.bmm(&a.transpose(1, 2)).bmm(&b.transpose(1, 2));
-        let last = shape.len() - 1;
-        shape[last] = self.b.size()[1];
-        h.reshape(shape.as_slice())
+        let h = per_cell(&x, self.k()).bmm(&self.a.to_kind(x.kind()).transpose(1, 2));
+        self.up(&h, &x)
     }
+
+    /// The B product of the A product `h` [K, b·…, r] of `x`: [K·b, ..., out].
+    fn up(&self, h: &Tensor, x: &Tensor) -> Tensor {
+        let b = scaled(&self.b, self.scaling, x.kind());
+        let mut shape = x.size();
+        *shape.last_mut().expect("x has dimensions") = self.b.size()[1];
+        h.bmm(&b.transpose(1, 2)).reshape(shape.as_slice())
+    }
+}
+
+/// `x` [K·b, ..., in] as [K, b·…, in]: cell k's rows in batch k.
+fn per_cell(x: &Tensor, k: i64) -> Tensor {
+    x.reshape([k, -1, *x.size().last().expect("x has dimensions")])
 }
 
 /// The adapter paths of several layers that read the same `x` ([K·b, ..., in]), in order:
@@ -94,28 +97,13 @@ pub fn deltas(adapters: &[&LoraAdapter], x: &Tensor, train: bool) -> Vec<Tensor>
     if !shared {
         return adapters.iter().map(|l| l.delta(x, train)).collect();
     }
-    let k = adapters[0].k();
-    let shape = x.size();
-    let in_features = shape[shape.len() - 1];
-    let xk = x.reshape([k, -1, in_features]);
-    let a = Tensor::cat(
-        &adapters
-            .iter()
-            .map(|l| l.a.to_kind(x.kind()))
-            .collect::<Vec<_>>(),
-        1,
-    );
+    let a: Vec<Tensor> = adapters.iter().map(|l| l.a.to_kind(x.kind())).collect();
     let ranks: Vec<i64> = adapters.iter().map(|l| l.a.size()[1]).collect();
-    let h = xk.bmm(&a.transpose(1, 2));
+    let h = per_cell(x, adapters[0].k()).bmm(&Tensor::cat(&a, 1).transpose(1, 2));
     h.split_with_sizes(ranks.as_slice(), 2)
         .iter()
         .zip(adapters)
-        .map(|(h, l)| {
-            let b = scaled(&l.b, l.scaling, x.kind());
-            let mut out = shape.clone();
-            *out.last_mut().expect("x has dimensions") = l.b.size()[1];
-            h.bmm(&b.transpose(1, 2)).reshape(out.as_slice())
-        })
+        .map(|(h, l)| l.up(h, x))
         .collect()
 }
 

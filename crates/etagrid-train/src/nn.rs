@@ -314,11 +314,9 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        let y = x.linear(&self.weight, self.bias.as_ref());
-        match &self.lora {
-            Some(l) => y + l.delta(x, train),
-            None => y,
-        }
+        Self::forward_all(&[self], x, train)
+            .pop()
+            .expect("one layer, one output")
     }
 
     /// The outputs of `layers`, which all read `x`, in order: each [`Linear::forward`], with
