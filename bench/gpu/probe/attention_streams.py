@@ -66,7 +66,7 @@ def gpu_ms(f, args, cells, streams, layers=6):
         f(*args, cells, i, streams).float().sum().backward()
     torch.cuda.synchronize()
     e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda._sleep(4_000_000_000)  # ~1 s at H200 clocks: Python queues everything meanwhile
+    torch.cuda._sleep(4_000_000_000)  # ~2 s at H200 clocks: Python queues everything meanwhile
     e0.record(main)
     for i in range(layers):
         f(*args, cells, i, streams).float().sum().backward()

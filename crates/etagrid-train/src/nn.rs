@@ -678,16 +678,19 @@ impl Rope {
 mod tests {
     use super::*;
 
+    /// Inputs without the random generator (which other tests of this process reseed): a sine
+    /// over the element index, shifted by `phase`, in `shape`.
+    fn wave(shape: &[i64], phase: f64) -> Tensor {
+        (Tensor::arange(shape.iter().product::<i64>(), (Kind::Float, Device::Cpu)) * 0.37 + phase)
+            .sin()
+            .reshape(shape)
+    }
+
     /// The explicit path (taken when dropout is seeded per cell) computes what SDPA computes:
     /// padding masks, causal masks and grouped key/value heads included.
     #[test]
     fn explicit_attention_without_dropout_equals_sdpa() {
-        // Inputs without the random generator, which other tests of this process reseed.
-        let input = |heads: i64, phase: f64| {
-            (Tensor::arange(3 * heads * 6 * 8, (Kind::Float, Device::Cpu)) * 0.37 + phase)
-                .sin()
-                .reshape([3, heads, 6, 8])
-        };
+        let input = |heads: i64, phase: f64| wave(&[3, heads, 6, 8], phase);
         let q = input(4, 0.0);
         let (k, v) = (input(4, 1.0), input(4, 2.0));
         let (k2, v2) = (input(2, 3.0), input(2, 4.0));
@@ -712,12 +715,7 @@ mod tests {
     #[test]
     fn one_query_attention_gives_the_plain_products_numbers_and_gradients() {
         let (n, heads, t, d) = (3, 4, 6, 8);
-        let input = |phase: f64| {
-            (Tensor::arange(n * t * heads * d, (Kind::Float, Device::Cpu)) * 0.37 + phase)
-                .sin()
-                .reshape([n, t, heads * d])
-                .set_requires_grad(true)
-        };
+        let input = |phase: f64| wave(&[n, t, heads * d], phase).set_requires_grad(true);
         let (x, kx, vx) = (input(0.0), input(1.0), input(2.0));
         let mask = Tensor::ones([n, 1, 1, t], (Kind::Bool, Device::Cpu));
         let _ = mask.get(1).narrow(-1, 4, 2).fill_(0);
@@ -765,26 +763,20 @@ mod tests {
     /// sum decides the bits.
     #[test]
     fn a_layers_input_gradient_is_summed_in_peft_order() {
-        let det = |shape: &[i64], phase: f64| {
-            (Tensor::arange(shape.iter().product::<i64>(), (Kind::Float, Device::Cpu)) * 0.37
-                + phase)
-                .sin()
-                .reshape(shape)
-        };
         let (k, rows, t, d, r) = (2, 3, 5, 16, 4);
         let layer = Linear {
             name: "query".into(),
-            weight: det(&[d, d], 1.0),
-            bias: Some(det(&[d], 2.0)),
+            weight: wave(&[d, d], 1.0),
+            bias: Some(wave(&[d], 2.0)),
             lora: Some(LoraAdapter {
-                a: det(&[k, r, d], 3.0).set_requires_grad(true),
-                b: det(&[k, d, r], 4.0).set_requires_grad(true),
+                a: wave(&[k, r, d], 3.0).set_requires_grad(true),
+                b: wave(&[k, d, r], 4.0).set_requires_grad(true),
                 scaling: 0.5,
                 dropout: 0.0,
             }),
         };
-        let x = det(&[k * rows, t, d], 5.0).set_requires_grad(true);
-        let weights = det(&[k * rows, t, d], 6.0);
+        let x = wave(&[k * rows, t, d], 5.0).set_requires_grad(true);
+        let weights = wave(&[k * rows, t, d], 6.0);
         let grad = |out: Tensor| {
             Tensor::run_backward(&[(out * &weights).sum(Kind::Float)], &[&x], false, false)
                 .remove(0)
